@@ -1,0 +1,38 @@
+"""What every command-line tool shares: one-line errors, exit codes, Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from qgen_infer.errors import QgenError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error convention (one line, exit 2) and defaults shown."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n"
+                                   f"(run '{self.prog} --help' for the options)\n")
+
+
+def run_cli(prog: str, body: Callable[[Sequence[str] | None], int | None],
+            argv: Sequence[str] | None = None) -> int:
+    """Run ``body(argv)``; a :class:`QgenError` becomes one line and exit code 2, Ctrl-C 130."""
+    try:
+        code = body(argv)
+    except QgenError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return int(code or 0)

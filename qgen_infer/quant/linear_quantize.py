@@ -1,0 +1,157 @@
+"""LinearQuantize (Hubara et al., JMLR 2018) with an exact integer representation.
+
+Every quantized weight is ``w_q = scale * (code - zero)`` with unsigned integer codes in
+``[0, 2**bits)``, a positive ``scale`` and a ``zero`` offset, per tensor or per output channel.
+Two regimes, written out in ``docs/QUANTIZATION.md``:
+
+* ``bits >= 2``: the mid-tread linear quantizer ``Clip(round(w / Δ), -2**(k-1), 2**(k-1) - 1) · Δ``
+  with ``Δ = R · 2**(1-k)`` and ``R = max|w|`` (Hubara's ``Δ = 2**(1-k)`` on weights normalised to
+  ``[-1, 1]``). Codes are ``round(w/Δ) + 2**(k-1)``, so ``scale = Δ`` and ``zero = 2**(k-1)``.
+* ``bits == 1``: ``sign(w) · α`` with ``α = mean|w|`` (XNOR-Net's optimal binary scale). Codes are
+  ``w >= 0``, so ``scale = 2α`` and ``zero = 1/2``; ``2α · (c - 1/2)`` is ``±α`` exactly because the
+  product by 1/2 is exact in binary floating point.
+
+``dequantize`` is the single place where codes become floats. The straight-through estimator
+(:func:`fake_quantize`) runs the *same* ``quantize_codes`` and ``dequantize`` calls, so weights
+decoded from an exported file equal the fake-quantized training weights bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED_BITS = (1, 2, 3, 4, 32)
+GRANULARITIES = ("tensor", "channel")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one weight tensor is quantized.
+
+    ``bits`` is 1..4, or 32 for full precision (no quantization). ``granularity`` is ``"tensor"``
+    (one scale, as in the paper) or ``"channel"`` (one scale per output channel); ``channel_axis``
+    names the output-channel axis of the weight (0 for Linear and Conv2d, 1 for ConvTranspose2d).
+    """
+
+    bits: int = 32
+    granularity: str = "tensor"
+    channel_axis: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {self.bits}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits < 32
+
+
+@dataclass
+class QuantizedTensor:
+    """The exact integer form of a quantized weight: ``w_q = scale * (codes - zero)``.
+
+    ``codes``: uint8, the weight's shape, values in ``[0, 2**bits)``.
+    ``scale``, ``zero``: float32, shape ``[C]`` with ``C`` the number of output channels
+    (``C = 1`` for per-tensor), broadcast along ``spec.channel_axis``.
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    spec: QuantSpec
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.codes, self.scale, self.zero, self.spec.channel_axis)
+
+
+def _channel_view(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    """Reshape a per-channel vector ``[C]`` to broadcast along ``axis`` of an ``ndim`` tensor."""
+    shape = [1] * ndim
+    shape[axis] = v.numel()
+    return v.reshape(shape)
+
+
+def _reduce_abs(w: torch.Tensor, spec: QuantSpec, how: str) -> torch.Tensor:
+    a = w.detach().abs().float()
+    if spec.granularity == "tensor":
+        r = a.max() if how == "max" else a.mean()
+        return r.reshape(1)
+    dims = [d for d in range(w.ndim) if d != spec.channel_axis]
+    if not dims:
+        return a
+    return a.amax(dim=dims) if how == "max" else a.mean(dim=dims)
+
+
+# Keeps a tensor of zeros quantizable: its scale becomes tiny instead of 0 (no division by 0).
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def quantize_codes(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+    """Quantize ``w`` to unsigned codes with scales and zeros (see the module docstring)."""
+    if not spec.enabled:
+        raise ValueError("quantize_codes needs bits in 1..4; 32 bits is full precision")
+    if spec.granularity == "channel" and not -w.ndim <= spec.channel_axis < w.ndim:
+        raise ValueError(f"channel_axis {spec.channel_axis} out of range for shape {tuple(w.shape)}")
+    axis = spec.channel_axis % w.ndim
+    spec = QuantSpec(spec.bits, spec.granularity, axis)
+    w32 = w.detach().float()
+    k = spec.bits
+    if k == 1:
+        alpha = _reduce_abs(w32, spec, "mean").clamp_min(_TINY)
+        scale = 2.0 * alpha
+        zero = torch.full_like(scale, 0.5)
+        codes = (w32 >= 0).to(torch.uint8)
+    else:
+        half = 2 ** (k - 1)
+        delta = (_reduce_abs(w32, spec, "max") / half).clamp_min(_TINY)
+        d = delta if spec.granularity == "tensor" else _channel_view(delta, w.ndim, axis)
+        q = torch.clamp(torch.round(w32 / d), -half, half - 1)
+        codes = (q + half).to(torch.uint8)
+        scale = delta
+        zero = torch.full_like(scale, float(half))
+    return QuantizedTensor(codes, scale.contiguous(), zero.contiguous(), spec)
+
+
+def dequantize(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, channel_axis: int = 0
+) -> torch.Tensor:
+    """``scale * (codes - zero)`` in float32, broadcasting per-channel vectors along the axis.
+
+    This is the one definition of the code->value map: training (STE), export and every engine
+    backend's reference path call it, which is what makes export bit-exact.
+    """
+    c = codes.to(torch.float32)
+    if scale.numel() == 1:
+        return scale.reshape(()) * (c - zero.reshape(()))
+    axis = channel_axis % codes.ndim
+    return _channel_view(scale, codes.ndim, axis) * (c - _channel_view(zero, codes.ndim, axis))
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized weight. Backward: identity (Bengio et al.'s STE).
+
+    The quantizer's range ``R = max|w|`` contains every weight by construction, so "identity inside
+    the clipping range" is the identity everywhere; the one clipped level (the top code of a
+    mid-tread quantizer) still passes its gradient, as in Hubara et al.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:  # type: ignore[override]
+        return quantize_codes(w, spec).dequantize().to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Quantize-dequantize ``w`` with a straight-through gradient; identity for 32 bits."""
+    if not spec.enabled:
+        return w
+    return _StraightThrough.apply(w, spec)
