@@ -97,7 +97,8 @@ def quantize_codes(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     if not spec.enabled:
         raise ValueError("quantize_codes needs bits in 1..4; 32 bits is full precision")
     if spec.granularity == "channel" and not -w.ndim <= spec.channel_axis < w.ndim:
-        raise ValueError(f"channel_axis {spec.channel_axis} out of range for shape {tuple(w.shape)}")
+        raise ValueError(
+            f"channel_axis {spec.channel_axis} out of range for shape {tuple(w.shape)}")
     axis = spec.channel_axis % w.ndim
     spec = QuantSpec(spec.bits, spec.granularity, axis)
     w32 = w.detach().float()

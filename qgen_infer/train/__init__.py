@@ -1,0 +1,27 @@
+"""Algorithm 1: meta-learning of a quantized generator, a sensing network and the latent step."""
+
+from qgen_infer.train.objective import (
+    SolverSettings,
+    StepLosses,
+    gradient_difference_loss,
+    meta_learning_losses,
+)
+from qgen_infer.train.trainer import (
+    METHODS,
+    TrainConfig,
+    Trainer,
+    evaluate_reconstruction,
+    models_from_checkpoint_path,
+)
+
+__all__ = [
+    "METHODS",
+    "SolverSettings",
+    "StepLosses",
+    "TrainConfig",
+    "Trainer",
+    "evaluate_reconstruction",
+    "gradient_difference_loss",
+    "meta_learning_losses",
+    "models_from_checkpoint_path",
+]

@@ -1,0 +1,299 @@
+"""The training loop: data -> Algorithm 1 -> per-epoch checkpoints, logs and eval PSNR.
+
+A run lives in one folder::
+
+    RUN/model.pt        latest checkpoint (atomic writes; the final model when the run ends)
+    RUN/log.jsonl       one JSON object per epoch: losses, eval PSNR/SSIM, steps/s, wall time
+    RUN/config.json     the run's settings, for a person to read
+
+``--resume`` reloads ``RUN/model.pt`` (weights, Adam state, step, RNG states) and continues; the
+data order of each epoch depends only on (seed, epoch), so a resumed run sees the same batches as
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+from qgen_infer.errors import QgenError
+from qgen_infer.metrics import psnr, ssim
+from qgen_infer.models import build_generator, build_sensing, complete_config
+from qgen_infer.solve import reconstruct_latent
+from qgen_infer.train.objective import SolverSettings, meta_learning_losses
+
+METHODS = ("sdlss", "dcs")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in the checkpoint and config.json)."""
+
+    out: str = "runs/model"
+    dataset: str | None = None  # None: the embedded default
+    data_root: str | None = None
+    eval_size: int | None = None
+    method: str = "sdlss"
+    bits: int = 32
+    granularity: str = "tensor"
+    measurements: int = 25
+    latent_dim: int | None = None  # default: image size (SDLSS, MLP), 512 (SDLSS, DCGAN), 100 (DCS)
+    sparsity: int | None = None  # default: 100 for SDLSS (capped at latent_dim // 2); None for DCS
+    steps: int = 3
+    project: bool = True
+    initial_step_size: float = 0.01
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine": decay to lr/10 over the run; "constant"
+    gdl_weight: float = 0.1
+    seed: int = 0
+    threads: int | None = None
+    init_from: str | None = None  # warm start θ, φ, β from another checkpoint (e.g. 32-bit)
+    eval_every: int = 1
+    eval_restarts: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_solver(cfg: TrainConfig, net: dict[str, Any]) -> SolverSettings:
+    if cfg.method not in METHODS:
+        raise QgenError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}")
+    c, h, w = net["image_shape"]
+    if cfg.method == "dcs":
+        latent = cfg.latent_dim or 100
+        sparsity = cfg.sparsity
+    else:
+        latent = cfg.latent_dim or (c * h * w if net["family"] == "mlp" else 512)
+        sparsity = cfg.sparsity if cfg.sparsity is not None else min(100, latent // 2)
+    if latent < 1:
+        raise QgenError(f"latent dimension must be positive, got {latent}")
+    if sparsity is not None and not 1 <= sparsity <= latent:
+        raise QgenError(f"sparsity s={sparsity} must be between 1 and the latent dimension "
+                        f"{latent}; lower --sparsity or raise --latent-dim")
+    if cfg.steps < 1:
+        raise QgenError(f"--steps must be at least 1, got {cfg.steps}")
+    return SolverSettings(cfg.method, latent, sparsity, cfg.steps, cfg.project)
+
+
+def network_config(cfg: TrainConfig, image_shape: list[int]) -> dict[str, Any]:
+    if cfg.measurements < 1:
+        raise QgenError(f"the number of measurements m must be positive, got {cfg.measurements}")
+    from qgen_infer.data import family_for_shape
+
+    family = family_for_shape(image_shape)
+    try:
+        return complete_config({"family": family, "image_shape": image_shape,
+                                "measurements": cfg.measurements, "bits": cfg.bits,
+                                "granularity": cfg.granularity, "latent_dim": 1})
+    except ValueError as exc:
+        raise QgenError(str(exc)) from None
+
+
+@torch.no_grad()
+def evaluate_reconstruction(
+    generator: nn.Module,
+    sensing: nn.Module,
+    images: torch.Tensor,
+    solver: SolverSettings,
+    step_size: float,
+    *,
+    batch_size: int = 250,
+    restarts: int = 1,
+    steps: int | None = None,
+    seed: int = 1234,
+) -> dict[str, Any]:
+    """Measure ``images`` with A, reconstruct with proximal GD, score PSNR/SSIM per image."""
+    was_training = generator.training, sensing.training
+    generator.eval()
+    sensing.eval()
+    ps, ss, losses = [], [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i:i + batch_size]
+        y = sensing(x)
+        res = reconstruct_latent(
+            y, generator, sensing, latent_dim=solver.latent_dim,
+            steps=solver.steps if steps is None else steps, step_size=step_size,
+            sparsity=solver.sparsity, project=solver.project, restarts=restarts, seed=seed + i,
+        )
+        ps.append(psnr(x, res.x))
+        ss.append(ssim(x, res.x))
+        losses.append(res.loss)
+    generator.train(was_training[0])
+    sensing.train(was_training[1])
+    p, s = torch.cat(ps), torch.cat(ss)
+    return {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_per_image": p,
+            "ssim_per_image": s, "loss_per_image": torch.cat(losses)}
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class Trainer:
+    """Runs Algorithm 1 on ``train_images`` and scores ``eval_images`` after each epoch."""
+
+    def __init__(self, cfg: TrainConfig, train_images: torch.Tensor, eval_images: torch.Tensor,
+                 *, resume: bool = False, data_description: str = "") -> None:
+        self.cfg = cfg
+        self.train_images = train_images
+        self.eval_images = eval_images
+        self.out = Path(cfg.out)
+        self.net = network_config(cfg, list(train_images.shape[1:]))
+        self.solver = resolve_solver(cfg, self.net)
+        self.net["latent_dim"] = self.solver.latent_dim
+        torch.manual_seed(cfg.seed)
+        self.generator = build_generator(self.net)
+        self.sensing = build_sensing(self.net)
+        self.log_step_size = nn.Parameter(torch.tensor(math.log(cfg.initial_step_size)))
+        self.optimizer = torch.optim.Adam(
+            [*self.generator.parameters(), *self.sensing.parameters(), self.log_step_size],
+            lr=cfg.lr)
+        self.epoch = 0
+        self.step = 0
+        self.wall_time = 0.0
+        self.rng = _seeded(cfg.seed + 1)
+        self.data_description = data_description
+        if resume:
+            self._resume()
+        elif cfg.init_from:
+            self._warm_start(cfg.init_from)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self, final: bool = False) -> dict[str, Any]:
+        return {
+            "config": self.net,
+            "solver": {**asdict(self.solver),
+                       "step_size": float(self.log_step_size.detach().exp())},
+            "generator": self.generator.state_dict(),
+            "sensing": self.sensing.state_dict(),
+            "log_step_size": self.log_step_size.detach().clone(),
+            "train": {"epochs": self.epoch, "step": self.step, "wall_time_s": self.wall_time,
+                      "final": final, "data": self.data_description,
+                      "settings": {k: v for k, v in asdict(self.cfg).items() if k != "extra"}},
+            "optimizer": self.optimizer.state_dict(),
+            "rng_state": self.rng.get_state(),
+        }
+
+    def _resume(self) -> None:
+        path = self.out / "model.pt"
+        ckpt = load_checkpoint(path)
+        if ckpt["config"] != self.net:
+            raise QgenError(f"{path} was trained with another network config; resume with the "
+                            f"same --bits/--measurements/--method/data, or choose a new --out")
+        self.generator.load_state_dict(ckpt["generator"])
+        self.sensing.load_state_dict(ckpt["sensing"])
+        with torch.no_grad():
+            self.log_step_size.copy_(ckpt["log_step_size"])
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "rng_state" in ckpt:
+            self.rng.set_state(ckpt["rng_state"])
+        t = ckpt["train"]
+        self.epoch, self.step, self.wall_time = int(t["epochs"]), int(t["step"]), float(
+            t["wall_time_s"])
+
+    def _warm_start(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        src = {k: v for k, v in ckpt["config"].items() if k not in ("bits", "granularity")}
+        dst = {k: v for k, v in self.net.items() if k not in ("bits", "granularity")}
+        if src != dst:
+            raise QgenError(f"--init-from {path}: its network differs from this run's (only the "
+                            f"bit width and granularity may differ)")
+        self.generator.load_state_dict(ckpt["generator"])
+        self.sensing.load_state_dict(ckpt["sensing"])
+        with torch.no_grad():
+            self.log_step_size.copy_(ckpt["log_step_size"])
+
+    # -- the loop ----------------------------------------------------------------------------
+    def learning_rate(self, epoch: int) -> float:
+        """Adam's rate for ``epoch`` (0-based): a function of the epoch alone, so resuming
+        continues the same schedule."""
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        frac = epoch / max(self.cfg.epochs, 1)
+        return self.cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_reconstruction(
+            self.generator, self.sensing, self.eval_images, self.solver,
+            float(self.log_step_size.detach().exp()), restarts=self.cfg.eval_restarts)
+
+    def run(self, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+        """Train until ``cfg.epochs``; returns the last log record."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+        n = self.train_images.shape[0]
+        bs = min(self.cfg.batch_size, n)
+        batches = n // bs
+        record: dict[str, Any] = {}
+        self.generator.train()
+        self.sensing.train()
+        while self.epoch < self.cfg.epochs:
+            order = torch.randperm(n, generator=_seeded(self.cfg.seed * 1_000_003 + self.epoch))
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(self.epoch)
+            sums = torch.zeros(4)
+            t0 = time.perf_counter()
+            bar = progress(total=batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                           leave=False) if progress else None
+            for i in range(batches):
+                x = self.train_images[order[i * bs:(i + 1) * bs]]
+                losses = meta_learning_losses(
+                    x, self.generator, self.sensing, self.log_step_size, self.solver,
+                    gdl_weight=self.cfg.gdl_weight, rng=self.rng)
+                self.optimizer.zero_grad(set_to_none=True)
+                losses.total.backward()
+                self.optimizer.step()
+                self.step += 1
+                parts = torch.stack([losses.total, losses.measurement, losses.isometry,
+                                     losses.gdl]).detach()
+                if not torch.isfinite(parts).all():
+                    raise QgenError(f"training diverged at step {self.step} (loss {parts.tolist()})"
+                                    f"; lower --lr or the initial step size")
+                sums += parts
+                if bar is not None:
+                    bar.update(1)
+                    if i % 10 == 0:
+                        bar.set_postfix(loss=f"{parts[0]:.2f}", meas=f"{parts[1]:.2f}",
+                                        beta=f"{float(self.log_step_size.detach().exp()):.3g}")
+            if bar is not None:
+                bar.close()
+            dt = time.perf_counter() - t0
+            self.wall_time += dt
+            self.epoch += 1
+            mean = (sums / batches).tolist()
+            record = {"epoch": self.epoch, "step": self.step, "loss": mean[0],
+                      "measurement": mean[1], "isometry": mean[2], "gdl": mean[3],
+                      "step_size": float(self.log_step_size.detach().exp()),
+                      "steps_per_s": batches / dt, "wall_time_s": self.wall_time}
+            if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
+                ev = self.evaluate()
+                record.update(eval_psnr=ev["psnr"], eval_ssim=ev["ssim"])
+            final = self.epoch >= self.cfg.epochs
+            save_checkpoint(self.out / "model.pt", self.checkpoint(final=final))
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if progress is not None:
+                msg = (f"epoch {self.epoch}: loss {mean[0]:.3f} (meas {mean[1]:.3f}, "
+                       f"iso {mean[2]:.3f}, gdl {mean[3]:.3f}), {batches / dt:.1f} steps/s")
+                if "eval_psnr" in record:
+                    msg += (f", eval PSNR {record['eval_psnr']:.2f} dB "
+                            f"SSIM {record['eval_ssim']:.3f}")
+                progress.write(msg)
+        return record
+
+
+def models_from_checkpoint_path(path: str | Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """(G with fake-quantized weights, A, checkpoint dict) for evaluation."""
+    ckpt = load_checkpoint(path)
+    g, a = build_from_checkpoint(ckpt)
+    return g, a, ckpt
