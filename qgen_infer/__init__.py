@@ -1,0 +1,26 @@
+"""qgen-infer: quantized generative priors for compressed sensing, from training to bit-packed
+1-4-bit inference kernels inside the latent proximal-gradient reconstruction loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine pulls in torch; `import qgen_infer` stays light
+    import torch
+
+    from qgen_infer.engine.loader import QgenModel
+
+__version__ = "0.1.0"
+
+
+def load(path: str | Path, backend: str = "reference",
+         device: torch.device | str | None = None) -> QgenModel:
+    """Load a packed ``.qgen`` model (see :func:`qgen_infer.engine.loader.load`).
+
+    Returns a ``QgenModel`` with ``.generator`` (packed layers), ``.sensing``, ``.config``,
+    ``.solver`` defaults, ``.metadata``, ``.bits`` and ``.backend``.
+    """
+    from qgen_infer.engine.loader import load as _load
+
+    return _load(path, backend=backend, device=device)
