@@ -26,9 +26,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_cli(prog: str, body: Callable[[Sequence[str] | None], int | None],
             argv: Sequence[str] | None = None) -> int:
-    """Run ``body(argv)``; a :class:`QgenError` becomes one line and exit code 2, Ctrl-C 130."""
+    """Run ``body(argv)`` and return its exit code: a :class:`QgenError` becomes one line and
+    code 2, Ctrl-C 130, argparse's own exits keep their codes (so ``main()`` always returns)."""
     try:
         code = body(argv)
+    except SystemExit as exc:  # argparse's --help and usage errors: keep their codes
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
     except QgenError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
