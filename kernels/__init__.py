@@ -1,0 +1,17 @@
+"""Triton kernels on bit-packed k-bit weights (k = 1..4), installed as ``qgen_infer.kernels``.
+
+Modules (import them explicitly; importing this package imports neither triton nor torch.cuda):
+
+* ``layout``  -- the GPU layout ``kpack`` (codes packed along K into int32 words, 3 bits as
+  2+1 planes) and ``PackedKWords``, repacked once from the canonical uint8 codes; pure torch.
+* ``common``  -- the Triton helpers every kernel shares: ``load_codes`` (the one decode helper) and
+  ``apply_epilogue`` (alpha, beta, activation).
+* ``configs`` -- launch configs, the interpreter's fixed config, the JSON tuning cache and the
+  autotuner (written once, used by every launcher).
+* ``gemm``    -- ``y = act(alpha * (x Wᵀ) + beta)``: tensor-core tile kernel and GEMV kernel.
+* ``gemm_t``  -- ``g' = g W`` (the input gradient): tensor-core tile kernel and GEMV kernel.
+* ``splitk``  -- the split-K reduction with the forward epilogue.
+* ``ops``     -- ``torch.library`` custom ops ``qgen_infer::packed_gemm`` / ``packed_gemm_t`` with
+  fake (meta) kernels and autograd, so the solver loop can be compiled or graph-captured.
+* ``registry``-- every kernel path with its torch reference; the tests walk it.
+"""

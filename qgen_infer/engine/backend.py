@@ -21,8 +21,8 @@ How layers map to the matrix view (the engine does this once at load time):
 * Conv2d ``[C_out, C_in, kh, kw]``: ``N = C_out``, ``K = C_in*kh*kw``; forward is ``gemm`` on the
   im2col of the input, the input gradient ``gemm_t`` followed by col2im.
 * ConvTranspose2d ``[C_in, C_out, kh, kw]``: permuted to ``[C_out, kh, kw, C_in]`` so that
-  ``N = C_out*kh*kw``, ``K = C_in`` (each output channel's scale repeated ``kh*kw`` times); forward is
-  ``gemm`` per input pixel followed by col2im, the input gradient im2col followed by ``gemm_t``.
+  ``N = C_out*kh*kw``, ``K = C_in`` (each output channel's scale repeated ``kh*kw`` times); forward
+  is ``gemm`` per input pixel followed by col2im, the input gradient im2col followed by ``gemm_t``.
 
 A backend's ``prepare`` repacks the codes once into whatever layout its kernels like (bit planes,
 interleaved words); it never changes the file's canonical bytes.

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# GPU suite: build, GPU tests, GPU benchmarks, markdown summary -- all results into OUTDIR.
+#
+#   bench/gpu_suite.sh OUTDIR        (run from anywhere; works on the repo root)
+#
+# Needs: an NVIDIA GPU, torch (CUDA) + triton preinstalled, pytest; pytest-benchmark optional
+# (without it the benchmarks run as a plain script). No network. Each step is logged to
+# OUTDIR/<step>.log with its exit code in OUTDIR/steps.txt; a failing step does not stop the
+# others. Budget: < 9 minutes in all (each step has its own timeout).
+set -u
+OUTDIR=$(mkdir -p "${1:?usage: gpu_suite.sh OUTDIR}" && cd "$1" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+START=$(date +%s)
+PY=${PYTHON:-python}
+: > "$OUTDIR/steps.txt"
+export QGEN_TRITON_CONFIGS="$OUTDIR/triton-configs.json"   # tuned configs land here
+export QGEN_BENCH_JSONL="$OUTDIR/bench-gpu.jsonl"
+rm -f "$QGEN_BENCH_JSONL"
+
+step() {  # step NAME TIMEOUT_S CMD...: run, log, record rc, never abort the suite
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "== $name: $*" | tee -a "$OUTDIR/commands.txt"
+  timeout --signal=INT --kill-after=20 "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a "$OUTDIR/steps.txt"
+  tail -n 5 "$OUTDIR/$name.log"
+  return 0
+}
+
+step env 60 bash -c "nvidia-smi; $PY -c 'import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__); print(torch.cuda.get_device_name())'; $PY -c 'import pytest_benchmark' && echo pytest-benchmark present || echo pytest-benchmark ABSENT"
+
+# Install without building the C++ CPU extension (QGEN_NO_EXT) or touching dependencies.
+step install 180 env QGEN_NO_EXT=1 $PY -m pip install -e . --no-build-isolation --no-deps
+if ! $PY -c "import qgen_infer.kernels.gemm" > /dev/null 2>&1; then
+  # Fallback: a shim tree mapping qgen_infer.kernels to kernels/ (setup.py's package_dir).
+  SHIM="$OUTDIR/shim"; mkdir -p "$SHIM/qgen_infer"
+  for f in "$ROOT"/qgen_infer/*; do ln -sfn "$f" "$SHIM/qgen_infer/$(basename "$f")"; done
+  ln -sfn "$ROOT/kernels" "$SHIM/qgen_infer/kernels"
+  export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+  echo "install fallback: PYTHONPATH=$PYTHONPATH" | tee -a "$OUTDIR/steps.txt"
+fi
+
+# GPU tests: the whole kernel test file on CUDA (small shapes + the gpu-marked full-size ones).
+step tests 200 $PY -m pytest tests/test_triton_kernels.py -p no:cacheprovider -ra \
+  --junitxml="$OUTDIR/tests-junit.xml" --durations=15
+
+# Benchmarks (autotuning on: the tuned configs are written to $QGEN_TRITON_CONFIGS).
+LEFT=$(( 520 - ($(date +%s) - START) ))
+[ "$LEFT" -lt 60 ] && LEFT=60
+if $PY -c "import pytest_benchmark" > /dev/null 2>&1; then
+  step bench "$LEFT" $PY -m pytest bench/test_bench_gpu.py -p no:cacheprovider -q \
+    --benchmark-json="$OUTDIR/bench-gpu.json" --benchmark-columns=min
+else
+  step bench "$LEFT" $PY bench/test_bench_gpu.py "$QGEN_BENCH_JSONL"
+fi
+
+{
+  echo "# GPU kernel suite"
+  echo
+  echo "- device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1)"
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) $(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo '(dirty)')"
+  echo "- software: $($PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' 2>&1)"
+  echo "- command: bench/gpu_suite.sh OUTDIR; steps (rc, seconds):"
+  sed 's/^/    /' "$OUTDIR/steps.txt"
+  echo "- tests: $(grep -E '(passed|failed|error)' "$OUTDIR/tests.log" | tail -n1)"
+  echo "- timing: kernel µs from CUDA-graph replay (median), activations fp16 for qgen/gemlite"
+  echo
+} > "$OUTDIR/header.md"
+step summary 60 $PY bench/summarize_gpu.py "$QGEN_BENCH_JSONL" "$OUTDIR/header.md"
+cp "$OUTDIR/summary.log" "$OUTDIR/summary.md" 2>/dev/null
+echo "total $(( $(date +%s) - START ))s; results in $OUTDIR" | tee -a "$OUTDIR/steps.txt"

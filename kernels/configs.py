@@ -1,0 +1,269 @@
+"""Launch configs for every packed kernel: one selector, one JSON tuning cache, one autotuner.
+
+Selection for a call (``select``), in order:
+
+1. under ``TRITON_INTERPRET=1``: one fixed small config per path (autotuning the interpreter is
+   pointless and slow);
+2. a tuned entry for the key ``(device, op, bits, dtype, m_bucket, n, k)`` from the cache;
+3. on a miss, when autotuning is allowed (``QGEN_TRITON_AUTOTUNE`` is not ``0`` and the stream is
+   not being captured into a CUDA graph), time the candidates with ``triton.testing.do_bench``, keep
+   the fastest and write it to the user cache;
+4. otherwise a shape heuristic.
+
+Cache files (read lazily on the first GPU call, never at import): every ``kernels/tuned/*.json``
+shipped with the package, then the user file ``$QGEN_TRITON_CONFIGS`` (default
+``~/.cache/qgen_infer/triton-configs.json``), whose entries win. Format::
+
+    {"format": "qgen-triton-configs", "version": 1,
+     "entries": [{"device": "NVIDIA H100 80GB HBM3", "op": "gemm", "bits": 4, "dtype": "float16",
+                  "m_bucket": 16, "n": 4096, "k": 4096, "time_us": 11.2,
+                  "config": {"path": "dot", "block_m": 16, "block_n": 64, "block_k": 128,
+                             "split": 4, "num_warps": 4, "num_stages": 3}}]}
+
+``n`` is always the weight's N (output width of ``gemm``, reduction length of ``gemm_t``) and ``k``
+its K; ``m_bucket`` is M rounded up to a power of two (capped at 8192).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PATHS = ("dot", "gemv")
+OPS = ("gemm", "gemm_t")
+FORMAT = "qgen-triton-configs"
+VERSION = 1
+_TUNED_DIR = Path(__file__).with_name("tuned")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How one product is launched.
+
+    ``path``: ``dot`` (tensor-core ``tl.dot`` tiles) or ``gemv`` (one activation row per program,
+    FMA + ``tl.sum``: no padding of M to 16). ``block_n``/``block_k`` tile the weight's N and K
+    axes whatever the op (for ``gemm`` N is the output axis, for ``gemm_t`` the reduction axis).
+    ``split``: number of slices of the reduction axis (split-K for ``gemm``, split-N for
+    ``gemm_t``); > 1 writes fp32 partials that ``splitk`` reduces.
+    """
+
+    path: str
+    block_m: int
+    block_n: int
+    block_k: int
+    split: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        if self.split < 1:
+            raise ValueError(f"split must be >= 1, got {self.split}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KernelConfig:
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__ if f in d})
+
+
+@dataclass(frozen=True)
+class TuneKey:
+    device: str
+    op: str
+    bits: int
+    dtype: str
+    m_bucket: int
+    n: int
+    k: int
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels with its CPU interpreter (read at call time)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def bucket_m(m: int) -> int:
+    """M rounded up to a power of two, capped at 8192: the batch axis of the cache key."""
+    return min(1 << max(m - 1, 0).bit_length(), 8192)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# --- fixed, candidate and heuristic configs ------
+
+def interpreter_config(m: int) -> KernelConfig:
+    """The interpreter's config: GEMV for tiny M, one small tensor-core tile otherwise."""
+    if m <= 4:
+        return KernelConfig("gemv", 1, 32, 32)
+    return KernelConfig("dot", 16, 32, 32)
+
+
+def candidates(m: int) -> list[KernelConfig]:
+    """GPU autotuning candidates for batch ``m`` (a short list: each one is a compile)."""
+    if m <= 16:
+        out = [KernelConfig("dot", 16, 64, 128, s, 4, 3) for s in (1, 4, 8)]
+        out += [KernelConfig("dot", 16, 128, 64, 4, 4, 3)]
+        if m <= 4:
+            out += [KernelConfig("gemv", 1, 64, 128, s, 4, 2) for s in (1, 4, 8)]
+            out += [KernelConfig("gemv", 1, 128, 64, 2, 4, 2)]
+        return out
+    if m <= 64:
+        return [KernelConfig("dot", 32, 64, 128, 1, 4, 3),
+                KernelConfig("dot", 64, 64, 64, 1, 4, 4),
+                KernelConfig("dot", 64, 128, 64, 1, 4, 3),
+                KernelConfig("dot", 32, 64, 128, 4, 4, 3)]
+    return [KernelConfig("dot", 64, 128, 64, 1, 4, 3), KernelConfig("dot", 128, 64, 64, 1, 4, 4),
+            KernelConfig("dot", 128, 128, 64, 1, 8, 3), KernelConfig("dot", 128, 256, 64, 1, 8, 3),
+            KernelConfig("dot", 64, 64, 64, 1, 4, 4)]
+
+
+def heuristic(m: int, out_dim: int, red_dim: int, op: str) -> KernelConfig:
+    """Untuned GPU default: enough programs to fill ~2 waves of 132 SMs, splitting the
+    reduction when the output alone is too small to."""
+    if m > 16:
+        return (KernelConfig("dot", 128, 128, 64, 1, 8, 3) if m >= 128
+                else KernelConfig("dot", 64, 64, 64, 1, 4, 4))
+    path, bm, b_out, b_red = ("gemv", 1, 64, 128) if m <= 4 else ("dot", 16, 64, 128)
+    tiles = -(-out_dim // b_out) * (m if path == "gemv" else 1)
+    split = max(1, min(16, -(-264 // tiles), -(-red_dim // b_red)))
+    # block_n tiles N and block_k tiles K whatever the op: swap for gemm_t (output axis is K)
+    if op == "gemm":
+        return KernelConfig(path, bm, b_out, b_red, split, 4, 3 if path == "dot" else 2)
+    return KernelConfig(path, bm, b_red, b_out, split, 4, 3 if path == "dot" else 2)
+
+
+# --- the cache ------
+
+_lock = threading.Lock()
+_cache: dict[TuneKey, KernelConfig] | None = None
+
+
+def user_cache_path() -> Path:
+    env = os.environ.get("QGEN_TRITON_CONFIGS")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "qgen_infer" / "triton-configs.json"
+
+
+def _read_entries(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable Triton config cache %s: %s", path, e)
+        return []
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+        log.warning("ignoring Triton config cache %s: not %s version %d", path, FORMAT, VERSION)
+        return []
+    return list(data.get("entries", []))
+
+
+def _entry_key(e: dict) -> TuneKey:
+    return TuneKey(str(e["device"]), str(e["op"]), int(e["bits"]), str(e["dtype"]),
+                   int(e["m_bucket"]), int(e["n"]), int(e["k"]))
+
+
+def _loaded() -> dict[TuneKey, KernelConfig]:
+    global _cache
+    with _lock:
+        if _cache is None:
+            files = sorted(_TUNED_DIR.glob("*.json")) + [user_cache_path()]
+            cache: dict[TuneKey, KernelConfig] = {}
+            for f in files:
+                for e in _read_entries(f):
+                    try:
+                        cache[_entry_key(e)] = KernelConfig.from_dict(e["config"])
+                    except (KeyError, TypeError, ValueError) as err:
+                        log.warning("skipping bad entry in %s: %s", f, err)
+            _cache = cache
+        return _cache
+
+
+def reset_cache() -> None:
+    """Forget what was read (tests; or after editing a cache file)."""
+    global _cache
+    with _lock:
+        _cache = None
+
+
+def lookup(key: TuneKey) -> KernelConfig | None:
+    return _loaded().get(key)
+
+
+def store(key: TuneKey, config: KernelConfig, time_us: float) -> None:
+    """Remember ``config`` for ``key`` and rewrite the user cache file (atomically)."""
+    _loaded()[key] = config
+    path = user_cache_path()
+    with _lock:
+        entries = [e for e in _read_entries(path) if _entry_key(e) != key]
+        entries.append({**asdict(key), "time_us": round(time_us, 3), "config": asdict(config)})
+        entries.sort(key=lambda e: (e["device"], e["op"], e["bits"], e["dtype"], e["n"], e["k"],
+                                    e["m_bucket"]))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "entries": entries},
+                                      indent=1) + "\n")
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("could not write Triton config cache %s: %s", path, e)
+
+
+def _autotune_allowed() -> bool:
+    if os.environ.get("QGEN_TRITON_AUTOTUNE", "1") == "0":
+        return False
+    return not torch.cuda.is_current_stream_capturing()
+
+
+def autotune(run: Callable[[KernelConfig], object], configs: list[KernelConfig]
+             ) -> tuple[KernelConfig, float] | None:
+    """Time each config (``run(cfg)`` launches the product) and return the fastest with its time
+    in µs; configs that fail to compile or launch (e.g. too much shared memory) are skipped."""
+    import triton.testing
+
+    best: tuple[KernelConfig, float] | None = None
+    for cfg in configs:
+        try:
+            ms = triton.testing.do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20)
+        except Exception as e:  # a config the device cannot run is not an error: skip it
+            log.info("config %s failed: %s", cfg, e)
+            continue
+        if best is None or ms * 1e3 < best[1]:
+            best = (cfg, ms * 1e3)
+    return best
+
+
+def select(op: str, x: torch.Tensor, bits: int, m: int, n: int, k: int,
+           run: Callable[[KernelConfig], object]) -> KernelConfig:
+    """The config for one call (module docstring); ``run`` is used only when autotuning."""
+    if interpreting() or x.device.type != "cuda":
+        return interpreter_config(m)
+    key = TuneKey(torch.cuda.get_device_name(x.device), op, bits, dtype_name(x.dtype),
+                  bucket_m(m), n, k)
+    cfg = lookup(key)
+    if cfg is not None:
+        return cfg
+    out_dim, red_dim = (n, k) if op == "gemm" else (k, n)
+    if not _autotune_allowed():
+        return heuristic(m, out_dim, red_dim, op)
+    found = autotune(run, candidates(m))
+    if found is None:
+        return heuristic(m, out_dim, red_dim, op)
+    store(key, *found)
+    return found[0]

@@ -1,0 +1,102 @@
+"""Reading the user's ``.npy`` arrays safely, and writing results atomically.
+
+``np.load`` never unpickles here (``allow_pickle=False``), and every way it can fail on a
+malformed file — ValueError, OverflowError, tokenizer SyntaxErrors in the header, EOFError,
+UnicodeDecodeError, MemoryError on absurd shapes — becomes one :class:`QgenError` line.
+Dtypes are handled explicitly: real floats are converted to native float32 (a non-native byte
+order is converted and said so); integers, booleans, complex and object arrays are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from qgen_infer.errors import QgenError
+
+
+def _read_npy(path: str | Path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise QgenError(f"{what} file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise QgenError(f"{what} file {str(path)!r} is not a .npy array (save it with numpy.save)")
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode=None)
+    except Exception as exc:  # np.load raises many undocumented types on malformed headers
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise QgenError(f"{what} file {str(path)!r} is not a readable .npy array ({msg})") from None
+    if not isinstance(arr, np.ndarray):
+        raise QgenError(f"{what} file {str(path)!r} holds no single array")
+    return arr
+
+
+def _as_float32(arr: np.ndarray, path: str | Path, what: str) -> np.ndarray:
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise QgenError(f"{what} in {str(path)!r} are complex ({arr.dtype}); pass real values")
+    if kind != "f":
+        raise QgenError(f"{what} in {str(path)!r} have dtype {arr.dtype}; a float array is "
+                        f"needed (e.g. arr.astype('float32'))")
+    if not arr.dtype.isnative:
+        print(f"note: {what} in {str(path)!r} are stored in non-native byte order "
+              f"({arr.dtype.str}); converted to native float32", file=sys.stderr)
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if out.size == 0:
+        raise QgenError(f"{what} in {str(path)!r} are empty (shape {arr.shape})")
+    bad = ~np.isfinite(out)
+    if bad.any():
+        raise QgenError(f"{what} in {str(path)!r} contain {int(bad.sum())} NaN or infinite "
+                        f"values (first at index {tuple(int(i) for i in np.argwhere(bad)[0])})")
+    return out
+
+
+def load_measurements(path: str | Path, m: int) -> np.ndarray:
+    """``y.npy`` as float32 ``[N, m]``."""
+    arr = _read_npy(path, "measurements")
+    if arr.ndim != 2:
+        raise QgenError(f"measurements in {str(path)!r} must be a 2-D array (N, {m}), got "
+                        f"shape {arr.shape}")
+    if arr.shape[1] != m:
+        raise QgenError(f"measurements in {str(path)!r} have {arr.shape[1]} values per image but "
+                        f"the model takes m = {m}")
+    return _as_float32(arr, path, "measurements")
+
+
+def load_images_npy(path: str | Path, image_shape: list[int] | tuple[int, ...],
+                    what: str = "images") -> np.ndarray:
+    """An image array ``[N, C, H, W]`` (or ``[N, H, W]`` for one channel) in [-1, 1], float32."""
+    arr = _read_npy(path, what)
+    c, h, w = image_shape
+    if arr.ndim == 3 and c == 1:
+        arr = arr[:, None]
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != (c, h, w):
+        raise QgenError(f"{what} in {str(path)!r} must have shape (N, {c}, {h}, {w}), got "
+                        f"{arr.shape}")
+    out = _as_float32(arr, path, what)
+    lo, hi = float(out.min()), float(out.max())
+    if lo < -1.0001 or hi > 1.0001:
+        raise QgenError(f"{what} in {str(path)!r} range over [{lo:.3g}, {hi:.3g}]; images must "
+                        f"be scaled to [-1, 1]")
+    return out
+
+
+def save_npy_atomic(path: str | Path, arr: np.ndarray) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,109 @@
+"""``qgen-measure``: apply a model's sensing network A to images, write measurements y.npy."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qgen_infer.cli.common import ArgumentParser, default_eval_size, run_cli
+from qgen_infer.errors import QgenError
+
+DESCRIPTION = """\
+Measure images with the sensing network A stored in a .qgen file: y = A(x) (+ Gaussian noise of
+standard deviation --noise-std), written as a float32 array of shape (N, m). The images come from a
+.npy array (N, C, H, W) in [-1, 1], a folder of PNG/JPEG files, or a data set's split.
+"""
+
+EPILOG = """\
+examples:
+  qgen-measure --model models/mnist-1bit.qgen --data mnist --data-root ../shared/data/mnist \\
+      --split eval --count 100 --out y.npy --truth-out x.npy
+  qgen-measure --model model.qgen --images photos/ --out y.npy
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qgen_infer.data import DATASETS
+
+    p = ArgumentParser(prog="qgen-measure", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--model", required=True, help="the .qgen file (its sensing net is used)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="a .npy image array or a folder of images")
+    src.add_argument("--data", choices=DATASETS, help="a data set (see qgen-train --help)")
+    p.add_argument("--data-root", default=None, help="folder with the data set's files")
+    p.add_argument("--split", choices=("train", "eval", "all"), default="eval",
+                   help="which part of the data set (eval: the held-out images)")
+    p.add_argument("--count", type=int, default=None, help="measure only the first COUNT images")
+    p.add_argument("--noise-std", type=float, default=0.0,
+                   help="add N(0, sigma^2) noise to every measurement")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--out", required=True, help="where to write y.npy")
+    p.add_argument("--truth-out", default=None,
+                   help="also write the measured images x (N, C, H, W) in [-1, 1] here")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    return p
+
+
+def _images(args: argparse.Namespace, image_shape: list[int]) -> np.ndarray:
+    from qgen_infer.arrays import load_images_npy
+    from qgen_infer.data import load_images, split_train_eval
+
+    if args.images is not None and Path(args.images).is_file():
+        return load_images_npy(args.images, image_shape)
+    if args.images is not None:
+        x = load_images("folder", args.images, image_size=image_shape[1])
+    else:
+        x = load_images(args.data, args.data_root)
+        if args.split != "all":
+            train, evals = split_train_eval(x, default_eval_size(args.data, x.shape[0]))
+            x = evals if args.split == "eval" else train
+    if list(x.shape[1:]) != list(image_shape):
+        raise QgenError(f"the images are {list(x.shape[1:])} but the model takes {image_shape}")
+    return x.numpy()
+
+
+def _body(argv: Sequence[str] | None) -> int:
+    from qgen_infer.arrays import save_npy_atomic
+    from qgen_infer.engine import load
+
+    args = build_parser().parse_args(argv)
+    if args.noise_std < 0 or not np.isfinite(args.noise_std):
+        raise QgenError("--noise-std must be a non-negative number")
+    if args.count is not None and args.count < 1:
+        raise QgenError("--count must be at least 1")
+    outs = [Path(p) for p in (args.out, args.truth_out) if p]
+    for p in outs:
+        if p.suffix != ".npy":
+            raise QgenError(f"output {str(p)!r} must end in .npy")
+        if p.exists() and not args.force:
+            raise QgenError(f"{str(p)!r} exists; pass --force to overwrite it")
+        if not p.parent.is_dir():
+            raise QgenError(f"folder {str(p.parent)!r} does not exist")
+    model = load(args.model, backend="reference")
+    x = _images(args, model.config["image_shape"])
+    if args.count is not None:
+        x = x[: args.count]
+    with torch.no_grad():
+        y = torch.cat([model.sensing(torch.from_numpy(x[i:i + 512]))
+                       for i in range(0, x.shape[0], 512)])
+    if args.noise_std > 0:
+        g = torch.Generator().manual_seed(args.seed)
+        y = y + args.noise_std * torch.randn(y.shape, generator=g)
+    save_npy_atomic(args.out, y.numpy().astype(np.float32))
+    if args.truth_out:
+        save_npy_atomic(args.truth_out, x.astype(np.float32))
+    print(f"qgen-measure: {x.shape[0]} images {list(x.shape[1:])} -> {args.out} "
+          f"{tuple(y.shape)}" + (f" (noise std {args.noise_std})" if args.noise_std else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("qgen-measure", _body, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Generator layers that run on packed weights through a backend (see ``backend.py`` for the math).
+
+Each module is built from a :class:`qgen_infer.format.PackedLayer`: it keeps the canonical packed
+codes with their scale and zero (a few bits per weight, for inspection via :meth:`matrix_weight`),
+the backend's prepared weight (made once, here), and the epilogue ``act(alpha * acc + beta)``.
+The matrix view ``W [N, K]`` per layer kind:
+
+* Linear ``[out, in]``: ``N = out, K = in``; ``y = gemm(x)`` with the epilogue fused.
+* Conv2d ``[C_out, C_in, kh, kw]``: ``N = C_out, K = C_in*kh*kw``; ``y = gemm(im2col(x))`` with
+  the epilogue fused, reshaped to NCHW.
+* ConvTranspose2d ``[C_in, C_out, kh, kw]`` permuted to ``[C_out, kh, kw, C_in]``:
+  ``N = C_out*kh*kw, K = C_in`` (scale and zero repeated ``kh*kw`` times per channel);
+  ``cols = gemm(x per pixel)``, ``y = epilogue(col2im(cols))``.
+
+im2col/col2im are ``F.unfold``/``F.fold``, whose autograd is each other, so only the gemm needs the
+custom :class:`PackedGemm` Function: gradients w.r.t. the input flow through ``backend.gemm_t``.
+Modules are placed on their device at load time (the prepared weight is opaque to ``.to()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qgen_infer.engine.backend import Backend, Epilogue, MatrixWeight
+from qgen_infer.engine.packed_ops import apply_epilogue, packed_gemm
+from qgen_infer.format import PackedLayer, unpack_codes
+
+
+def _row_vector(v: torch.Tensor, rows: int, repeats: int) -> torch.Tensor:
+    """A per-tensor ``[1]`` or per-channel ``[C]`` vector as one value per matrix row."""
+    if v.numel() == 1:
+        return v.reshape(1).expand(rows).contiguous()
+    return v.repeat_interleave(repeats).contiguous()
+
+
+def matrix_view(kind: str, weight_shape: tuple[int, ...], codes: torch.Tensor,
+                scale: torch.Tensor, zero: torch.Tensor, bits: int) -> MatrixWeight:
+    """The ``[N, K]`` matrix view of a layer's unpacked codes (see the module docstring)."""
+    if kind == "conv_transpose2d":
+        c_in, c_out, kh, kw = weight_shape
+        matrix = codes.permute(1, 2, 3, 0).reshape(c_out * kh * kw, c_in).contiguous()
+        repeats = kh * kw
+    else:
+        matrix = codes.reshape(weight_shape[0], -1)
+        repeats = 1
+    rows = matrix.shape[0]
+    return MatrixWeight(matrix, _row_vector(scale, rows, repeats),
+                        _row_vector(zero, rows, repeats), bits)
+
+
+class PackedModule(nn.Module):
+    """Shared state of the packed layers: canonical codes, prepared weight, epilogue."""
+
+    kind = ""
+
+    def __init__(self, layer: PackedLayer, bits: int, backend: Backend,
+                 device: torch.device | None = None) -> None:
+        super().__init__()
+        self.name = layer.name
+        self.bits = bits
+        self.weight_shape = tuple(layer.weight_shape)
+        self.backend = backend
+        device = device or torch.device("cpu")
+        # canonical bytes kept at bits/8 bytes per weight; the unpacked matrix is transient
+        self.packed_codes = layer.codes.to(device)
+        self.scale = layer.scale.to(device)
+        self.zero = layer.zero.to(device)
+        weight = self.matrix_weight()
+        self.matrix_shape = weight.shape
+        self.prepared: Any = backend.prepare(weight)
+        self.epilogue = Epilogue(layer.alpha.to(device), layer.beta.to(device), layer.activation,
+                                 layer.negative_slope)
+
+    def matrix_weight(self) -> MatrixWeight:
+        """Decode the canonical codes into the backend contract's ``[N, K]`` matrix view."""
+        codes = unpack_codes(self.packed_codes, self.weight_shape, self.bits)
+        return matrix_view(self.kind, self.weight_shape, codes, self.scale, self.zero, self.bits)
+
+    def extra_repr(self) -> str:
+        return (f"{self.kind}, weight={list(self.weight_shape)}, bits={self.bits}, "
+                f"act={self.epilogue.activation}, backend={self.backend.name}")
+
+
+class PackedLinear(PackedModule):
+    kind = "linear"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = packed_gemm(x.reshape(-1, x.shape[-1]), self.backend, self.prepared, self.epilogue)
+        return y.reshape(*lead, y.shape[-1])
+
+
+class _ConvParams:
+    def _conv_init(self, layer: PackedLayer) -> None:
+        self.kernel_size = tuple(layer.weight_shape[2:])
+        self.stride = tuple(layer.stride)
+        self.padding = tuple(layer.padding)
+        self.dilation = tuple(layer.dilation)
+
+    def _conv_output_size(self, size: int, axis: int) -> int:
+        k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
+                      self.dilation[axis])
+        return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+class PackedConv2d(PackedModule, _ConvParams):
+    kind = "conv2d"
+
+    def __init__(self, layer: PackedLayer, bits: int, backend: Backend,
+                 device: torch.device | None = None) -> None:
+        super().__init__(layer, bits, backend, device)
+        self._conv_init(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        h_out, w_out = self._conv_output_size(h, 0), self._conv_output_size(w, 1)
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [B,K,L]
+        rows = cols.transpose(1, 2).reshape(b * h_out * w_out, cols.shape[1])
+        y = packed_gemm(rows, self.backend, self.prepared, self.epilogue)  # [B*L, N]
+        return y.reshape(b, h_out * w_out, -1).transpose(1, 2).reshape(b, -1, h_out, w_out)
+
+
+class PackedConvTranspose2d(PackedModule, _ConvParams):
+    kind = "conv_transpose2d"
+
+    def __init__(self, layer: PackedLayer, bits: int, backend: Backend,
+                 device: torch.device | None = None) -> None:
+        super().__init__(layer, bits, backend, device)
+        self._conv_init(layer)
+        self.output_padding = tuple(layer.output_padding)
+        self.out_channels = int(layer.weight_shape[1])
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """PyTorch's ``(H-1)*s - 2p + d*(k-1) + output_padding + 1`` per axis."""
+        return tuple(  # type: ignore[return-value]
+            (size - 1) * self.stride[a] - 2 * self.padding[a]
+            + self.dilation[a] * (self.kernel_size[a] - 1) + self.output_padding[a] + 1
+            for a, size in enumerate((h, w))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c_in, h, w = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in)
+        cols = packed_gemm(pixels, self.backend, self.prepared, None)  # [B*H*W, C_out*kh*kw]
+        cols = cols.reshape(b, h * w, -1).transpose(1, 2)  # [B, C_out*kh*kw, L]
+        acc = F.fold(cols, self.output_size(h, w), self.kernel_size, self.dilation,
+                     self.padding, self.stride)
+        return apply_epilogue(acc, self.epilogue, channel_dim=1)
+
+
+PACKED_MODULES: dict[str, type[PackedModule]] = {
+    "linear": PackedLinear,
+    "conv2d": PackedConv2d,
+    "conv_transpose2d": PackedConvTranspose2d,
+}

@@ -1,0 +1,71 @@
+"""The ``triton`` backend: the packed products of ``backend.py`` on bit-packed weights, run by the
+Triton kernels in ``qgen_infer.kernels`` (GPU, or the CPU under ``TRITON_INTERPRET=1``).
+
+``prepare`` repacks the canonical codes once into the ``kpack`` layout (codes packed along K into
+int32 words, 3 bits as a 2-bit plus a 1-bit plane; see ``qgen_infer.kernels.layout``) and moves it
+to the backend's device. ``gemm`` and ``gemm_t`` call the ``torch.ops.qgen_infer.packed_gemm`` /
+``packed_gemm_t`` custom ops, so the solver loop can be compiled or captured in a CUDA graph.
+
+Outputs are in the activation dtype (float32, float16 or bfloat16) with fp32 accumulation.
+``TRITON_INTERPRET=1`` must be set before this module (or any kernel module) is first imported:
+Triton decides at decoration time whether a kernel is compiled or interpreted.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from qgen_infer.engine.backend import Epilogue, MatrixWeight
+
+
+def is_available() -> bool:
+    """True when triton imports and kernels can run: a CUDA device, or ``TRITON_INTERPRET=1``."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" or torch.cuda.is_available()
+
+
+def _default_device() -> torch.device:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+class TritonBackend:
+    """Backend protocol of ``backend.py``; ``prepared`` objects are ``PackedKWords``."""
+
+    name = "triton"
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        if not is_available():
+            raise RuntimeError("the triton backend needs triton and a CUDA device (or "
+                               "TRITON_INTERPRET=1 to run the kernels on the CPU)")
+        import qgen_infer.kernels.ops  # noqa: F401  (registers torch.ops.qgen_infer.*)
+
+        self.device = torch.device(device) if device is not None else _default_device()
+
+    def prepare(self, weight: MatrixWeight):
+        from qgen_infer.kernels.layout import PackedKWords
+
+        return PackedKWords.from_codes(weight.codes, weight.scale, weight.zero, weight.bits,
+                                       self.device)
+
+    def gemm(self, x: torch.Tensor, prepared, epilogue: Epilogue | None = None) -> torch.Tensor:
+        ep = epilogue or Epilogue()
+        return torch.ops.qgen_infer.packed_gemm(x, prepared.words, prepared.scale, prepared.zero,
+                                                ep.alpha, ep.beta, prepared.bits, prepared.k,
+                                                ep.activation, float(ep.negative_slope))
+
+    def gemm_t(self, g: torch.Tensor, prepared) -> torch.Tensor:
+        return torch.ops.qgen_infer.packed_gemm_t(g, prepared.words, prepared.scale,
+                                                  prepared.zero, prepared.bits, prepared.k)
+
+
+def create_backend(device: torch.device | str | None = None) -> TritonBackend:
+    """A ``TritonBackend`` on ``device`` (default: the current CUDA device, or the CPU when the
+    kernels are interpreted)."""
+    return TritonBackend(device)

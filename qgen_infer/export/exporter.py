@@ -1,0 +1,190 @@
+"""Checkpoint -> quantized codes -> canonical packed layout -> ``.qgen``.
+
+Every generator weight goes through the same :func:`qgen_infer.quant.quantize_codes` as training's
+fake quantization, so at the trained bit width and granularity the weights decoded from the file
+(``scale * (code - zero)``) equal the fake-quantized training weights bit for bit. Exporting at
+another width or granularity is post-training quantization: allowed, warned about, and recorded in
+the ``quantizer`` metadata (``post_training: true``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import qgen_infer
+from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
+from qgen_infer.errors import QgenError
+from qgen_infer.export.fold import FusedLayer, ReshapeStep, fuse_generator
+from qgen_infer.export.sensing import effective_sensing_state
+from qgen_infer.format import PackedLayer, QgenFile, ReshapeLayer, pack_codes, write_qgen
+from qgen_infer.format.packing import PACKED_BITS
+from qgen_infer.format.schema import channel_axis
+from qgen_infer.models import ConfigError, complete_config
+from qgen_infer.quant import GRANULARITIES, QuantSpec, quantize_codes
+
+QUANTIZER_SCHEME = "linear_quantize"  # Hubara et al. for k >= 2, sign * mean|w| for k = 1
+
+
+class PostTrainingQuantizationWarning(UserWarning):
+    """The export's bit width or granularity differs from training's (accuracy may drop)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    bits: int
+    granularity: str
+    post_training: bool
+    file_bytes: int
+    weight_count: int
+    packed_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _packed_layer(fused: FusedLayer, spec: QuantSpec, bits: int) -> PackedLayer:
+    weight = fused.module.weight
+    if not bool(torch.isfinite(weight).all()):
+        raise QgenError(f"generator layer {fused.name!r} has non-finite weights; the checkpoint "
+                        "cannot be exported")
+    q = quantize_codes(weight, QuantSpec(bits, spec.granularity, channel_axis(fused.kind)))
+    m = fused.module
+    conv = {}
+    if fused.kind != "linear":
+        conv = {"stride": _pair(m.stride), "padding": _pair(m.padding),
+                "dilation": _pair(m.dilation)}
+    if fused.kind == "conv_transpose2d":
+        conv["output_padding"] = _pair(m.output_padding)
+    for what, value in (("alpha", fused.alpha), ("beta", fused.beta)):
+        if not bool(torch.isfinite(value).all()):
+            raise QgenError(f"generator layer {fused.name!r}: folded {what} is not finite "
+                            "(BatchNorm statistics or bias hold NaN/inf)")
+    return PackedLayer(
+        name=fused.name, kind=fused.kind, weight_shape=tuple(weight.shape),
+        codes=pack_codes(q.codes, bits), scale=q.scale.float(), zero=q.zero.float(),
+        alpha=fused.alpha, beta=fused.beta, activation=fused.activation,
+        negative_slope=fused.negative_slope, batchnorm=fused.batchnorm, **conv,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Keep the JSON-representable part of checkpoint metadata (drop tensors and the like)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return _jsonable(value.item())
+    return None
+
+
+def solver_defaults(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The reconstruction defaults: the checkpoint's solver settings, with the *learned* step size
+    ``β = exp(log_step_size)``."""
+    solver = ckpt["solver"] if isinstance(ckpt["solver"], dict) else {}
+    log_step = ckpt["log_step_size"]
+    step = float(torch.as_tensor(log_step, dtype=torch.float64).exp())
+    if not math.isfinite(step):
+        raise QgenError(f"the checkpoint's learned step size exp({float(log_step)}) is not finite")
+    return {
+        "method": solver.get("method", "sdlss"),
+        "sparsity": _jsonable(solver.get("sparsity")),
+        "steps": _jsonable(solver.get("steps")),
+        "project": bool(solver.get("project", False)),
+        "step_size": step,
+    }
+
+
+def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
+                    granularity: str | None = None) -> tuple[QgenFile, list[str]]:
+    """Quantize and pack a loaded checkpoint; returns the file content and any warnings."""
+    try:
+        config = complete_config(ckpt["config"])
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise QgenError(f"the checkpoint's network config is invalid ({exc})") from None
+    trained_bits, trained_granularity = int(config["bits"]), str(config["granularity"])
+    if bits is None:
+        if trained_bits not in PACKED_BITS:
+            raise QgenError("the checkpoint was trained at full precision (32 bits); choose the "
+                            "export width with --bits 1..4")
+        bits = trained_bits
+    if bits not in PACKED_BITS:
+        raise QgenError(f"--bits must be one of {PACKED_BITS}, got {bits}")
+    granularity = granularity or trained_granularity
+    if granularity not in GRANULARITIES:
+        raise QgenError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    notes = []
+    post_training = (bits, granularity) != (trained_bits, trained_granularity)
+    if post_training:
+        notes.append(f"post-training quantization: trained at {trained_bits} bits "
+                     f"({trained_granularity}), exporting at {bits} bits ({granularity}); the "
+                     "exported weights are not the ones training saw")
+    generator, sensing = build_from_checkpoint(ckpt)
+    spec = QuantSpec(bits, granularity)
+    layers: list[PackedLayer | ReshapeLayer] = []
+    for step in fuse_generator(generator):
+        if isinstance(step, ReshapeStep):
+            layers.append(ReshapeLayer(step.name, tuple(step.shape)))
+        else:
+            layers.append(_packed_layer(step, spec, bits))
+    quantizer = {
+        "scheme": QUANTIZER_SCHEME,
+        "granularity": granularity,
+        "trained_bits": trained_bits,
+        "trained_granularity": trained_granularity,
+        "post_training": post_training,
+    }
+    training = _jsonable(ckpt.get("train", {})) or {}
+    if not isinstance(training, dict):
+        training = {}
+    exported_config = {**config, "bits": bits, "granularity": granularity}
+    qf = QgenFile(
+        bits=bits, layers=layers, sensing=effective_sensing_state(config, sensing),
+        config=exported_config, quantizer=quantizer, solver=solver_defaults(ckpt),
+        training=training, writer=f"qgen-infer {qgen_infer.__version__}",
+    )
+    return qf, notes
+
+
+def default_output_path(checkpoint: Path) -> Path:
+    """``model.pt`` -> ``model.qgen`` beside it."""
+    return checkpoint.with_suffix(".qgen")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
+                      bits: int | None = None, granularity: str | None = None) -> ExportResult:
+    """Export ``checkpoint`` (a ``model.pt``) to a packed ``.qgen`` file.
+
+    ``bits`` defaults to the trained width (required when the checkpoint is full precision),
+    ``granularity`` to the trained one. A post-training re-quantization issues a
+    :class:`PostTrainingQuantizationWarning` and is listed in ``ExportResult.warnings``.
+    """
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)  # weights_only=True: no pickle code runs
+    qf, notes = build_qgen_file(ckpt, bits, granularity)
+    for note in notes:
+        warnings.warn(note, PostTrainingQuantizationWarning, stacklevel=2)
+    path = Path(out) if out is not None else default_output_path(checkpoint)
+    if not path.parent.is_dir():
+        raise QgenError(f"output folder {str(path.parent)!r} does not exist")
+    size = write_qgen(path, qf)
+    packed = qf.packed_layers
+    return ExportResult(
+        path=path, bits=qf.bits, granularity=qf.quantizer["granularity"],
+        post_training=qf.quantizer["post_training"], file_bytes=size,
+        weight_count=sum(layer.numel for layer in packed),
+        packed_bytes=sum(layer.codes.numel() for layer in packed), warnings=notes,
+    )

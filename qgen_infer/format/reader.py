@@ -1,0 +1,389 @@
+"""Read a ``.qgen`` file with strict validation: every problem is one :class:`FormatError` line.
+
+safetensors checks byte ranges (offsets inside the file, contiguous, sized by dtype and shape); it
+does not know what the tensors mean. Before any of them is used, this reader checks, in order:
+
+1. the 8-byte header length, read here first: within :data:`MAX_HEADER_BYTES` and the file;
+2. the container, parsed by safetensors itself (the header is never parsed by a second JSON parser);
+3. ``__metadata__``: exactly the known keys, format name and version, bits in 1..4, layout name;
+4. the sha256 checksum of the data region (a corrupted or edited file stops here);
+5. the JSON values qgen wrote (bounded size and depth, see :mod:`bounded_json`), layer by layer;
+6. the tensor names: none missing, none unknown;
+7. every tensor's dtype and shape against its description, the packed codes' length against
+   ``packed_nbytes(weight_shape, bits)`` -- all before a tensor is read;
+8. tensor values: scales positive and finite, zeros/alpha/beta/sensing finite, packing padding zero.
+
+Sizes are bounded by the file: a declared shape must match bytes actually present, so no check
+allocates more than a small multiple of the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from qgen_infer.errors import FormatError
+from qgen_infer.format import bounded_json
+from qgen_infer.format.packing import PACKED_BITS, packed_nbytes, padding_is_zero, shape_numel
+from qgen_infer.format.schema import (
+    ACTIVATIONS,
+    CHECKSUM_PREFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GENERATOR_PREFIX,
+    GRANULARITIES,
+    LAYER_NAME,
+    LAYER_TENSOR_FIELDS,
+    LAYOUT_NAME,
+    METADATA_KEYS,
+    RESHAPE_KIND,
+    SENSING_PREFIX,
+    WEIGHT_KINDS,
+    GeneratorLayer,
+    PackedLayer,
+    QgenFile,
+    ReshapeLayer,
+    output_channels,
+)
+
+MAX_HEADER_BYTES = 8 << 20  # a real header is a few KiB; this bounds safetensors' JSON parse
+MAX_DIM = 2**31 - 1
+MAX_NUMEL = 2**34
+MAX_CONV_PARAM = 1 << 16
+MAX_LAYERS = 4096
+_HEADER_LENGTH = struct.Struct("<Q")
+_CHUNK = 1 << 20
+
+
+def _fail(path: Path, message: str) -> FormatError:
+    return FormatError(f"{str(path)!r}: {message}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_header_length(path: Path) -> int:
+    """Read and bound the safetensors header length; return the data region's start offset."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(_HEADER_LENGTH.size + 1)
+    if len(head) < _HEADER_LENGTH.size:
+        raise _fail(path, f"truncated: {size} bytes, shorter than the 8-byte header length")
+    (header_len,) = _HEADER_LENGTH.unpack_from(head)
+    if header_len > MAX_HEADER_BYTES:
+        raise _fail(path, f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit "
+                          "(not a .qgen file, or corrupt)")
+    if _HEADER_LENGTH.size + header_len > size:
+        raise _fail(path, f"truncated: header length {header_len} runs past the end of the "
+                          f"{size}-byte file")
+    if head[_HEADER_LENGTH.size:] != b"{":
+        raise _fail(path, "not a safetensors file (its header is not a JSON object)")
+    return _HEADER_LENGTH.size + header_len
+
+
+def _check_unique_keys(path: Path, data_start: int, names: list[str]) -> None:
+    """Reject a header that names a tensor or metadata key twice.
+
+    serde_json keeps the last of duplicate keys, so safetensors would silently see one of them.
+    This counts each *known* key's occurrences as a JSON object key in the raw header text (a
+    quote not escaped, the name, a colon); it is a byte search, not a second JSON parse. (A
+    duplicate spelled with unicode escapes evades the count, but then either its byte range is
+    left uncovered, which safetensors rejects, or it is an identical copy.)
+    """
+    with open(path, "rb") as fh:
+        fh.seek(_HEADER_LENGTH.size)
+        header = fh.read(data_start - _HEADER_LENGTH.size)
+    for name in names:
+        key = re.compile(rb'(?<!\\)' + re.escape(json.dumps(name).encode()) + rb"\s*:")
+        if len(key.findall(header)) > 1:
+            raise _fail(path, f"duplicate name {name!r} in the header")
+
+
+def _data_checksum(path: Path, data_start: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(data_start)
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return CHECKSUM_PREFIX + digest.hexdigest()
+
+
+# ---- metadata values --------------------------------------------------------------------------
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FormatError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _int_list(value: Any, what: str, length: int | tuple[int, int], low: int, high: int
+              ) -> tuple[int, ...]:
+    lo_len, hi_len = (length, length) if isinstance(length, int) else length
+    if not isinstance(value, list) or not lo_len <= len(value) <= hi_len:
+        raise FormatError(f"{what} must be a list of {length} integers, got {value!r}"[:200])
+    return tuple(_int(v, what, low, high) for v in value)
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FormatError(f"metadata {what!r} must be a JSON object")
+    return value
+
+
+def _shape(value: Any, what: str, ndim: int | tuple[int, int]) -> tuple[int, ...]:
+    shape = _int_list(value, what, ndim, 1, MAX_DIM)
+    if shape_numel(shape) > MAX_NUMEL:
+        raise FormatError(f"{what} {list(shape)} has more than {MAX_NUMEL} elements")
+    return shape
+
+
+_COMMON_KEYS = {"name", "kind", "weight_shape", "activation", "negative_slope", "batchnorm"}
+_LAYER_KEYS = {
+    "linear": _COMMON_KEYS,
+    "conv2d": _COMMON_KEYS | {"stride", "padding", "dilation"},
+    "conv_transpose2d": _COMMON_KEYS | {"stride", "padding", "dilation", "output_padding"},
+    RESHAPE_KIND: {"name", "kind", "shape"},
+}
+
+
+def _parse_layer(desc: Any, index: int) -> dict[str, Any]:
+    """Validate one layer description; returns the PackedLayer/ReshapeLayer fields (no tensors)."""
+    if not isinstance(desc, dict):
+        raise FormatError(f"layer {index} description must be a JSON object")
+    name = desc.get("name")
+    if not isinstance(name, str) or not LAYER_NAME.match(name):
+        raise FormatError(f"layer {index} has an invalid name {name!r}"[:200])
+    kind = desc.get("kind")
+    if kind not in _LAYER_KEYS:
+        raise FormatError(f"layer {name!r} has unknown kind {kind!r}; expected one of "
+                          f"{(*WEIGHT_KINDS, RESHAPE_KIND)}"[:300])
+    keys = set(desc)
+    if keys != _LAYER_KEYS[kind]:
+        missing, unknown = sorted(_LAYER_KEYS[kind] - keys), sorted(keys - _LAYER_KEYS[kind])
+        raise FormatError(f"layer {name!r} ({kind}): missing keys {missing}, unknown keys "
+                          f"{unknown}"[:300])
+    if kind == RESHAPE_KIND:
+        return {"name": name, "kind": kind,
+                "shape": _shape(desc["shape"], f"layer {name!r} shape", (1, 4))}
+    where = f"layer {name!r}"
+    fields: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "weight_shape": _shape(desc["weight_shape"], f"{where} weight_shape",
+                               2 if kind == "linear" else 4),
+    }
+    if desc["activation"] not in ACTIVATIONS:
+        raise FormatError(f"{where} has unknown activation {desc['activation']!r}; expected one "
+                          f"of {ACTIVATIONS}"[:300])
+    fields["activation"] = desc["activation"]
+    fields["negative_slope"] = bounded_json.finite_number(desc["negative_slope"],
+                                                          f"{where} negative_slope")
+    if desc["batchnorm"] is not None and not isinstance(desc["batchnorm"], str):
+        raise FormatError(f"{where} batchnorm must be a name or null")
+    fields["batchnorm"] = desc["batchnorm"]
+    if kind != "linear":
+        fields["stride"] = _int_list(desc["stride"], f"{where} stride", 2, 1, MAX_CONV_PARAM)
+        fields["padding"] = _int_list(desc["padding"], f"{where} padding", 2, 0, MAX_CONV_PARAM)
+        fields["dilation"] = _int_list(desc["dilation"], f"{where} dilation", 2, 1,
+                                       MAX_CONV_PARAM)
+    if kind == "conv_transpose2d":
+        fields["output_padding"] = _int_list(desc["output_padding"], f"{where} output_padding",
+                                             2, 0, MAX_CONV_PARAM)
+        for op, s, d in zip(fields["output_padding"], fields["stride"], fields["dilation"],
+                            strict=True):
+            if op >= max(s, d):
+                raise FormatError(f"{where} output_padding must be smaller than stride or "
+                                  f"dilation, got {list(fields['output_padding'])}")
+    return fields
+
+
+def _parse_layers(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise FormatError("metadata 'layers' must be a non-empty JSON list")
+    if len(value) > MAX_LAYERS:
+        raise FormatError(f"metadata 'layers' lists {len(value)} layers (limit {MAX_LAYERS})")
+    layers = [_parse_layer(desc, i) for i, desc in enumerate(value)]
+    seen: set[str] = set()
+    for layer in layers:
+        if layer["name"] in seen:
+            raise FormatError(f"duplicate layer name {layer['name']!r}")
+        seen.add(layer["name"])
+    return layers
+
+
+def _parse_sensing(value: Any) -> dict[str, tuple[int, ...]]:
+    shapes = _dict(value, "sensing")
+    if not shapes:
+        raise FormatError("metadata 'sensing' lists no tensors")
+    return {str(k): _shape(v, f"sensing tensor {k!r} shape", (0, 4))
+            for k, v in shapes.items()}
+
+
+def _parse_metadata(meta: dict[str, str] | None) -> dict[str, Any]:
+    """Check the metadata keys and the simple fields, before the checksum and the JSON values."""
+    if not meta:
+        raise FormatError("no qgen metadata (a safetensors file, but not a .qgen file)")
+    missing = [k for k in METADATA_KEYS if k not in meta]
+    unknown = sorted(k for k in meta if k not in METADATA_KEYS)
+    if meta.get("format") != FORMAT_NAME:
+        raise FormatError(f"format is {meta.get('format')!r}, not {FORMAT_NAME!r} "
+                          "(not a .qgen file)"[:300])
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise FormatError(f"unsupported format version {meta.get('format_version')!r}; this "
+                          f"qgen-infer reads version {FORMAT_VERSION}"[:300])
+    if missing:
+        raise FormatError(f"metadata lacks {', '.join(missing)}")
+    if unknown:
+        raise FormatError(f"unknown metadata keys {unknown}"[:300])
+    if meta["bits"] not in {str(b) for b in PACKED_BITS}:
+        raise FormatError(f"bits must be one of {PACKED_BITS}, got {meta['bits']!r}"[:300])
+    if meta["layout"] != LAYOUT_NAME:
+        raise FormatError(f"unknown packed layout {meta['layout']!r}; this qgen-infer reads "
+                          f"{LAYOUT_NAME!r}"[:300])
+    checksum = meta["checksum"]
+    if not (checksum.startswith(CHECKSUM_PREFIX) and len(checksum) == len(CHECKSUM_PREFIX) + 64):
+        raise FormatError(f"checksum must be '{CHECKSUM_PREFIX}<64 hex digits>', "
+                          f"got {checksum!r}"[:300])
+    return {"bits": int(meta["bits"]), "checksum": checksum}
+
+
+# ---- tensors ----------------------------------------------------------------------------------
+
+
+def _expected_tensors(layers: list[dict[str, Any]], sensing: dict[str, tuple[int, ...]],
+                      bits: int, granularity: str) -> dict[str, tuple[torch.dtype, tuple]]:
+    """Every tensor the metadata implies, with its dtype and exact shape."""
+    expected: dict[str, tuple[torch.dtype, tuple]] = {}
+    for layer in layers:
+        if layer["kind"] == RESHAPE_KIND:
+            continue
+        prefix = f"{GENERATOR_PREFIX}{layer['name']}."
+        c_out = output_channels(layer["kind"], layer["weight_shape"])
+        scale_len = c_out if granularity == "channel" else 1
+        expected[prefix + "codes"] = (torch.uint8, (packed_nbytes(layer["weight_shape"], bits),))
+        expected[prefix + "scale"] = (torch.float32, (scale_len,))
+        expected[prefix + "zero"] = (torch.float32, (scale_len,))
+        expected[prefix + "alpha"] = (torch.float32, (c_out,))
+        expected[prefix + "beta"] = (torch.float32, (c_out,))
+    for name, shape in sensing.items():
+        expected[SENSING_PREFIX + name] = (torch.float32, shape)
+    return expected
+
+
+_DTYPES = {"U8": torch.uint8, "F32": torch.float32}
+
+
+def _check_tensor_index(index: dict[str, tuple[str, list[int]]],
+                        expected: dict[str, tuple[torch.dtype, tuple]]) -> None:
+    missing = sorted(set(expected) - set(index))
+    if missing:
+        raise FormatError(f"missing tensor {missing[0]!r}"
+                          + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    unknown = sorted(set(index) - set(expected))
+    if unknown:
+        raise FormatError(f"unknown tensor {unknown[0]!r}"[:200]
+                          + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""))
+    for name, (dtype, shape) in expected.items():
+        file_dtype, file_shape = index[name]
+        if _DTYPES.get(file_dtype) != dtype:
+            raise FormatError(f"tensor {name!r} has dtype {file_dtype}, expected "
+                              f"{str(dtype).removeprefix('torch.')}")
+        if tuple(file_shape) != tuple(shape):
+            what = "packed codes" if name.endswith(".codes") else "tensor"
+            raise FormatError(f"{what} {name!r} has shape {list(file_shape)}, expected "
+                              f"{list(shape)}")
+
+
+def _check_values(name: str, value: torch.Tensor) -> None:
+    if value.dtype == torch.float32 and not bool(torch.isfinite(value).all()):
+        raise FormatError(f"tensor {name!r} holds non-finite values (NaN or infinity)")
+    if name.endswith(".scale") and not bool((value > 0).all()):
+        raise FormatError(f"tensor {name!r} holds non-positive scales")
+
+
+def _build_layers(layers: list[dict[str, Any]], tensors: dict[str, torch.Tensor], bits: int
+                  ) -> list[GeneratorLayer]:
+    built: list[GeneratorLayer] = []
+    for fields in layers:
+        if fields["kind"] == RESHAPE_KIND:
+            built.append(ReshapeLayer(fields["name"], fields["shape"]))
+            continue
+        prefix = f"{GENERATOR_PREFIX}{fields['name']}."
+        layer = PackedLayer(**fields, **{f: tensors[prefix + f] for f in LAYER_TENSOR_FIELDS})
+        if not padding_is_zero(layer.codes, layer.weight_shape, bits):
+            raise FormatError(f"tensor {prefix + 'codes'!r} has non-zero padding bits")
+        built.append(layer)
+    return built
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+
+def read_qgen(path: str | Path) -> QgenFile:
+    """Read and validate a ``.qgen`` file (see the module docstring for the checks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{str(path)!r} does not exist (or is not a file)")
+    try:
+        return _read(path)
+    except FormatError as exc:
+        message = str(exc)
+        if message.startswith(repr(str(path))):
+            raise
+        raise _fail(path, message) from None
+
+
+def _read(path: Path) -> QgenFile:
+    data_start = _check_header_length(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as container:
+            meta = container.metadata()
+            index = {}
+            for name in container.keys():
+                view = container.get_slice(name)
+                index[name] = (view.get_dtype(), list(view.get_shape()))
+            simple = _parse_metadata(meta)
+            _check_unique_keys(path, data_start, [*index, *meta])
+            if _data_checksum(path, data_start) != simple["checksum"]:
+                raise FormatError("checksum mismatch: the tensor data is corrupt or was edited")
+            bits = simple["bits"]
+            values = {k: bounded_json.loads(meta[k], k)
+                      for k in ("quantizer", "config", "layers", "sensing", "solver", "training")}
+            quantizer = _dict(values["quantizer"], "quantizer")
+            granularity = quantizer.get("granularity")
+            if granularity not in GRANULARITIES:
+                raise FormatError(f"quantizer granularity must be one of {GRANULARITIES}, got "
+                                  f"{granularity!r}"[:300])
+            layers = _parse_layers(values["layers"])
+            sensing_shapes = _parse_sensing(values["sensing"])
+            _check_tensor_index(index, _expected_tensors(layers, sensing_shapes, bits,
+                                                         granularity))
+            tensors = {}
+            for name in index:
+                tensors[name] = container.get_tensor(name)
+                _check_values(name, tensors[name])
+    except (SafetensorError, OSError) as exc:
+        raise FormatError(f"not a valid safetensors file ({_first_line(exc)})"[:400]) from None
+    return QgenFile(
+        bits=bits,
+        layers=_build_layers(layers, tensors, bits),
+        sensing={k: tensors[SENSING_PREFIX + k] for k in sensing_shapes},
+        config=_dict(values["config"], "config"),
+        quantizer=quantizer,
+        solver=_dict(values["solver"], "solver"),
+        training=_dict(values["training"], "training"),
+        format_version=FORMAT_VERSION,
+        layout=LAYOUT_NAME,
+        writer=meta["writer"],
+        metadata=dict(meta),
+    )

@@ -1,0 +1,124 @@
+"""Reconstruction with a loaded ``.qgen`` model: batched latent proximal GD through the packed G.
+
+``reconstruct(model, y)`` splits the measurements into batches and, per batch, runs
+``z ← P_s(z − β ∇_z ‖y − A(G(z))‖²)`` from ``restarts`` random sparse starts
+(:func:`qgen_infer.solve.reconstruct_latent`), where ``G`` is the model's packed generator (its
+backward is the backend's transposed packed kernel) and ``A`` its fp32 sensing net. Defaults come
+from the file's solver metadata (the settings the model was trained with).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from qgen_infer.errors import QgenError
+from qgen_infer.solve import reconstruct_latent
+
+
+@dataclass
+class SolverOptions:
+    """Resolved reconstruction settings (see :func:`solver_options`)."""
+
+    latent_dim: int
+    sparsity: int | None
+    steps: int
+    step_size: float
+    project: bool
+    restarts: int = 1
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class Reconstruction:
+    """``x_hat`` ``[N, C, H, W]`` in [-1, 1], ``z`` ``[N, d]``, per-image measurement ``loss``
+    ``[N]``; ``batch_seconds``: wall time of each finished batch. After an interruption only the
+    first ``done`` images are filled."""
+
+    x_hat: np.ndarray
+    z: np.ndarray
+    loss: np.ndarray
+    done: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(self.batch_seconds))
+
+
+def solver_options(model: Any, *, sparsity: int | None = None, steps: int | None = None,
+                   step_size: float | None = None, restarts: int = 1, batch_size: int = 256,
+                   seed: int = 0, project: bool | None = None) -> SolverOptions:
+    """The file's solver defaults, overridden by any argument that is not None; validated."""
+    sv = model.solver
+    latent = int(model.config["latent_dim"])
+    s = sparsity if sparsity is not None else sv.get("sparsity")
+    opts = SolverOptions(
+        latent_dim=latent,
+        sparsity=None if s is None else int(s),
+        steps=int(steps if steps is not None else sv.get("steps", 3)),
+        step_size=float(step_size if step_size is not None else sv.get("step_size", 0.01)),
+        project=bool(project if project is not None else sv.get("project", True)),
+        restarts=int(restarts), batch_size=int(batch_size), seed=int(seed))
+    if opts.sparsity is not None and not 1 <= opts.sparsity <= latent:
+        raise QgenError(f"sparsity must be between 1 and the latent dimension {latent}, "
+                        f"got {opts.sparsity}")
+    if opts.steps < 0:
+        raise QgenError(f"steps must be >= 0, got {opts.steps}")
+    if not (np.isfinite(opts.step_size) and opts.step_size > 0):
+        raise QgenError(f"step size must be a positive number, got {opts.step_size}")
+    if opts.restarts < 1:
+        raise QgenError(f"restarts must be >= 1, got {opts.restarts}")
+    if opts.batch_size < 1:
+        raise QgenError(f"batch size must be >= 1, got {opts.batch_size}")
+    return opts
+
+
+def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions | None = None,
+                *, on_batch: Callable[[Reconstruction, int], None] | None = None,
+                **overrides: Any) -> Reconstruction:
+    """Reconstruct images from measurements ``y`` ``[N, m]`` with a model from
+    :func:`qgen_infer.load`.
+
+    ``options`` (or keyword overrides of the file's defaults: ``sparsity``, ``steps``,
+    ``step_size``, ``restarts``, ``batch_size``, ``seed``) set the solver.
+    ``on_batch(result, done)`` is called after each batch (progress, partial saves). Each batch's starts are seeded by
+    ``seed`` and the batch's position, so a result does not depend on what ran before it.
+    On KeyboardInterrupt the partial result is attached to the exception as ``.partial``.
+    """
+    opts = options or solver_options(model, **overrides)
+    y_t = y if torch.is_tensor(y) else torch.as_tensor(np.asarray(y, dtype=np.float32))
+    if y_t.ndim != 2 or y_t.shape[1] != int(model.config["measurements"]):
+        raise QgenError(f"measurements must have shape (N, {model.config['measurements']}), "
+                        f"got {tuple(y_t.shape)}")
+    n = y_t.shape[0]
+    shape = tuple(model.config["image_shape"])
+    out = Reconstruction(x_hat=np.zeros((n, *shape), np.float32),
+                         z=np.zeros((n, opts.latent_dim), np.float32),
+                         loss=np.full(n, np.nan, np.float32))
+    dev = model.device
+    try:
+        for start in range(0, n, opts.batch_size):
+            yb = y_t[start:start + opts.batch_size].to(dev, torch.float32)
+            t0 = time.perf_counter()
+            res = reconstruct_latent(
+                yb, model.generator, model.sensing, latent_dim=opts.latent_dim, steps=opts.steps,
+                step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
+                restarts=opts.restarts, seed=opts.seed * 1_000_003 + start)
+            x_hat, z, loss = (t.detach().cpu().numpy() for t in (res.x, res.z, res.loss))
+            out.batch_seconds.append(time.perf_counter() - t0)
+            end = start + yb.shape[0]
+            out.x_hat[start:end], out.z[start:end], out.loss[start:end] = x_hat, z, loss
+            out.done = end
+            if on_batch is not None:
+                on_batch(out, end)
+    except KeyboardInterrupt as exc:
+        exc.partial = out  # type: ignore[attr-defined]
+        raise
+    return out

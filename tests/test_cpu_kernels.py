@@ -1,0 +1,263 @@
+"""The CPU backend (``qgen_infer._cpu``) against the contract's oracle, on every ISA tier the
+machine supports.
+
+Tolerances (fp32 accumulation everywhere):
+
+* norm-wise: ``max|y - ref| / max|ref| < 1e-5`` on the linear part (activation "none");
+* element-wise: ``|y - ref| <= 1e-5 * bound + 1e-6 * |beta|`` with
+  ``bound[m, n] = |alpha[n]| * sum_k |x[m, k]| |W[n, k]|``, the scale of a dot product's
+  rounding error; every activation is 1-Lipschitz (leaky slope <= 1), so the same bound holds
+  after it. ``gemm_t`` likewise with ``bound[m, k] = sum_n |g[m, n]| |W[n, k]|``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+_cpu = pytest.importorskip("qgen_infer._cpu", reason="CPU extension qgen_infer._cpu not built")
+
+from qgen_infer.engine.backend import (  # noqa: E402
+    ACTIVATIONS,
+    Epilogue,
+    MatrixWeight,
+    gemm_reference,
+    gemm_t_reference,
+)
+from qgen_infer.engine.cpu_backend import create_backend, is_available  # noqa: E402
+
+ALL_ISAS = ("portable", "avx2", "avx512")
+SUPPORTED = set(_cpu.supported_isas())
+ISAS = [pytest.param(i, marks=pytest.mark.skipif(i not in SUPPORTED,
+                                                 reason=f"this CPU/OS lacks {i}"))
+        for i in ALL_ISAS]
+BITS = (1, 2, 3, 4)
+# (M, K, N): ones, primes, sizes off every block (16 columns, 32-entry words, 4-row tiles).
+SHAPES = [(1, 1, 1), (1, 784, 500), (3, 1, 17), (2, 33, 1), (7, 13, 997), (5, 97, 31),
+          (64, 50, 40), (9, 300, 130)]
+REL = 1e-5
+
+
+def make_weight(bits: int, n: int, k: int, gen: torch.Generator,
+                zero: str = "random") -> MatrixWeight:
+    """Random codes with every value 0 .. 2^bits - 1 present (when n * k allows)."""
+    top = 1 << bits
+    codes = torch.randint(0, top, (n * k,), generator=gen, dtype=torch.uint8)
+    cover = min(top, n * k)
+    perm = torch.randperm(n * k, generator=gen)[:cover]
+    codes[perm] = torch.arange(cover, dtype=torch.uint8)
+    codes = codes.reshape(n, k)
+    scale = torch.rand(n, generator=gen) + 0.05
+    if zero == "random":
+        z = torch.rand(n, generator=gen) * (top - 1)
+    else:  # the LinearQuantize convention
+        z = torch.full((n,), 0.5 if bits == 1 else float(top // 2))
+    return MatrixWeight(codes, scale, z, bits)
+
+
+def check_close(y: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor,
+                slack: torch.Tensor | float = 0.0) -> None:
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    err = (y - ref).abs()
+    bad = err > REL * bound + slack + 1e-30
+    assert not bad.any(), (f"{int(bad.sum())} elements off; worst err {err.max().item():.3g}, "
+                           f"bound there {(REL * bound)[bad].min().item():.3g}")
+
+
+def norm_rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    scale = ref.abs().max().item()
+    return (y - ref).abs().max().item() / scale if scale > 0 else (y - ref).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def backends() -> dict[str, object]:
+    return {i: create_backend(i) for i in ALL_ISAS if i in SUPPORTED}
+
+
+def test_available() -> None:
+    assert is_available()
+    assert "portable" in SUPPORTED
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_and_gemm_t_match_reference(backends, isa: str, bits: int,
+                                         shape: tuple[int, int, int]) -> None:
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}{bits}{shape}".encode()))
+    w = make_weight(bits, n, k, gen)
+    if n * k >= 1 << bits:
+        assert torch.unique(w.codes).numel() == 1 << bits
+    be = backends[isa]
+    p = be.prepare(w)
+    wabs = w.dequantize().abs()
+
+    x = torch.randn(m, k, generator=gen)
+    y, ref = be.gemm(x, p), gemm_reference(x, w)
+    assert norm_rel(y, ref) < REL
+    check_close(y, ref, x.abs() @ wabs.T)
+
+    g = torch.randn(m, n, generator=gen)
+    gt, ref_t = be.gemm_t(g, p), gemm_t_reference(g, w)
+    assert gt.shape == (m, k)
+    assert norm_rel(gt, ref_t) < REL
+    check_close(gt, ref_t, g.abs() @ wabs)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "alpha_beta"])
+def test_epilogue(backends, isa: str, bits: int, activation: str, affine: bool) -> None:
+    m, k, n = 6, 70, 45
+    gen = torch.Generator().manual_seed(1000 + bits)
+    w = make_weight(bits, n, k, gen, zero="quantizer")
+    x = torch.randn(m, k, generator=gen).relu()  # non-negative, as after a ReLU layer
+    alpha = torch.randn(n, generator=gen) if affine else None
+    beta = torch.randn(n, generator=gen) if affine else None
+    ep = Epilogue(alpha, beta, activation, negative_slope=0.2)
+    be = backends[isa]
+    y, ref = be.gemm(x, be.prepare(w), ep), gemm_reference(x, w, ep)
+    a = alpha.abs()[None, :] if affine else 1.0
+    slack = 1e-6 * beta.abs()[None, :] if affine else 0.0
+    check_close(y, ref, a * (x.abs() @ w.dequantize().abs().T), slack)
+
+
+def test_epilogue_none_equals_default() -> None:
+    gen = torch.Generator().manual_seed(5)
+    w = make_weight(3, 20, 40, gen)
+    x = torch.randn(4, 40, generator=gen)
+    be = create_backend()
+    p = be.prepare(w)
+    assert torch.equal(be.gemm(x, p), be.gemm(x, p, Epilogue()))
+
+
+def test_threads_do_not_change_results() -> None:
+    gen = torch.Generator().manual_seed(6)
+    w = make_weight(2, 300, 200, gen)
+    x = torch.randn(33, 200, generator=gen)
+    one, two = create_backend(threads=1), create_backend(threads=2)
+    p = one.prepare(w)
+    assert torch.equal(one.gemm(x, p), two.gemm(x, p))
+    g = torch.randn(33, 300, generator=gen)
+    assert torch.equal(one.gemm_t(g, p), two.gemm_t(g, p))
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+def test_several_table_panels(bits: int) -> None:
+    """K large enough that the 1 MiB table budget splits M into several panels."""
+    gen = torch.Generator().manual_seed(7)
+    m, k, n = 37, 4100, 20
+    w = make_weight(bits, n, k, gen)
+    x = torch.randn(m, k, generator=gen)
+    be = create_backend()
+    y, ref = be.gemm(x, be.prepare(w)), gemm_reference(x, w)
+    check_close(y, ref, x.abs() @ w.dequantize().abs().T)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_tiers_agree_closely(backends, isa: str) -> None:
+    """Tables are built with identical arithmetic; only accumulation order differs."""
+    gen = torch.Generator().manual_seed(8)
+    w = make_weight(4, 61, 129, gen)
+    x = torch.randn(5, 129, generator=gen)
+    y = backends[isa].gemm(x, backends[isa].prepare(w))
+    y0 = backends["portable"].gemm(x, backends["portable"].prepare(w))
+    assert norm_rel(y, y0) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# ISA selection and input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_isa_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QGEN_CPU_ISA", "portable")
+    assert create_backend().isa == "portable"
+    assert create_backend(_cpu.best_isa()).isa == _cpu.best_isa()  # argument wins
+    monkeypatch.setenv("QGEN_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="QGEN_CPU_ISA"):
+        create_backend()
+
+
+def test_unknown_or_unsupported_isa() -> None:
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        create_backend("neon")
+    for isa in set(ALL_ISAS) - SUPPORTED:
+        with pytest.raises(ValueError, match="does not support"):
+            create_backend(isa)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    gen = torch.Generator().manual_seed(9)
+    w = make_weight(2, 8, 12, gen)
+    be = create_backend()
+    return be, be.prepare(w)
+
+
+def test_rejects_bad_x(prepared) -> None:
+    be, p = prepared
+    with pytest.raises(TypeError, match="float32"):
+        be.gemm(torch.randn(2, 12, dtype=torch.float64), p)
+    with pytest.raises(ValueError, match="contiguous"):
+        be.gemm(torch.randn(12, 2).T, p)
+    with pytest.raises(ValueError, match="12 columns"):
+        be.gemm(torch.randn(2, 11), p)
+    with pytest.raises(ValueError, match="2-D"):
+        be.gemm(torch.randn(12), p)
+    with pytest.raises(TypeError):
+        be.gemm(np.zeros((2, 12), np.float32), p)
+
+
+def test_rejects_bad_g_and_epilogue(prepared) -> None:
+    be, p = prepared
+    with pytest.raises(ValueError, match="8 columns"):
+        be.gemm_t(torch.randn(3, 12), p)
+    with pytest.raises(TypeError, match="float32"):
+        be.gemm_t(torch.randn(3, 8).half(), p)
+    with pytest.raises(ValueError, match="alpha"):
+        be.gemm(torch.randn(2, 12), p, Epilogue(alpha=torch.ones(7)))
+
+
+def test_extension_checks_its_own_inputs(prepared) -> None:
+    """Called directly, the C++ entry points raise rather than crash."""
+    _, p = prepared
+    x = np.zeros((2, 12), np.float32)
+    with pytest.raises(ValueError, match="words"):
+        _cpu.gemm_planes_f32(x, p.words[:-1].copy(), 8, 2, p.scale, p.zero)
+    with pytest.raises(TypeError, match="words"):
+        _cpu.gemm_planes_f32(x, p.words.astype(np.int64), 8, 2, p.scale, p.zero)
+    with pytest.raises(ValueError, match="scale"):
+        _cpu.gemm_planes_f32(x, p.words, 8, 2, p.scale[:4].copy(), p.zero)
+    with pytest.raises(ValueError, match="contiguous"):
+        _cpu.gemm_planes_f32(np.zeros((12, 2), np.float32).T, p.words, 8, 2, p.scale, p.zero)
+    with pytest.raises(ValueError, match="bits"):
+        _cpu.gemm_planes_f32(x, p.words, 8, 5, p.scale, p.zero)
+    with pytest.raises(ValueError, match="activation"):
+        _cpu.gemm_planes_f32(x, p.words, 8, 2, p.scale, p.zero, None, None, 9)
+    with pytest.raises(ValueError, match="words_t"):
+        _cpu.gemm_t_planes_f32(np.zeros((2, 8), np.float32), p.words_t[:5].copy(), 12, 2,
+                               p.scale, p.zero)
+
+
+def test_repack_rejects_out_of_range_codes() -> None:
+    codes = np.full((3, 5), 4, np.uint8)
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        _cpu.repack_planes(codes, 2)
+
+
+def test_kernel_names_carry_the_contract() -> None:
+    be = create_backend("portable")
+    assert be.kernel_name(3) == "gemm_w3_planes_f32[portable]"
+    assert be.kernel_name(1, transposed=True) == "gemm_t_w1_planes_f32[portable]"
+
+
+def test_empty_batch(prepared) -> None:
+    be, p = prepared
+    assert be.gemm(torch.zeros(0, 12), p).shape == (0, 8)
+    assert be.gemm_t(torch.zeros(0, 8), p).shape == (0, 12)

@@ -1,0 +1,193 @@
+"""The reference engine: a loaded .qgen generator equals the fake-quantized checkpoint generator
+(eval mode) in output and in d/dz, for every bit width, both granularities, MLP and DCGAN; the
+backend registry; and the engine's structural checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import qgen_infer
+from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
+from qgen_infer.engine import (
+    PackedConv2d,
+    PackedConvTranspose2d,
+    PackedLinear,
+    ReferenceBackend,
+    get_backend,
+    registry,
+)
+from qgen_infer.errors import FormatError, QgenError
+from qgen_infer.export import export_checkpoint
+
+CASES = [(f, b, g) for f in ("mlp", "dcgan") for b in (1, 2, 3, 4) for g in ("tensor", "channel")]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    """``exported(family, bits, granularity)`` -> (qgen path, checkpoint path), cached."""
+    cache: dict = {}
+
+    def get(family: str, bits: int, granularity: str) -> tuple[Path, Path]:
+        key = (family, bits, granularity)
+        if key not in cache:
+            ckpt = tiny_checkpoint(*key)
+            out = tmp_path_factory.mktemp("qgen") / "m.qgen"
+            cache[key] = (export_checkpoint(ckpt, out).path, ckpt)
+        return cache[key]
+
+    return get
+
+
+def _weighted_sum(x: torch.Tensor) -> torch.Tensor:
+    """A loss whose gradient differs per output element (a plain sum would hide permutations)."""
+    w = torch.sin(torch.arange(x[0].numel(), dtype=torch.float32)).reshape(x.shape[1:])
+    return (x * w).sum()
+
+
+@pytest.mark.parametrize(("family", "bits", "granularity"), CASES)
+def test_generator_and_gradient_match_checkpoint(family, bits, granularity, exported) -> None:
+    qgen_path, ckpt_path = exported(family, bits, granularity)
+    model = qgen_infer.load(qgen_path)
+    gen, _ = build_from_checkpoint(load_checkpoint(ckpt_path))
+    torch.manual_seed(bits)
+    z = torch.randn(5, model.config["latent_dim"])
+    z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    x_packed, x_ckpt = model.generator(z1), gen(z2)
+    assert x_packed.shape == x_ckpt.shape == (5, *model.config["image_shape"])
+    torch.testing.assert_close(x_packed, x_ckpt, rtol=1e-5, atol=1e-6)
+    (g_packed,) = torch.autograd.grad(_weighted_sum(x_packed), z1)
+    (g_ckpt,) = torch.autograd.grad(_weighted_sum(x_ckpt), z2)
+    torch.testing.assert_close(g_packed, g_ckpt, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["mlp", "dcgan"])
+def test_reference_weights_are_the_fake_quantized_ones(family, exported) -> None:
+    qgen_path, ckpt_path = exported(family, 3, "channel")
+    model = qgen_infer.load(qgen_path)
+    gen, _ = build_from_checkpoint(load_checkpoint(ckpt_path))
+    for name, module in model.generator.named_children():
+        if not isinstance(module, (PackedLinear, PackedConv2d, PackedConvTranspose2d)):
+            continue
+        w = getattr(gen, name).quantized_weight().detach()
+        if isinstance(module, PackedConvTranspose2d):
+            w = w.permute(1, 2, 3, 0)  # [C_out, kh, kw, C_in]
+        assert torch.equal(module.prepared, w.reshape(module.matrix_shape[0], -1)), name
+        assert module.matrix_weight().shape == module.matrix_shape
+
+
+def test_model_fields_and_sensing(exported) -> None:
+    qgen_path, ckpt_path = exported("dcgan", 2, "tensor")
+    model = qgen_infer.load(qgen_path, backend="reference", device="cpu")
+    assert model.bits == 2 and model.backend.name == "reference"
+    assert model.solver["method"] == "sdlss" and model.solver["steps"] == 3
+    assert model.metadata["quantizer"]["trained_bits"] == 2
+    assert model.metadata["format_version"] == 1
+    _, sense = build_from_checkpoint(load_checkpoint(ckpt_path))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.sensing(x), sense(x), rtol=1e-5, atol=1e-6)
+    # the solver's end-to-end gradient: d/dz ||y - A(G(z))||² flows through packed weights
+    z = torch.randn(2, model.config["latent_dim"], requires_grad=True)
+    loss = (model.sensing(model.generator(z)) - 1).pow(2).sum()
+    (grad,) = torch.autograd.grad(loss, z)
+    assert grad.shape == z.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+class CountingBackend(ReferenceBackend):
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = {"prepare": 0, "gemm": 0, "gemm_t": 0}
+
+    def prepare(self, weight):
+        self.calls["prepare"] += 1
+        return super().prepare(weight)
+
+    def gemm(self, x, prepared, epilogue=None):
+        self.calls["gemm"] += 1
+        return super().gemm(x, prepared, epilogue)
+
+    def gemm_t(self, g, prepared):
+        self.calls["gemm_t"] += 1
+        return super().gemm_t(g, prepared)
+
+
+def test_lazy_backend_module_is_used(exported, monkeypatch) -> None:
+    fake = types.ModuleType("fake_cpu_backend")
+    fake.is_available = lambda: True
+    fake.create_backend = CountingBackend
+    monkeypatch.setitem(sys.modules, "fake_cpu_backend", fake)
+    monkeypatch.setitem(registry.LAZY_BACKENDS, "cpu", "fake_cpu_backend")
+    model = qgen_infer.load(exported("dcgan", 4, "channel")[0], backend="cpu")
+    calls = model.backend.calls
+    assert calls == {"prepare": 4, "gemm": 0, "gemm_t": 0}
+    z = torch.randn(3, model.config["latent_dim"], requires_grad=True)
+    _weighted_sum(model.generator(z)).backward()
+    assert calls["gemm"] == 4 and calls["gemm_t"] == 4  # backward runs the transposed product
+    assert registry.auto_backend_name("cpu") == "cpu"
+
+
+def test_unknown_and_unavailable_backends(monkeypatch, exported) -> None:
+    with pytest.raises(QgenError, match="unknown backend 'cuda9'"):
+        get_backend("cuda9")
+    monkeypatch.setitem(registry.LAZY_BACKENDS, "cpu", "qgen_infer.engine._no_such_backend")
+    with pytest.raises(QgenError, match="backend 'cpu' is not available"):
+        get_backend("cpu")
+    assert registry.auto_backend_name("cpu") == "reference"
+    assert get_backend("auto").name == "reference"
+    fake = types.ModuleType("fake_off")
+    fake.is_available = lambda: False
+    monkeypatch.setitem(sys.modules, "fake_off", fake)
+    monkeypatch.setitem(registry.LAZY_BACKENDS, "triton", "fake_off")
+    with pytest.raises(QgenError, match="backend 'triton' is not available"):
+        qgen_infer.load(exported("mlp", 1, "tensor")[0], backend="triton")
+    with pytest.raises(QgenError, match="device"):
+        qgen_infer.load(exported("mlp", 1, "tensor")[0], device="tpu:7")
+
+
+def _rewrite_config(src: Path, dst: Path, **changes) -> None:
+    """Edit the config metadata (not covered by the data checksum) of a valid file."""
+    import struct
+
+    blob = src.read_bytes()
+    (n,) = struct.unpack_from("<Q", blob)
+    header = json.loads(blob[8:8 + n])
+    config = json.loads(header["__metadata__"]["config"])
+    config.update(changes)
+    header["__metadata__"]["config"] = json.dumps(config)
+    raw = json.dumps(header).encode()
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + blob[8 + n:])
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"latent_dim": 11}, "expects 10 input features"),
+    ({"image_shape": [1, 5, 5]}, "image_shape is [1, 5, 5]"),
+    ({"measurements": 8}, "sensing tensors do not fit"),
+    ({"family": "vae"}, "invalid network config"),
+    ({"bits": 2}, "disagree"),
+])
+def test_inconsistent_files_are_format_errors(changes, words, exported, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.qgen"
+    _rewrite_config(exported("mlp", 3, "tensor")[0], bad, **changes)
+    with pytest.raises(FormatError, match=words.replace("[", r"\[")) as info:
+        qgen_infer.load(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_import_is_light_and_engine_never_imports_training(exported) -> None:
+    path = exported("mlp", 2, "tensor")[0]
+    code = (
+        "import sys, qgen_infer\n"
+        "assert 'torch' not in sys.modules, 'import qgen_infer pulled in torch'\n"
+        f"m = qgen_infer.load({str(path)!r})\n"
+        "bad = [k for k in sys.modules if k.startswith('qgen_infer.train')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

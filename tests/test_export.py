@@ -1,0 +1,173 @@
+"""qgen-export: bit-exact with the fake-quantized training weights, BatchNorm folding, sensing net,
+metadata, post-training quantization warnings, and the command line."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+from qgen_infer.cli.export import main as export_main
+from qgen_infer.errors import QgenError
+from qgen_infer.export import PostTrainingQuantizationWarning, export_checkpoint
+from qgen_infer.format import PackedLayer, read_qgen, unpack_codes
+from qgen_infer.format.schema import channel_axis
+from qgen_infer.quant import dequantize
+
+CASES = [(f, b, g) for f in ("mlp", "dcgan") for b in (1, 2, 3, 4) for g in ("tensor", "channel")]
+
+
+def decoded_weight(layer: PackedLayer, bits: int) -> torch.Tensor:
+    codes = unpack_codes(layer.codes, layer.weight_shape, bits)
+    return dequantize(codes, layer.scale, layer.zero, channel_axis(layer.kind))
+
+
+@pytest.mark.parametrize(("family", "bits", "granularity"), CASES)
+def test_exported_weights_are_bit_exact(family: str, bits: int, granularity: str,
+                                        tiny_checkpoint, tmp_path: Path) -> None:
+    ckpt_path = tiny_checkpoint(family, bits, granularity)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PostTrainingQuantizationWarning)
+        result = export_checkpoint(ckpt_path, tmp_path / "m.qgen")
+    assert not result.post_training and result.warnings == []
+    qf = read_qgen(result.path)
+    gen, _ = build_from_checkpoint(load_checkpoint(ckpt_path))
+    modules = dict(gen.named_children())
+    assert [layer.name for layer in qf.packed_layers] == \
+        [n for n, m in modules.items() if hasattr(m, "quantized_weight")]
+    for layer in qf.packed_layers:
+        trained = modules[layer.name].quantized_weight().detach()
+        assert torch.equal(decoded_weight(layer, bits), trained), layer.name
+
+
+def test_batchnorm_and_bias_are_folded(tiny_checkpoint, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(tiny_checkpoint("dcgan", 4, "tensor"))
+    gen, _ = build_from_checkpoint(ckpt)
+    qf = read_qgen(export_checkpoint(tiny_checkpoint("dcgan", 4, "tensor"),
+                                     tmp_path / "m.qgen").path)
+    layers = {layer.name: layer for layer in qf.packed_layers}
+    bn = gen.bn1
+    alpha = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    assert torch.allclose(layers["up1"].alpha, alpha, rtol=1e-6)
+    assert torch.allclose(layers["up1"].beta, bn.bias - alpha * bn.running_mean, atol=1e-6)
+    assert layers["up1"].batchnorm == "bn1" and layers["up1"].activation == "relu"
+    # fc -> reshape [C, 4, 4] -> bn0: each BN channel covers 16 consecutive features
+    bn0 = gen.bn0
+    alpha0 = bn0.weight / torch.sqrt(bn0.running_var + bn0.eps)
+    assert torch.allclose(layers["fc"].alpha, alpha0.repeat_interleave(16), rtol=1e-6)
+    # conv_out has a bias and no BatchNorm: alpha 1, beta = bias
+    assert torch.equal(layers["conv_out"].alpha, torch.ones(3))
+    assert torch.equal(layers["conv_out"].beta, gen.conv_out.bias.detach())
+    assert layers["conv_out"].activation == "tanh"
+
+
+def test_metadata_solver_and_sensing(tiny_checkpoint, tmp_path: Path) -> None:
+    path = tiny_checkpoint("dcgan", 3, "channel")
+    qf = read_qgen(export_checkpoint(path, tmp_path / "m.qgen").path)
+    assert qf.solver == {"method": "sdlss", "sparsity": 10, "steps": 3, "project": True,
+                         "step_size": pytest.approx(math.exp(-2.5))}
+    assert qf.quantizer == {"scheme": "linear_quantize", "granularity": "channel",
+                            "trained_bits": 3, "trained_granularity": "channel",
+                            "post_training": False}
+    assert qf.training["epochs"] == 1 and qf.config["bits"] == 3
+    # the stored sensing net is the spectrally normalised one, computed in eval mode
+    from qgen_infer.models import build_sensing
+
+    _, sense = build_from_checkpoint(load_checkpoint(path))
+    plain = build_sensing(qf.config, spectral_norm=False)
+    plain.load_state_dict(qf.sensing)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), sense(x), rtol=1e-5, atol=1e-6)
+    assert not any("parametrizations" in k for k in qf.sensing)
+
+
+@pytest.mark.parametrize(("bits", "granularity"), [(2, None), (4, "channel")])
+def test_post_training_quantization_warns_and_is_recorded(bits, granularity, tiny_checkpoint,
+                                                          tmp_path: Path) -> None:
+    with pytest.warns(PostTrainingQuantizationWarning, match="post-training"):
+        result = export_checkpoint(tiny_checkpoint("mlp", 4, "tensor"), tmp_path / "m.qgen",
+                                   bits=bits, granularity=granularity)
+    qf = read_qgen(result.path)
+    assert qf.quantizer["post_training"] and qf.quantizer["trained_bits"] == 4
+    assert qf.bits == bits
+
+
+def test_full_precision_checkpoint_needs_bits(tiny_checkpoint, tmp_path: Path) -> None:
+    path = tiny_checkpoint("mlp", 32, "tensor")
+    with pytest.raises(QgenError, match="--bits"):
+        export_checkpoint(path, tmp_path / "m.qgen")
+    with pytest.warns(PostTrainingQuantizationWarning):
+        assert export_checkpoint(path, tmp_path / "m.qgen", bits=1).bits == 1
+
+
+def test_cli_export(tiny_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "w2.qgen"
+    assert export_main([str(tiny_checkpoint("mlp", 4, "tensor")), "--bits", "2", "--out",
+                        str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "2-bit" in captured.out
+    assert captured.err.startswith("qgen-export: warning: post-training")
+    assert read_qgen(out).bits == 2
+
+
+def test_cli_export_default_output(tiny_checkpoint, tmp_path: Path) -> None:
+    src = tiny_checkpoint("mlp", 1, "tensor")
+    copy = tmp_path / "model.pt"
+    copy.write_bytes(src.read_bytes())
+    assert export_main([str(copy)]) == 0
+    assert read_qgen(tmp_path / "model.qgen").bits == 1
+
+
+def test_cli_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "bit for bit" in text and "--granularity" in text and "post-training" in text
+
+
+@pytest.mark.parametrize("argv_tail", [["--bits", "5"], ["--granularity", "row"]])
+def test_cli_bad_flags_exit_2(argv_tail, tiny_checkpoint, capsys) -> None:
+    assert export_main([str(tiny_checkpoint("mlp", 4, "tensor")), *argv_tail]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_user_errors_are_one_line(tiny_checkpoint, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cases = [
+        [str(tmp_path / "missing.pt")],
+        [str(tiny_checkpoint("mlp", 4, "tensor")), "--out", str(tmp_path / "no" / "m.qgen")],
+        [str(tiny_checkpoint("mlp", 32, "tensor"))],
+    ]
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    cases.append([str(garbage)])
+    for argv in cases:
+        assert export_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("qgen-export: error: ") and err.count("\n") == 1, err
+
+
+class _Payload:
+    """Unpickling this would create a marker file; torch.load(weights_only=True) must refuse."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_payload_never_runs(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    save_checkpoint(path, {"config": {}, "solver": {}, "generator": {}, "sensing": {},
+                           "log_step_size": torch.tensor(0.0), "train": _Payload(marker)})
+    assert export_main([str(path)]) == 2
+    assert not marker.exists()
+    assert "not a readable qgen checkpoint" in capsys.readouterr().err
+    assert pickle.HIGHEST_PROTOCOL  # the payload really is a pickle-level object
