@@ -88,8 +88,9 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
 
     ``options`` (or keyword overrides of the file's defaults: ``sparsity``, ``steps``,
     ``step_size``, ``restarts``, ``batch_size``, ``seed``) set the solver.
-    ``on_batch(result, done)`` is called after each batch (progress, partial saves). Each batch's starts are seeded by
-    ``seed`` and the batch's position, so a result does not depend on what ran before it.
+    ``on_batch(result, done)`` is called after each batch (progress, partial saves). Each
+    batch's starts are seeded by ``seed`` and the batch's position, so a result does not depend
+    on what ran before it.
     On KeyboardInterrupt the partial result is attached to the exception as ``.partial``.
     """
     opts = options or solver_options(model, **overrides)
