@@ -24,3 +24,11 @@ def load(path: str | Path, backend: str = "reference",
     from qgen_infer.engine.loader import load as _load
 
     return _load(path, backend=backend, device=device)
+
+
+def reconstruct(model, y, options=None, **overrides):  # type: ignore[no-untyped-def]
+    """Reconstruct images from measurements ``y`` ``[N, m]`` with a loaded model (see
+    :func:`qgen_infer.reconstruction.reconstruct`): latent proximal GD through the packed G."""
+    from qgen_infer.reconstruction import reconstruct as _reconstruct
+
+    return _reconstruct(model, y, options, **overrides)
