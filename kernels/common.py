@@ -129,6 +129,7 @@ def dot_types(dtype) -> tuple[tl.dtype, str]:
     ignore the precision.
     """
     import torch
+
     from qgen_infer.kernels.configs import interpreting
 
     if dtype == torch.float32:

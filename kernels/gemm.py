@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from qgen_infer.kernels import configs
 from qgen_infer.kernels.common import (
     INT32_MAX,

@@ -16,6 +16,7 @@ so no pre-activation is kept.
 from __future__ import annotations
 
 import torch
+
 from qgen_infer.kernels.layout import PackedKWords
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from qgen_infer.kernels.configs import KernelConfig
 from qgen_infer.kernels.gemm import gemm
 from qgen_infer.kernels.gemm_t import gemm_t

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from qgen_infer.kernels.common import apply_epilogue
 
 BLOCK = 1024

@@ -26,16 +26,6 @@ os.environ.setdefault("QGEN_TRITON_AUTOTUNE", "0")
 
 pytest.importorskip("triton")
 
-from qgen_infer.kernels import configs  # noqa: E402
-from qgen_infer.kernels.configs import KernelConfig  # noqa: E402
-from qgen_infer.kernels.layout import (  # noqa: E402
-    PackedKWords,
-    kpack_rows,
-    pack_kwords,
-    unpack_kwords,
-)
-from qgen_infer.kernels.registry import KERNELS, dequantize  # noqa: E402
-
 from qgen_infer.engine.backend import (  # noqa: E402
     ACTIVATIONS,
     Epilogue,
@@ -45,6 +35,15 @@ from qgen_infer.engine.backend import (  # noqa: E402
     gemm_t_reference,
 )
 from qgen_infer.engine.triton_backend import create_backend, is_available  # noqa: E402
+from qgen_infer.kernels import configs  # noqa: E402
+from qgen_infer.kernels.configs import KernelConfig  # noqa: E402
+from qgen_infer.kernels.layout import (  # noqa: E402
+    PackedKWords,
+    kpack_rows,
+    pack_kwords,
+    unpack_kwords,
+)
+from qgen_infer.kernels.registry import KERNELS, dequantize  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -219,8 +218,9 @@ def _op_args(bits: int = 2):
 
 
 def test_fake_kernels_give_shapes() -> None:
-    import qgen_infer.kernels.ops  # noqa: F401
     from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import qgen_infer.kernels.ops  # noqa: F401
 
     _, p = _op_args()
     with FakeTensorMode() as mode:
