@@ -1,26 +1,49 @@
 #!/usr/bin/env bash
-# Train the issue-3 MNIST set (m = 25, s = 100): SDLSS at 32/1/4/2/3 bits and the 32-bit DCS
-# baseline, on the first 9,000 images of the real MNIST test split (the last 1,000 are the eval set).
-# Two lanes run side by side (one thread each: the fastest use of 2 cores for these small MLPs).
-# Re-running resumes every unfinished model from its last per-epoch checkpoint.
-#   usage: bench/train_mnist_m25.sh [RUNS_DIR] [EPOCHS] [MNIST_DIR]
+# Train the issue-3 MNIST set (m = 25, s = 100) on the first 9,000 images of the real MNIST test
+# split (the last 1,000 are the eval set), in two lanes side by side (one thread each: the fastest
+# use of 2 cores for these small MLPs). Re-running resumes every unfinished model from its last
+# per-epoch checkpoint and skips finished ones.
+#
+#   lane A: SDLSS 32-bit (from scratch)      -> DCS 32-bit baseline (from scratch)
+#   lane B: SDLSS 1-bit (from scratch, paper) -> then, once the 32-bit model is done, quantization-
+#           aware fine-tuning from the 32-bit weights (--init-from, lower rate): 4, 1 (per-channel
+#           scales), 2, 3 bits
+#
+#   usage: bench/train_mnist_m25.sh [RUNS_DIR] [EPOCHS] [FINETUNE_EPOCHS] [MNIST_DIR]
 set -u
 runs=${1:-runs}
 epochs=${2:-60}
-data=${3:-../shared/data/mnist}
-common=(--data mnist --data-root "$data" -m 25 --epochs "$epochs" --threads 1)
+ft_epochs=${3:-20}
+data=${4:-../shared/data/mnist}
+common=(--data mnist --data-root "$data" -m 25 -s 100 --threads 1)
 
 train() {  # name, extra flags...
   local name=$1; shift
   local resume=()
   [ -f "$runs/$name/model.pt" ] && resume=(--resume)
   qgen-train --out "$runs/$name" "${common[@]}" "$@" "${resume[@]}" > "$runs/$name.log" 2>&1
-  echo "$(date -u +%FT%TZ) $name exit $?"
+  local rc=$?
+  echo "$(date -u +%FT%TZ) $name exit $rc"
+  [ $rc -eq 0 ] && touch "$runs/$name.done"
+}
+
+wait_for() {  # name: block until that run has finished
+  until [ -f "$runs/$1.done" ]; do sleep 20; done
+}
+
+finetune() {  # name, bits, extra flags...
+  local name=$1 bits=$2; shift 2
+  wait_for mnist-m25-sdlss-32
+  train "$name" --bits "$bits" --epochs "$ft_epochs" --lr 3e-4 \
+    --init-from "$runs/mnist-m25-sdlss-32/model.pt" "$@"
 }
 
 mkdir -p "$runs"
-( train mnist-m25-sdlss-32 --bits 32; train mnist-m25-sdlss-4 --bits 4;
-  train mnist-m25-sdlss-3 --bits 3 ) &
-( train mnist-m25-sdlss-1 --bits 1; train mnist-m25-dcs-32 --method dcs --bits 32;
-  train mnist-m25-sdlss-2 --bits 2 ) &
+( train mnist-m25-sdlss-32 --bits 32 --epochs "$epochs"
+  train mnist-m25-dcs-32 --method dcs --bits 32 --epochs "$epochs" ) &
+( train mnist-m25-sdlss-1 --bits 1 --epochs "$epochs"
+  finetune mnist-m25-sdlss-4-ft 4
+  finetune mnist-m25-sdlss-1-ft 1 --granularity channel
+  finetune mnist-m25-sdlss-2-ft 2
+  finetune mnist-m25-sdlss-3-ft 3 ) &
 wait
