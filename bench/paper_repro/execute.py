@@ -1,0 +1,229 @@
+"""Running the queue: train what is unfinished, evaluate what is trained, in ``lanes`` parallel
+workers, printing progress. Every step is a qgen-* command (see ``commands``); a run whose folder
+another process is training is left alone."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from paper_repro import commands as cmds
+from paper_repro.plan import RunSpec
+from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord, load_record, save_record
+from paper_repro.status import RunState, busy_folders, run_state, trained_epochs
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    runs: Path
+    threads: int = 1  # torch threads per run
+    lanes: int = 1  # runs side by side
+    backend: str = "auto"  # qgen-reconstruct --backend
+    eval_partial: bool = False  # also score unfinished checkpoints (their epochs are stated)
+    poll_s: float = 20.0  # how often a lane looks at a training run's log.jsonl
+
+
+class Progress:
+    """Timestamped progress lines from several lanes, one line at a time."""
+
+    def __init__(self, total: int, out: Callable[[str], None] = print) -> None:
+        self.total, self.done, self._out, self._lock = total, 0, out, threading.Lock()
+
+    def say(self, name: str, message: str) -> None:
+        with self._lock:
+            self._out(f"{time.strftime('%H:%M:%S')} [{self.done}/{self.total}] {name}: {message}")
+
+    def finish(self, name: str, message: str) -> None:
+        with self._lock:
+            self.done += 1
+        self.say(name, message)
+
+
+def next_action(spec: RunSpec, state: RunState, record: EvalRecord | None,
+                eval_partial: bool) -> str:
+    """What the queue does with a run: "done", "evaluate", "train" or "busy" (another process is
+    training it: neither trained nor, unless ``eval_partial``, evaluated here)."""
+    fresh = record is not None and record.epochs == state.epochs_done
+    if state.finished:
+        return "done" if fresh else "evaluate"
+    if state.busy_pid is not None:
+        return "evaluate" if eval_partial and state.epochs_done and not fresh else "busy"
+    return "train"
+
+
+def describe_plan(specs: Sequence[RunSpec], opts: QueueOptions) -> list[str]:
+    """The --dry-run listing: every run's state, next action and the command lines it implies."""
+    busy = busy_folders()
+    lines = []
+    for i, spec in enumerate(specs, 1):
+        paths = cmds.paths_for(opts.runs, spec)
+        state = run_state(paths.run_dir, spec.epochs, busy)
+        action = next_action(spec, state, load_record(paths.record), opts.eval_partial)
+        lines.append(f"{i:3d}. tier {spec.tier}  {spec.name:28s} {state.describe()} -> {action}")
+        if action == "train":
+            resume = paths.checkpoint.is_file()
+            lines.append("       " + shlex.join(cmds.train_command(
+                spec, paths, threads=opts.threads, resume=resume)))
+        if action in ("train", "evaluate"):
+            lines += ["       " + shlex.join(c) for c in cmds.eval_commands(
+                spec, paths, threads=opts.threads, backend=opts.backend)]
+    return lines
+
+
+def _executable(name: str) -> str:
+    """The qgen-* script next to this Python (the venv's) before any other on PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+# The qgen-* processes running now, so an interrupted queue can pass Ctrl-C on to them (they stop
+# at once and keep their last per-epoch checkpoint) instead of leaving them running unwatched.
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def interrupt_children() -> None:
+    with _LIVE_LOCK:
+        for proc in _LIVE:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+
+
+def _run(cmd: list[str], log: Path, *, watch: Callable[[], None] | None = None,
+         poll_s: float = 20.0) -> None:
+    """Run ``cmd`` with its output appended to ``log``; ``watch`` is called every ``poll_s``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"\n$ {shlex.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen([_executable(cmd[0]), *cmd[1:]], stdout=f,
+                                stderr=subprocess.STDOUT)
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    if watch is not None:
+                        watch()
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+    if rc != 0:
+        raise StepFailed(f"{cmd[0]} exited with {rc}; see {log}")
+
+
+def _train(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions, progress: Progress) -> None:
+    start = trained_epochs(paths.run_dir)
+    resume = paths.checkpoint.is_file()
+    cmd = cmds.train_command(spec, paths, threads=opts.threads, resume=resume)
+    progress.say(spec.name, f"{'resuming at' if resume else 'training from'} epoch "
+                            f"{start}/{spec.epochs} (log: {paths.train_log})")
+    seen = [start]
+
+    def watch() -> None:
+        e = trained_epochs(paths.run_dir)
+        if e != seen[0]:
+            seen[0] = e
+            progress.say(spec.name, f"epoch {e}/{spec.epochs}")
+
+    _run(cmd, paths.train_log, watch=watch, poll_s=opts.poll_s)
+
+
+def _evaluate(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions) -> EvalRecord:
+    import json
+
+    from paper_repro.recon_images import fp32_images, save_images
+    from paper_repro.sizes import checkpoint_size, packed_size
+
+    paths.eval_dir.mkdir(parents=True, exist_ok=True)
+    steps = cmds.eval_commands(spec, paths, threads=opts.threads, backend=opts.backend)
+    for cmd in steps:
+        _run(cmd, paths.eval_dir / "steps.log", poll_s=opts.poll_s)
+    if spec.packed:
+        from qgen_infer.format import read_qgen
+
+        metrics = json.loads((paths.recon_dir / "metrics.json").read_text())
+        size = packed_size(paths.qgen)
+        epochs = int(read_qgen(paths.qgen).training.get("epochs", 0))
+        return EvalRecord.for_spec(
+            spec, epochs=epochs, psnr=metrics["summary"]["psnr"],
+            ssim=metrics["summary"]["ssim"], images=metrics["summary"]["images"],
+            engine=PACKED_ENGINE, backend=metrics["backend"], stored_bytes=size.stored_bytes,
+            fp32_bytes=size.fp32_bytes, file_bytes=size.file_bytes, commands=steps)
+    res = json.loads(paths.qgen_eval_json.read_text())
+    save_images(paths.fp32_images, fp32_images(spec, paths))
+    size = checkpoint_size(paths.checkpoint)
+    return EvalRecord.for_spec(
+        spec, epochs=int(res["epochs"]), psnr=res["psnr"], ssim=res["ssim"],
+        images=res["images"], engine=FP32_EVAL, backend="fake-quant fp32",
+        stored_bytes=size.stored_bytes, fp32_bytes=size.fp32_bytes, file_bytes=None,
+        commands=steps)
+
+
+def process(spec: RunSpec, opts: QueueOptions, progress: Progress) -> EvalRecord | None:
+    """Bring one run up to date (train, then evaluate); returns its new record, if any."""
+    paths = cmds.paths_for(opts.runs, spec)
+    state = run_state(paths.run_dir, spec.epochs)
+    action = next_action(spec, state, load_record(paths.record), opts.eval_partial)
+    if action == "done":
+        progress.finish(spec.name, f"already evaluated at {state.epochs_done} epochs")
+        return None
+    if action == "busy":
+        progress.finish(spec.name, f"{state.describe()}: left alone, evaluate it later")
+        return None
+    if action == "train":
+        _train(spec, paths, opts, progress)
+    progress.say(spec.name, "evaluating " + ("through the packed engine" if spec.packed
+                                             else "with qgen-eval (32-bit: no packed form)"))
+    record = _evaluate(spec, paths, opts)
+    save_record(paths.record, record)
+    progress.finish(spec.name, f"{record.column} at {record.epochs} epochs: PSNR "
+                               f"{record.psnr:.2f} dB, SSIM {record.ssim:.4f}")
+    return record
+
+
+def run_queue(specs: Sequence[RunSpec], opts: QueueOptions,
+              on_record: Callable[[], None] | None = None,
+              out: Callable[[str], None] = print) -> list[str]:
+    """Process ``specs`` in order, ``opts.lanes`` at a time; ``on_record`` runs after each new
+    record (to refresh the report). Returns the failures, one line each."""
+    progress = Progress(len(specs), out)
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def work(spec: RunSpec) -> None:
+        try:
+            record = process(spec, opts, progress)
+        except Exception as exc:  # one broken run must not stop the rest of the queue
+            progress.finish(spec.name, f"FAILED: {exc}")
+            with lock:
+                failures.append(f"{spec.name}: {exc}")
+            return
+        if record is not None and on_record is not None:
+            with lock:  # one report writer at a time (matplotlib is not thread safe)
+                on_record()
+
+    with ThreadPoolExecutor(max_workers=max(1, opts.lanes)) as pool:
+        try:
+            list(pool.map(work, specs))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            interrupt_children()  # the lanes then see them exit and wind down
+            raise
+    return failures

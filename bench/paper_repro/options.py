@@ -1,0 +1,35 @@
+"""Command-line options both reproduction scripts share."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def add_queue_options(p: argparse.ArgumentParser, *, epochs: int) -> None:
+    p.add_argument("--runs", type=Path, default=REPO / "runs",
+                   help="run folders (RUNS/NAME) and evaluations (RUNS/eval/NAME)")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results",
+                   help="where the markdown tables and PNG figures go")
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs of every run")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="only runs whose name matches this shell pattern (repeatable), e.g. "
+                        "'mnist-m25-*'")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the queue (state, next action, commands) and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and score nothing; rebuild tables and plots from what exists")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--lanes", type=int, default=1, help="runs side by side")
+    p.add_argument("--backend", choices=("auto", "reference", "cpu", "triton"), default="auto",
+                   help="qgen-reconstruct backend for the packed models")
+    p.add_argument("--eval-partial", action="store_true",
+                   help="also score checkpoints short of --epochs (tables mark them)")
+
+
+def check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("epochs", "threads", "lanes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")

@@ -1,0 +1,134 @@
+"""The runs of a reproduction: names, settings and the order in which the queue trains them.
+
+A run is one trained model (one data set, method, bit width, m and s). Its folder name is its
+identity: the MNIST m=25, s=100 names are the ones ``bench/train_mnist_m25.sh`` uses
+(``mnist-m25-sdlss-{bits}``, ``mnist-m25-dcs-32``), so runs that queue finished are picked up as
+done instead of being trained again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+BITS: tuple[int, ...] = (1, 2, 3, 4, 32)
+SDLSS, DCS = "sdlss", "dcs"
+DEFAULT_SPARSITY = 100  # qgen-train's SDLSS default: runs at this s carry no "-s" in their name
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One model to train and evaluate."""
+
+    name: str  # run folder name under --runs, and the key of its evaluation record
+    label: str  # the data set as tables name it ("MNIST", "CIFAR10", "patches (embedded)")
+    dataset: str  # qgen-train --data
+    data_root: str | None  # qgen-train --data-root (None for embedded sets)
+    method: str  # "sdlss" or "dcs"
+    bits: int  # 1-4 or 32
+    m: int  # measurements
+    s: int | None  # latent sparsity; None for DCS (dense latent)
+    epochs: int  # target epochs
+    tier: int  # queue priority: lower trains first
+
+    @property
+    def packed(self) -> bool:
+        """Whether the model has a packed form (1-4 bits); 32-bit models are scored by qgen-eval."""
+        return self.bits <= 4
+
+    @property
+    def column(self) -> str:
+        """The table column: "1-bit SDLSS" ... "32-bit DCS"."""
+        return f"{self.bits}-bit {self.method.upper()}"
+
+
+def run_name(prefix: str, method: str, bits: int, m: int, s: int | None) -> str:
+    """``{prefix}-m{m}-{method}-{bits}``, with ``-s{s}`` after m when s is not the default 100
+    (DCS has no s). Keeps the names of bench/train_mnist_m25.sh for m=25, s=100."""
+    if method == DCS or s is None or s == DEFAULT_SPARSITY:
+        return f"{prefix}-m{m}-{method}-{bits}"
+    return f"{prefix}-m{m}-s{s}-{method}-{bits}"
+
+
+def mnist_plan(*, data_root: str, epochs: int, measurements: Sequence[int] = (25, 100),
+               sparsities: Sequence[int] = (10, 25, 50, 75, 100, 200),
+               bits: Sequence[int] = BITS, sweep_bits: Sequence[int] = (1, 32),
+               dataset: str = "mnist", prefix: str = "mnist") -> list[RunSpec]:
+    """Figure 3's grid, in queue order. Tiers (what the paper's figure needs first):
+
+    0. m = first m, s = 100: every bit width and 32-bit DCS (the lead's m=25 queue)
+    1. the s sweep at ``sweep_bits`` (1 and 32) for the first m
+    2. the next m at s = 100, every bit width and DCS
+    3. the s sweep at ``sweep_bits`` for the next m
+    4. the s sweep at the remaining bit widths (2, 3, 4), first m then the next
+    """
+    ms = list(dict.fromkeys(measurements))
+    ss = sorted(dict.fromkeys(sparsities))
+    specs: list[RunSpec] = []
+
+    def add(tier: int, method: str, b: int, m: int, s: int | None) -> None:
+        specs.append(RunSpec(run_name(prefix, method, b, m, s), "MNIST" if dataset == "mnist"
+                             else dataset, dataset, data_root, method, b, m, s, epochs, tier))
+
+    for i, m in enumerate(ms):
+        base = 2 * min(i, 1)  # first m: tiers 0-1; every later m: tiers 2-3
+        for b in bits:
+            add(base, SDLSS, b, m, DEFAULT_SPARSITY)
+        add(base, DCS, 32, m, None)
+        for b in bits:
+            if b in sweep_bits:
+                for s in ss:
+                    if s != DEFAULT_SPARSITY:
+                        add(base + 1, SDLSS, b, m, s)
+    for m in ms:
+        for b in bits:
+            if b not in sweep_bits:
+                for s in ss:
+                    if s != DEFAULT_SPARSITY:
+                        add(4, SDLSS, b, m, s)
+    return ordered(dedupe(specs))
+
+
+@dataclass(frozen=True)
+class ColourSet:
+    """A data set of the colour table: its qgen-train --data name, root and table label."""
+
+    label: str
+    dataset: str
+    data_root: str | None
+
+
+def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
+                bits: Sequence[int] = BITS) -> list[RunSpec]:
+    """Table 1's grid: every bit width of SDLSS and 32-bit DCS per data set. Tier = data set
+    order, so a whole row of the table is finished before the next starts."""
+    specs = []
+    for tier, cs in enumerate(sets):
+        prefix = cs.label.split()[0].lower()
+        for b in bits:
+            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s), cs.label, cs.dataset,
+                                 cs.data_root, SDLSS, b, m, s, epochs, tier))
+        specs.append(RunSpec(run_name(prefix, DCS, 32, m, None), cs.label, cs.dataset,
+                             cs.data_root, DCS, 32, m, None, epochs, tier))
+    return ordered(dedupe(specs))
+
+
+def dedupe(specs: Iterable[RunSpec]) -> list[RunSpec]:
+    """Keep the first spec of each name (the grid builders may meet a run twice)."""
+    seen: dict[str, RunSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.name, spec)
+    return list(seen.values())
+
+
+def ordered(specs: Iterable[RunSpec]) -> list[RunSpec]:
+    """Queue order: by tier, then as built (stable sort)."""
+    return sorted(specs, key=lambda spec: spec.tier)
+
+
+def select(specs: Sequence[RunSpec], patterns: Sequence[str] | None) -> list[RunSpec]:
+    """The specs whose name matches any of the shell-style ``patterns`` (all when none)."""
+    if not patterns:
+        return list(specs)
+    return [spec for spec in specs if any(fnmatch.fnmatchcase(spec.name, p) for p in patterns)]

@@ -1,0 +1,47 @@
+"""Command, machine and date: the stamp every results file carries."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """How this script was invoked, quoted so it can be pasted back into a shell."""
+    args = sys.argv if argv is None else argv
+    return "python " + " ".join(shlex.quote(a) for a in args)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """CPU, cores, OS and library versions (no host name: the tables get committed)."""
+    import torch
+
+    import qgen_infer
+
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} "
+            f"{platform.release()}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"qgen-infer {qgen_infer.__version__}")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def stamp(argv: list[str] | None = None) -> list[str]:
+    """Markdown lines: command, machine, date."""
+    return [f"- command: `{command_line(argv)}`", f"- machine: {machine()}",
+            f"- date: {utc_now()}"]

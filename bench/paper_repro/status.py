@@ -1,0 +1,126 @@
+"""What is on disk for a run: epochs trained (from log.jsonl) and whether some process is training
+it right now (so the queue never starts a second writer on the same folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def trained_epochs(run_dir: Path) -> int:
+    """The last epoch that log.jsonl records (0 without a log). qgen-train appends the record
+    after the checkpoint is saved, so model.pt holds at least this many epochs."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return 0
+    epoch = 0
+    for line in log.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            epoch = max(epoch, int(json.loads(line).get("epoch", 0)))
+        except (ValueError, AttributeError):
+            continue  # a line cut short by a crash: the earlier records still count
+    return epoch
+
+
+def training_processes(proc: Path = Path("/proc")) -> dict[Path, int]:
+    """``{resolved --out folder: pid}`` of every live ``qgen-train`` process visible in /proc
+    (Linux). Relative --out paths are resolved against the process's working directory."""
+    found: dict[Path, int] = {}
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            args = [a.decode(errors="replace") for a in argv if a]
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        if not any(Path(a).name == "qgen-train" or a.endswith("qgen_infer.cli.train")
+                   for a in args[:3]):
+            continue
+        out = _option(args, "--out")
+        if out is None:
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            cwd = Path.cwd()
+        found[(cwd / out).resolve()] = int(entry.name)
+    return found
+
+
+# bench/train_mnist_m25.sh (the lead's queue) trains these folders one after another: while it is
+# alive, the ones it has not reached yet must not be started here too (two writers, one folder).
+M25_QUEUE_SCRIPT = "train_mnist_m25.sh"
+M25_QUEUE_RUNS = ("mnist-m25-sdlss-32", "mnist-m25-sdlss-4", "mnist-m25-sdlss-3",
+                  "mnist-m25-sdlss-1", "mnist-m25-dcs-32", "mnist-m25-sdlss-2")
+
+
+def queue_reservations(proc: Path = Path("/proc")) -> dict[Path, int]:
+    """``{run folder: pid}`` for every run of a live bench/train_mnist_m25.sh (its first argument
+    is the runs folder, default "runs", relative to its working directory)."""
+    found: dict[Path, int] = {}
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = [a.decode(errors="replace")
+                    for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        pos = [i for i, a in enumerate(args) if Path(a).name == M25_QUEUE_SCRIPT]
+        if not pos:
+            continue
+        runs = args[pos[0] + 1] if len(args) > pos[0] + 1 else "runs"
+        for name in M25_QUEUE_RUNS:
+            found.setdefault((cwd / runs / name).resolve(), int(entry.name))
+    return found
+
+
+def busy_folders() -> dict[Path, int]:
+    """Run folders another process is (or is about to be) training: ``{folder: pid}``."""
+    return {**queue_reservations(), **training_processes()}
+
+
+def _option(args: list[str], flag: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run's training progress as found on disk."""
+
+    epochs_done: int
+    target: int
+    busy_pid: int | None  # a live qgen-train writing it, or the m25 queue script that will
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.target
+
+    def describe(self) -> str:
+        if self.finished:
+            return f"trained ({self.epochs_done} epochs)"
+        where = f", owned by pid {self.busy_pid}" if self.busy_pid else ""
+        if self.epochs_done:
+            return f"partial ({self.epochs_done}/{self.target} epochs{where})"
+        return f"not started{where}"
+
+
+def run_state(run_dir: Path, target: int, busy: dict[Path, int] | None = None) -> RunState:
+    busy = busy_folders() if busy is None else busy
+    return RunState(trained_epochs(run_dir), target, busy.get(run_dir.resolve()))
