@@ -2,13 +2,16 @@
 
 ``np.load`` never unpickles here (``allow_pickle=False``), and every way it can fail on a
 malformed file — ValueError, OverflowError, tokenizer SyntaxErrors in the header, EOFError,
-UnicodeDecodeError, MemoryError on absurd shapes — becomes one :class:`QgenError` line.
+UnicodeDecodeError — becomes one :class:`QgenError` line. The header is parsed and its declared
+size held to the file's size first, so a truncated file or an absurd shape is refused before
+numpy allocates anything.
 Dtypes are handled explicitly: real floats are converted to native float32 (a non-native byte
 order is converted and said so); integers, booleans, complex and object arrays are refused.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +19,38 @@ from pathlib import Path
 import numpy as np
 
 from qgen_infer.errors import QgenError
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _check_header(path: Path, what: str) -> None:
+    """Parse the header ourselves and hold the declared size to the file's size before
+    ``np.load`` runs: numpy allocates the whole declared array first and only then finds the
+    data missing, so a truncated file or a forged shape like (10**8, 7) would reserve gigabytes.
+    Python ints here, so shapes such as (2**62, 2**62) cannot overflow the arithmetic."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            # 3.0 differs from 2.0 only in a utf-8 (not latin-1) header: same for ASCII headers
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            data_start = f.tell()
+    except Exception as exc:  # ValueError, SyntaxError, tokenize.TokenError, OverflowError, ...
+        raise QgenError(f"{what} file {str(path)!r} has a malformed .npy header "
+                        f"({_one_line(exc)})") from None
+    if dtype.hasobject:
+        raise QgenError(f"{what} file {str(path)!r} holds a Python object array (saved with "
+                        f"allow_pickle=True), which is never unpickled here; save a float array")
+    if any(int(d) < 0 for d in shape):
+        raise QgenError(f"{what} file {str(path)!r} declares a negative shape {shape}")
+    need = math.prod(int(d) for d in shape) * dtype.itemsize
+    have = path.stat().st_size - data_start
+    if have < need:
+        raise QgenError(f"{what} file {str(path)!r} is truncated: its header declares shape "
+                        f"{shape} of {dtype} ({need:,} bytes) but only {have:,} bytes follow")
 
 
 def _read_npy(path: str | Path, what: str) -> np.ndarray:
@@ -26,11 +61,12 @@ def _read_npy(path: str | Path, what: str) -> np.ndarray:
         magic = f.read(6)
     if magic != b"\x93NUMPY":
         raise QgenError(f"{what} file {str(path)!r} is not a .npy array (save it with numpy.save)")
+    _check_header(path, what)
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode=None)
     except Exception as exc:  # np.load raises many undocumented types on malformed headers
-        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise QgenError(f"{what} file {str(path)!r} is not a readable .npy array ({msg})") from None
+        raise QgenError(f"{what} file {str(path)!r} is not a readable .npy array "
+                        f"({_one_line(exc)})") from None
     if not isinstance(arr, np.ndarray):
         raise QgenError(f"{what} file {str(path)!r} holds no single array")
     return arr

@@ -20,6 +20,10 @@ import torch
 from qgen_infer.errors import QgenError
 from qgen_infer.solve import reconstruct_latent
 
+SEED_STRIDE = 1_000_003  # batch seeds: seed * SEED_STRIDE + first row (distinct for any N < it)
+# the largest seed whose batch seeds stay below 2**63 for any N < SEED_STRIDE**2 rows
+MAX_SEED = (2**63 - 1) // SEED_STRIDE - SEED_STRIDE
+
 
 @dataclass
 class SolverOptions:
@@ -77,7 +81,40 @@ def solver_options(model: Any, *, sparsity: int | None = None, steps: int | None
         raise QgenError(f"restarts must be >= 1, got {opts.restarts}")
     if opts.batch_size < 1:
         raise QgenError(f"batch size must be >= 1, got {opts.batch_size}")
+    # Each batch seeds torch.Generator with seed * SEED_STRIDE + start, which must fit its
+    # 64-bit seed (a larger value is a RuntimeError deep inside torch).
+    if not 0 <= opts.seed <= MAX_SEED:
+        raise QgenError(f"seed must be between 0 and {MAX_SEED}, got {opts.seed}")
     return opts
+
+
+def batch_seed(seed: int, start: int) -> int:
+    """The seed of the random starts of the batch that begins at row ``start``.
+
+    Seeding is per batch, not per image: a batch's starts are drawn as one ``[restarts * b, d]``
+    block, so an image's result depends on ``seed``, its batch's first row ``start``, the batch
+    size and ``restarts`` — it is reproducible for the same settings and does not depend on what
+    ran before the batch, but a different ``batch_size`` gives different (equally valid) starts.
+    """
+    return seed * SEED_STRIDE + start
+
+
+def _measurements_tensor(y: np.ndarray | torch.Tensor, m: int) -> torch.Tensor:
+    """``y`` as a float tensor ``[N, m]``; the checks the CLI makes on a file, for API callers."""
+    if torch.is_tensor(y):
+        y_t = y.detach()
+    else:
+        arr = np.asarray(y)
+        if arr.dtype.kind != "f":  # no silent casts of ints, bools, complex or objects
+            raise QgenError(f"measurements must be a real float array, got dtype {arr.dtype}")
+        y_t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if not y_t.is_floating_point():
+        raise QgenError(f"measurements must be a real float tensor, got dtype {y_t.dtype}")
+    if y_t.ndim != 2 or y_t.shape[1] != m:
+        raise QgenError(f"measurements must have shape (N, {m}), got {tuple(y_t.shape)}")
+    if not bool(torch.isfinite(y_t).all()):
+        raise QgenError("measurements contain NaN or infinite values")
+    return y_t
 
 
 def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions | None = None,
@@ -89,15 +126,15 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
     ``options`` (or keyword overrides of the file's defaults: ``sparsity``, ``steps``,
     ``step_size``, ``restarts``, ``batch_size``, ``seed``) set the solver.
     ``on_batch(result, done)`` is called after each batch (progress, partial saves). Each
-    batch's starts are seeded by ``seed`` and the batch's position, so a result does not depend
-    on what ran before it.
+    batch's starts are seeded by ``seed`` and the batch's first row (:func:`batch_seed`), so a
+    result does not depend on what ran before it, but does depend on ``batch_size``.
     On KeyboardInterrupt the partial result is attached to the exception as ``.partial``.
     """
+    if options is not None and overrides:
+        raise QgenError(f"pass either options or keyword overrides, not both "
+                        f"(got {', '.join(sorted(overrides))})")
     opts = options or solver_options(model, **overrides)
-    y_t = y if torch.is_tensor(y) else torch.as_tensor(np.asarray(y, dtype=np.float32))
-    if y_t.ndim != 2 or y_t.shape[1] != int(model.config["measurements"]):
-        raise QgenError(f"measurements must have shape (N, {model.config['measurements']}), "
-                        f"got {tuple(y_t.shape)}")
+    y_t = _measurements_tensor(y, int(model.config["measurements"]))
     n = y_t.shape[0]
     shape = tuple(model.config["image_shape"])
     out = Reconstruction(x_hat=np.zeros((n, *shape), np.float32),
@@ -111,7 +148,7 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
             res = reconstruct_latent(
                 yb, model.generator, model.sensing, latent_dim=opts.latent_dim, steps=opts.steps,
                 step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
-                restarts=opts.restarts, seed=opts.seed * 1_000_003 + start)
+                restarts=opts.restarts, seed=batch_seed(opts.seed, start))
             x_hat, z, loss = (t.detach().cpu().numpy() for t in (res.x, res.z, res.loss))
             out.batch_seconds.append(time.perf_counter() - t0)
             end = start + yb.shape[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def _images(args: argparse.Namespace, image_shape: list[int]) -> np.ndarray:
     if args.images is not None and Path(args.images).is_file():
         return load_images_npy(args.images, image_shape)
     if args.images is not None:
-        x = load_images("folder", args.images, image_size=image_shape[1])
+        # a folder's files are in sorted order, so --count can stop reading early
+        x = load_images("folder", args.images, limit=args.count, image_size=image_shape[1])
     else:
         x = load_images(args.data, args.data_root)
         if args.split != "all":
@@ -66,8 +68,22 @@ def _images(args: argparse.Namespace, image_shape: list[int]) -> np.ndarray:
     return x.numpy()
 
 
+def save_all_atomic(paths: list[Path], arrays: list[np.ndarray]) -> None:
+    """Write every array to a temporary file first and rename them only when all are written,
+    so a failure or a Ctrl-C leaves either all outputs or none (never y without its x)."""
+    tmps = [p.with_name(p.name + ".tmp") for p in paths]
+    try:
+        for tmp, arr in zip(tmps, arrays, strict=True):
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        for tmp, p in zip(tmps, paths, strict=True):
+            os.replace(tmp, p)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
 def _body(argv: Sequence[str] | None) -> int:
-    from qgen_infer.arrays import save_npy_atomic
     from qgen_infer.engine import load
 
     args = build_parser().parse_args(argv)
@@ -75,10 +91,16 @@ def _body(argv: Sequence[str] | None) -> int:
         raise QgenError("--noise-std must be a non-negative number")
     if args.count is not None and args.count < 1:
         raise QgenError("--count must be at least 1")
+    if not 0 <= args.seed < 2**63:  # torch.Generator's seed range
+        raise QgenError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
     outs = [Path(p) for p in (args.out, args.truth_out) if p]
+    if len(outs) == 2 and outs[0].resolve() == outs[1].resolve():
+        raise QgenError("--out and --truth-out name the same file")
     for p in outs:
         if p.suffix != ".npy":
             raise QgenError(f"output {str(p)!r} must end in .npy")
+        if p.is_dir():
+            raise QgenError(f"output {str(p)!r} is a folder; name a .npy file")
         if p.exists() and not args.force:
             raise QgenError(f"{str(p)!r} exists; pass --force to overwrite it")
         if not p.parent.is_dir():
@@ -93,9 +115,10 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.noise_std > 0:
         g = torch.Generator().manual_seed(args.seed)
         y = y + args.noise_std * torch.randn(y.shape, generator=g)
-    save_npy_atomic(args.out, y.numpy().astype(np.float32))
+    arrays = [y.numpy().astype(np.float32)]
     if args.truth_out:
-        save_npy_atomic(args.truth_out, x.astype(np.float32))
+        arrays.append(x.astype(np.float32))
+    save_all_atomic(outs, arrays)
     print(f"qgen-measure: {x.shape[0]} images {list(x.shape[1:])} -> {args.out} "
           f"{tuple(y.shape)}" + (f" (noise std {args.noise_std})" if args.noise_std else ""))
     return 0

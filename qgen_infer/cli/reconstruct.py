@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,33 @@ def _check_out(out: Path, force: bool) -> None:
         raise QgenError(f"folder {str(out.parent)!r} does not exist")
 
 
+def _make_stage(out: Path) -> Path:
+    """A fresh hidden folder beside ``out`` (same file system, so moves are renames). Results
+    are written there and moved into ``out`` only once complete: an error or a Ctrl-C never
+    leaves ``out`` half-written, and an existing ``out`` stays as it was until then."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.", suffix=".partial",
+                                     dir=out.parent))
+    except OSError as exc:
+        raise QgenError(f"cannot write in folder {str(out.parent)!r} ({exc.strerror})") from None
+
+
+def _commit(stage: Path, out: Path) -> None:
+    """Move the finished results from ``stage`` into ``out``.
+
+    A new ``out`` is the stage folder renamed. With ``--force`` on an existing folder the
+    previous outputs (``OUTPUTS``) are replaced and any other file in it is left alone: the
+    folder may hold the user's own files, which a ``--force`` typo must not delete."""
+    if not out.exists():
+        os.replace(stage, out)
+        return
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for item in stage.iterdir():
+        os.replace(item, out / item.name)
+    stage.rmdir()
+
+
 def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
                    settings: dict[str, Any], interrupted: bool) -> dict[str, Any]:
     from qgen_infer.arrays import save_npy_atomic, write_text_atomic
@@ -84,7 +113,8 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
     save_npy_atomic(out / "x_hat.npy", x_hat)
     save_npy_atomic(out / "z.npy", rec.z[:n])
     images: list[dict[str, float]] = [{"measurement_loss": float(v)} for v in rec.loss[:n]]
-    summary: dict[str, Any] = {"images": n, "mean_measurement_loss": float(rec.loss[:n].mean())
+    summary: dict[str, Any] = {"images": n, "images_requested": int(rec.x_hat.shape[0]),
+                               "mean_measurement_loss": float(rec.loss[:n].mean())
                                if n else None}
     if truth is not None and n:
         t, r = torch.from_numpy(truth[:n]), torch.from_numpy(x_hat)
@@ -114,14 +144,14 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    import tqdm
-
     from qgen_infer.arrays import load_images_npy, load_measurements
     from qgen_infer.engine import load
-    from qgen_infer.reconstruction import reconstruct, solver_options
+    from qgen_infer.reconstruction import solver_options
 
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise QgenError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     _check_out(out, args.force)
@@ -141,10 +171,20 @@ def _body(argv: Sequence[str] | None) -> int:
                           batch_size=args.batch_size, seed=args.seed)
     settings = {k: getattr(opts, k) for k in ("latent_dim", "sparsity", "steps", "step_size",
                                              "project", "restarts", "batch_size", "seed")}
-    # Everything is validated: only now are old outputs replaced.
-    out.mkdir(exist_ok=True)
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
+    # Everything is validated; results go to a staging folder until they are complete.
+    stage = _make_stage(out)
+    try:
+        return _run(args, model, y, truth, opts, settings, stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already after a commit
+
+
+def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray | None,
+         opts: Any, settings: dict[str, Any], stage: Path, out: Path) -> int:
+    import tqdm
+
+    from qgen_infer.reconstruction import reconstruct
+
     bar = None if args.quiet else tqdm.tqdm(total=y.shape[0], unit="img",
                                               desc=f"{model.backend.name} {model.bits}-bit")
 
@@ -159,17 +199,18 @@ def _body(argv: Sequence[str] | None) -> int:
             bar.close()
         partial = getattr(exc, "partial", None)
         if partial is not None and partial.done:
-            _write_results(out, model, partial, truth, settings, interrupted=True)
+            _write_results(stage, model, partial, truth, settings, interrupted=True)
+            _commit(stage, out)
             print(f"qgen-reconstruct: interrupted; {partial.done} of {y.shape[0]} images saved "
                   f"in {out}", file=sys.stderr)
         else:
-            shutil.rmtree(out, ignore_errors=True)
             print("qgen-reconstruct: interrupted before the first batch finished; nothing "
                   "written", file=sys.stderr)
         return EXIT_INTERRUPTED
     if bar is not None:
         bar.close()
-    m = _write_results(out, model, rec, truth, settings, interrupted=False)
+    m = _write_results(stage, model, rec, truth, settings, interrupted=False)
+    _commit(stage, out)
     s = m["summary"]
     line = (f"qgen-reconstruct: {s['images']} images with {model.backend.name} {model.bits}-bit "
             f"in {m['timing']['seconds']:.2f} s ({m['timing']['images_per_second']:.1f} img/s); "

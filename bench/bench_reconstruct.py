@@ -1,0 +1,323 @@
+"""Reconstruction throughput: packed 1-4-bit generators inside latent proximal GD against the
+fp32 torch reference of the same model, on MNIST's 1,000 evaluation images.
+
+For every bit width and solver length T this times ``qgen_infer.reconstruct`` (the loop of
+``qgen-reconstruct``) on each engine backend asked for, and the *fp32 reference*: the
+checkpoint's generator with its fake-quantized weights materialised once into plain dense
+``nn.Linear`` layers (so the baseline pays no per-call quantization), run through the same
+``reconstruct_latent`` with the same per-batch seeds, steps, step size and sparsity. Both use
+the file's fp32 sensing net A. One timed run per configuration, after a one-batch warm-up that
+takes thread-pool start-up and lazy initialisation out of the number.
+
+Each run is a fresh subprocess so its peak memory (``ru_maxrss``) is its own; the child also
+reports its RSS just before the timed run, so "Δ peak" is what the solve added on top of the
+loaded model (tracemalloc cannot see torch's allocator, so it is not used).
+
+Models: by default a fresh *untrained* MNIST-shaped SDLSS model per bit width (MLP 784-500-500-784,
+m = 25, s = 100, β = 0.0087 as in the trained runs): throughput does not depend on training
+quality. ``--checkpoint PATH[:BITS]`` benchmarks a trained ``model.pt`` instead (exported at
+BITS, default its trained width). Reconstructions are also compared with the fp32 reference
+(max |Δx̂|), so a fast but wrong backend shows.
+
+    python bench/bench_reconstruct.py --threads 1 2 --steps 3 20 \\
+        --out bench/results/reconstruct.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist"
+MNIST_CONFIG: dict[str, Any] = {
+    "family": "mlp", "image_shape": [1, 28, 28], "latent_dim": 784, "measurements": 25,
+    "hidden": 500, "negative_slope": 0.2, "granularity": "tensor",
+}
+# the trained runs' solver (runs/mnist-m25-sdlss-*: s = 100, β learned to ~0.0087)
+MNIST_SOLVER: dict[str, Any] = {"method": "sdlss", "sparsity": 100, "steps": 3, "project": True,
+                                "step_size": 0.0087}
+
+
+# --- child: one timed run -------------------------------------------------------------------
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _dense_fp32_generator(checkpoint: str) -> Any:
+    """The checkpoint's G with every fake-quantized layer replaced by a plain layer holding
+    the quantized weights, computed once: the fp32 dense model that the packed file encodes."""
+    import torch
+    from torch import nn
+
+    from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
+    from qgen_infer.models.layers import QLinear
+
+    gen, _ = build_from_checkpoint(load_checkpoint(checkpoint))
+    with torch.no_grad():
+        for name, mod in list(gen.named_children()):
+            if isinstance(mod, QLinear):
+                dense = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+                dense.weight.copy_(mod.quantized_weight())
+                if mod.bias is not None:
+                    dense.bias.copy_(mod.bias)
+                setattr(gen, name, dense)
+            elif any(p.requires_grad for p in mod.parameters(recurse=False)) and not isinstance(
+                    mod, (nn.Linear, nn.LeakyReLU, nn.Tanh)):
+                raise SystemExit(f"fp32 baseline: unsupported layer {name} ({type(mod)})")
+    return gen.eval().requires_grad_(False)
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import qgen_infer
+    from qgen_infer.reconstruction import batch_seed, solver_options
+    from qgen_infer.solve import reconstruct_latent
+
+    backend = "reference" if args.variant == "fp32" else args.variant
+    model = qgen_infer.load(args.qgen, backend=backend)
+    opts = solver_options(model, steps=args.steps, restarts=1, batch_size=args.batch_size,
+                          seed=0)
+    y = np.load(args.y)
+    if args.variant == "fp32":
+        gen = _dense_fp32_generator(args.checkpoint)
+
+        def run(yy: np.ndarray) -> np.ndarray:
+            outs = []
+            for start in range(0, yy.shape[0], opts.batch_size):
+                res = reconstruct_latent(
+                    torch.from_numpy(yy[start:start + opts.batch_size]), gen, model.sensing,
+                    latent_dim=opts.latent_dim, steps=opts.steps, step_size=opts.step_size,
+                    sparsity=opts.sparsity, project=opts.project, restarts=1,
+                    seed=batch_seed(opts.seed, start))
+                outs.append(res.x.detach().numpy())
+            return np.concatenate(outs)
+    else:
+        def run(yy: np.ndarray) -> np.ndarray:
+            return qgen_infer.reconstruct(model, yy, opts).x_hat
+
+    run(y[:min(8, len(y))])  # warm-up: thread pools, lazy kernel set-up, first allocations
+    rss_before = _rss_mib()
+    t0 = time.perf_counter()
+    x_hat = run(y)
+    seconds = time.perf_counter() - t0
+    np.save(args.x_out, x_hat)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"seconds": seconds, "images": int(y.shape[0]),
+                      "peak_mib": peak, "rss_before_mib": rss_before,
+                      "backend": model.backend.name}))
+
+
+# --- parent: models, runs, table ------------------------------------------------------------
+
+
+def fresh_checkpoint(path: Path, bits: int, seed: int = 0) -> Path:
+    """An untrained MNIST-shaped SDLSS model at ``bits``, saved like qgen-train's model.pt."""
+    import torch
+
+    from qgen_infer.checkpoint import save_checkpoint
+    from qgen_infer.models import build_generator, build_sensing
+
+    torch.manual_seed(seed)
+    config = {**MNIST_CONFIG, "bits": bits}
+    save_checkpoint(path, {
+        "config": config, "solver": dict(MNIST_SOLVER),
+        "generator": build_generator(config).state_dict(),
+        "sensing": build_sensing(config).state_dict(),
+        "log_step_size": torch.tensor(float(np.log(MNIST_SOLVER["step_size"]))),
+        "train": {"epochs": 0, "step": 0, "seed": seed, "wall_time_s": 0.0,
+                  "note": "untrained: bench_reconstruct.py throughput model"},
+    })
+    return path
+
+
+def prepare_models(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    import warnings
+
+    from qgen_infer.export import PostTrainingQuantizationWarning, export_checkpoint
+
+    specs: list[tuple[Path, int | None, str]] = []
+    if args.checkpoint:
+        for item in args.checkpoint:
+            path, _, bits = item.partition(":")
+            specs.append((Path(path), int(bits) if bits else None, f"trained {path}"))
+    else:
+        for bits in args.bits:
+            ckpt = fresh_checkpoint(work / f"fresh-{bits}.pt", bits)
+            specs.append((ckpt, bits, "fresh untrained"))
+    models = []
+    for i, (ckpt, bits, source) in enumerate(specs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PostTrainingQuantizationWarning)
+            res = export_checkpoint(ckpt, work / f"model-{i}.qgen", bits=bits)
+        models.append({"checkpoint": str(ckpt), "qgen": str(res.path), "bits": res.bits,
+                       "source": source + (" (post-training quantized)" if res.post_training
+                                           else ""),
+                       "file_bytes": res.file_bytes, "weights": res.weight_count,
+                       "packed_bytes": res.packed_bytes})
+    return models
+
+
+def measurements(qgen: str, data_root: Path, count: int, out: Path) -> Path:
+    """y = A(x) for MNIST's evaluation images (t10k: first 9,000 train, last 1,000 eval)."""
+    import torch
+
+    import qgen_infer
+    from qgen_infer.data import load_images, split_train_eval
+
+    _, evals = split_train_eval(load_images("mnist", data_root), 1000)
+    x = evals[:count]
+    with torch.no_grad():
+        y = qgen_infer.load(qgen).sensing(x).numpy()
+    np.save(out, y.astype(np.float32))
+    return out
+
+
+def run_child(model: dict[str, Any], variant: str, steps: int, threads: int, y: Path,
+              x_out: Path, batch_size: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--qgen", model["qgen"],
+           "--checkpoint-path", model["checkpoint"], "--y", str(y), "--steps", str(steps),
+           "--threads-one", str(threads), "--batch-size", str(batch_size), "--x-out", str(x_out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({variant}, {steps} steps):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 3, 4],
+                   help="bit widths of the fresh models (ignored with --checkpoint)")
+    p.add_argument("--checkpoint", action="append", default=None, metavar="PATH[:BITS]",
+                   help="benchmark a trained model.pt (exported at BITS) instead; repeatable")
+    p.add_argument("--backends", nargs="+", default=["reference", "cpu"],
+                   choices=["reference", "cpu", "triton"])
+    p.add_argument("--steps", type=int, nargs="+", default=[3, 20])
+    p.add_argument("--threads", type=int, nargs="+", default=[1])
+    p.add_argument("--count", type=int, default=1000, help="evaluation images")
+    p.add_argument("--batch-size", type=int, default=256, help="as qgen-reconstruct's default")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    p.add_argument("--note", default="", help="a line for the report (e.g. machine load)")
+    # the child's arguments
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--qgen", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint-path", dest="checkpoint_path", help=argparse.SUPPRESS)
+    p.add_argument("--y", help=argparse.SUPPRESS)
+    p.add_argument("--threads-one", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--x-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.threads, args.checkpoint = args.threads_one, args.checkpoint_path
+        args.steps = args.steps[0]  # one run: a single T
+        child(args)
+        return
+
+    from qgen_infer.engine import backend_available
+
+    backends = [b for b in args.backends if backend_available(b)]
+    skipped = sorted(set(args.backends) - set(backends))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-reconstruct-") as tmp:
+        work = Path(tmp)
+        models = prepare_models(args, work)
+        for mi, model in enumerate(models):
+            y = measurements(model["qgen"], args.data_root, args.count, work / f"y-{mi}.npy")
+            for threads in args.threads:
+                for steps in args.steps:
+                    base = None
+                    for variant in ["fp32", *backends]:
+                        x_out = work / f"x-{mi}-{variant}.npy"
+                        r = run_child(model, variant, steps, threads, y, x_out, args.batch_size)
+                        x_hat = np.load(x_out)
+                        if variant == "fp32":
+                            base = r
+                            base_x = x_hat
+                        row = {**r, "bits": model["bits"], "variant": variant, "steps": steps,
+                               "threads": threads, "ips": r["images"] / r["seconds"],
+                               "speedup": base["seconds"] / r["seconds"],
+                               "max_dx": float(np.abs(x_hat - base_x).max()),
+                               "g_bytes": 4 * model["weights"] if variant == "fp32"
+                               else model["packed_bytes"], "source": model["source"]}
+                        rows.append(row)
+                        print(f"{model['bits']}-bit T={steps:<3} threads={threads} "
+                              f"{variant:<9} {row['ips']:9.1f} img/s  x{row['speedup']:.2f}  "
+                              f"peak {r['peak_mib']:.0f} MiB  max|dx| {row['max_dx']:.2e}",
+                              flush=True)
+    report = render(rows, models, args, skipped, argv)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+        print(f"wrote {args.out}")
+    else:
+        print(report)
+
+
+def render(rows: list[dict[str, Any]], models: list[dict[str, Any]], args: argparse.Namespace,
+           skipped: list[str], argv: list[str] | None) -> str:
+    cmd = shlex.join(["python", "bench/bench_reconstruct.py", *(argv or sys.argv[1:])])
+    lines = [
+        "# Reconstruction throughput: packed generator vs fp32 reference (CPU)",
+        "",
+        f"- command: `{cmd}`",
+        f"- date: {datetime.date.today().isoformat()}; host CPU: {cpu_model()}; "
+        f"python {platform.python_version()}",
+        f"- images: {args.count} MNIST evaluation images (last 1,000 of t10k), restarts 1, "
+        f"batch size {args.batch_size}; one timed run per row after a one-batch warm-up",
+        f"- models: {models[0]['source']} (see the script's docstring); fp32 = the same "
+        "model's fake-quantized weights as dense torch nn.Linear, same solver and seeds",
+        "- img/s: images / wall time of the solve (load excluded); speedup: over fp32 at the "
+        "same bits, T and threads; peak: ru_maxrss of the run's process; Δ peak: peak minus "
+        "RSS after loading; max |Δx̂|: largest difference from the fp32 reconstruction; "
+        "G weight bytes: the generator's weights as stored (fp32 dense, or packed codes in the "
+        ".qgen; the cpu backend holds two repacked bit-plane copies in memory)",
+    ]
+    if skipped:
+        lines.append(f"- backends not available here, not run: {', '.join(skipped)}")
+    if args.note:
+        lines.append(f"- note: {args.note}")
+    lines += ["", "| bits | T | threads | variant | img/s | speedup | peak MiB | Δ peak MiB "
+              "| max abs Δx̂ | G weight bytes |",
+              "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['bits']} | {r['steps']} | {r['threads']} | {r['variant']} | "
+                     f"{r['ips']:.1f} | {r['speedup']:.2f}x | {r['peak_mib']:.0f} | "
+                     f"{max(r['peak_mib'] - r['rss_before_mib'], 0):.0f} | {r['max_dx']:.1e} | "
+                     f"{r['g_bytes']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
