@@ -28,8 +28,14 @@ PACKAGES = [
 
 
 def cpu_extension():
-    """The pybind11 CPU-kernel extension ``qgen_infer._cpu``, when its sources are present."""
+    """The pybind11 CPU-kernel extension ``qgen_infer._cpu``, when its sources are present.
+
+    Built with default (baseline x86-64) flags: the AVX2 and AVX-512 tiers under ``csrc/arch/``
+    carry their own ``#pragma GCC target`` and are chosen at run time, so the wheel runs on any
+    CPU of the architecture.
+    """
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "arch", "*", "*.cpp")))
     if not sources or os.environ.get("QGEN_NO_EXT") == "1":
         return []
     from pybind11.setup_helpers import Pybind11Extension
@@ -39,6 +45,7 @@ def cpu_extension():
             "qgen_infer._cpu",
             sources,
             include_dirs=["csrc"],
+            depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),
             cxx_std=17,
             extra_compile_args=["-O3", "-fopenmp"],
             extra_link_args=["-fopenmp"],

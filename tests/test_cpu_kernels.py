@@ -5,9 +5,13 @@ Tolerances (fp32 accumulation everywhere):
 
 * norm-wise: ``max|y - ref| / max|ref| < 1e-5`` on the linear part (activation "none");
 * element-wise: ``|y - ref| <= 1e-5 * bound + 1e-6 * |beta|`` with
-  ``bound[m, n] = |alpha[n]| * sum_k |x[m, k]| |W[n, k]|``, the scale of a dot product's
-  rounding error; every activation is 1-Lipschitz (leaky slope <= 1), so the same bound holds
-  after it. ``gemm_t`` likewise with ``bound[m, k] = sum_n |g[m, n]| |W[n, k]|``.
+  ``bound[m, n] = |alpha[n]| * sum_k |x[m, k]| * range[n]``, ``range[n] = scale[n] *
+  max(zero[n], 2^bits - 1 - zero[n])`` the largest weight row n can hold. The kernels work on
+  codes as the contract says (``sum x c - zero sum x``, with signed bit planes), so their rounding
+  error scales with the row's code range, not with the weights actually drawn: a weight
+  ``scale * (c - zero)`` near 0 because ``zero`` is near a code is the difference of two terms of
+  size ``range``. Every activation is 1-Lipschitz (leaky slope <= 1), so the bound holds after
+  it. ``gemm_t`` likewise with ``bound[m, k] = sum_n |g[m, n]| * range[n]``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,20 @@ def make_weight(bits: int, n: int, k: int, gen: torch.Generator,
     return MatrixWeight(codes, scale, z, bits)
 
 
+def row_range(w: MatrixWeight) -> torch.Tensor:
+    """``scale * max(zero, 2^bits - 1 - zero)``: the largest |weight| each row can represent."""
+    top = float((1 << w.bits) - 1)
+    return w.scale * torch.maximum(w.zero.abs(), (top - w.zero).abs())
+
+
+def fwd_bound(x: torch.Tensor, w: MatrixWeight) -> torch.Tensor:
+    return x.abs().sum(1, keepdim=True) * row_range(w)[None, :]
+
+
+def bwd_bound(g: torch.Tensor, w: MatrixWeight) -> torch.Tensor:
+    return (g.abs() @ row_range(w))[:, None].expand(g.shape[0], w.shape[1])
+
+
 def check_close(y: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor,
                 slack: torch.Tensor | float = 0.0) -> None:
     assert y.shape == ref.shape and y.dtype == torch.float32
@@ -94,18 +112,17 @@ def test_gemm_and_gemm_t_match_reference(backends, isa: str, bits: int,
         assert torch.unique(w.codes).numel() == 1 << bits
     be = backends[isa]
     p = be.prepare(w)
-    wabs = w.dequantize().abs()
 
     x = torch.randn(m, k, generator=gen)
     y, ref = be.gemm(x, p), gemm_reference(x, w)
     assert norm_rel(y, ref) < REL
-    check_close(y, ref, x.abs() @ wabs.T)
+    check_close(y, ref, fwd_bound(x, w))
 
     g = torch.randn(m, n, generator=gen)
     gt, ref_t = be.gemm_t(g, p), gemm_t_reference(g, w)
     assert gt.shape == (m, k)
     assert norm_rel(gt, ref_t) < REL
-    check_close(gt, ref_t, g.abs() @ wabs)
+    check_close(gt, ref_t, bwd_bound(g, w))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -124,7 +141,7 @@ def test_epilogue(backends, isa: str, bits: int, activation: str, affine: bool) 
     y, ref = be.gemm(x, be.prepare(w), ep), gemm_reference(x, w, ep)
     a = alpha.abs()[None, :] if affine else 1.0
     slack = 1e-6 * beta.abs()[None, :] if affine else 0.0
-    check_close(y, ref, a * (x.abs() @ w.dequantize().abs().T), slack)
+    check_close(y, ref, a * fwd_bound(x, w), slack)
 
 
 def test_epilogue_none_equals_default() -> None:
@@ -136,14 +153,20 @@ def test_epilogue_none_equals_default() -> None:
     assert torch.equal(be.gemm(x, p), be.gemm(x, p, Epilogue()))
 
 
-def test_threads_do_not_change_results() -> None:
+# (M, K, N): big enough to run on 2 threads (the driver keeps < ~0.15 ms of work on one), by
+# rows (M >= 32: panels of rows per item) and by columns (small M: column groups per item).
+@pytest.mark.parametrize("shape", [(40, 1000, 1000), (8, 4100, 1030)], ids=["by_rows", "by_cols"])
+def test_threads_do_not_change_results(shape: tuple[int, int, int]) -> None:
+    m, k, n = shape
     gen = torch.Generator().manual_seed(6)
-    w = make_weight(2, 300, 200, gen)
-    x = torch.randn(33, 200, generator=gen)
+    w = make_weight(1, n, k, gen)
+    x = torch.randn(m, k, generator=gen)
     one, two = create_backend(threads=1), create_backend(threads=2)
     p = one.prepare(w)
-    assert torch.equal(one.gemm(x, p), two.gemm(x, p))
-    g = torch.randn(33, 300, generator=gen)
+    y1 = one.gemm(x, p)
+    assert torch.equal(y1, two.gemm(x, p))
+    check_close(y1, gemm_reference(x, w), fwd_bound(x, w))
+    g = torch.randn(m, n, generator=gen)
     assert torch.equal(one.gemm_t(g, p), two.gemm_t(g, p))
 
 
@@ -156,7 +179,7 @@ def test_several_table_panels(bits: int) -> None:
     x = torch.randn(m, k, generator=gen)
     be = create_backend()
     y, ref = be.gemm(x, be.prepare(w)), gemm_reference(x, w)
-    check_close(y, ref, x.abs() @ w.dequantize().abs().T)
+    check_close(y, ref, fwd_bound(x, w))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -261,3 +284,65 @@ def test_empty_batch(prepared) -> None:
     be, p = prepared
     assert be.gemm(torch.zeros(0, 12), p).shape == (0, 8)
     assert be.gemm_t(torch.zeros(0, 8), p).shape == (0, 12)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_empty_reduction(backends, isa: str) -> None:
+    """K = 0 (and N = 0 reductions in gemm_t): the products are zeros, then the epilogue."""
+    w = MatrixWeight(torch.zeros(5, 0, dtype=torch.uint8), torch.ones(5), torch.zeros(5), 2)
+    be = backends[isa]
+    p = be.prepare(w)
+    beta = torch.arange(5, dtype=torch.float32)
+    y = be.gemm(torch.zeros(4, 0), p, Epilogue(beta=beta))
+    assert torch.equal(y, beta.expand(4, 5))
+    assert be.gemm_t(torch.randn(4, 5), p).shape == (4, 0)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_gemm_t_is_the_input_gradient(bits: int) -> None:
+    """gemm_t equals autograd's input gradient of the reference forward (before its epilogue)."""
+    gen = torch.Generator().manual_seed(20 + bits)
+    w = make_weight(bits, 37, 53, gen)
+    x = torch.randn(6, 53, generator=gen, requires_grad=True)
+    g = torch.randn(6, 37, generator=gen)
+    gemm_reference(x, w).backward(g)
+    be = create_backend()
+    gt = be.gemm_t(g, be.prepare(w))
+    check_close(gt, x.grad, bwd_bound(g, w))
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # hypothesis is a test extra; the rest of the file runs without it
+    given = None
+
+if given is not None:
+
+    @settings(max_examples=40, deadline=None)
+    @given(m=st.integers(1, 9), k=st.integers(1, 150), n=st.integers(1, 70),
+           bits=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
+    def test_random_shapes_best_isa(m: int, k: int, n: int, bits: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        w = make_weight(bits, n, k, gen)
+        be = create_backend()
+        p = be.prepare(w)
+        x, g = torch.randn(m, k, generator=gen), torch.randn(m, n, generator=gen)
+        check_close(be.gemm(x, p), gemm_reference(x, w), fwd_bound(x, w))
+        check_close(be.gemm_t(g, p), gemm_t_reference(g, w), bwd_bound(g, w))
+
+
+def test_concurrent_callers_share_the_pool() -> None:
+    """Several Python threads calling at once (the GIL is released) get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(11)
+    w = make_weight(2, 1030, 4100, gen)
+    be = create_backend(threads=2)
+    p = be.prepare(w)
+    xs = [torch.randn(8, 4100, generator=gen) for _ in range(4)]
+    expected = [create_backend(threads=1).gemm(x, p) for x in xs]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda x: be.gemm(x, p), xs * 3))
+    for i, y in enumerate(got):
+        assert torch.equal(y, expected[i % 4])

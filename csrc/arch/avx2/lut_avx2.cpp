@@ -1,0 +1,133 @@
+// AVX2 + FMA tier: the bit-plane LUT GEMM on 8-lane registers. Layout and math: see qgen_cpu.h.
+//
+// AVX2 has no 16-entry float permute, so a 16-entry table is split in two 8-entry halves
+// (vpermps ymm reads index bits 0..2) and bit 3 of the index picks the half (vblendvps on the
+// sign bit after shifting bit 3 to bit 31). A 16-lane column block is two 8-lane halves.
+// Compiled for AVX2/FMA by the target pragma, called only after the run-time check.
+#include "qgen_cpu.h"
+
+#if defined(QGEN_X86)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+namespace qgen {
+namespace {
+
+alignas(32) const float kSign[kGroup][8] = {
+    {-1, 1, -1, 1, -1, 1, -1, 1},
+    {-1, -1, 1, 1, -1, -1, 1, 1},
+    {-1, -1, -1, -1, 1, 1, 1, 1},
+    {-1, -1, -1, -1, -1, -1, -1, -1},  // entries 0..7 have bit 3 clear; 8..15 use -kSign[3]
+};
+
+// Same arithmetic as the portable tier (exact sign products, adds in order e = 0..3).
+double build_tables_avx2(const float* x, const float* rscale, const float* rz, int64_t R,
+                         int64_t R32, float* tables) {
+    const __m256 s0 = _mm256_load_ps(kSign[0]), s1 = _mm256_load_ps(kSign[1]);
+    const __m256 s2 = _mm256_load_ps(kSign[2]), s3 = _mm256_load_ps(kSign[3]);
+    double dot = 0.0;
+    const int64_t groups = R32 * kGroupsPerWord;
+    for (int64_t g = 0; g < groups; ++g) {
+        float v[kGroup];
+        for (int e = 0; e < kGroup; ++e) {
+            const int64_t r = g * kGroup + e;
+            v[e] = r < R ? (rscale ? x[r] * rscale[r] : x[r]) : 0.0f;
+            if (r < R) dot += static_cast<double>(v[e]) * (rz ? rz[r] : 1.0f);
+        }
+        __m256 lo = _mm256_mul_ps(s0, _mm256_set1_ps(v[0]));
+        lo = _mm256_fmadd_ps(s1, _mm256_set1_ps(v[1]), lo);
+        lo = _mm256_fmadd_ps(s2, _mm256_set1_ps(v[2]), lo);
+        const __m256 hi = _mm256_fmadd_ps(s3, _mm256_set1_ps(-v[3]), lo);
+        lo = _mm256_fmadd_ps(s3, _mm256_set1_ps(v[3]), lo);
+        float* t = tables + g * kTableFloats;
+        _mm256_store_ps(t, lo);
+        _mm256_store_ps(t + 8, hi);
+    }
+    return dot;
+}
+
+// MR rows x NB blocks (2 NB halves of 8 lanes); P accumulator sets alternate over the 8 groups
+// to break the add/FMA dependency chains when MR * NB is small.
+template <int BITS, int MR, int NB, int P>
+inline __attribute__((always_inline)) void micro(const TileArgs& a, int m0, int cb0) {
+    constexpr int NH = 2 * NB;
+    __m256 c[P][MR][NH];
+    for (int p = 0; p < P; ++p)
+        for (int m = 0; m < MR; ++m)
+            for (int h = 0; h < NH; ++h) c[p][m][h] = _mm256_setzero_ps();
+    const float* tab = a.tables + m0 * a.tstride;
+    const uint32_t* w = a.w + cb0 * a.cbstride;
+    for (int64_t rc = 0; rc < a.R32; ++rc) {
+        __m256i idx[BITS][NH];
+#pragma GCC unroll 4
+        for (int b = 0; b < BITS; ++b)
+#pragma GCC unroll 8
+            for (int h = 0; h < NH; ++h)
+                idx[b][h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                    w + (h / 2) * a.cbstride + (rc * BITS + b) * kLanes + (h % 2) * 8));
+        const float* t = tab + rc * kGroupsPerWord * kTableFloats;
+#pragma GCC unroll 8
+        for (int j = 0; j < kGroupsPerWord; ++j) {
+#pragma GCC unroll 4
+            for (int m = 0; m < MR; ++m) {
+                const __m256 tlo = _mm256_load_ps(t + m * a.tstride + j * kTableFloats);
+                const __m256 thi = _mm256_load_ps(t + m * a.tstride + j * kTableFloats + 8);
+#pragma GCC unroll 4
+                for (int b = 0; b < BITS; ++b)
+#pragma GCC unroll 8
+                    for (int h = 0; h < NH; ++h) {
+                        const __m256i ix = idx[b][h];
+                        const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(ix, 28));
+                        const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, ix),
+                                                          _mm256_permutevar8x32_ps(thi, ix), sel);
+                        __m256& acc = c[j % P][m][h];
+                        acc = b == 0 ? _mm256_add_ps(acc, v)
+                                     : _mm256_fmadd_ps(v, _mm256_set1_ps(float(1 << b)), acc);
+                    }
+            }
+#pragma GCC unroll 4
+            for (int b = 0; b < BITS; ++b)
+#pragma GCC unroll 8
+                for (int h = 0; h < NH; ++h) idx[b][h] = _mm256_srli_epi32(idx[b][h], 4);
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int h = 0; h < NH; ++h) {
+            __m256 s = c[0][m][h];
+            for (int p = 1; p < P; ++p) s = _mm256_add_ps(s, c[p][m][h]);
+            _mm256_storeu_ps(a.acc + (m0 + m) * a.ldacc + cb0 * kLanes + h * 8, s);
+        }
+}
+
+template <int BITS, int MR, int NB, int P>
+void sweep(const TileArgs& a, int m0) {
+    int n = 0;
+    for (; n + NB <= a.nb; n += NB) micro<BITS, MR, NB, P>(a, m0, n);
+    for (; n < a.nb; ++n) micro<BITS, MR, 1, P>(a, m0, n);
+}
+
+template <int BITS>
+void tile_bits(const TileArgs& a) {
+    int m = 0;
+    for (; m + 2 <= a.mr; m += 2) sweep<BITS, 2, 1, 1>(a, m);
+    for (; m < a.mr; ++m) sweep<BITS, 1, 1, 2>(a, m);
+}
+
+void tile_avx2(const TileArgs& a) {
+    switch (a.bits) {
+        case 1: tile_bits<1>(a); break;
+        case 2: tile_bits<2>(a); break;
+        case 3: tile_bits<3>(a); break;
+        default: tile_bits<4>(a); break;
+    }
+}
+
+}  // namespace
+
+KernelSet kernels_avx2() { return KernelSet{"avx2", build_tables_avx2, tile_avx2, 4, 8, 8}; }
+
+}  // namespace qgen
+
+#pragma GCC pop_options
+#endif  // QGEN_X86

@@ -1,0 +1,62 @@
+// Portable tier: the bit-plane LUT GEMM in plain C++ (any CPU; the oracle for the SIMD tiers'
+// arithmetic order). Layout and math: see qgen_cpu.h.
+#include <cstring>
+
+#include "qgen_cpu.h"
+
+namespace qgen {
+namespace {
+
+// T[i] = sum_e (bit e of i ? +v_e : -v_e), summed in the order e = 0, 1, 2, 3 (all tiers do).
+double build_tables_portable(const float* x, const float* rscale, const float* rz, int64_t R,
+                             int64_t R32, float* tables) {
+    double dot = 0.0;
+    const int64_t groups = R32 * kGroupsPerWord;
+    for (int64_t g = 0; g < groups; ++g) {
+        float v[kGroup];
+        for (int e = 0; e < kGroup; ++e) {
+            const int64_t r = g * kGroup + e;
+            v[e] = r < R ? (rscale ? x[r] * rscale[r] : x[r]) : 0.0f;
+            if (r < R) dot += static_cast<double>(v[e]) * (rz ? rz[r] : 1.0f);
+        }
+        float* t = tables + g * kTableFloats;
+        for (int i = 0; i < kTableFloats; ++i) {
+            float s = (i & 1) ? v[0] : -v[0];
+            for (int e = 1; e < kGroup; ++e) s += ((i >> e) & 1) ? v[e] : -v[e];
+            t[i] = s;
+        }
+    }
+    return dot;
+}
+
+void tile_portable(const TileArgs& a) {
+    for (int m = 0; m < a.mr; ++m) {
+        const float* tab = a.tables + m * a.tstride;
+        for (int nb = 0; nb < a.nb; ++nb) {
+            float acc[kLanes] = {};
+            const uint32_t* w = a.w + nb * a.cbstride;
+            for (int64_t rc = 0; rc < a.R32; ++rc) {
+                const float* t = tab + rc * kGroupsPerWord * kTableFloats;
+                for (int b = 0; b < a.bits; ++b) {
+                    const float pw = static_cast<float>(1 << b);
+                    const uint32_t* wb = w + (rc * a.bits + b) * kLanes;
+                    for (int l = 0; l < kLanes; ++l) {
+                        float s = 0.0f;
+                        for (int j = 0; j < kGroupsPerWord; ++j)
+                            s += t[j * kTableFloats + ((wb[l] >> (4 * j)) & 15u)];
+                        acc[l] += pw * s;
+                    }
+                }
+            }
+            std::memcpy(a.acc + m * a.ldacc + nb * kLanes, acc, sizeof(acc));
+        }
+    }
+}
+
+}  // namespace
+
+KernelSet kernels_portable() {
+    return KernelSet{"portable", build_tables_portable, tile_portable, 4, 1, 1};
+}
+
+}  // namespace qgen

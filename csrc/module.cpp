@@ -1,0 +1,426 @@
+// qgen_infer._cpu: pybind11 bindings, ISA dispatch, repacking and the threaded GEMM drivers.
+//
+// Arrays cross the boundary as numpy arrays (torch CPU tensors via .numpy(), sharing memory), so
+// the extension never links libtorch nor depends on its C++ ABI. Every entry point checks dtype,
+// contiguity and shapes and raises TypeError / ValueError; no input reaches a kernel unchecked.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "qgen_cpu.h"
+#include "thread_pool.h"
+
+namespace py = pybind11;
+using namespace qgen;
+
+namespace {
+
+// ------------------------------------------------------------------------------------------
+// ISA selection: explicit argument > QGEN_CPU_ISA environment variable > best supported.
+// ------------------------------------------------------------------------------------------
+const char* isa_name(Isa isa) {
+    return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "portable";
+}
+
+Isa parse_isa(const std::string& s, const char* where) {
+    if (s == "portable") return Isa::portable;
+    if (s == "avx2") return Isa::avx2;
+    if (s == "avx512") return Isa::avx512;
+    throw py::value_error(std::string(where) + ": unknown instruction set '" + s +
+                          "' (expected portable, avx2 or avx512)");
+}
+
+Isa best_isa() {
+    if (cpu_supports(Isa::avx512)) return Isa::avx512;
+    if (cpu_supports(Isa::avx2)) return Isa::avx2;
+    return Isa::portable;
+}
+
+Isa resolve_isa(const std::string& requested) {
+    Isa isa;
+    const char* source;
+    if (!requested.empty() && requested != "auto") {
+        isa = parse_isa(requested, "isa");
+        source = "isa argument";
+    } else if (const char* env = std::getenv("QGEN_CPU_ISA"); env && *env &&
+                                                              std::string(env) != "auto") {
+        isa = parse_isa(env, "QGEN_CPU_ISA");
+        source = "QGEN_CPU_ISA";
+    } else {
+        return best_isa();
+    }
+    if (!cpu_supports(isa))
+        throw py::value_error(std::string(source) + " asks for '" + isa_name(isa) +
+                              "', which this CPU/OS does not support (supported: best is '" +
+                              isa_name(best_isa()) + "')");
+    return isa;
+}
+
+KernelSet kernel_set(Isa isa) {
+#if defined(QGEN_X86)
+    if (isa == Isa::avx512) return kernels_avx512();
+    if (isa == Isa::avx2) return kernels_avx2();
+#endif
+    return kernels_portable();
+}
+
+// ------------------------------------------------------------------------------------------
+// Input checks
+// ------------------------------------------------------------------------------------------
+template <typename T>
+const T* checked(const py::array& a, const char* name, std::initializer_list<int64_t> shape,
+                 const char* dtype_name) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + " must be " + dtype_name + ", got " +
+                             std::string(py::str(a.dtype())));
+    if (a.ndim() != static_cast<py::ssize_t>(shape.size()))
+        throw py::value_error(std::string(name) + " must be " + std::to_string(shape.size()) +
+                              "-D, got " + std::to_string(a.ndim()) + "-D");
+    int i = 0;
+    for (int64_t s : shape) {
+        if (s >= 0 && a.shape(i) != s)
+            throw py::value_error(std::string(name) + ": dimension " + std::to_string(i) +
+                                  " must be " + std::to_string(s) + ", got " +
+                                  std::to_string(a.shape(i)));
+        ++i;
+    }
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + " must be C-contiguous");
+    return static_cast<const T*>(a.data());
+}
+
+const float* optional_vec(const py::object& o, const char* name, int64_t n) {
+    if (o.is_none()) return nullptr;
+    if (!py::isinstance<py::array>(o))
+        throw py::type_error(std::string(name) + " must be a float32 numpy array or None");
+    return checked<float>(o.cast<py::array>(), name, {n}, "float32");
+}
+
+void check_bits(int bits) {
+    if (bits < 1 || bits > 4) throw py::value_error("bits must be in 1..4, got " +
+                                                    std::to_string(bits));
+}
+
+int64_t planes_words(int64_t C, int64_t R, int bits) {
+    return ceil_div(C, kLanes) * ceil_div(R, kChunkR) * bits * kLanes;
+}
+
+struct AlignedFree {
+    void operator()(float* p) const { std::free(p); }
+};
+using AlignedBuf = std::unique_ptr<float[], AlignedFree>;
+
+AlignedBuf aligned_floats(int64_t n) {
+    const size_t bytes = ((static_cast<size_t>(std::max<int64_t>(n, 16)) * 4 + 63) / 64) * 64;
+    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    return AlignedBuf(p);
+}
+
+// ------------------------------------------------------------------------------------------
+// The driver: acc = sum_b 2^b S_b over packed planes for M activation rows, tiled and threaded,
+// each finished tile handed to `epi` while it is hot in cache.
+//
+// Threads: ThreadPool::parallel_for (thread_pool.h), no barrier anywhere: work items are
+// claimed dynamically, each thread builds the tables it needs itself, and the caller never waits
+// for a thread that took no item (an OpenMP region's closing barrier does, which on this shared,
+// oversubscribed machine cost 8-100 ms per call instead of 0.5 ms).
+//   by rows (M >= kRowsModeMinM, or one thread): an item is a panel of P rows; its thread builds
+//     the panel's tables (<= kTableBudget) and sweeps every column group over them;
+//   by columns (small M, several threads): an item is a column group (tile_nb blocks of 16);
+//     every thread builds the tables of all M rows once (cheap for small M: 4 FMAs per 4 inputs
+//     per row) and the weights are streamed once in total.
+// Tiles are (mr <= gemm_mr rows) x (tile_nb column blocks), row blocks inner so a column
+// group's weights stay in cache across them.
+// ------------------------------------------------------------------------------------------
+constexpr int64_t kTableBudget = 1 << 20;
+constexpr int64_t kRowsModeMinM = 32;
+
+template <typename Epi>
+void lut_gemm(const KernelSet& ks, const float* X, int64_t M, int64_t R, const float* rscale,
+              const float* rz, const uint32_t* words, int64_t C, int bits, int threads,
+              const Epi& epi) {
+    const int64_t R32 = ceil_div(R, kChunkR), C16 = ceil_div(C, kLanes);
+    const int64_t tstride = R32 * kGroupsPerWord * kTableFloats;  // floats per row's tables
+    const int mr_max = M == 1 ? 1 : ks.gemm_mr;
+    const int tile_nb = M == 1 ? ks.gemv_nb : ks.gemm_nb;
+    const int64_t ngroups = ceil_div(C16, tile_nb);
+    const int64_t cbstride = R32 * bits * kLanes;
+
+    // threads <= 0: OMP_NUM_THREADS (via the OpenMP runtime) or else every hardware thread.
+    int nt = threads;
+    if (nt <= 0) {
+#ifdef _OPENMP
+        nt = omp_get_max_threads();
+#else
+        nt = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#endif
+    }
+    // The LUT kernel retires ~64 weight-bit x activation products per cycle per core, so this
+    // is ~0.5 M cycles (~0.15 ms) of work: below it, waking a second thread (tens of us when
+    // it sleeps, a whole time slice when the machine is oversubscribed) costs more than it saves.
+    if (static_cast<double>(M) * C * R * bits < 3.2e7) nt = 1;
+    const bool by_rows = nt == 1 || M >= kRowsModeMinM;
+    int64_t P = M;  // rows whose tables one thread holds at a time
+    if (by_rows) {
+        P = std::max<int64_t>(1, kTableBudget / (std::max<int64_t>(tstride, 1) * 4));
+        if (nt > 1) P = std::min(P, ceil_div(M, 4 * nt));  // >= 4 items per thread
+        P = std::min(std::max<int64_t>(P, mr_max), M);
+        if (P > mr_max) P -= P % mr_max;
+    }
+    const int64_t nitems = by_rows ? ceil_div(M, P) : ngroups;
+    nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, nitems)));
+    // Per-slot buffers, allocated here so that nothing can throw inside a worker.
+    AlignedBuf tables_all = aligned_floats(nt * P * tstride);
+    std::vector<double> dots_all(nt * P);
+
+    std::vector<char> built(nt, 0);
+    ThreadPool::instance().parallel_for(nitems, nt, [&](int64_t it, int slot) {
+        float* tables = tables_all.get() + slot * P * tstride;
+        double* dots = dots_all.data() + slot * P;
+        alignas(64) float acc[4 * kMaxTileBlocks * kLanes];
+        auto build = [&](int64_t p0, int64_t pm) {
+            for (int64_t i = 0; i < pm; ++i)
+                dots[i] = ks.build_tables(X + (p0 + i) * R, rscale, rz, R, R32,
+                                          tables + i * tstride);
+        };
+        auto sweep = [&](int64_t p0, int64_t pm, int64_t g) {
+            const int64_t cb0 = g * tile_nb, col0 = cb0 * kLanes;
+            for (int64_t m0 = 0; m0 < pm; m0 += mr_max) {
+                TileArgs a;
+                a.tables = tables + m0 * tstride;
+                a.tstride = tstride;
+                a.w = words + cb0 * cbstride;
+                a.cbstride = cbstride;
+                a.R32 = R32;
+                a.acc = acc;
+                a.ldacc = tile_nb * kLanes;
+                a.mr = static_cast<int>(std::min<int64_t>(mr_max, pm - m0));
+                a.nb = static_cast<int>(std::min<int64_t>(tile_nb, C16 - cb0));
+                a.bits = bits;
+                ks.tile(a);
+                epi(p0 + m0, a.mr, col0, std::min<int64_t>(a.nb * kLanes, C - col0), acc,
+                    a.ldacc, dots + m0);
+            }
+        };
+        if (by_rows) {
+            const int64_t p0 = it * P, pm = std::min(P, M - p0);
+            build(p0, pm);
+            for (int64_t g = 0; g < ngroups; ++g) sweep(p0, pm, g);
+        } else {
+            if (!built[slot]) build(0, M);
+            built[slot] = 1;
+            sweep(0, M, it);
+        }
+    });
+}
+
+enum Act : int { kNone = 0, kRelu = 1, kLeaky = 2, kTanh = 3 };
+
+
+// ------------------------------------------------------------------------------------------
+// Entry points
+// ------------------------------------------------------------------------------------------
+
+// codes uint8 [N, K] -> planes words for the forward (col = n, r = k) or, transposed, for the
+// input gradient (col = k, r = n). Layout: qgen_cpu.h.
+py::array_t<uint32_t> repack_planes(const py::array& codes_a, int bits, bool transposed) {
+    check_bits(bits);
+    const uint8_t* codes = checked<uint8_t>(codes_a, "codes", {-1, -1}, "uint8");
+    const int64_t N = codes_a.shape(0), K = codes_a.shape(1);
+    const int64_t C = transposed ? K : N, R = transposed ? N : K;
+    const int64_t C16 = ceil_div(C, kLanes), R32 = ceil_div(R, kChunkR);
+    py::array_t<uint32_t> out(planes_words(C, R, bits));
+    uint32_t* w = out.mutable_data();
+    const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
+    bool bad = false;
+    {
+        py::gil_scoped_release release;
+        std::memset(w, 0, sizeof(uint32_t) * out.size());
+#pragma omp parallel for schedule(static) reduction(|| : bad)
+        for (int64_t cb = 0; cb < C16; ++cb)
+            for (int l = 0; l < kLanes; ++l) {
+                const int64_t col = cb * kLanes + l;
+                if (col >= C) break;
+                for (int64_t r = 0; r < R; ++r) {
+                    const uint8_t c = transposed ? codes[r * K + col] : codes[col * K + r];
+                    bad = bad || c > top;
+                    uint32_t* base = w + (cb * R32 + r / kChunkR) * bits * kLanes + l;
+                    for (int b = 0; b < bits; ++b)
+                        base[b * kLanes] |= static_cast<uint32_t>((c >> b) & 1u) << (r % kChunkR);
+                }
+            }
+    }
+    if (bad)
+        throw py::value_error("codes must lie in [0, " + std::to_string(top) + "] for " +
+                              std::to_string(bits) + "-bit weights");
+    return out;
+}
+
+// y[m, n] = act(alpha[n] * scale[n] * sum_k x[m, k] (c[n, k] - zero[n]) + beta[n])
+//         = act(a2[n] * (acc[m, n] + zc2[n] * sum_k x[m, k]) + beta[n]),
+//   a2 = alpha * scale / 2, zc2 = (2^k - 1) - 2 zero  (qgen_cpu.h: c = acc-half + mid).
+py::array_t<float> gemm_planes_f32(const py::array& x_a, const py::array& words_a, int64_t N,
+                                   int bits, const py::array& scale_a, const py::array& zero_a,
+                                   const py::object& alpha_o, const py::object& beta_o,
+                                   int act, float slope, const std::string& isa_req, int threads) {
+    check_bits(bits);
+    const float* x = checked<float>(x_a, "x", {-1, -1}, "float32");
+    const int64_t M = x_a.shape(0), K = x_a.shape(1);
+    if (N < 0) throw py::value_error("N must be non-negative");
+    const uint32_t* words =
+        checked<uint32_t>(words_a, "words", {planes_words(N, K, bits)}, "uint32");
+    const float* scale = checked<float>(scale_a, "scale", {N}, "float32");
+    const float* zero = checked<float>(zero_a, "zero", {N}, "float32");
+    const float* alpha = optional_vec(alpha_o, "alpha", N);
+    const float* beta = optional_vec(beta_o, "beta", N);
+    if (act < kNone || act > kTanh) throw py::value_error("unknown activation code");
+    const KernelSet ks = kernel_set(resolve_isa(isa_req));
+    py::array_t<float> y({M, N});
+    float* yp = y.mutable_data();
+    if (M == 0) return y;
+    std::vector<float> a2(N), zc2(N), b(N);
+    for (int64_t n = 0; n < N; ++n) {
+        a2[n] = 0.5f * scale[n] * (alpha ? alpha[n] : 1.0f);
+        zc2[n] = static_cast<float>((1 << bits) - 1) - 2.0f * zero[n];
+        b[n] = beta ? beta[n] : 0.0f;
+    }
+    {
+        py::gil_scoped_release release;
+        auto epi = [&](int64_t m0, int mr, int64_t col0, int64_t ncols, const float* acc,
+                       int64_t ldacc, const double* dots) {
+            const float* A = a2.data() + col0;
+            const float* Z = zc2.data() + col0;
+            const float* B = b.data() + col0;
+            for (int m = 0; m < mr; ++m) {
+                const float xs = static_cast<float>(dots[m]);
+                float* yr = yp + (m0 + m) * N + col0;
+                const float* ar = acc + m * ldacc;
+                // One loop per activation so the compiler vectorises the three linear ones.
+                switch (act) {
+                    case kRelu:
+                        for (int64_t j = 0; j < ncols; ++j)
+                            yr[j] = std::max(A[j] * (ar[j] + Z[j] * xs) + B[j], 0.0f);
+                        break;
+                    case kLeaky:
+                        for (int64_t j = 0; j < ncols; ++j) {
+                            const float v = A[j] * (ar[j] + Z[j] * xs) + B[j];
+                            yr[j] = v > 0.0f ? v : v * slope;
+                        }
+                        break;
+                    case kTanh:
+                        for (int64_t j = 0; j < ncols; ++j)
+                            yr[j] = std::tanh(A[j] * (ar[j] + Z[j] * xs) + B[j]);
+                        break;
+                    default:
+                        for (int64_t j = 0; j < ncols; ++j)
+                            yr[j] = A[j] * (ar[j] + Z[j] * xs) + B[j];
+                }
+            }
+        };
+        lut_gemm(ks, x, M, K, nullptr, nullptr, words, N, bits, threads, epi);
+    }
+    return y;
+}
+
+// g'[m, k] = sum_n g[m, n] scale[n] (c[n, k] - zero[n])
+//          = acc[m, k] / 2 + sum_n g[m, n] scale[n] (mid - zero[n]),
+// with acc over the transposed planes (col = k, r = n) and the rows pre-scaled by scale[n].
+py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& words_t_a, int64_t K,
+                                     int bits, const py::array& scale_a, const py::array& zero_a,
+                                     const std::string& isa_req, int threads) {
+    check_bits(bits);
+    const float* g = checked<float>(g_a, "g", {-1, -1}, "float32");
+    const int64_t M = g_a.shape(0), N = g_a.shape(1);
+    if (K < 0) throw py::value_error("K must be non-negative");
+    const uint32_t* words =
+        checked<uint32_t>(words_t_a, "words_t", {planes_words(K, N, bits)}, "uint32");
+    const float* scale = checked<float>(scale_a, "scale", {N}, "float32");
+    const float* zero = checked<float>(zero_a, "zero", {N}, "float32");
+    const KernelSet ks = kernel_set(resolve_isa(isa_req));
+    py::array_t<float> out({M, K});
+    float* op = out.mutable_data();
+    if (M == 0) return out;
+    std::vector<float> zc(N);
+    const float mid = 0.5f * static_cast<float>((1 << bits) - 1);
+    for (int64_t n = 0; n < N; ++n) zc[n] = mid - zero[n];
+    {
+        py::gil_scoped_release release;
+        auto epi = [&](int64_t m0, int mr, int64_t col0, int64_t ncols, const float* acc,
+                       int64_t ldacc, const double* dots) {
+            for (int m = 0; m < mr; ++m) {
+                const float d = static_cast<float>(dots[m]);
+                float* orow = op + (m0 + m) * K + col0;
+                const float* ar = acc + m * ldacc;
+                for (int64_t j = 0; j < ncols; ++j) orow[j] = 0.5f * ar[j] + d;
+            }
+        };
+        lut_gemm(ks, g, M, N, scale, zc.data(), words, K, bits, threads, epi);
+    }
+    return out;
+}
+
+std::vector<std::string> supported_isas() {
+    std::vector<std::string> out;
+    for (Isa i : {Isa::portable, Isa::avx2, Isa::avx512})
+        if (cpu_supports(i)) out.emplace_back(isa_name(i));
+    return out;
+}
+
+std::string kernel_name(int bits, bool transposed, const std::string& isa_req) {
+    check_bits(bits);
+    return std::string(transposed ? "gemm_t_w" : "gemm_w") + std::to_string(bits) +
+           "_planes_f32[" + isa_name(resolve_isa(isa_req)) + "]";
+}
+
+int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+    m.doc() = "Bit-plane LUT GEMM over packed 1..4-bit codes with fp32 activations "
+              "(see csrc/qgen_cpu.h for the layout and the math).";
+    m.def("supported_isas", &supported_isas,
+          "Instruction sets this CPU and OS support, from 'portable' up.");
+    m.def("best_isa", [] { return std::string(isa_name(best_isa())); });
+    m.def("resolve_isa", [](const std::string& s) { return std::string(isa_name(resolve_isa(s))); },
+          py::arg("isa") = "",
+          "The ISA a call with this argument runs: the argument, else QGEN_CPU_ISA, else best.");
+    m.def("kernel_name", &kernel_name, py::arg("bits"), py::arg("transposed") = false,
+          py::arg("isa") = "");
+    m.def("max_threads", &max_threads);
+    m.def("pool_stats", [] {
+        auto& p = ThreadPool::instance();
+        return py::make_tuple(p.items_by_caller(), p.items_by_workers());
+    }, "(items run by calling threads, items run by pool workers) since start: a diagnostic.");
+    m.def("planes_words", &planes_words, py::arg("cols"), py::arg("red"), py::arg("bits"));
+    m.def("repack_planes", &repack_planes, py::arg("codes"), py::arg("bits"),
+          py::arg("transposed") = false,
+          "uint8 codes [N, K] -> uint32 bit-plane words (transposed: columns are k).");
+    m.def("gemm_planes_f32", &gemm_planes_f32, py::arg("x"), py::arg("words"), py::arg("n"),
+          py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("alpha") = py::none(),
+          py::arg("beta") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.01f,
+          py::arg("isa") = "", py::arg("threads") = 0,
+          "y = act(alpha * (x @ W^T) + beta), W = scale * (codes - zero); x float32 [M, K].");
+    m.def("gemm_t_planes_f32", &gemm_t_planes_f32, py::arg("g"), py::arg("words_t"), py::arg("k"),
+          py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("isa") = "",
+          py::arg("threads") = 0, "g @ W for g float32 [M, N] -> [M, K].");
+}

@@ -1,0 +1,102 @@
+// qgen_infer._cpu: bit-plane look-up-table (LUT) GEMM over packed 1..4-bit codes, fp32 activations.
+//
+// ---------------------------------------------------------------------------------------------
+// The math (shared with docs/DESIGN.md "The math the kernels share")
+// ---------------------------------------------------------------------------------------------
+// A code c in [0, 2^k) is written with SIGNED bit planes p_b in {-1, +1} (p_b = 2*bit_b - 1):
+//
+//     c = 1/2 * sum_b 2^b p_b + mid,          mid = (2^k - 1) / 2
+//
+// so for a reduction over r of x[r] * (c[col, r] - zero[col]):
+//
+//     sum_r x[r] (c - zero) = 1/2 * sum_b 2^b S_b + (mid - zero) * sum_r x[r],
+//     S_b = sum_r x[r] p_b[col, r].
+//
+// Signed planes keep S_b centred (no large sum_r x c that a zero correction then cancels), which
+// matters for non-negative activations such as ReLU outputs.
+//
+// S_b is computed T-MAC style: for each group of g = 4 consecutive r, the 16 signed sums
+//     T[grp][i] = sum_{e<4} (bit e of i ? +x[4 grp + e] : -x[4 grp + e])
+// are tabulated once per activation row, and the 4 plane bits of a column in that group are the
+// index i. On AVX-512 one vpermps looks up 16 columns at once from a 16-float table register.
+//
+// ---------------------------------------------------------------------------------------------
+// The "planes" layout (built by repack_planes, consumed by every ISA tier)
+// ---------------------------------------------------------------------------------------------
+// A matrix of codes with C output columns (lanes) and R reduction entries:
+//     words: uint32 [C16][R32][bits][16],   C16 = ceil(C / 16), R32 = ceil(R / 32)
+//     bit (4 j + e) of words[cb][rc][b][l] = bit b of code(col = 16 cb + l, r = 32 rc + 4 j + e)
+// i.e. one 64-byte vector holds one plane of a 16-column x 32-r tile; nibble j of each lane is the
+// LUT index of group j. Padding columns and r are zero bits; padded r have x = 0, so their table
+// entries are 0 and contribute nothing. The forward product uses (col = n, r = k); the transposed
+// product (input gradient) uses a second copy with (col = k, r = n).
+//
+// Tables: float [R32 * 8][16] per activation row (16 * R32 * 32 bytes; 64-byte aligned).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace qgen {
+
+constexpr int kLanes = 16;       // columns per block (one zmm of fp32 / uint32)
+constexpr int kChunkR = 32;      // reduction entries per 32-bit word per lane
+constexpr int kGroup = 4;        // LUT group size g: 2^4 = 16 table entries
+constexpr int kGroupsPerWord = kChunkR / kGroup;
+constexpr int kTableFloats = 16; // entries per group table
+constexpr int kMaxTileBlocks = 32;
+
+enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Build one activation row's tables. x has R entries (times rscale[r] when rscale is non-null);
+// tables covers R32 * 8 groups (groups past R read x = 0).
+// Returns sum_r x[r] * rscale[r] * rz[r] in double (rz == nullptr means rz = 1): the row term of
+// the zero correction (forward: sum_r x; transposed: sum_n g[n] scale[n] (mid - zero[n])).
+using BuildTablesFn = double (*)(const float* x, const float* rscale, const float* rz, int64_t R,
+                                 int64_t R32, float* tables);
+
+// The micro-kernel over one tile: mr <= max_mr activation rows x nb <= max_nb column blocks.
+//     acc[m][16 nb' + l] = sum_b 2^b S_b(row m, col 16 (cb0 + nb') + l)
+// tables: row m's tables at tables + m * tstride; w: words of column block cb0 (next block at
+// + cbstride words); acc: row stride ldacc floats.
+struct TileArgs {
+    const float* tables;
+    int64_t tstride;
+    const uint32_t* w;
+    int64_t cbstride;
+    int64_t R32;
+    float* acc;
+    int64_t ldacc;
+    int mr;
+    int nb;
+    int bits;
+};
+using LutTileFn = void (*)(const TileArgs&);
+
+struct KernelSet {
+    const char* isa_name;
+    BuildTablesFn build_tables;
+    LutTileFn tile;
+    int gemm_mr;  // tile rows when M > 1 (at most 4: the driver's scratch)
+    int gemm_nb;  // tile column blocks when M > 1 (at most kMaxTileBlocks) ...
+    int gemv_nb;  // ... and when M == 1
+};
+
+// Each tier fills its set; the AVX ones exist only on x86-64 builds (QGEN_PORTABLE_ONLY drops
+// them there too, which is how the non-x86 build is checked on an x86 machine).
+KernelSet kernels_portable();
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(QGEN_PORTABLE_ONLY)
+#define QGEN_X86 1
+KernelSet kernels_avx2();
+KernelSet kernels_avx512();
+#endif
+
+}  // namespace qgen
+
+namespace qgen {
+// Run-time instruction-set support (cpu_features.cpp): CPUID feature bits AND the OS saving the
+// register state (XGETBV), so a kernel is never run where the OS would fault on its registers.
+bool cpu_supports(Isa isa);
+}  // namespace qgen
