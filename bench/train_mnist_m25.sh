@@ -8,6 +8,7 @@
 #   lane B: SDLSS 1-bit (from scratch, paper) -> then, once the 32-bit model is done, quantization-
 #           aware fine-tuning from the 32-bit weights (--init-from, lower rate): 4, 1 (per-channel
 #           scales), 2, 3 bits
+#   lane C: SDLSS 4-bit from scratch (the paper's recipe, for comparison with the fine-tuned one)
 #
 #   usage: bench/train_mnist_m25.sh [RUNS_DIR] [EPOCHS] [FINETUNE_EPOCHS] [MNIST_DIR]
 set -u
@@ -46,4 +47,5 @@ mkdir -p "$runs"
   finetune mnist-m25-sdlss-1-ft 1 --granularity channel
   finetune mnist-m25-sdlss-2-ft 2
   finetune mnist-m25-sdlss-3-ft 3 ) &
+( train mnist-m25-sdlss-4 --bits 4 --epochs "$epochs" ) &
 wait
