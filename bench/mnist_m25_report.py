@@ -1,4 +1,4 @@
-"""Score the MNIST m = 25 models of bench/train_mnist_m25.sh and write bench/results/mnist.md.
+"""Score the MNIST models of bench/train_mnist_m25.sh (m = 25 and 100) into bench/results/mnist.md.
 
 For every finished run: PSNR/SSIM on the 1,000 eval images (the last 1,000 of the MNIST test
 split) with the checkpoint's fake-quantized generator as trained (T = 3 steps, 1 restart), the same
@@ -34,12 +34,15 @@ from qgen_infer.train import SolverSettings, evaluate_reconstruction
 
 RUNS = [  # (folder, label, how it was trained)
     ("mnist-m25-sdlss-32", "SDLSS 32-bit", "from scratch"),
+    ("mnist-m25-sdlss-4", "SDLSS 4-bit", "from scratch (the paper's recipe)"),
     ("mnist-m25-sdlss-4-ft", "SDLSS 4-bit", "fine-tuned from the 32-bit model"),
     ("mnist-m25-sdlss-3-ft", "SDLSS 3-bit", "fine-tuned from the 32-bit model"),
     ("mnist-m25-sdlss-2-ft", "SDLSS 2-bit", "fine-tuned from the 32-bit model"),
     ("mnist-m25-sdlss-1", "SDLSS 1-bit", "from scratch (the paper's recipe)"),
     ("mnist-m25-sdlss-1-ft", "SDLSS 1-bit, per-channel", "fine-tuned from the 32-bit model"),
     ("mnist-m25-dcs-32", "DCS 32-bit", "from scratch (dense 100-d latent)"),
+    ("mnist-m100-sdlss-32", "SDLSS 32-bit", "from scratch"),
+    ("mnist-m100-sdlss-1", "SDLSS 1-bit", "from scratch (the paper's recipe)"),
 ]
 
 
@@ -127,9 +130,8 @@ def _fmt(v: float | None, nd: int = 2) -> str:
 def write_markdown(args: argparse.Namespace, rows: dict, base: dict, backend: str) -> None:
     cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip() or platform.processor()
-    ref = rows.get("mnist-m25-sdlss-32")
     lines = [
-        "# MNIST, m = 25, s = 100: SDLSS at 1/2/3/4/32 bits and the 32-bit DCS baseline",
+        "# MNIST, s = 100: SDLSS at 1/2/3/4/32 bits and the 32-bit DCS baseline (m = 25, 100)",
         "",
         f"Measured {dt.date.today().isoformat()} on {cpu} (2 cores, shared by two training lanes "
         "and other jobs), torch " + torch.__version__ + ".",
@@ -150,7 +152,29 @@ def write_markdown(args: argparse.Namespace, rows: dict, base: dict, backend: st
         f"same through the exported `.qgen` file on the `{backend}` backend (`qgen_infer.load` + "
         "`qgen_infer.reconstruct`; other random starts, so it differs from *as trained* by noise "
         "only). *Longer inference*: T = 6 steps, best of 4 restarts (fake-quantized generator).",
+    ]
+    for m in (25, 100):
+        ref = rows.get(f"mnist-m{m}-sdlss-32")
+        mine = {k: v for k, v in rows.items() if k.startswith(f"mnist-m{m}-")}
+        if mine:
+            lines += ["", f"## m = {m}", ""] + _table(mine, ref, f"mnist-m{m}-sdlss-32")
+    lines += [
         "",
+        "`*`: the run had not reached its target epochs when scored. Wall time is the training "
+        "time on one thread of the shared 2-core machine (two or three runs at a time).",
+        "",
+        "Reference points on the same 1,000 images:",
+        "",
+        "| reference | PSNR (dB) |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.2f} |" for k, v in base.items()]
+    lines += ["", "Training curves (eval PSNR against steps): `mnist-training.png`.", ""]
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+def _table(rows: dict, ref: dict | None, ref_name: str) -> list[str]:
+    lines = [
         "| model | trained | epochs | wall time | PSNR as trained | SSIM | PSNR packed engine "
         "| SSIM packed | PSNR T=6, 4 restarts | SSIM | gap to 32-bit (as trained) | generator "
         "weights |",
@@ -166,21 +190,9 @@ def write_markdown(args: argparse.Namespace, rows: dict, base: dict, backend: st
             f"{r['wall_time_s'] / 60:.0f} min | {_fmt(r['psnr'])} | {_fmt(r['ssim'], 4)} | "
             f"{_fmt(r.get('packed_psnr'))} | {_fmt(r.get('packed_ssim'), 4)} | "
             f"{_fmt(r['psnr_long'])} | {_fmt(r['ssim_long'], 4)} | "
-            f"{'—' if name == 'mnist-m25-sdlss-32' or gap is None else f'{gap:+.2f} dB'} | "
+            f"{'—' if name == ref_name or gap is None else f'{gap:+.2f} dB'} | "
             f"{size} |")
-    lines += [
-        "",
-        "`*`: the run had not reached its target epochs when scored. Wall time is the training "
-        "time on one thread of the shared 2-core machine (two runs at a time).",
-        "",
-        "Reference points on the same 1,000 images:",
-        "",
-        "| reference | PSNR (dB) |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v:.2f} |" for k, v in base.items()]
-    lines += ["", "Training curves (eval PSNR against steps): `mnist-training.png`.", ""]
-    args.out.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 if __name__ == "__main__":
