@@ -144,6 +144,28 @@ def test_epilogue(backends, isa: str, bits: int, activation: str, affine: bool) 
     check_close(y, ref, a * fwd_bound(x, w), slack)
 
 
+@pytest.mark.parametrize("activation,torch_fn", [
+    ("tanh", torch.tanh),
+    ("leaky_relu", lambda v: torch.nn.functional.leaky_relu(v, 0.2)),
+    ("relu", torch.relu),
+])
+def test_fused_activations_on_a_dense_grid(activation: str, torch_fn) -> None:
+    # W = [[1]] (codes 1, scale 2, zero 1/2) makes the epilogue see x itself: the vectorised
+    # tanh (series near 0, exp-based elsewhere) against torch over [-12, 12] and its edges.
+    backend = create_backend()
+    w = MatrixWeight(torch.ones(1, 1, dtype=torch.uint8), torch.full((1,), 2.0),
+                     torch.full((1,), 0.5), 1)
+    xs = torch.cat([torch.linspace(-12, 12, 100_001),
+                    torch.tensor([0.0, 1e-30, -1e-30, 0.125, -0.125, 0.12499999, 44.0, -88.0])])
+    y = backend.gemm(xs[:, None].contiguous(), backend.prepare(w),
+                     Epilogue(activation=activation, negative_slope=0.2))[:, 0]
+    ref = torch_fn(xs.double())
+    err = (y.double() - ref).abs()
+    # the GEMM's own fp32 rounding of x is relative to |x|; the activation adds a few ulps
+    assert float((err / xs.double().abs().clamp_min(1.0)).max()) < 2e-7
+    assert float((err / ref.abs().clamp_min(1e-30))[xs.abs() > 1e-6].max()) < 2e-6
+
+
 def test_epilogue_none_equals_default() -> None:
     gen = torch.Generator().manual_seed(5)
     w = make_weight(3, 20, 40, gen)
