@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[32, 4, 2, 1],
                    choices=(1, 2, 3, 4, 32), help="bit widths to run")
     p.add_argument("--epochs", type=int, default=30, help="training epochs per model")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="training batch (small: more Adam steps on the small data set)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("-m", "--measurements", type=int, default=25)
     p.add_argument("-s", "--sparsity", type=int, default=50)
     p.add_argument("--backend", choices=("auto", "reference", "cpu", "triton"), default="auto")
@@ -64,7 +67,8 @@ def _body(argv: Sequence[str] | None) -> int:
         run = out / f"digits-{bits}bit"
         cfg = TrainConfig(out=str(run), dataset="digits", bits=bits, epochs=args.epochs,
                           measurements=args.measurements, sparsity=args.sparsity,
-                          seed=args.seed, eval_every=args.epochs)
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          eval_every=args.epochs)
         resume = (run / "model.pt").is_file()
         trainer = Trainer(cfg, train, evals, resume=resume,
                           data_description="digits (embedded)")
