@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,47 +28,10 @@ def trained_epochs(run_dir: Path) -> int:
     return epoch
 
 
-def training_processes(proc: Path = Path("/proc")) -> dict[Path, int]:
-    """``{resolved --out folder: pid}`` of every live ``qgen-train`` process visible in /proc
-    (Linux). Relative --out paths are resolved against the process's working directory."""
-    found: dict[Path, int] = {}
+def _processes(proc: Path) -> Iterator[tuple[int, list[str], Path]]:
+    """``(pid, argv, working directory)`` of every process readable in ``proc`` (Linux /proc)."""
     if not proc.is_dir():
-        return found
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            args = [a.decode(errors="replace") for a in argv if a]
-        except OSError:
-            continue  # exited meanwhile, or not ours to read
-        if not any(Path(a).name == "qgen-train" or a.endswith("qgen_infer.cli.train")
-                   for a in args[:3]):
-            continue
-        out = _option(args, "--out")
-        if out is None:
-            continue
-        try:
-            cwd = Path(os.readlink(entry / "cwd"))
-        except OSError:
-            cwd = Path.cwd()
-        found[(cwd / out).resolve()] = int(entry.name)
-    return found
-
-
-# bench/train_mnist_m25.sh (the lead's queue) trains these folders one after another: while it is
-# alive, the ones it has not reached yet must not be started here too (two writers, one folder).
-M25_QUEUE_SCRIPT = "train_mnist_m25.sh"
-M25_QUEUE_RUNS = ("mnist-m25-sdlss-32", "mnist-m25-sdlss-4", "mnist-m25-sdlss-3",
-                  "mnist-m25-sdlss-1", "mnist-m25-dcs-32", "mnist-m25-sdlss-2")
-
-
-def queue_reservations(proc: Path = Path("/proc")) -> dict[Path, int]:
-    """``{run folder: pid}`` for every run of a live bench/train_mnist_m25.sh (its first argument
-    is the runs folder, default "runs", relative to its working directory)."""
-    found: dict[Path, int] = {}
-    if not proc.is_dir():
-        return found
+        return
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -76,13 +40,44 @@ def queue_reservations(proc: Path = Path("/proc")) -> dict[Path, int]:
                     for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
             cwd = Path(os.readlink(entry / "cwd"))
         except OSError:
+            continue  # exited meanwhile, or not ours to read
+        yield int(entry.name), args, cwd
+
+
+def training_processes(proc: Path = Path("/proc")) -> dict[Path, int]:
+    """``{resolved --out folder: pid}`` of every live ``qgen-train`` process visible in /proc
+    (Linux). Relative --out paths are resolved against the process's working directory."""
+    found: dict[Path, int] = {}
+    for pid, args, cwd in _processes(proc):
+        if not any(Path(a).name == "qgen-train" or a.endswith("qgen_infer.cli.train")
+                   for a in args[:3]):
             continue
+        out = _option(args, "--out")
+        if out is not None:
+            found[(cwd / out).resolve()] = pid
+    return found
+
+
+# bench/train_mnist_m25.sh (the lead's queue) trains these folders one after another: while it is
+# alive, the ones it has not reached yet must not be started here too (two writers, one folder).
+M25_QUEUE_SCRIPT = "train_mnist_m25.sh"
+M25_QUEUE_RUNS = ("mnist-m25-sdlss-32", "mnist-m25-dcs-32", "mnist-m100-sdlss-32",
+                  "mnist-m25-sdlss-1", "mnist-m25-sdlss-4-ft", "mnist-m25-sdlss-1-ft",
+                  "mnist-m25-sdlss-2-ft", "mnist-m25-sdlss-3-ft", "mnist-m25-sdlss-4",
+                  "mnist-m100-sdlss-1")
+
+
+def queue_reservations(proc: Path = Path("/proc")) -> dict[Path, int]:
+    """``{run folder: pid}`` for every run of a live bench/train_mnist_m25.sh (its first argument
+    is the runs folder, default "runs", relative to its working directory)."""
+    found: dict[Path, int] = {}
+    for pid, args, cwd in _processes(proc):
         pos = [i for i, a in enumerate(args) if Path(a).name == M25_QUEUE_SCRIPT]
         if not pos:
             continue
         runs = args[pos[0] + 1] if len(args) > pos[0] + 1 else "runs"
         for name in M25_QUEUE_RUNS:
-            found.setdefault((cwd / runs / name).resolve(), int(entry.name))
+            found.setdefault((cwd / runs / name).resolve(), pid)
     return found
 
 
