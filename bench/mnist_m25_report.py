@@ -40,6 +40,8 @@ RUNS = [  # (folder, label, how it was trained)
     ("mnist-m25-sdlss-2-ft", "SDLSS 2-bit", "fine-tuned from the 32-bit model"),
     ("mnist-m25-sdlss-1", "SDLSS 1-bit", "from scratch (the paper's recipe)"),
     ("mnist-m25-sdlss-1-ft", "SDLSS 1-bit, per-channel", "fine-tuned from the 32-bit model"),
+    ("mnist-m25-sdlss-1-ch", "SDLSS 1-bit, per-channel", "from scratch"),
+    ("mnist-m25-sdlss-1-long", "SDLSS 1-bit", "from scratch, twice as long"),
     ("mnist-m25-dcs-32", "DCS 32-bit", "from scratch (dense 100-d latent)"),
     ("mnist-m100-sdlss-32", "SDLSS 32-bit", "from scratch"),
     ("mnist-m100-sdlss-1", "SDLSS 1-bit", "from scratch (the paper's recipe)"),

@@ -11,6 +11,8 @@
 #           scales), 2, 3 bits
 #   lane C: SDLSS 4-bit from scratch (the paper's recipe, for comparison with the fine-tuned one)
 #           -> m = 100: SDLSS 1-bit (from scratch)
+#   lanes D, E (1-bit experiments, run last): per-channel scales from scratch (60 epochs), and the
+#           paper's per-tensor 1-bit trained twice as long (120 epochs)
 #
 #   usage: bench/train_mnist_m25.sh [RUNS_DIR] [EPOCHS] [FINETUNE_EPOCHS] [MNIST_DIR]
 set -u
@@ -52,4 +54,7 @@ mkdir -p "$runs"
   finetune mnist-m25-sdlss-3-ft 3 ) &
 ( train mnist-m25-sdlss-4 -m 25 --bits 4 --epochs "$epochs"
   train mnist-m100-sdlss-1 -m 100 --bits 1 --epochs "$epochs" ) &
+wait
+( train mnist-m25-sdlss-1-ch -m 25 --bits 1 --granularity channel --epochs "$epochs" ) &
+( train mnist-m25-sdlss-1-long -m 25 --bits 1 --epochs $((2 * epochs)) ) &
 wait
