@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class TrainConfig:
     init_from: str | None = None  # warm start θ, φ, β from another checkpoint (e.g. 32-bit)
     eval_every: int = 1
     eval_restarts: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_solver(cfg: TrainConfig, net: dict[str, Any]) -> SolverSettings:
@@ -143,6 +142,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, train_images: torch.Tensor, eval_images: torch.Tensor,
                  *, resume: bool = False, data_description: str = "") -> None:
+        if cfg.lr_schedule not in ("cosine", "constant"):
+            raise QgenError(f"lr_schedule must be 'cosine' or 'constant', got {cfg.lr_schedule!r}")
         self.cfg = cfg
         self.train_images = train_images
         self.eval_images = eval_images
@@ -178,7 +179,7 @@ class Trainer:
             "log_step_size": self.log_step_size.detach().clone(),
             "train": {"epochs": self.epoch, "step": self.step, "wall_time_s": self.wall_time,
                       "final": final, "data": self.data_description,
-                      "settings": {k: v for k, v in asdict(self.cfg).items() if k != "extra"}},
+                      "settings": asdict(self.cfg)},
             "optimizer": self.optimizer.state_dict(),
             "rng_state": self.rng.get_state(),
         }
