@@ -73,7 +73,7 @@ def _body(argv: Sequence[str] | None) -> int:
         trainer = Trainer(cfg, train, evals, resume=resume,
                           data_description="digits (embedded)")
         t0 = time.perf_counter()
-        rec = trainer.run(progress=tqdm.tqdm) or {}
+        trainer.run(progress=tqdm.tqdm)
         train_s = time.perf_counter() - t0
         ev = trainer.evaluate()
         row = {"bits": bits, "epochs": trainer.epoch, "train_s": train_s,
@@ -94,7 +94,6 @@ def _body(argv: Sequence[str] | None) -> int:
             save_grid(out / f"grid-{bits}bit.png", [evals.numpy(), res.x_hat],
                       labels=["truth", f"{bits}-bit"], count=48)
         rows.append(row)
-        del rec
     print()
     print(f"qgen-demo on embedded digits ({train.shape[0]} train / {evals.shape[0]} eval, "
           f"16x16, m = {args.measurements}, s = {args.sparsity}, {args.epochs} epochs):")
