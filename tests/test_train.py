@@ -144,3 +144,14 @@ def test_cli_train_then_eval_on_embedded_digits(tmp_path, capsys):
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["bits"] == 4 and res["images"] == 297 and 5 < res["psnr"] < 60
     assert "PSNR" in capsys.readouterr().out
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
+    from qgen_infer.cli.demo import main as demo_main
+
+    out = tmp_path / "demo"
+    assert demo_main(["--out", str(out), "--epochs", "1", "--bits", "2",
+                      "--backend", "reference", "--restarts", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "| 2 | 126,500 B | 16.0x |" in text  # 2-bit codes of the 16x16 MLP generator
+    assert (out / "digits-2bit.qgen").is_file() and (out / "grid-2bit.png").is_file()
