@@ -10,4 +10,7 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test,triton,plot]"
+python -m pip install -q -e ".[test,plot]"
+# Triton runs the GPU kernels (and, under TRITON_INTERPRET=1, their tests on the CPU). Where no
+# wheel exists for this platform the Triton tests skip instead of failing the setup.
+python -m pip install -q "triton>=3.0" || echo "setup: triton is not installable here; its tests will be skipped"
