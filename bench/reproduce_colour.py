@@ -25,9 +25,9 @@ from pathlib import Path
 from paper_repro import provenance
 from paper_repro.colour_data import PAPER_SETS, colour_sets, describe, find_roots
 from paper_repro.commands import paths_for
-from paper_repro.execute import QueueOptions, describe_plan, run_queue
+from paper_repro.execute import drive
 from paper_repro.options import add_queue_options, check_queue_options
-from paper_repro.plan import BITS, ColourSet, RunSpec, colour_plan, select
+from paper_repro.plan import BITS, ColourSet, RunSpec, colour_plan
 from paper_repro.records import collect
 from paper_repro.status import busy_folders, run_state
 from paper_repro.tables import Results, colour_report
@@ -85,34 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = data_sets(args, convert=convert)
     full = colour_plan(sets, epochs=args.epochs, m=args.measurements, s=args.sparsity,
                        bits=args.bits)
-    specs = select(full, args.only)
-    if args.only and not specs:
-        p.error(f"--only {args.only} matches no run of the plan")
-    opts = QueueOptions(args.runs, threads=args.threads, lanes=args.lanes, backend=args.backend,
-                        eval_partial=args.eval_partial)
-    if args.dry_run:
-        print("data: " + "; ".join(cs.label for cs in sets))
-        print(f"{len(specs)} runs, in queue order ({args.epochs} epochs each; runs in "
-              f"{args.runs}):")
-        print("\n".join(describe_plan(specs, opts)))
-        return 0
-    failures: list[str] = []
-    if not args.report_only:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        try:
-            failures = run_queue(specs, opts,
-                                 on_record=lambda: write_report(full, sets, args, argv))
-        except KeyboardInterrupt:
-            print("interrupted: finished epochs are checkpointed; run the same command again to "
-                  "resume", file=sys.stderr)
-            return 130
-    print(f"report: {write_report(full, sets, args, argv)}")
-    for line in failures:
-        print(f"failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
-
+    code, _ = drive(p, args, full, lambda: write_report(full, sets, args, argv),
+                    header=["data: " + "; ".join(cs.label for cs in sets)])
+    return code
 
 if __name__ == "__main__":
     raise SystemExit(main())

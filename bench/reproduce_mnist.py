@@ -27,9 +27,9 @@ from pathlib import Path
 
 from paper_repro import provenance
 from paper_repro.commands import paths_for
-from paper_repro.execute import QueueOptions, describe_plan, run_queue
+from paper_repro.execute import drive
 from paper_repro.options import REPO, add_queue_options, check_queue_options
-from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec, mnist_plan, select
+from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec, mnist_plan
 from paper_repro.plots import figure3, figure4
 from paper_repro.recon_images import run_images
 from paper_repro.records import collect
@@ -105,35 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_queue_options(p, args)
     full = plan(args)
-    specs = select(full, args.only)
-    if args.only and not specs:
-        p.error(f"--only {args.only} matches no run of the plan")
-    opts = QueueOptions(args.runs, threads=args.threads, lanes=args.lanes, backend=args.backend,
-                        eval_partial=args.eval_partial)
-    if args.dry_run:
-        print(f"{len(specs)} runs, in queue order ({args.epochs} epochs each; runs in "
-              f"{args.runs}):")
-        print("\n".join(describe_plan(specs, opts)))
-        return 0
-    failures: list[str] = []
-    if not args.report_only:
-        import torch
-
-        torch.set_num_threads(args.threads)  # the in-process Figure-4 images of 32-bit models
-        try:
-            failures = run_queue(specs, opts, on_record=lambda: write_report(full, args, argv))
-        except KeyboardInterrupt:
-            print("interrupted: finished epochs are checkpointed; run the same command again to "
-                  "resume", file=sys.stderr)
-            return 130
-    report = write_report(full, args, argv)
-    print(f"report: {report}")
-    if args.ship_models is not None:
+    code, report = drive(p, args, full, lambda: write_report(full, args, argv))
+    if report is not None and args.ship_models is not None:
         ship(full, args.runs, args.ship_models)
-    for line in failures:
-        print(f"failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
-
+    return code
 
 if __name__ == "__main__":
     raise SystemExit(main())

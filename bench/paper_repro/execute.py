@@ -4,6 +4,7 @@ another process is training is left alone."""
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import shutil
 import signal
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paper_repro import commands as cmds
-from paper_repro.plan import RunSpec
+from paper_repro.plan import RunSpec, select
 from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord, load_record, save_record
 from paper_repro.status import RunState, busy_folders, run_state, trained_epochs
 
@@ -227,3 +228,38 @@ def run_queue(specs: Sequence[RunSpec], opts: QueueOptions,
             interrupt_children()  # the lanes then see them exit and wind down
             raise
     return failures
+
+
+def drive(parser: argparse.ArgumentParser, args: argparse.Namespace, full: Sequence[RunSpec],
+          write_report: Callable[[], Path], header: Sequence[str] = ()) -> tuple[int, Path | None]:
+    """What both reproduction scripts do with a plan: select ``--only``, print it for
+    ``--dry-run``, else train and score the queue (rewriting the report after every record) and
+    write the report. Returns (exit code, report path or None for a dry run)."""
+    specs = select(full, args.only)
+    if args.only and not specs:
+        parser.error(f"--only {args.only} matches no run of the plan")
+    opts = QueueOptions(args.runs, threads=args.threads, lanes=args.lanes, backend=args.backend,
+                        eval_partial=args.eval_partial)
+    if args.dry_run:
+        for line in header:
+            print(line)
+        print(f"{len(specs)} runs, in queue order ({args.epochs} epochs each; runs in "
+              f"{args.runs}):")
+        print("\n".join(describe_plan(specs, opts)))
+        return 0, None
+    failures: list[str] = []
+    if not args.report_only:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the in-process Figure-4 images of 32-bit models
+        try:
+            failures = run_queue(specs, opts, on_record=write_report)
+        except KeyboardInterrupt:
+            print("interrupted: finished epochs are checkpointed; run the same command again to "
+                  "resume", file=sys.stderr)
+            return 130, None
+    report = write_report()
+    print(f"report: {report}")
+    for line in failures:
+        print(f"failed: {line}", file=sys.stderr)
+    return (1 if failures else 0), report
