@@ -43,8 +43,11 @@ if ! $PY -c "import qgen_infer.kernels.gemm" > /dev/null 2>&1; then
 fi
 
 # GPU tests: the whole kernel test file on CUDA (small shapes + the gpu-marked full-size ones).
-step tests 200 $PY -m pytest tests/test_triton_kernels.py -p no:cacheprovider -ra \
+step tests 200 $PY -m pytest tests/test_triton_kernels.py tests/test_cuda_graph.py -p no:cacheprovider -ra \
   --junitxml="$OUTDIR/tests-junit.xml" --durations=15
+
+# Reconstruction end to end: packed Triton (eager and CUDA graph) vs dense torch fp16.
+step reconstruct 150 $PY bench/bench_reconstruct_gpu.py --out "$OUTDIR/reconstruct-gpu.md"
 
 # Benchmarks (autotuning on: the tuned configs are written to $QGEN_TRITON_CONFIGS).
 LEFT=$(( 520 - ($(date +%s) - START) ))

@@ -20,6 +20,7 @@
 #endif
 
 #include "qgen_cpu.h"
+#include "select.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -181,8 +182,17 @@ AlignedBuf aligned_floats(int64_t n) {
 constexpr int64_t kTableBudget = 1 << 20;
 constexpr int64_t kRowsModeMinM = 32;
 
-template <typename Epi>
-void lut_gemm(const KernelSet& ks, const float* X, int64_t M, int64_t R, const float* rscale,
+// The activation rows a product reads: row m of a row-major X [M, R] as it is (`rows(m, tmp)`
+// returns a pointer to it), or computed into the caller's R-float scratch `tmp` (the fused input
+// gradient's g ⊙ act'(y) ⊙ alpha), which saves a pass over [M, R] in memory.
+struct PlainRows {
+    const float* X;
+    int64_t R;
+    const float* operator()(int64_t m, float*) const { return X + m * R; }
+};
+
+template <typename Epi, typename Rows>
+void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const float* rscale,
               const float* rz, const uint32_t* words, int64_t C, int bits, int threads,
               const Epi& epi) {
     const int64_t R32 = ceil_div(R, kChunkR), C16 = ceil_div(C, kLanes);
@@ -217,6 +227,7 @@ void lut_gemm(const KernelSet& ks, const float* X, int64_t M, int64_t R, const f
     nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, nitems)));
     // Per-slot buffers, allocated here so that nothing can throw inside a worker.
     AlignedBuf tables_all = aligned_floats(nt * P * tstride);
+    AlignedBuf rowtmp_all = aligned_floats(nt * R);
     std::vector<double> dots_all(nt * P);
 
     std::vector<char> built(nt, 0);
@@ -224,9 +235,10 @@ void lut_gemm(const KernelSet& ks, const float* X, int64_t M, int64_t R, const f
         float* tables = tables_all.get() + slot * P * tstride;
         double* dots = dots_all.data() + slot * P;
         alignas(64) float acc[4 * kMaxTileBlocks * kLanes];
+        float* rowtmp = rowtmp_all.get() + slot * R;
         auto build = [&](int64_t p0, int64_t pm) {
             for (int64_t i = 0; i < pm; ++i)
-                dots[i] = ks.build_tables(X + (p0 + i) * R, rscale, rz, R, R32,
+                dots[i] = ks.build_tables(rows(p0 + i, rowtmp), rscale, rz, R, R32,
                                           tables + i * tstride);
         };
         auto sweep = [&](int64_t p0, int64_t pm, int64_t g) {
@@ -367,17 +379,23 @@ py::array_t<float> gemm_planes_f32(const py::array& x_a, const py::array& words_
                 }
             }
         };
-        lut_gemm(ks, x, M, K, nullptr, nullptr, words, N, bits, threads, epi);
+        lut_gemm(ks, PlainRows{x, K}, M, K, nullptr, nullptr, words, N, bits, threads, epi);
     }
     return y;
 }
 
-// g'[m, k] = sum_n g[m, n] scale[n] (c[n, k] - zero[n])
-//          = acc[m, k] / 2 + sum_n g[m, n] scale[n] (mid - zero[n]),
+// g'[m, k] = sum_n h[m, n] scale[n] (c[n, k] - zero[n])
+//          = acc[m, k] / 2 + sum_n h[m, n] scale[n] (mid - zero[n]),
 // with acc over the transposed planes (col = k, r = n) and the rows pre-scaled by scale[n].
+// h = g, or, given the forward's output y, the gradient through its epilogue
+//     h[m, n] = g[m, n] * alpha[n] * act'(y[m, n])
+// (act' from the output, as in engine/backend.py's activation_grad_from_output), computed per
+// row while the tables are built instead of in separate passes over [M, N].
 py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& words_t_a, int64_t K,
                                      int bits, const py::array& scale_a, const py::array& zero_a,
-                                     const std::string& isa_req, int threads) {
+                                     const std::string& isa_req, int threads,
+                                     const py::object& y_o, const py::object& alpha_o, int act,
+                                     float slope) {
     check_bits(bits);
     const float* g = checked<float>(g_a, "g", {-1, -1}, "float32");
     const int64_t M = g_a.shape(0), N = g_a.shape(1);
@@ -386,13 +404,24 @@ py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& word
         checked<uint32_t>(words_t_a, "words_t", {planes_words(K, N, bits)}, "uint32");
     const float* scale = checked<float>(scale_a, "scale", {N}, "float32");
     const float* zero = checked<float>(zero_a, "zero", {N}, "float32");
+    const float* y = nullptr;
+    if (!y_o.is_none()) {
+        if (!py::isinstance<py::array>(y_o))
+            throw py::type_error("y must be a float32 numpy array or None");
+        y = checked<float>(y_o.cast<py::array>(), "y", {M, N}, "float32");
+    }
+    const float* alpha = optional_vec(alpha_o, "alpha", N);
+    if (act < kNone || act > kTanh) throw py::value_error("unknown activation code");
+    if (!y && (alpha || act != kNone))
+        throw py::value_error("alpha and act need the forward output y");
     const KernelSet ks = kernel_set(resolve_isa(isa_req));
     py::array_t<float> out({M, K});
     float* op = out.mutable_data();
     if (M == 0) return out;
-    std::vector<float> zc(N);
+    std::vector<float> zc(N), al(N, 1.0f);
     const float mid = 0.5f * static_cast<float>((1 << bits) - 1);
     for (int64_t n = 0; n < N; ++n) zc[n] = mid - zero[n];
+    if (alpha) std::copy(alpha, alpha + N, al.begin());
     {
         py::gil_scoped_release release;
         auto epi = [&](int64_t m0, int mr, int64_t col0, int64_t ncols, const float* acc,
@@ -404,8 +433,48 @@ py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& word
                 for (int64_t j = 0; j < ncols; ++j) orow[j] = 0.5f * ar[j] + d;
             }
         };
-        lut_gemm(ks, g, M, N, scale, zc.data(), words, K, bits, threads, epi);
+        if (!y) {
+            lut_gemm(ks, PlainRows{g, N}, M, N, scale, zc.data(), words, K, bits, threads, epi);
+        } else {
+            const float* A = al.data();
+            const float sl = slope;
+            auto rows = [&](int64_t m, float* h) -> const float* {
+                const float* gr = g + m * N;
+                const float* yr = y + m * N;
+                switch (act) {
+                    case kRelu:
+                        for (int64_t n = 0; n < N; ++n) h[n] = yr[n] > 0.0f ? gr[n] * A[n] : 0.0f;
+                        break;
+                    case kLeaky:
+                        for (int64_t n = 0; n < N; ++n)
+                            h[n] = gr[n] * A[n] * (yr[n] > 0.0f ? 1.0f : sl);
+                        break;
+                    case kTanh:
+                        for (int64_t n = 0; n < N; ++n)
+                            h[n] = gr[n] * A[n] * (1.0f - yr[n] * yr[n]);
+                        break;
+                    default:
+                        for (int64_t n = 0; n < N; ++n) h[n] = gr[n] * A[n];
+                }
+                return h;
+            };
+            lut_gemm(ks, rows, M, N, scale, zc.data(), words, K, bits, threads, epi);
+        }
     }
+    return out;
+}
+
+// thresholds[b] = s-th largest |z[b, :]| (select.h): the threshold of the hard-thresholding P_s.
+py::array_t<float> kth_largest_abs_f32(const py::array& z_a, int64_t s, int threads) {
+    const float* z = checked<float>(z_a, "z", {-1, -1}, "float32");
+    const int64_t B = z_a.shape(0), d = z_a.shape(1);
+    if (s < 1 || s > d)
+        throw py::value_error("s must be in 1.." + std::to_string(d) + ", got " +
+                              std::to_string(s));
+    py::array_t<float> out(B);
+    float* op = out.mutable_data();
+    py::gil_scoped_release release;
+    kth_largest_abs(z, B, d, s, op, threads);
     return out;
 }
 
@@ -457,7 +526,13 @@ PYBIND11_MODULE(_cpu, m) {
           py::arg("beta") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.01f,
           py::arg("isa") = "", py::arg("threads") = 0,
           "y = act(alpha * (x @ W^T) + beta), W = scale * (codes - zero); x float32 [M, K].");
+    m.def("kth_largest_abs_f32", &kth_largest_abs_f32, py::arg("z"), py::arg("s"),
+          py::arg("threads") = 0,
+          "Per row of float32 z [B, d]: the s-th largest |z| (NaN ranks above inf) -> [B].");
     m.def("gemm_t_planes_f32", &gemm_t_planes_f32, py::arg("g"), py::arg("words_t"), py::arg("k"),
           py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("isa") = "",
-          py::arg("threads") = 0, "g @ W for g float32 [M, N] -> [M, K].");
+          py::arg("threads") = 0, py::arg("y") = py::none(), py::arg("alpha") = py::none(),
+          py::arg("act") = 0, py::arg("slope") = 0.01f,
+          "g @ W for g float32 [M, N] -> [M, K]; given the forward's output y [M, N], "
+          "(g * alpha * act'(y)) @ W: the input gradient through the forward's epilogue.");
 }

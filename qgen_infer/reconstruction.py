@@ -119,7 +119,7 @@ def _measurements_tensor(y: np.ndarray | torch.Tensor, m: int) -> torch.Tensor:
 
 def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions | None = None,
                 *, on_batch: Callable[[Reconstruction, int], None] | None = None,
-                **overrides: Any) -> Reconstruction:
+                cuda_graph: bool | None = None, **overrides: Any) -> Reconstruction:
     """Reconstruct images from measurements ``y`` ``[N, m]`` with a model from
     :func:`qgen_infer.load`.
 
@@ -128,6 +128,9 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
     ``on_batch(result, done)`` is called after each batch (progress, partial saves). Each
     batch's starts are seeded by ``seed`` and the batch's first row (:func:`batch_seed`), so a
     result does not depend on what ran before it, but does depend on ``batch_size``.
+    ``cuda_graph`` (default: on when the model is on a CUDA device) replays each solver step
+    from a captured CUDA graph (:mod:`qgen_infer.solve.cuda_graph`); same result, no per-step
+    launches.
     On KeyboardInterrupt the partial result is attached to the exception as ``.partial``.
     """
     if options is not None and overrides:
@@ -141,6 +144,16 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
                          z=np.zeros((n, opts.latent_dim), np.float32),
                          loss=np.full(n, np.nan, np.float32))
     dev = model.device
+    if cuda_graph is None:
+        cuda_graph = dev.type == "cuda"
+    graphed = None
+    if cuda_graph:
+        if dev.type != "cuda":
+            raise QgenError(f"CUDA graphs need the model on a CUDA device, not {dev}")
+        from qgen_infer.solve.cuda_graph import CudaGraphSolver
+
+        graphed = CudaGraphSolver(model.generator, model.sensing, step_size=opts.step_size,
+                                  sparsity=opts.sparsity, project=opts.project)
     try:
         for start in range(0, n, opts.batch_size):
             yb = y_t[start:start + opts.batch_size].to(dev, torch.float32)
@@ -148,7 +161,7 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
             res = reconstruct_latent(
                 yb, model.generator, model.sensing, latent_dim=opts.latent_dim, steps=opts.steps,
                 step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
-                restarts=opts.restarts, seed=batch_seed(opts.seed, start))
+                restarts=opts.restarts, seed=batch_seed(opts.seed, start), graphed=graphed)
             x_hat, z, loss = (t.detach().cpu().numpy() for t in (res.x, res.z, res.loss))
             out.batch_seconds.append(time.perf_counter() - t0)
             end = start + yb.shape[0]

@@ -460,6 +460,7 @@ def test_cli_model_errors(problem, tmp_path: Path, capsys) -> None:
     (["--batch-size", "0"], "batch size"), (["--seed", "-3"], "seed"),
     (["--threads", "0"], "threads"), (["--device", "nonsense"], "device"),
     (["--backend", "fpga"], "invalid choice"),
+    (["--backend", "reference", "--device", "cpu", "--cuda-graph"], "needs a CUDA device"),
 ])
 def test_cli_bad_flags(problem, tmp_path: Path, capsys, extra: list[str], fragment: str) -> None:
     code, _, err = _run(_args(problem, tmp_path / "rec", *extra), capsys)

@@ -138,6 +138,9 @@ class Backend(Protocol):
     def gemm_t(self, g: torch.Tensor, prepared: Any) -> torch.Tensor:
         """``g @ W`` for ``g`` ``[M, N]`` -> ``[M, K]``."""
 
+    # Optional (engine/packed_ops.py uses it when present):
+    #   gemm_t_through_epilogue(grad_y, y, prepared, epilogue) -> (grad_y ⊙ act'(y) ⊙ alpha) @ W
+
 
 class ReferenceBackend:
     """The oracle: dequantize once at prepare time, then plain torch (fp32 ``F.linear``)."""

@@ -143,6 +143,22 @@ class CpuBackend:
                                           prepared.scale, prepared.zero, self.isa, self.threads)
         return torch.from_numpy(out)
 
+    def gemm_t_through_epilogue(self, grad_y: torch.Tensor, y: torch.Tensor,
+                                prepared: CpuPrepared, epilogue: Epilogue) -> torch.Tensor:
+        """``(grad_y ⊙ act'(y) ⊙ alpha) @ W``: the input gradient of ``gemm`` given its output
+        ``y``, with the epilogue's derivative applied row by row inside the kernel."""
+        n, k = prepared.shape
+        ga = _check_matrix(grad_y, "grad_y", n, "N")
+        ya = _check_matrix(y, "y", n, "N")
+        if ya.shape != ga.shape:
+            raise ValueError(f"y must have the shape of grad_y {tuple(ga.shape)}, got "
+                             f"{tuple(ya.shape)}")
+        out = self._ext.gemm_t_planes_f32(
+            ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero, self.isa,
+            self.threads, ya, _as_f32_vector(epilogue.alpha, n, "alpha"),
+            _ACT_CODES[epilogue.activation], float(epilogue.negative_slope))
+        return torch.from_numpy(out)
+
 
 def create_backend(isa: str | None = None, threads: int = 0) -> CpuBackend:
     """The CPU backend; ``isa`` (``"portable"``, ``"avx2"``, ``"avx512"``) overrides the run-time

@@ -5,8 +5,10 @@ For ``y = act(alpha * (x Wᵀ) + beta)`` (``x`` ``[M, K]``, ``W`` ``[N, K]``) th
     ∂L/∂x = (∂L/∂y ⊙ act'(y) ⊙ alpha) W          -- one gemm_t on the packed weight
 
 where ``act'`` is written in terms of the output ``y`` (:func:`activation_grad_from_output`), so
-forward saves ``y`` only, never the pre-activation. No gradient flows to the weights: they are
-frozen codes (the solver differentiates w.r.t. the latent ``z`` only).
+forward saves ``y`` only, never the pre-activation. A backend that has
+``gemm_t_through_epilogue(grad_y, y, prepared, epilogue)`` (the cpu one) computes that product in
+one kernel; the others get ``gemm_t`` of the gradient formed here. No gradient flows to the
+weights: they are frozen codes (the solver differentiates w.r.t. the latent ``z`` only).
 
 ConvTranspose2d cannot fuse its epilogue into the gemm (col2im sums overlapping columns before the
 per-channel affine), so it runs :class:`PackedGemm` with an empty epilogue, ``F.fold``, then
@@ -55,6 +57,9 @@ class PackedGemm(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         (y,) = ctx.saved_tensors
+        fused = getattr(ctx.backend, "gemm_t_through_epilogue", None)
+        if fused is not None and ctx.epilogue is not None:
+            return fused(grad_y.contiguous(), y, ctx.prepared, ctx.epilogue), None, None, None
         g = _epilogue_backward(grad_y.contiguous(), y, ctx.epilogue, channel_dim=-1)
         return ctx.backend.gemm_t(g, ctx.prepared), None, None, None
 

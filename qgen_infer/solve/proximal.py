@@ -18,10 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
+from qgen_infer.solve.selection import kth_largest_magnitude
+
 Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+class GraphedSolver(Protocol):
+    """Runs ``steps`` solver steps from ``z0`` for measurements ``y`` (see cuda_graph.py)."""
+
+    def run(self, y: torch.Tensor, z0: torch.Tensor, steps: int) -> PGDResult: ...
 
 
 @dataclass
@@ -42,14 +51,17 @@ class PGDResult:
 def hard_threshold(z: torch.Tensor, sparsity: int | None) -> torch.Tensor:
     """P_s: keep the ``sparsity`` largest-magnitude entries of each row, zero the others.
 
-    Multiplying by a 0/1 mask (rather than scattering values) keeps the gradient flowing to the kept
-    entries, which the unrolled training loop needs.
+    Kept are the entries with ``|z|`` at least the row's ``s``-th largest magnitude
+    (:func:`kth_largest_magnitude`), so the result is the same whichever exact selection computes
+    that threshold. Only an exact tie at the threshold keeps more than ``s`` entries (a
+    probability-zero event for continuous ``z``; tied zeros change nothing).
+    Multiplying by a 0/1 mask (rather than scattering values) keeps the gradient flowing to the
+    kept entries, which the unrolled training loop needs.
     """
     if sparsity is None or sparsity >= z.shape[-1]:
         return z
-    idx = z.detach().abs().topk(sparsity, dim=-1).indices
-    mask = torch.zeros_like(z).scatter_(-1, idx, 1.0)
-    return z * mask
+    keep = z.detach().abs() >= kth_largest_magnitude(z, sparsity)
+    return z * keep
 
 
 def project_sphere(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -73,6 +85,14 @@ def sample_latent(batch: int, dim: int, sparsity: int | None, *, project: bool =
 def measurement_loss(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     """‖y − ŷ‖² per sample, ``[B]``."""
     return (y - y_hat).pow(2).flatten(1).sum(dim=1)
+
+
+def proximal_step(z: torch.Tensor, grad: torch.Tensor, step_size: float | torch.Tensor,
+                  sparsity: int | None, project: bool) -> torch.Tensor:
+    """One update ``P_s(z − β grad)``, then ``z / ‖z‖`` when ``project`` (shared by the eager
+    loop and the CUDA-graph one, so both compute exactly the same thing)."""
+    z = hard_threshold(z - step_size * grad, sparsity)
+    return project_sphere(z) if project else z
 
 
 def proximal_gradient_descent(
@@ -109,10 +129,7 @@ def proximal_gradient_descent(
             if record_history:
                 history.append(loss.detach())
             (grad,) = torch.autograd.grad(loss.sum(), z, create_graph=differentiable)
-            z = z - step_size * grad
-            z = hard_threshold(z, sparsity)
-            if project:
-                z = project_sphere(z)
+            z = proximal_step(z, grad, step_size, sparsity, project)
             if not differentiable:
                 z = z.detach()
     grad_ctx = torch.enable_grad() if differentiable else torch.no_grad()
@@ -137,19 +154,27 @@ def reconstruct_latent(
     restarts: int = 1,
     seed: int = 0,
     record_history: bool = False,
+    graphed: GraphedSolver | None = None,
 ) -> PGDResult:
     """Inference: proximal GD from ``restarts`` random sparse starts, keeping, per sample, the run
-    with the lowest final measurement loss. The restarts run as one batch of ``restarts * B``."""
+    with the lowest final measurement loss. The restarts run as one batch of ``restarts * B``.
+    ``graphed``: a :class:`qgen_infer.solve.cuda_graph.CudaGraphSolver` for the same ``G``,
+    ``A`` and settings, which replays a captured step instead of the eager loop (CUDA only; no
+    history)."""
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     b = y.shape[0]
     rng = torch.Generator().manual_seed(seed)
     z0 = sample_latent(restarts * b, latent_dim, sparsity, project=project, generator=rng,
                        device=y.device, dtype=y.dtype)
-    res = proximal_gradient_descent(
-        y.repeat(restarts, *([1] * (y.ndim - 1))), generator, sensing, z0, steps=steps,
-        step_size=step_size, sparsity=sparsity, project=project, record_history=record_history,
-    )
+    y_all = y.repeat(restarts, *([1] * (y.ndim - 1)))
+    if graphed is not None and not record_history:
+        res = graphed.run(y_all, z0, steps)
+    else:
+        res = proximal_gradient_descent(
+            y_all, generator, sensing, z0, steps=steps, step_size=step_size, sparsity=sparsity,
+            project=project, record_history=record_history,
+        )
     if restarts == 1:
         return res
     best = res.loss.reshape(restarts, b).argmin(dim=0)  # [B], on the device: no sync

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Reconstruction throughput on a CUDA GPU: the packed Triton generator inside latent proximal GD
+against dense torch fp16 — same model, same solver settings, same measurements, one run.
+
+Variants (each on the shipped MNIST models, ``models/mnist-m25-{k}bit.qgen``):
+
+* ``torch-fp16``: the file's weights dequantized once into dense fp16 ``nn.Linear`` layers (alpha
+  folded into the weight, beta the bias), the sensing net in fp16, eager solver loop;
+* ``torch-fp16+graph``: the same, every step replayed from a CUDA graph (the strongest baseline);
+* ``packed``: the Triton backend (fp32 activations, as ``qgen-reconstruct`` runs it), eager;
+* ``packed+graph``: the same with CUDA-graph replay (``qgen-reconstruct``'s default on a GPU).
+
+Measurements are ``y = A(G(z))`` for random sparse latents (the GPU machine has no MNIST files;
+throughput does not depend on the images). Time: wall clock of ``qgen_infer.reconstruct`` on
+1,000 measurements with ``torch.cuda.synchronize()`` around it, after one warm-up run (Triton
+compilation and graph capture excluded). Peak: ``torch.cuda.max_memory_allocated`` of the run.
+
+    python bench/bench_reconstruct_gpu.py --out OUTDIR/reconstruct-gpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import qgen_infer
+from qgen_infer.engine.packed_modules import PackedLinear
+from qgen_infer.models.layers import Reshape
+from qgen_infer.reconstruction import reconstruct
+from qgen_infer.solve import sample_latent
+
+REPO = Path(__file__).resolve().parents[1]
+ACT = {"leaky_relu": lambda ep: nn.LeakyReLU(ep.negative_slope), "tanh": lambda ep: nn.Tanh(),
+       "relu": lambda ep: nn.ReLU(), "none": lambda ep: nn.Identity()}
+
+
+def dense_fp16(model: Any) -> Any:
+    """The model with its generator as dense fp16 torch layers and its sensing net in fp16."""
+    layers: list[tuple[str, nn.Module]] = []
+    for name, mod in model.generator.named_children():
+        if isinstance(mod, PackedLinear):
+            w = mod.matrix_weight().dequantize()
+            ep = mod.epilogue
+            lin = nn.Linear(w.shape[1], w.shape[0])
+            with torch.no_grad():
+                alpha = ep.alpha if ep.alpha is not None else torch.ones(w.shape[0])
+                lin.weight.copy_(alpha.to(w)[:, None] * w)
+                lin.bias.copy_(ep.beta if ep.beta is not None else torch.zeros(w.shape[0]))
+            layers += [(name, lin), (name + "_act", ACT[ep.activation](ep))]
+        elif isinstance(mod, Reshape):
+            layers.append((name, mod))
+        else:
+            raise SystemExit(f"dense baseline: unsupported layer {name} ({type(mod).__name__})")
+    gen = nn.Sequential(OrderedDict(layers)).to(model.device, torch.float16).requires_grad_(False)
+    sensing = copy.deepcopy(model.sensing).to(torch.float16)
+
+    class Fp16:  # the reconstruct() interface: generator/sensing/config/solver/device
+        pass
+
+    out = Fp16()
+    out.__dict__.update(model.__dict__)
+    out.generator = lambda z: gen(z.half())
+    out.sensing = lambda x: sensing(x.half()).float()
+    return out
+
+
+def timed(model: Any, y: np.ndarray, steps: int, graph: bool, batch: int) -> dict[str, float]:
+    kw = dict(steps=steps, batch_size=batch, cuda_graph=graph)
+    reconstruct(model, y, **kw)  # warm-up: compilation, autotuning, graph capture
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    rec = reconstruct(model, y, **kw)
+    torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    return {"img_s": len(y) / sec, "seconds": sec,
+            "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "loss": float(np.mean(rec.loss))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--steps", type=int, nargs="+", default=[3, 20])
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=256)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_reconstruct_gpu.py needs a CUDA device")
+    rows = []
+    for bits in args.bits:
+        path = REPO / "models" / f"mnist-m25-{bits}bit.qgen"
+        packed = qgen_infer.load(path, backend="triton", device="cuda")
+        ref = qgen_infer.load(path, backend="reference", device="cuda")
+        cfg = packed.config
+        z = sample_latent(args.images, cfg["latent_dim"], packed.solver.get("sparsity"),
+                          generator=torch.Generator().manual_seed(0), device="cuda")
+        with torch.no_grad():
+            y = ref.sensing(ref.generator(z)).cpu().numpy()
+        fp16 = dense_fp16(ref)
+        for steps in args.steps:
+            base = None
+            for variant, model, graph in [("torch-fp16", fp16, False),
+                                          ("torch-fp16+graph", fp16, True),
+                                          ("packed", packed, False),
+                                          ("packed+graph", packed, True)]:
+                r = timed(model, y, steps, graph, args.batch_size)
+                base = base or r["img_s"]
+                rows.append((bits, steps, variant, r, r["img_s"] / base))
+                print(bits, steps, variant, f"{r['img_s']:.0f} img/s", flush=True)
+    best_fp16 = {(b, t): max(r["img_s"] for bb, tt, v, r, _ in rows
+                             if (bb, tt) == (b, t) and v.startswith("torch"))
+                 for b, t, *_ in rows}
+    lines = [
+        "# Reconstruction throughput on the GPU: packed Triton vs dense torch fp16",
+        "",
+        f"- command: `python bench/bench_reconstruct_gpu.py --out {args.out.name}`",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: "
+        f"{torch.cuda.get_device_name()}; torch {torch.__version__}",
+        f"- {args.images} measurements y = A(G(z)) of random sparse z, batch {args.batch_size}, "
+        "restarts 1; one timed run after a warm-up (compilation and capture excluded)",
+        "- models: the shipped `models/mnist-m25-{k}bit.qgen` (MLP 784-500-500-784, m = 25)",
+        "- vs fp16: img/s over the first row (eager torch fp16); vs best: over the faster torch "
+        "fp16 variant of the same bits and T",
+        "",
+        "| bits | T | variant | img/s | vs fp16 eager | vs best fp16 | peak MiB | mean loss |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for bits, steps, variant, r, ratio in rows:
+        lines.append(f"| {bits} | {steps} | {variant} | {r['img_s']:.0f} | {ratio:.2f}x | "
+                     f"{r['img_s'] / best_fp16[(bits, steps)]:.2f}x | {r['peak_mib']:.0f} | "
+                     f"{r['loss']:.4g} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

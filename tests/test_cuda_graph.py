@@ -1,0 +1,72 @@
+"""The solver step replayed from a CUDA graph equals the eager solver (GPU only), and asking for
+graphs without a CUDA device is a clear error (everywhere)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import qgen_infer
+from qgen_infer.errors import QgenError
+from qgen_infer.export import export_checkpoint
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_gpu_triton = pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="needs a CUDA device with compiled (not interpreted) Triton")
+
+
+@pytest.fixture(scope="module")
+def qgen_files(tiny_checkpoint, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("graph")
+    return {(fam, b): export_checkpoint(tiny_checkpoint(fam, b, "tensor"),
+                                        folder / f"{fam}-{b}.qgen").path
+            for fam, b in [("mlp", 1), ("mlp", 4), ("dcgan", 2)]}
+
+
+def test_cuda_graph_on_cpu_model_is_an_error(qgen_files) -> None:
+    model = qgen_infer.load(qgen_files[("mlp", 4)])
+    y = np.zeros((2, model.config["measurements"]), np.float32)
+    with pytest.raises(QgenError, match="CUDA device"):
+        qgen_infer.reconstruct(model, y, cuda_graph=True)
+
+
+def _measure(model, n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).uniform(-0.9, 0.9, (n, *model.config["image_shape"]))
+    with torch.no_grad():
+        return model.sensing(torch.from_numpy(x.astype(np.float32)).to(model.device)).cpu().numpy()
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_gpu_triton)])
+@pytest.mark.parametrize("key", [("mlp", 1), ("mlp", 4), ("dcgan", 2)])
+@pytest.mark.parametrize("n,batch,restarts,sparsity", [(1, 1, 1, None), (7, 3, 2, 5),
+                                                       (300, 256, 1, 10)])
+def test_graph_replay_equals_eager(qgen_files, backend: str, key, n: int, batch: int,
+                                   restarts: int, sparsity) -> None:
+    model = qgen_infer.load(qgen_files[key], backend=backend, device="cuda")
+    y = _measure(model, n, seed=n)
+    kw = dict(batch_size=batch, restarts=restarts, steps=6, seed=3, sparsity=sparsity)
+    eager = qgen_infer.reconstruct(model, y, cuda_graph=False, **kw)
+    graphed = qgen_infer.reconstruct(model, y, cuda_graph=True, **kw)
+    for name in ("x_hat", "z", "loss"):
+        np.testing.assert_allclose(getattr(graphed, name), getattr(eager, name), rtol=1e-4,
+                                   atol=1e-5, err_msg=name)
+
+
+@needs_cuda
+def test_graph_is_captured_once_per_batch_shape(qgen_files) -> None:
+    from qgen_infer.solve.cuda_graph import CudaGraphSolver
+
+    model = qgen_infer.load(qgen_files[("mlp", 4)], device="cuda")
+    solver = CudaGraphSolver(model.generator, model.sensing, step_size=0.01, sparsity=5,
+                             project=True)
+    d, m = model.config["latent_dim"], model.config["measurements"]
+    for b in (4, 4, 3, 4):
+        solver.run(torch.randn(b, m, device="cuda"), torch.randn(b, d, device="cuda"), 3)
+    assert len(solver._steps) == 2
+    with pytest.raises(ValueError, match="CUDA device"):
+        solver.run(torch.randn(4, m), torch.randn(4, d), 3)

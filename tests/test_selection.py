@@ -1,0 +1,92 @@
+"""The P_s threshold: the compiled radix select equals torch.topk's k-th value exactly."""
+
+import math
+
+import pytest
+import torch
+
+from qgen_infer.solve import hard_threshold, selection
+from qgen_infer.solve.selection import kth_largest_magnitude
+
+needs_ext = pytest.mark.skipif(selection._EXT is None, reason="qgen_infer._cpu not built")
+
+
+def _topk_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
+    return z.abs().topk(k, dim=-1).values[..., -1:]
+
+
+@needs_ext
+@pytest.mark.parametrize("shape,k", [
+    ((1, 1), 1), ((1, 5), 1), ((1, 5), 5), ((3, 7), 4), ((256, 784), 100), ((17, 784), 783),
+    ((5, 4099), 2000), ((1000, 100), 10), ((2, 33), 32),
+])
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30])
+def test_extension_equals_topk(shape, k, scale):
+    g = torch.Generator().manual_seed(shape[0] * 7919 + k)
+    z = torch.randn(*shape, generator=g) * scale
+    torch.testing.assert_close(kth_largest_magnitude(z, k),
+                               _topk_threshold(z, k), rtol=0, atol=0)
+
+
+@needs_ext
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_extension_equals_topk_on_ties_zeros_and_specials(threads):
+    g = torch.Generator().manual_seed(5)
+    # few distinct magnitudes (many ties, both signs, +-0), plus subnormals, inf and NaN rows
+    z = torch.randint(-3, 4, (300, 600), generator=g).float() * 0.5
+    z[0, :] = -0.0
+    z[1, :10] = float("inf")
+    z[2, 5] = float("nan")
+    z[3, :] = torch.randn(600, generator=g) * 1e-40  # subnormal
+    torch.set_num_threads(threads)
+    try:
+        for k in (1, 2, 11, 299, 600):
+            got = kth_largest_magnitude(z, k)
+            want = _topk_threshold(z, k)
+            assert torch.equal(got.isnan(), want.isnan())
+            torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_torch_path_and_leading_dims():
+    z = torch.randn(2, 3, 50, dtype=torch.float64)
+    t = kth_largest_magnitude(z, 7)
+    assert t.shape == (2, 3, 1)
+    assert ((z.abs() >= t).sum(-1) == 7).all()
+    z32 = z.float()
+    torch.testing.assert_close(kth_largest_magnitude(z32, 7),
+                               kth_largest_magnitude(z32, 7, use_extension=False),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k", [0, -1, 51])
+def test_rejects_k_out_of_range(k):
+    with pytest.raises(ValueError, match="k must be between 1 and 50"):
+        kth_largest_magnitude(torch.randn(3, 50), k)
+
+
+def test_no_gradient_and_input_unchanged():
+    z = torch.randn(4, 30, requires_grad=True)
+    before = z.detach().clone()
+    t = kth_largest_magnitude(z, 3)
+    assert not t.requires_grad
+    assert torch.equal(z.detach(), before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hard_threshold_keeps_exactly_s_and_the_largest(dtype):
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(64, 784, generator=g, dtype=dtype)
+    out = hard_threshold(z, 100)
+    assert ((out != 0).sum(-1) == 100).all()
+    kept_min = out.abs().masked_fill(out == 0, math.inf).min(-1).values
+    dropped_max = z.abs().masked_fill(out != 0, -1.0).max(-1).values
+    assert (kept_min > dropped_max).all()
+    assert torch.equal(out[out != 0], z[out != 0])
+
+
+def test_hard_threshold_gradient_flows_to_kept_entries_only():
+    z = torch.tensor([[0.3, -2.0, 1.0, 0.1]], requires_grad=True)
+    hard_threshold(z, 2).sum().backward()
+    assert torch.equal(z.grad, torch.tensor([[0.0, 1.0, 1.0, 0.0]]))
