@@ -27,17 +27,19 @@ inline uint32_t magnitude_bits(float v) {
     return u & 0x7fffffffu;
 }
 
-// The k-th largest (1-based) of keys[0, n): one counting pass over the top 11 bits (the
-// exponent and 3 mantissa bits, so a row of similar magnitudes spreads over many buckets), keep
-// only the bucket holding the k-th largest (compacted in place, typically a few dozen keys), and
-// nth_element over those. counts: 2^11 scratch ints.
+// The k-th largest (1-based) of keys[0, n) (max_key: their maximum): one counting pass over the
+// top 11 bits (the exponent and 3 mantissa bits, so a row of similar magnitudes spreads over many
+// buckets), keep only the bucket holding the k-th largest (compacted in place, typically a few
+// dozen keys), and nth_element over those. Only buckets up to max_key's are cleared and scanned:
+// for |z| < 1 that skips the upper half of the 2^11. counts: 2^11 scratch ints.
 constexpr int kDigitShift = 20;
 
-uint32_t kth_largest_key(uint32_t* keys, int64_t n, int64_t k, int32_t* counts) {
-    constexpr int kBuckets = 1 << (31 - kDigitShift);
-    std::fill(counts, counts + kBuckets, 0);
+uint32_t kth_largest_key(uint32_t* keys, int64_t n, int64_t k, uint32_t max_key,
+                         int32_t* counts) {
+    const uint32_t top = max_key >> kDigitShift;
+    std::fill(counts, counts + top + 1, 0);
     for (int64_t i = 0; i < n; ++i) ++counts[keys[i] >> kDigitShift];
-    uint32_t bucket = kBuckets - 1;
+    uint32_t bucket = top;
     for (; bucket > 0 && counts[bucket] < k; --bucket) k -= counts[bucket];
     int64_t kept = 0;
     for (int64_t i = 0; i < n; ++i)
@@ -71,8 +73,13 @@ void kth_largest_abs(const float* z, int64_t B, int64_t d, int64_t s, float* out
         const int64_t b1 = std::min(B, (item + 1) * kRowsPerItem);
         for (int64_t b = item * kRowsPerItem; b < b1; ++b) {
             const float* row = z + b * d;
-            for (int64_t j = 0; j < d; ++j) keys[j] = magnitude_bits(row[j]);
-            const uint32_t key = kth_largest_key(keys, d, s, counts.data() + slot * kCounts);
+            uint32_t max_key = 0;
+            for (int64_t j = 0; j < d; ++j) {
+                keys[j] = magnitude_bits(row[j]);
+                max_key = std::max(max_key, keys[j]);
+            }
+            const uint32_t key =
+                kth_largest_key(keys, d, s, max_key, counts.data() + slot * kCounts);
             std::memcpy(out + b, &key, sizeof key);
         }
     });

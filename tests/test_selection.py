@@ -90,3 +90,32 @@ def test_hard_threshold_gradient_flows_to_kept_entries_only():
     z = torch.tensor([[0.3, -2.0, 1.0, 0.1]], requires_grad=True)
     hard_threshold(z, 2).sum().backward()
     assert torch.equal(z.grad, torch.tensor([[0.0, 1.0, 1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("use_ext", [True, False])
+def test_top_s_mask_is_exact_under_ties(use_ext, monkeypatch):
+    if not use_ext:
+        monkeypatch.setattr(selection, "_EXT", None)
+    keys = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5], [3.0, 3.0, 3.0, 3.0, 3.0],
+                         [0.0, 0.0, -4.0, 0.0, 1.0]])
+    from qgen_infer.solve.selection import top_s_mask
+    mask = top_s_mask(keys, 2)
+    assert mask.tolist() == [[False, True, True, False, False],
+                             [True, True, False, False, False],
+                             [False, False, True, False, True]]
+    g = torch.Generator().manual_seed(0)
+    rnd = torch.randint(0, 5, (50, 40), generator=g).float()
+    assert (top_s_mask(rnd, 7).sum(-1) == 7).all()
+
+
+def test_sample_latent_supports_are_uniform():
+    """Every coordinate is in the support with probability s / d (chi-square-free check: the
+    counts over 20,000 rows stay within 5 standard deviations of s/d)."""
+    from qgen_infer.solve import sample_latent
+
+    n, d, s = 20000, 40, 7
+    z = sample_latent(n, d, s, project=False, generator=torch.Generator().manual_seed(3))
+    assert ((z != 0).sum(-1) == s).all()
+    freq = (z != 0).float().sum(0)
+    p = s / d
+    assert ((freq - n * p).abs() < 5 * (n * p * (1 - p)) ** 0.5).all()

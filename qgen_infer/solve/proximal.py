@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from qgen_infer.solve.selection import kth_largest_magnitude
+from qgen_infer.solve.selection import kth_largest_magnitude, top_s_mask
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,11 +72,13 @@ def project_sphere(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 def sample_latent(batch: int, dim: int, sparsity: int | None, *, project: bool = True,
                   generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Random initial latents: Gaussian entries on a uniformly random support of size ``s``."""
+    """Random initial latents: Gaussian entries on a uniformly random support of size ``s``
+    (the ``s`` largest of i.i.d. uniform keys per row: a selection, not a full argsort, which
+    cost ~12 ms per 256 x 784 batch, as much as a solver step)."""
     z = torch.randn(batch, dim, generator=generator, device="cpu", dtype=dtype)
     if sparsity is not None and sparsity < dim:
-        support = torch.rand(batch, dim, generator=generator).argsort(dim=-1)[:, :sparsity]
-        z = z * torch.zeros_like(z).scatter_(-1, support, 1.0)
+        keys = torch.rand(batch, dim, generator=generator)
+        z = z * top_s_mask(keys, sparsity)
     if project:
         z = project_sphere(z)
     return z.to(device)

@@ -40,3 +40,14 @@ def kth_largest_magnitude(z: torch.Tensor, k: int, *, use_extension: bool = True
         t = _EXT.kth_largest_abs_f32(rows.numpy(), k, torch.get_num_threads())
         return torch.from_numpy(t).reshape(*z.shape[:-1], 1)
     return z.abs().topk(k, dim=-1).values[..., -1:]
+
+
+def top_s_mask(keys: torch.Tensor, s: int) -> torch.Tensor:
+    """A boolean mask of exactly ``s`` entries per row: the ``s`` largest ``|keys|``, ties at the
+    threshold broken towards lower indices (so the mask never depends on how ties are ordered)."""
+    t = kth_largest_magnitude(keys, s)
+    mag = keys.detach().abs()
+    above = mag > t
+    tied = mag == t
+    need = s - above.sum(dim=-1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=-1) <= need))
