@@ -48,8 +48,10 @@ def cpu_extension():
             depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),
             cxx_std=17,
             # -fno-trapping-math lets GCC vectorise the epilogue's selects and float->int
-            # conversions (we never rely on floating-point exception flags).
-            extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math"],
+            # conversions (we never rely on floating-point exception flags);
+            # -ffp-contract=off keeps a * b + c two roundings, as torch computes the solver
+            # update (the SIMD tiers' FMAs are explicit intrinsics, unaffected).
+            extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"],
             extra_link_args=["-fopenmp"],
         )
     ]

@@ -24,50 +24,23 @@ import argparse
 import copy
 import datetime
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from dense_baseline import dense_generator
 
 import qgen_infer
-from qgen_infer.engine.packed_modules import PackedLinear
-from qgen_infer.models.layers import Reshape
 from qgen_infer.reconstruction import reconstruct
 from qgen_infer.solve import sample_latent
 
 REPO = Path(__file__).resolve().parents[1]
-ACT = {"leaky_relu": lambda ep: nn.LeakyReLU(ep.negative_slope), "tanh": lambda ep: nn.Tanh(),
-       "relu": lambda ep: nn.ReLU(), "none": lambda ep: nn.Identity()}
-
-
 def dense_fp16(model: Any) -> Any:
     """The model with its generator as dense fp16 torch layers and its sensing net in fp16."""
-    layers: list[tuple[str, nn.Module]] = []
-    for name, mod in model.generator.named_children():
-        if isinstance(mod, PackedLinear):
-            w = mod.matrix_weight().dequantize()
-            ep = mod.epilogue
-            lin = nn.Linear(w.shape[1], w.shape[0])
-            with torch.no_grad():
-                alpha = ep.alpha if ep.alpha is not None else torch.ones(w.shape[0])
-                lin.weight.copy_(alpha.to(w)[:, None] * w)
-                lin.bias.copy_(ep.beta if ep.beta is not None else torch.zeros(w.shape[0]))
-            layers += [(name, lin), (name + "_act", ACT[ep.activation](ep))]
-        elif isinstance(mod, Reshape):
-            layers.append((name, mod))
-        else:
-            raise SystemExit(f"dense baseline: unsupported layer {name} ({type(mod).__name__})")
-    gen = nn.Sequential(OrderedDict(layers)).to(model.device, torch.float16).requires_grad_(False)
+    gen = dense_generator(model, torch.float16)
     sensing = copy.deepcopy(model.sensing).to(torch.float16)
-
-    class Fp16:  # the reconstruct() interface: generator/sensing/config/solver/device
-        pass
-
-    out = Fp16()
-    out.__dict__.update(model.__dict__)
+    out = copy.copy(model)  # reconstruct() reads generator, sensing, config, solver, device
     out.generator = lambda z: gen(z.half())
     out.sensing = lambda x: sensing(x.half()).float()
     return out

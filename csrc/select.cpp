@@ -7,8 +7,9 @@
 #include "select.h"
 
 #include <algorithm>
-#include <functional>
+#include <cmath>
 #include <cstring>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -50,37 +51,75 @@ uint32_t kth_largest_key(uint32_t* keys, int64_t n, int64_t k, uint32_t max_key,
 
 }  // namespace
 
-void kth_largest_abs(const float* z, int64_t B, int64_t d, int64_t s, float* out, int threads) {
-    int nt = threads;
-    if (nt <= 0) {
+int resolve_threads(int threads) {
+    if (threads > 0) return threads;
 #ifdef _OPENMP
-        nt = omp_get_max_threads();
+    return omp_get_max_threads();
 #else
-        nt = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 #endif
+}
+
+float kth_largest_abs_row(const float* row, int64_t d, int64_t s, uint32_t* keys,
+                          int32_t* counts) {
+    uint32_t max_key = 0;
+    for (int64_t j = 0; j < d; ++j) {
+        keys[j] = magnitude_bits(row[j]);
+        max_key = std::max(max_key, keys[j]);
     }
-    // ~4 ns per entry: below ~0.5 ms of work a second thread costs more than it saves
-    if (B * d < (1 << 17)) nt = 1;
+    const uint32_t key = kth_largest_key(keys, d, s, max_key, counts);
+    float t;
+    std::memcpy(&t, &key, sizeof t);
+    return t;
+}
+
+namespace {
+
+// Rows in items of kRowsPerItem over up to `threads` threads, each thread with its own d keys
+// and count scratch (allocated here: nothing allocates, or throws, in a worker).
+// ~4 ns per entry: below ~0.5 ms of work a second thread costs more than it saves.
+template <typename RowFn>
+void for_rows(int64_t B, int64_t d, int threads, const RowFn& fn) {
     constexpr int64_t kRowsPerItem = 16;
+    int nt = B * d < (1 << 17) ? 1 : resolve_threads(threads);
     const int64_t nitems = (B + kRowsPerItem - 1) / kRowsPerItem;
     nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, nitems)));
-    // per-thread keys and counts, allocated here: nothing allocates (or throws) in a worker
-    constexpr int64_t kCounts = int64_t{1} << (31 - kDigitShift);
-    std::vector<uint32_t> scratch(static_cast<size_t>(nt) * d);
-    std::vector<int32_t> counts(static_cast<size_t>(nt) * kCounts);
+    std::vector<uint32_t> keys(static_cast<size_t>(nt) * d);
+    std::vector<int32_t> counts(static_cast<size_t>(nt) * kSelectCounts);
     ThreadPool::instance().parallel_for(nitems, nt, [&](int64_t item, int slot) {
-        uint32_t* keys = scratch.data() + slot * d;
         const int64_t b1 = std::min(B, (item + 1) * kRowsPerItem);
-        for (int64_t b = item * kRowsPerItem; b < b1; ++b) {
-            const float* row = z + b * d;
-            uint32_t max_key = 0;
-            for (int64_t j = 0; j < d; ++j) {
-                keys[j] = magnitude_bits(row[j]);
-                max_key = std::max(max_key, keys[j]);
-            }
-            const uint32_t key =
-                kth_largest_key(keys, d, s, max_key, counts.data() + slot * kCounts);
-            std::memcpy(out + b, &key, sizeof key);
+        for (int64_t b = item * kRowsPerItem; b < b1; ++b)
+            fn(b, keys.data() + slot * d, counts.data() + slot * kSelectCounts);
+    });
+}
+
+}  // namespace
+
+void kth_largest_abs(const float* z, int64_t B, int64_t d, int64_t s, float* out, int threads) {
+    for_rows(B, d, threads, [&](int64_t b, uint32_t* keys, int32_t* counts) {
+        out[b] = kth_largest_abs_row(z + b * d, d, s, keys, counts);
+    });
+}
+
+void proximal_step(const float* z, const float* g, float beta, int64_t B, int64_t d, int64_t s,
+                   bool project, float eps, float* out, int threads) {
+    const bool threshold = s > 0 && s < d;
+    for_rows(B, d, threads, [&](int64_t b, uint32_t* keys, int32_t* counts) {
+        const float* zr = z + b * d;
+        const float* gr = g + b * d;
+        float* v = out + b * d;
+        // two roundings, as torch's `z - beta * g` (this file is built without FMA contraction)
+        for (int64_t j = 0; j < d; ++j) v[j] = zr[j] - beta * gr[j];
+        if (threshold) {
+            const float t = kth_largest_abs_row(v, d, s, keys, counts);
+            // multiply by the 0/1 mask, as torch does: keeps the sign of zeros and NaNs alike
+            for (int64_t j = 0; j < d; ++j) v[j] = v[j] * (std::fabs(v[j]) >= t ? 1.0f : 0.0f);
+        }
+        if (project) {
+            double ss = 0.0;
+            for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(v[j]) * v[j];
+            const float nrm = std::max(static_cast<float>(std::sqrt(ss)), eps);
+            for (int64_t j = 0; j < d; ++j) v[j] = v[j] / nrm;
         }
     });
 }

@@ -119,3 +119,33 @@ def test_sample_latent_supports_are_uniform():
     freq = (z != 0).float().sum(0)
     p = s / d
     assert ((freq - n * p).abs() < 5 * (n * p * (1 - p)) ** 0.5).all()
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 33), (256, 784), (3, 4099)])
+@pytest.mark.parametrize("sparsity", [None, 1, "d-1", "d"])
+@pytest.mark.parametrize("project", [False, True])
+def test_fused_proximal_step_equals_torch(shape, sparsity, project):
+    from qgen_infer.solve.proximal import proximal_step
+
+    b, d = shape
+    s = {"d-1": max(d - 1, 1), "d": d}.get(sparsity, sparsity)
+    g = torch.Generator().manual_seed(b * 31 + d)
+    z, grad = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) * 3
+    with torch.no_grad():
+        fused = proximal_step(z, grad, 0.0123, s, project)
+    z.requires_grad_(True)  # forces the torch path
+    with torch.enable_grad():
+        ref = proximal_step(z, grad, 0.0123, s, project).detach()
+    # same mask and values; the norm may differ from torch's in its last bit (<= 2 ulp after /)
+    assert torch.equal(fused == 0, ref == 0)
+    torch.testing.assert_close(fused, ref, rtol=4e-7 if project else 0, atol=0)
+
+
+@needs_ext
+def test_fused_proximal_step_zero_row_and_tensor_step():
+    from qgen_infer.solve.proximal import proximal_step
+
+    z = torch.zeros(2, 5)
+    out = proximal_step(z, torch.zeros(2, 5), torch.tensor(0.5), 2, True)
+    assert torch.equal(out, torch.zeros(2, 5))  # ||z|| = 0: divided by eps, stays 0

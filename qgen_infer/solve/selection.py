@@ -14,7 +14,7 @@ from types import ModuleType
 import torch
 
 
-def _cpu_extension() -> ModuleType | None:
+def _load_extension() -> ModuleType | None:
     try:
         from qgen_infer import _cpu
     except ImportError:
@@ -22,7 +22,12 @@ def _cpu_extension() -> ModuleType | None:
     return _cpu if hasattr(_cpu, "kth_largest_abs_f32") else None
 
 
-_EXT = _cpu_extension()
+_EXT = _load_extension()
+
+
+def cpu_extension() -> ModuleType | None:
+    """The compiled solver routines (``qgen_infer._cpu``), or None where it is not built."""
+    return _EXT
 
 
 def kth_largest_magnitude(z: torch.Tensor, k: int, *, use_extension: bool = True
