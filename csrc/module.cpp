@@ -163,6 +163,23 @@ AlignedBuf aligned_floats(int64_t n) {
     return AlignedBuf(p);
 }
 
+// A calling thread's scratch floats, kept between calls and grown on demand. The tables of one
+// product are up to ~1 MB: allocated per call, such a block can come from mmap and go back to
+// the OS on free, so a call would pay ~250 fresh page faults. Thread-local, so concurrent
+// callers (the GIL is released) never share it; a product's buffers live only during its call.
+// Memory: the largest product's tables stay allocated per calling thread.
+float* scratch_floats(int64_t n) {
+    thread_local AlignedBuf buf;
+    thread_local int64_t capacity = 0;
+    if (n > capacity) {
+        buf.reset();
+        const int64_t want = std::max<int64_t>(n, capacity + capacity / 2);
+        buf = aligned_floats(want);
+        capacity = want;
+    }
+    return buf.get();
+}
+
 // ------------------------------------------------------------------------------------------
 // The driver: acc = sum_b 2^b S_b over packed planes for M activation rows, tiled and threaded,
 // each finished tile handed to `epi` while it is hot in cache.
@@ -226,16 +243,18 @@ void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const
     const int64_t nitems = by_rows ? ceil_div(M, P) : ngroups;
     nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, nitems)));
     // Per-slot buffers, allocated here so that nothing can throw inside a worker.
-    AlignedBuf tables_all = aligned_floats(nt * P * tstride);
-    AlignedBuf rowtmp_all = aligned_floats(nt * R);
+    // tables, then the row scratch, each slot's part 64-byte aligned (tstride, R16 multiples of 16)
+    const int64_t R16 = ceil_div(std::max<int64_t>(R, 1), 16) * 16;
+    float* const tables_base = scratch_floats(nt * P * tstride + nt * R16);
+    float* const rowtmp_base = tables_base + nt * P * tstride;
     std::vector<double> dots_all(nt * P);
 
     std::vector<char> built(nt, 0);
     ThreadPool::instance().parallel_for(nitems, nt, [&](int64_t it, int slot) {
-        float* tables = tables_all.get() + slot * P * tstride;
+        float* tables = tables_base + slot * P * tstride;
         double* dots = dots_all.data() + slot * P;
         alignas(64) float acc[4 * kMaxTileBlocks * kLanes];
-        float* rowtmp = rowtmp_all.get() + slot * R;
+        float* rowtmp = rowtmp_base + slot * R16;
         auto build = [&](int64_t p0, int64_t pm) {
             for (int64_t i = 0; i < pm; ++i)
                 dots[i] = ks.build_tables(rows(p0 + i, rowtmp), rscale, rz, R, R32,
