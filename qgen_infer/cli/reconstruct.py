@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random starts per image; the lowest measurement loss wins")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay each solver step from a captured CUDA graph (default: on for a "
-                   "CUDA device; same result, fewer launches)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default="auto",
+                   help="replay each solver step from a captured CUDA graph (same result, one "
+                   "launch per step); auto: on for a CUDA device")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -174,10 +174,11 @@ def _body(argv: Sequence[str] | None) -> int:
                           batch_size=args.batch_size, seed=args.seed)
     settings = {k: getattr(opts, k) for k in ("latent_dim", "sparsity", "steps", "step_size",
                                              "project", "restarts", "batch_size", "seed")}
+    if args.cuda_graph == "auto":
+        args.cuda_graph = model.device.type == "cuda"
     if args.cuda_graph and model.device.type != "cuda":
         raise QgenError(f"--cuda-graph needs a CUDA device; the model is on {model.device}")
-    settings["cuda_graph"] = (model.device.type == "cuda" if args.cuda_graph is None
-                              else args.cuda_graph)
+    settings["cuda_graph"] = args.cuda_graph
     # Everything is validated; results go to a staging folder until they are complete.
     stage = _make_stage(out)
     try:
