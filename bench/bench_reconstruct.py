@@ -65,7 +65,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     import qgen_infer
-    from qgen_infer.reconstruction import batch_seed, solver_options
+    from qgen_infer.reconstruction import StartLatents, solver_options
     from qgen_infer.solve import reconstruct_latent
 
     backend = "reference" if args.variant == "fp32" else args.variant
@@ -79,13 +79,13 @@ def child(args: argparse.Namespace) -> None:
         gen = dense_generator(model)
 
         def run(yy: np.ndarray) -> np.ndarray:
-            outs = []
+            outs, starts = [], StartLatents(opts)
             for start in range(0, yy.shape[0], opts.batch_size):
+                yb = torch.from_numpy(yy[start:start + opts.batch_size])
                 res = reconstruct_latent(
-                    torch.from_numpy(yy[start:start + opts.batch_size]), gen, model.sensing,
-                    latent_dim=opts.latent_dim, steps=opts.steps, step_size=opts.step_size,
-                    sparsity=opts.sparsity, project=opts.project, restarts=1,
-                    seed=batch_seed(opts.seed, start))
+                    yb, gen, model.sensing, latent_dim=opts.latent_dim, steps=opts.steps,
+                    step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
+                    restarts=1, z0=starts.rows(start, yb.shape[0]))
                 outs.append(res.x.detach().numpy())
             return np.concatenate(outs)
     else:

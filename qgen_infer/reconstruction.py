@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from qgen_infer.errors import QgenError
-from qgen_infer.solve import reconstruct_latent
+from qgen_infer.solve import reconstruct_latent, sample_latent
 
-SEED_STRIDE = 1_000_003  # batch seeds: seed * SEED_STRIDE + first row (distinct for any N < it)
-# the largest seed whose batch seeds stay below 2**63 for any N < SEED_STRIDE**2 rows
+SEED_STRIDE = 1_000_003  # chunk seeds: seed * SEED_STRIDE + chunk (distinct for chunk < it)
+START_CHUNK = 256  # images whose random starts are drawn together (see start_latents)
+# the largest seed whose chunk seeds stay below 2**63 for any N < SEED_STRIDE * START_CHUNK
 MAX_SEED = (2**63 - 1) // SEED_STRIDE - SEED_STRIDE
-
 
 @dataclass
 class SolverOptions:
@@ -81,22 +81,53 @@ def solver_options(model: Any, *, sparsity: int | None = None, steps: int | None
         raise QgenError(f"restarts must be >= 1, got {opts.restarts}")
     if opts.batch_size < 1:
         raise QgenError(f"batch size must be >= 1, got {opts.batch_size}")
-    # Each batch seeds torch.Generator with seed * SEED_STRIDE + start, which must fit its
+    # Each chunk seeds torch.Generator with seed * SEED_STRIDE + chunk, which must fit its
     # 64-bit seed (a larger value is a RuntimeError deep inside torch).
     if not 0 <= opts.seed <= MAX_SEED:
         raise QgenError(f"seed must be between 0 and {MAX_SEED}, got {opts.seed}")
     return opts
 
 
-def batch_seed(seed: int, start: int) -> int:
-    """The seed of the random starts of the batch that begins at row ``start``.
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of the random starts of the images ``chunk * START_CHUNK`` onwards (one chunk)."""
+    return seed * SEED_STRIDE + chunk
 
-    Seeding is per batch, not per image: a batch's starts are drawn as one ``[restarts * b, d]``
-    block, so an image's result depends on ``seed``, its batch's first row ``start``, the batch
-    size and ``restarts`` — it is reproducible for the same settings and does not depend on what
-    ran before the batch, but a different ``batch_size`` gives different (equally valid) starts.
+
+class StartLatents:
+    """The random starts of a reconstruction, independent of how it is cut into batches.
+
+    Image ``i``'s starts come from chunk ``c = i // START_CHUNK``, whose ``[restarts, START_CHUNK,
+    d]`` block is one :func:`sample_latent` draw seeded by :func:`chunk_seed`. So an image's
+    result depends on ``seed``, ``restarts`` and its index, never on ``batch_size`` or on the
+    other images (a batch that straddles chunks draws both). Drawing whole chunks costs what the
+    per-batch draws did at the default batch of 256.
     """
-    return seed * SEED_STRIDE + start
+
+    def __init__(self, opts: SolverOptions, dtype: torch.dtype = torch.float32) -> None:
+        self.opts, self.dtype = opts, dtype
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _chunk(self, c: int) -> torch.Tensor:
+        if c not in self._cache:
+            o = self.opts
+            rng = torch.Generator().manual_seed(chunk_seed(o.seed, c))
+            z = sample_latent(o.restarts * START_CHUNK, o.latent_dim, o.sparsity,
+                              project=o.project, generator=rng, dtype=self.dtype)
+            if len(self._cache) >= 2:  # batches walk forward: keep the current and next chunk
+                self._cache.pop(min(self._cache))
+            self._cache[c] = z.reshape(o.restarts, START_CHUNK, o.latent_dim)
+        return self._cache[c]
+
+    def rows(self, start: int, count: int) -> torch.Tensor:
+        """Starts of images ``[start, start + count)``: ``[restarts * count, d]``, restart-major
+        (the layout :func:`qgen_infer.solve.reconstruct_latent` takes as ``z0``)."""
+        parts, i = [], start
+        while i < start + count:
+            c, off = divmod(i, START_CHUNK)
+            take = min(START_CHUNK - off, start + count - i)
+            parts.append(self._chunk(c)[:, off:off + take])
+            i += take
+        return torch.cat(parts, dim=1).reshape(-1, self.opts.latent_dim)
 
 
 def _measurements_tensor(y: np.ndarray | torch.Tensor, m: int) -> torch.Tensor:
@@ -125,9 +156,10 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
 
     ``options`` (or keyword overrides of the file's defaults: ``sparsity``, ``steps``,
     ``step_size``, ``restarts``, ``batch_size``, ``seed``) set the solver.
-    ``on_batch(result, done)`` is called after each batch (progress, partial saves). Each
-    batch's starts are seeded by ``seed`` and the batch's first row (:func:`batch_seed`), so a
-    result does not depend on what ran before it, but does depend on ``batch_size``.
+    ``on_batch(result, done)`` is called after each batch (progress, partial saves). An image's
+    random starts depend on ``seed``, ``restarts`` and its index only (:class:`StartLatents`):
+    ``batch_size`` changes speed and memory, not the result (beyond float rounding of
+    differently-sized products).
     ``cuda_graph`` (default: on when the model is on a CUDA device) replays each solver step
     from a captured CUDA graph (:mod:`qgen_infer.solve.cuda_graph`); same result, no per-step
     launches.
@@ -154,6 +186,7 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
 
         graphed = CudaGraphSolver(model.generator, model.sensing, step_size=opts.step_size,
                                   sparsity=opts.sparsity, project=opts.project)
+    starts = StartLatents(opts)
     try:
         for start in range(0, n, opts.batch_size):
             yb = y_t[start:start + opts.batch_size].to(dev, torch.float32)
@@ -161,7 +194,7 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
             res = reconstruct_latent(
                 yb, model.generator, model.sensing, latent_dim=opts.latent_dim, steps=opts.steps,
                 step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
-                restarts=opts.restarts, seed=batch_seed(opts.seed, start), graphed=graphed)
+                restarts=opts.restarts, graphed=graphed, z0=starts.rows(start, yb.shape[0]))
             x_hat, z, loss = (t.detach().cpu().numpy() for t in (res.x, res.z, res.loss))
             out.batch_seconds.append(time.perf_counter() - t0)
             end = start + yb.shape[0]

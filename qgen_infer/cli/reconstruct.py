@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beta (default: the learned step size)")
     p.add_argument("--restarts", type=int, default=1,
                    help="random starts per image; the lowest measurement loss wins")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images solved together: speed and memory, not the result (each "
+                   "image's random starts depend on --seed, --restarts and its index only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default="auto",
                    help="replay each solver step from a captured CUDA graph (same result, one "

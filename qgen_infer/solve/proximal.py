@@ -191,18 +191,26 @@ def reconstruct_latent(
     seed: int = 0,
     record_history: bool = False,
     graphed: GraphedSolver | None = None,
+    z0: torch.Tensor | None = None,
 ) -> PGDResult:
     """Inference: proximal GD from ``restarts`` random sparse starts, keeping, per sample, the run
     with the lowest final measurement loss. The restarts run as one batch of ``restarts * B``.
+    The starts are ``z0`` when given (``[restarts * B, d]``, restart-major: row ``r * B + i`` is
+    restart ``r`` of sample ``i``), else drawn with :func:`sample_latent` from ``seed``.
     ``graphed``: a :class:`qgen_infer.solve.cuda_graph.CudaGraphSolver` for the same ``G``,
     ``A`` and settings, which replays a captured step instead of the eager loop (CUDA only; no
     history)."""
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     b = y.shape[0]
-    rng = torch.Generator().manual_seed(seed)
-    z0 = sample_latent(restarts * b, latent_dim, sparsity, project=project, generator=rng,
-                       device=y.device, dtype=y.dtype)
+    if z0 is None:
+        rng = torch.Generator().manual_seed(seed)
+        z0 = sample_latent(restarts * b, latent_dim, sparsity, project=project, generator=rng,
+                           device=y.device, dtype=y.dtype)
+    elif z0.shape != (restarts * b, latent_dim):
+        raise ValueError(f"z0 must have shape ({restarts * b}, {latent_dim}), got "
+                         f"{tuple(z0.shape)}")
+    z0 = z0.to(y.device, y.dtype)
     y_all = y.repeat(restarts, *([1] * (y.ndim - 1)))
     if graphed is not None and not record_history:
         res = graphed.run(y_all, z0, steps)
