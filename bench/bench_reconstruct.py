@@ -135,6 +135,20 @@ def prepare_models(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
 
     from qgen_infer.export import PostTrainingQuantizationWarning, export_checkpoint
 
+    if args.model:  # packed files as they are: nothing to export
+        from qgen_infer.format import read_qgen
+
+        models = []
+        for path in args.model:
+            qf = read_qgen(path)
+            weights = sum(int(np.prod(layer.weight_shape)) for layer in qf.layers
+                          if hasattr(layer, "weight_shape"))
+            models.append({"checkpoint": "", "qgen": str(path), "bits": qf.bits,
+                           "source": f"shipped {path}", "file_bytes": Path(path).stat().st_size,
+                           "weights": weights,
+                           "packed_bytes": sum(int(layer.codes.numel()) for layer in qf.layers
+                                               if hasattr(layer, "codes"))})
+        return models
     specs: list[tuple[Path, int | None, str]] = []
     if args.checkpoint:
         for item in args.checkpoint:
@@ -192,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="bit widths of the fresh models (ignored with --checkpoint)")
     p.add_argument("--checkpoint", action="append", default=None, metavar="PATH[:BITS]",
                    help="benchmark a trained model.pt (exported at BITS) instead; repeatable")
+    p.add_argument("--model", action="append", default=None, metavar="FILE.qgen",
+                   help="benchmark a packed file as it is (e.g. models/mnist-m25-1bit.qgen); "
+                   "repeatable, takes precedence over --checkpoint and --bits")
     p.add_argument("--backends", nargs="+", default=["reference", "cpu"],
                    choices=["reference", "cpu", "triton"])
     p.add_argument("--steps", type=int, nargs="+", default=[3, 20])
