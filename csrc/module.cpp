@@ -253,7 +253,7 @@ void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const
     ThreadPool::instance().parallel_for(nitems, nt, [&](int64_t it, int slot) {
         float* tables = tables_base + slot * P * tstride;
         double* dots = dots_all.data() + slot * P;
-        alignas(64) float acc[4 * kMaxTileBlocks * kLanes];
+        alignas(64) float acc[kMaxTileRows * kMaxTileBlocks * kLanes];
         float* rowtmp = rowtmp_base + slot * R16;
         auto build = [&](int64_t p0, int64_t pm) {
             for (int64_t i = 0; i < pm; ++i)

@@ -45,6 +45,7 @@ constexpr int kGroup = 4;        // LUT group size g: 2^4 = 16 table entries
 constexpr int kGroupsPerWord = kChunkR / kGroup;
 constexpr int kTableFloats = 16; // entries per group table
 constexpr int kMaxTileBlocks = 32;
+constexpr int kMaxTileRows = 8;  // the driver's accumulator scratch: gemm_mr <= this
 
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
@@ -79,7 +80,7 @@ struct KernelSet {
     const char* isa_name;
     BuildTablesFn build_tables;
     LutTileFn tile;
-    int gemm_mr;  // tile rows when M > 1 (at most 4: the driver's scratch)
+    int gemm_mr;  // tile rows when M > 1 (at most kMaxTileRows)
     int gemm_nb;  // tile column blocks when M > 1 (at most kMaxTileBlocks) ...
     int gemv_nb;  // ... and when M == 1
 };

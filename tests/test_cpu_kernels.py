@@ -39,9 +39,10 @@ ISAS = [pytest.param(i, marks=pytest.mark.skipif(i not in SUPPORTED,
                                                  reason=f"this CPU/OS lacks {i}"))
         for i in ALL_ISAS]
 BITS = (1, 2, 3, 4)
-# (M, K, N): ones, primes, sizes off every block (16 columns, 32-entry words, 4-row tiles).
+# (M, K, N): ones, primes, sizes off every block (16 columns, 32-entry words, 6- and 4-row
+# tiles: M = 10 is 6 + 4 rows, 13 is 6 + 6 + 1).
 SHAPES = [(1, 1, 1), (1, 784, 500), (3, 1, 17), (2, 33, 1), (7, 13, 997), (5, 97, 31),
-          (64, 50, 40), (9, 300, 130)]
+          (64, 50, 40), (9, 300, 130), (10, 45, 33), (13, 70, 37)]
 REL = 1e-5
 
 
