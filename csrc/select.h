@@ -12,7 +12,7 @@ namespace qgen {
 // mask. Magnitudes are ordered through their IEEE-754 bits with the sign cleared, which for
 // non-negative floats orders like the values and ranks NaN above +inf, as torch.topk does.
 // Rows are split over up to `threads` threads (<= 0: the OpenMP default) when there is enough
-// work; the caller must not hold the GIL-protected Python state (pure C++).
+// work.
 void kth_largest_abs(const float* z, int64_t B, int64_t d, int64_t s, float* out, int threads);
 
 // One row of the above: scratch holds d keys and kSelectCounts ints.
