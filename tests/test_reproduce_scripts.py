@@ -121,6 +121,24 @@ def test_mnist_tables_and_comparison(tmp_path: Path) -> None:
     assert "| 10 | – |" in text and "`mnist-m100-sdlss-1`: not started" in text
 
 
+def test_mnist_s_sweep_gap_sentence(tmp_path: Path) -> None:
+    specs = plan.mnist_plan(data_root=None, epochs=40)
+    psnr = {(32, 10): 17.5, (32, 100): 21.0, (1, 10): 15.0, (1, 100): 19.5}
+    for spec in specs:
+        if spec.m == 25 and (spec.bits, spec.s) in psnr:
+            d = tmp_path / "eval" / spec.name
+            d.mkdir(parents=True)
+            save_record(d / "eval.json", _record(spec, psnr[(spec.bits, spec.s)], 0.8))
+    results = tables.Results(specs, collect(tmp_path, specs), {})
+    text = "\n".join(tables.mnist_comparison(results))
+    assert ("m = 25, s sweep: 1-bit SDLSS is 2.50 (s = 10), 1.50 (s = 100) dB below 32-bit; "
+            "PSNR rises with s at both widths") in text
+    save_record(tmp_path / "eval" / "mnist-m25-s10-sdlss-1" / "eval.json",
+                _record(next(s for s in specs if s.name == "mnist-m25-s10-sdlss-1"), 20.0, 0.8))
+    results = tables.Results(specs, collect(tmp_path, specs), {})
+    assert "does not rise monotonically" in "\n".join(tables.mnist_comparison(results))
+
+
 def test_colour_table_against_paper(tmp_path: Path) -> None:
     sets = [plan.ColourSet("CIFAR10", "cifar10", "/c")]
     specs = plan.colour_plan(sets, epochs=20, m=25, s=100)
