@@ -21,9 +21,10 @@ from qgen_infer.errors import QgenError
 from qgen_infer.solve import reconstruct_latent, sample_latent
 
 SEED_STRIDE = 1_000_003  # chunk seeds: seed * SEED_STRIDE + chunk (distinct for chunk < it)
-START_CHUNK = 256  # images whose random starts are drawn together (see start_latents)
+START_CHUNK = 256  # images whose random starts are drawn together (see StartLatents)
 # the largest seed whose chunk seeds stay below 2**63 for any N < SEED_STRIDE * START_CHUNK
 MAX_SEED = (2**63 - 1) // SEED_STRIDE - SEED_STRIDE
+
 
 @dataclass
 class SolverOptions:
