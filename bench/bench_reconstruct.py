@@ -143,7 +143,7 @@ def prepare_models(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
             qf = read_qgen(path)
             weights = sum(int(np.prod(layer.weight_shape)) for layer in qf.layers
                           if hasattr(layer, "weight_shape"))
-            models.append({"checkpoint": "", "qgen": str(path), "bits": qf.bits,
+            models.append({"qgen": str(path), "bits": qf.bits,
                            "source": f"shipped {path}", "file_bytes": Path(path).stat().st_size,
                            "weights": weights,
                            "packed_bytes": sum(int(layer.codes.numel()) for layer in qf.layers
@@ -163,7 +163,7 @@ def prepare_models(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PostTrainingQuantizationWarning)
             res = export_checkpoint(ckpt, work / f"model-{i}.qgen", bits=bits)
-        models.append({"checkpoint": str(ckpt), "qgen": str(res.path), "bits": res.bits,
+        models.append({"qgen": str(res.path), "bits": res.bits,
                        "source": source + (" (post-training quantized)" if res.post_training
                                            else ""),
                        "file_bytes": res.file_bytes, "weights": res.weight_count,
@@ -190,7 +190,7 @@ def run_child(model: dict[str, Any], variant: str, steps: int, threads: int, y: 
               x_out: Path, batch_size: int, repeats: int = 1) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--qgen", model["qgen"],
-           "--checkpoint-path", model["checkpoint"], "--y", str(y), "--steps", str(steps),
+           "--y", str(y), "--steps", str(steps),
            "--threads-one", str(threads), "--batch-size", str(batch_size), "--x-out", str(x_out),
            "--repeats", str(repeats)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -224,13 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--qgen", help=argparse.SUPPRESS)
-    p.add_argument("--checkpoint-path", dest="checkpoint_path", help=argparse.SUPPRESS)
     p.add_argument("--y", help=argparse.SUPPRESS)
     p.add_argument("--threads-one", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--x-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        args.threads, args.checkpoint = args.threads_one, args.checkpoint_path
+        args.threads = args.threads_one
         args.steps = args.steps[0]  # one run: a single T
         child(args)
         return

@@ -111,7 +111,7 @@ def proximal_step(z: torch.Tensor, grad: torch.Tensor, step_size: float | torch.
 def _fused_step(z: torch.Tensor, grad: torch.Tensor, step_size: float | torch.Tensor,
                 sparsity: int | None, project: bool) -> torch.Tensor | None:
     ext = cpu_extension()
-    if ext is None or not hasattr(ext, "proximal_step_f32"):
+    if ext is None:
         return None
     if torch.is_tensor(step_size):
         if step_size.numel() != 1 or step_size.requires_grad:

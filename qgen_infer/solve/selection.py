@@ -19,7 +19,9 @@ def _load_extension() -> ModuleType | None:
         from qgen_infer import _cpu
     except ImportError:
         return None
-    return _cpu if hasattr(_cpu, "kth_largest_abs_f32") else None
+    # an extension built before the solver routines existed lacks them: use torch then
+    routines = ("kth_largest_abs_f32", "proximal_step_f32")
+    return _cpu if all(hasattr(_cpu, name) for name in routines) else None
 
 
 _EXT = _load_extension()
