@@ -8,7 +8,10 @@ Variants (each on the shipped MNIST models, ``models/mnist-m25-{k}bit.qgen``):
   folded into the weight, beta the bias), the sensing net in fp16, eager solver loop;
 * ``torch-fp16+graph``: the same, every step replayed from a CUDA graph (the strongest baseline);
 * ``packed``: the Triton backend (fp32 activations, as ``qgen-reconstruct`` runs it), eager;
-* ``packed+graph``: the same with CUDA-graph replay (``qgen-reconstruct``'s default on a GPU).
+* ``packed+graph``: the same with CUDA-graph replay (``qgen-reconstruct``'s default on a GPU);
+* ``packed-fp16`` / ``packed-fp16+graph``: the packed generator on fp16 activations and the
+  sensing net in fp16, i.e. the dense fp16 baseline with only the generator's products swapped
+  for the packed kernels (the like-for-like comparison).
 
 Measurements are ``y = A(G(z))`` for random sparse latents (the GPU machine has no MNIST files;
 throughput does not depend on the images). Time: wall clock of ``qgen_infer.reconstruct`` on
@@ -36,27 +39,44 @@ from qgen_infer.reconstruction import reconstruct
 from qgen_infer.solve import sample_latent
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _half_sensing(model: Any) -> Any:
+    sensing = copy.deepcopy(model.sensing).to(torch.float16)
+    return lambda x: sensing(x.half()).float()
+
+
 def dense_fp16(model: Any) -> Any:
     """The model with its generator as dense fp16 torch layers and its sensing net in fp16."""
     gen = dense_generator(model, torch.float16)
-    sensing = copy.deepcopy(model.sensing).to(torch.float16)
     out = copy.copy(model)  # reconstruct() reads generator, sensing, config, solver, device
     out.generator = lambda z: gen(z.half())
-    out.sensing = lambda x: sensing(x.half()).float()
+    out.sensing = _half_sensing(model)
+    return out
+
+
+def packed_fp16(model: Any) -> Any:
+    """The packed model run on fp16 activations (kernels accumulate in fp32), sensing in fp16."""
+    out = copy.copy(model)
+    out.generator = lambda z: model.generator(z.half())
+    out.sensing = _half_sensing(model)
     return out
 
 
 def timed(model: Any, y: np.ndarray, steps: int, graph: bool, batch: int) -> dict[str, float]:
     kw = dict(steps=steps, batch_size=batch, cuda_graph=graph)
+    cuda = model.device.type == "cuda"
     reconstruct(model, y, **kw)  # warm-up: compilation, autotuning, graph capture
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     rec = reconstruct(model, y, **kw)
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     sec = time.perf_counter() - t0
     return {"img_s": len(y) / sec, "seconds": sec,
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
             "loss": float(np.mean(rec.loss))}
 
 
@@ -67,26 +87,31 @@ def main() -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[3, 20])
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cuda",
+                   help="'cpu' only smoke-tests this script (TRITON_INTERPRET=1, no graphs)")
     args = p.parse_args()
-    if not torch.cuda.is_available():
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_reconstruct_gpu.py needs a CUDA device")
     rows = []
     for bits in args.bits:
         path = REPO / "models" / f"mnist-m25-{bits}bit.qgen"
-        packed = qgen_infer.load(path, backend="triton", device="cuda")
-        ref = qgen_infer.load(path, backend="reference", device="cuda")
+        packed = qgen_infer.load(path, backend="triton", device=dev)
+        ref = qgen_infer.load(path, backend="reference", device=dev)
         cfg = packed.config
         z = sample_latent(args.images, cfg["latent_dim"], packed.solver.get("sparsity"),
-                          generator=torch.Generator().manual_seed(0), device="cuda")
+                          generator=torch.Generator().manual_seed(0), device=dev)
         with torch.no_grad():
             y = ref.sensing(ref.generator(z)).cpu().numpy()
-        fp16 = dense_fp16(ref)
+        fp16, packed16 = dense_fp16(ref), packed_fp16(packed)
+        variants = [("torch-fp16", fp16, False), ("torch-fp16+graph", fp16, True),
+                    ("packed-fp16", packed16, False), ("packed-fp16+graph", packed16, True),
+                    ("packed", packed, False), ("packed+graph", packed, True)]
+        if dev.type != "cuda":
+            variants = [v for v in variants if not v[2]]
         for steps in args.steps:
             base = None
-            for variant, model, graph in [("torch-fp16", fp16, False),
-                                          ("torch-fp16+graph", fp16, True),
-                                          ("packed", packed, False),
-                                          ("packed+graph", packed, True)]:
+            for variant, model, graph in variants:
                 r = timed(model, y, steps, graph, args.batch_size)
                 base = base or r["img_s"]
                 rows.append((bits, steps, variant, r, r["img_s"] / base))
@@ -99,7 +124,8 @@ def main() -> int:
         "",
         f"- command: `python bench/bench_reconstruct_gpu.py --out {args.out.name}`",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: "
-        f"{torch.cuda.get_device_name()}; torch {torch.__version__}",
+        f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}; "
+        f"torch {torch.__version__}",
         f"- {args.images} measurements y = A(G(z)) of random sparse z, batch {args.batch_size}, "
         "restarts 1; one timed run after a warm-up (compilation and capture excluded)",
         "- models: the shipped `models/mnist-m25-{k}bit.qgen` (MLP 784-500-500-784, m = 25)",

@@ -10,7 +10,8 @@ bytes as stored + activations + output) and TFLOP/s (2·M·N·K). Each result is
 ``$QGEN_BENCH_JSONL`` when set, so a run cut short keeps what it measured.
 
 Runs: ``pytest bench/test_bench_gpu.py --benchmark-json=out.json`` or, without pytest-benchmark,
-``python bench/test_bench_gpu.py out.jsonl``. The whole module skips without CUDA.
+``python bench/test_bench_gpu.py out.jsonl [--deadline S]`` (what ``gpu_suite.sh`` runs, after
+compiling every case in parallel with ``--warm``). The whole module skips without CUDA.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
+    if __name__ == "__main__":
+        sys.exit("GPU benchmarks need a CUDA device")
     pytest.skip("GPU benchmarks need a CUDA device", allow_module_level=True)
 
 SHAPES = {  # name: (N, K) of the weight; y = x Wᵀ with x [M, K]
@@ -139,10 +142,49 @@ def test_bench(benchmark, impl: str, shape: str, m: int) -> None:
         pytest.skip(row["skipped"])
 
 
-if __name__ == "__main__":  # no pytest-benchmark on the machine: plain JSON lines
-    os.environ.setdefault("QGEN_BENCH_JSONL", sys.argv[1] if len(sys.argv) > 1 else
-                          "bench-gpu.jsonl")
-    for impl in IMPLS:
-        for shape in SHAPES:
-            for m in MS:
-                print(json.dumps(measure(impl, shape, m)), flush=True)
+def cases() -> list[tuple[str, str, int]]:
+    """Every (impl, shape, m), grouped by shape and M with the baselines first: a run cut short
+    still has complete comparisons for the groups it reached."""
+    order = BASELINES + tuple(i for i in IMPLS if i not in BASELINES)
+    shapes = ("mnist_fc1", "mnist_fc2", "mnist_fc3", "sq8192", "sq4096", "n512_k768")
+    return [(impl, shape, m) for shape in shapes for m in MS for impl in order]
+
+
+def warm(shard: int, shards: int) -> None:
+    """Compile (and autotune) the packed cases ``i % shards == shard`` without timing them: the
+    GPU suite runs shards side by side so that Triton's compiler, one process per kernel, uses
+    every CPU core; the binaries land in Triton's on-disk cache for the timed run."""
+    qgen = [c for c in cases() if c[0].startswith("qgen_")]
+    for impl, shape, m in qgen[shard::shards]:
+        case = _case(impl, shape, m)
+        if not isinstance(case, str):
+            case[0]()
+    torch.cuda.synchronize()
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(description="GPU kernel benchmarks as plain JSON lines")
+    p.add_argument("jsonl", nargs="?", default="bench-gpu.jsonl", help="rows are appended here")
+    p.add_argument("--deadline", type=float, default=float("inf"),
+                   help="seconds after which no new case is started")
+    p.add_argument("--warm", type=int, nargs=2, metavar=("SHARD", "SHARDS"),
+                   help="only compile this shard of the packed cases (no timing, no rows)")
+    args = p.parse_args(argv)
+    if args.warm:
+        warm(*args.warm)
+        return 0
+    os.environ["QGEN_BENCH_JSONL"] = args.jsonl
+    t0 = time.monotonic()
+    for impl, shape, m in cases():
+        if time.monotonic() - t0 > args.deadline:
+            print(json.dumps({"stopped": "deadline", "next": [impl, shape, m]}), flush=True)
+            return 0
+        print(json.dumps(measure(impl, shape, m)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # no pytest-benchmark needed: plain JSON lines
+    sys.exit(main(sys.argv[1:]))
