@@ -80,6 +80,24 @@ def timed(model: Any, y: np.ndarray, steps: int, graph: bool, batch: int) -> dic
             "loss": float(np.mean(rec.loss))}
 
 
+def profile_tables(bits: int, y: np.ndarray, models: dict[str, Any], args) -> str:
+    """torch.profiler's per-kernel table (device time) for one eager batch of each model."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = [f"# Per-kernel device time, {bits}-bit, one eager batch of {args.batch_size}, T = 3", ""]
+    for name, model in models.items():
+        kw = dict(steps=3, batch_size=args.batch_size, cuda_graph=False)
+        reconstruct(model, y[:args.batch_size], **kw)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            reconstruct(model, y[:args.batch_size], **kw)
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25,
+                                          max_name_column_width=70)
+        out += [f"## {name}", "", "```", table, "```", ""]
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="markdown file to write")
@@ -87,6 +105,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[3, 20])
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--profile", type=Path, default=None,
+                   help="also write a per-kernel profile of one eager batch (T=3) of the first "
+                        "bits' torch-fp16 and packed-fp16 variants to this file")
     p.add_argument("--device", default="cuda",
                    help="'cpu' only smoke-tests this script (TRITON_INTERPRET=1, no graphs)")
     args = p.parse_args()
@@ -104,6 +125,8 @@ def main() -> int:
         with torch.no_grad():
             y = ref.sensing(ref.generator(z)).cpu().numpy()
         fp16, packed16 = dense_fp16(ref), packed_fp16(packed)
+        if bits == args.bits[0]:
+            y_first, models_first = y, {"torch-fp16": fp16, "packed-fp16": packed16}
         variants = [("torch-fp16", fp16, False), ("torch-fp16+graph", fp16, True),
                     ("packed-fp16", packed16, False), ("packed-fp16+graph", packed16, True),
                     ("packed", packed, False), ("packed+graph", packed, True)]
@@ -116,6 +139,8 @@ def main() -> int:
                 base = base or r["img_s"]
                 rows.append((bits, steps, variant, r, r["img_s"] / base))
                 print(bits, steps, variant, f"{r['img_s']:.0f} img/s", flush=True)
+    if args.profile is not None:
+        args.profile.write_text(profile_tables(args.bits[0], y_first, models_first, args))
     best_fp16 = {(b, t): max(r["img_s"] for bb, tt, v, r, _ in rows
                              if (bb, tt) == (b, t) and v.startswith("torch"))
                  for b, t, *_ in rows}

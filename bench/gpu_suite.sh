@@ -42,30 +42,43 @@ if ! $PY -c "import qgen_infer.kernels.gemm" > /dev/null 2>&1; then
   echo "install fallback: PYTHONPATH=$PYTHONPATH" | tee -a "$OUTDIR/steps.txt"
 fi
 
-# GPU tests: the whole kernel test file on CUDA (small shapes + the gpu-marked full-size ones),
-# the graphed solver, Triton-on-GPU vs the CPU reference. xdist spreads Triton's compiles (one
-# CPU core each) over the machine's cores.
-XDIST=""
-$PY -c "import xdist" > /dev/null 2>&1 && XDIST="-n 8"
-step tests 150 $PY -m pytest tests/test_triton_kernels.py tests/test_cuda_graph.py -p no:cacheprovider -ra \
-  $XDIST --junitxml="$OUTDIR/tests-junit.xml" --durations=15
+# Narrowing knobs (defaults: everything), for a short follow-up call:
+#   QGEN_SUITE_BITS="1 4"          bit widths of the reconstruction benchmark
+#   QGEN_SUITE_TESTS="-k graph"    extra pytest arguments (a selection) for the GPU tests
+#   QGEN_SUITE_KERNELS="--shapes mnist_fc1 --ms 256"   filters for the kernel benchmark
+#   QGEN_SUITE_SECONDS=230         when the kernel benchmark stops starting cases (default 520)
+#   QGEN_SUITE_PREWARM_S=90        time limit of each pre-compilation process (default 120)
+SUITE_BITS=${QGEN_SUITE_BITS:-1 2 3 4}
+SUITE_SECONDS=${QGEN_SUITE_SECONDS:-520}
+PREWARM_S=${QGEN_SUITE_PREWARM_S:-120}
 
-# Compile every benchmarked kernel first, 16 processes side by side (Triton compiles each
+# GPU tests (in the background, beside the pre-compilation below): the whole kernel test file
+# on CUDA (small shapes + the gpu-marked full-size ones), the graphed solver, Triton-on-GPU vs
+# the CPU reference. xdist spreads Triton's compiles (one CPU core each) over the cores.
+XDIST=""
+$PY -c "import xdist" > /dev/null 2>&1 && XDIST="-n 6"
+# shellcheck disable=SC2086
+step tests 200 $PY -m pytest tests/test_triton_kernels.py tests/test_cuda_graph.py -p no:cacheprovider \
+  -ra $XDIST ${QGEN_SUITE_TESTS:-} --junitxml="$OUTDIR/tests-junit.xml" --durations=15 &
+TESTS_PID=$!
+
+# Compile every benchmarked kernel first, many processes side by side (Triton compiles each
 # specialization single-threaded and caches the binary on disk), with throwaway tuning caches:
 # the timed runs below then re-time every candidate on an idle GPU but compile nothing.
 prewarm() {
   local d="$OUTDIR/prewarm" pids=()
   mkdir -p "$d"
-  for b in 1 2 3 4; do
+  for b in $SUITE_BITS; do
     for n in 232 256; do  # the solver's batch shapes for 1,000 images (3 x 256 + 232)
-      QGEN_TRITON_CONFIGS="$d/r$b-$n.json" timeout 120 $PY bench/bench_reconstruct_gpu.py \
+      QGEN_TRITON_CONFIGS="$d/r$b-$n.json" timeout "$PREWARM_S" $PY bench/bench_reconstruct_gpu.py \
         --bits $b --steps 1 --images $n --out "$d/r$b-$n.md" > "$d/r$b-$n.log" 2>&1 &
       pids+=($!)
     done
   done
-  for i in 0 1 2 3 4 5 6 7; do
-    QGEN_TRITON_CONFIGS="$d/k$i.json" timeout 120 $PY bench/test_bench_gpu.py --warm $i 8 \
-      > "$d/k$i.log" 2>&1 &
+  for i in 0 1 2 3 4 5; do
+    # shellcheck disable=SC2086
+    QGEN_TRITON_CONFIGS="$d/k$i.json" timeout "$PREWARM_S" $PY bench/test_bench_gpu.py --warm $i 6 \
+      ${QGEN_SUITE_KERNELS:-} > "$d/k$i.log" 2>&1 &
     pids+=($!)
   done
   local rc=0
@@ -73,13 +86,19 @@ prewarm() {
   return $rc
 }
 t0=$(date +%s); prewarm; echo "prewarm rc=$? $(( $(date +%s) - t0 ))s" | tee -a "$OUTDIR/steps.txt"
+wait "$TESTS_PID"
 
 # Reconstruction end to end: packed Triton (fp32 and fp16, eager and CUDA graph) vs dense torch
-# fp16, then the kernels against cuBLAS (autotuning on: configs land in $QGEN_TRITON_CONFIGS).
-step reconstruct 150 $PY bench/bench_reconstruct_gpu.py --out "$OUTDIR/reconstruct-gpu.md"
-LEFT=$(( 520 - ($(date +%s) - START) ))
+# fp16, with a per-kernel profile of one eager batch; then the kernels against cuBLAS
+# (autotuning on: configs land in $QGEN_TRITON_CONFIGS).
+# shellcheck disable=SC2086
+step reconstruct 150 $PY bench/bench_reconstruct_gpu.py --bits $SUITE_BITS \
+  --out "$OUTDIR/reconstruct-gpu.md" --profile "$OUTDIR/reconstruct-profile.md"
+LEFT=$(( SUITE_SECONDS - ($(date +%s) - START) ))
 [ "$LEFT" -lt 30 ] && LEFT=30
-step bench $(( LEFT + 30 )) $PY bench/test_bench_gpu.py "$QGEN_BENCH_JSONL" --deadline "$LEFT"
+# shellcheck disable=SC2086
+step bench $(( LEFT + 30 )) $PY bench/test_bench_gpu.py "$QGEN_BENCH_JSONL" --deadline "$LEFT" \
+  ${QGEN_SUITE_KERNELS:-}
 
 {
   echo "# GPU kernel suite"

@@ -142,19 +142,21 @@ def test_bench(benchmark, impl: str, shape: str, m: int) -> None:
         pytest.skip(row["skipped"])
 
 
-def cases() -> list[tuple[str, str, int]]:
-    """Every (impl, shape, m), grouped by shape and M with the baselines first: a run cut short
-    still has complete comparisons for the groups it reached."""
+def cases(impls: list[str] | None = None, shapes: list[str] | None = None,
+          ms: list[int] | None = None) -> list[tuple[str, str, int]]:
+    """Every (impl, shape, m), or those the filters keep, grouped by shape and M with the
+    baselines first: a run cut short still has complete comparisons for the groups it reached."""
     order = BASELINES + tuple(i for i in IMPLS if i not in BASELINES)
-    shapes = ("mnist_fc1", "mnist_fc2", "mnist_fc3", "sq8192", "sq4096", "n512_k768")
-    return [(impl, shape, m) for shape in shapes for m in MS for impl in order]
+    order = tuple(i for i in order if not impls or any(i.startswith(p) for p in impls))
+    shapes = shapes or ["mnist_fc1", "mnist_fc2", "mnist_fc3", "sq8192", "sq4096", "n512_k768"]
+    return [(impl, shape, m) for shape in shapes for m in (ms or MS) for impl in order]
 
 
-def warm(shard: int, shards: int) -> None:
+def warm(shard: int, shards: int, todo: list[tuple[str, str, int]]) -> None:
     """Compile (and autotune) the packed cases ``i % shards == shard`` without timing them: the
     GPU suite runs shards side by side so that Triton's compiler, one process per kernel, uses
     every CPU core; the binaries land in Triton's on-disk cache for the timed run."""
-    qgen = [c for c in cases() if c[0].startswith("qgen_")]
+    qgen = [c for c in todo if c[0].startswith("qgen_")]
     for impl, shape, m in qgen[shard::shards]:
         case = _case(impl, shape, m)
         if not isinstance(case, str):
@@ -172,13 +174,19 @@ def main(argv: list[str]) -> int:
                    help="seconds after which no new case is started")
     p.add_argument("--warm", type=int, nargs=2, metavar=("SHARD", "SHARDS"),
                    help="only compile this shard of the packed cases (no timing, no rows)")
+    p.add_argument("--impls", nargs="+", help="only implementations starting with these "
+                   "(baselines are always kept: every row needs its comparison)")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES))
+    p.add_argument("--ms", nargs="+", type=int)
     args = p.parse_args(argv)
+    impls = args.impls and [*args.impls, *BASELINES]
+    todo = cases(impls, args.shapes, args.ms)
     if args.warm:
-        warm(*args.warm)
+        warm(*args.warm, todo)
         return 0
     os.environ["QGEN_BENCH_JSONL"] = args.jsonl
     t0 = time.monotonic()
-    for impl, shape, m in cases():
+    for impl, shape, m in todo:
         if time.monotonic() - t0 > args.deadline:
             print(json.dumps({"stopped": "deadline", "next": [impl, shape, m]}), flush=True)
             return 0

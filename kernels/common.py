@@ -30,21 +30,22 @@ def _field(words, k_idx, BITS: tl.constexpr):
 
 
 @triton.jit
-def load_codes(w_ptr, k_idx, n_idx, mask, N, K, BITS: tl.constexpr):
+def load_codes(w_ptr, k_idx, n_idx, mask, ldw, K, BITS: tl.constexpr):
     """int32 codes ``c[n_idx, k_idx]`` (0 where ``mask`` is false) from ``kpack`` words.
 
-    ``w_ptr``: int32 ``[kpack_rows(K, BITS), N]``; ``k_idx``, ``n_idx``, ``mask``: broadcastable
+    ``w_ptr``: int32 ``[kpack_rows(K, BITS), N]`` with row stride ``ldw`` (``layout``: a multiple
+    of 16, so the loads along N vectorise); ``k_idx``, ``n_idx``, ``mask``: broadcastable
     int/bool tensors, e.g. ``[BK, 1]``, ``[1, BN]``. Every lane loads the word holding its code:
     the CPW lanes sharing a word hit the same address, which the L1 cache serves (the gemlite way).
     """
     if BITS == 3:
         # 2-bit plane of the low bits first, then the 1-bit plane of the high bit.
-        lo = tl.load(w_ptr + (k_idx // 16) * N + n_idx, mask=mask, other=0)
-        hi_ptr = w_ptr + ((K + 15) // 16) * N
-        hi = tl.load(hi_ptr + (k_idx // 32) * N + n_idx, mask=mask, other=0)
+        lo = tl.load(w_ptr + (k_idx // 16) * ldw + n_idx, mask=mask, other=0)
+        hi_ptr = w_ptr + ((K + 15) // 16) * ldw
+        hi = tl.load(hi_ptr + (k_idx // 32) * ldw + n_idx, mask=mask, other=0)
         return _field(lo, k_idx, 2) | (_field(hi, k_idx, 1) << 2)
     else:
-        words = tl.load(w_ptr + (k_idx // (32 // BITS)) * N + n_idx, mask=mask, other=0)
+        words = tl.load(w_ptr + (k_idx // (32 // BITS)) * ldw + n_idx, mask=mask, other=0)
         return _field(words, k_idx, BITS)
 
 
@@ -137,6 +138,13 @@ def dot_types(dtype) -> tuple[tl.dtype, str]:
     if dtype == torch.bfloat16:
         return (tl.float32, "ieee") if interpreting() else (tl.bfloat16, "tf32")
     return tl.float16, "tf32"
+
+
+def check_words(words) -> None:
+    """The packed words must have unit column stride (rows may be padded: ``layout``)."""
+    if words.ndim != 2 or words.stride(1) != 1:
+        raise ValueError(f"packed words must be 2-D with unit column stride, got shape "
+                         f"{tuple(words.shape)} and strides {words.stride()}")
 
 
 def check_operand(t, name: str, width: int, width_name: str, device) -> None:

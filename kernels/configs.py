@@ -8,7 +8,7 @@ Selection for a call (``select``), in order:
 3. on a miss, when autotuning is allowed (``QGEN_TRITON_AUTOTUNE`` is not ``0`` and the stream is
    not being captured into a CUDA graph), time the candidates with ``triton.testing.do_bench``, keep
    the fastest and write it to the user cache;
-4. otherwise a shape heuristic.
+4. otherwise the first entry of a shape heuristic's ladder that fits in shared memory.
 
 Cache files (read lazily on the first GPU call, never at import): every ``kernels/tuned/*.json``
 shipped with the package, then the user file ``$QGEN_TRITON_CONFIGS`` (default
@@ -129,28 +129,41 @@ def candidates(m: int) -> list[KernelConfig]:
                 KernelConfig("dot", 32, 64, 128, 4, 4, 3)]
     return [KernelConfig("dot", 64, 128, 64, 1, 4, 3), KernelConfig("dot", 128, 64, 64, 1, 4, 4),
             KernelConfig("dot", 128, 128, 64, 1, 8, 3), KernelConfig("dot", 128, 256, 64, 1, 8, 3),
-            KernelConfig("dot", 64, 64, 64, 1, 4, 4)]
+            KernelConfig("dot", 64, 64, 64, 1, 4, 4), KernelConfig("dot", 64, 64, 32, 1, 4, 3)]
 
 
-def heuristic(m: int, out_dim: int, red_dim: int, op: str) -> KernelConfig:
-    """Untuned GPU default: enough programs to fill ~2 waves of 132 SMs, splitting the
-    reduction when the output alone is too small to."""
+def heuristic_ladder(m: int, out_dim: int, red_dim: int, op: str) -> list[KernelConfig]:
+    """Untuned GPU defaults, best first: enough programs to fill ~2 waves of 132 SMs, splitting
+    the reduction when the output alone is too small to. The later entries need less shared
+    memory: fp32 activations (4-byte tiles) or 3-bit words (two planes) can overflow a large
+    tile (seen on an H200: 128x128x64, 3 stages, fp32 asked for 296 KB of 227), and the first
+    entry that launches is kept (``select``)."""
+    small = KernelConfig("dot", 32, 32, 32, 1, 4, 2)
     if m > 16:
-        return (KernelConfig("dot", 128, 128, 64, 1, 8, 3) if m >= 128
-                else KernelConfig("dot", 64, 64, 64, 1, 4, 4))
+        big = [KernelConfig("dot", 128, 128, 64, 1, 8, 3)] if m >= 128 else []
+        return big + [KernelConfig("dot", 64, 64, 64, 1, 4, 4),
+                      KernelConfig("dot", 64, 64, 32, 1, 4, 3), small]
     path, bm, b_out, b_red = ("gemv", 1, 64, 128) if m <= 4 else ("dot", 16, 64, 128)
     tiles = -(-out_dim // b_out) * (m if path == "gemv" else 1)
     split = max(1, min(16, -(-264 // tiles), -(-red_dim // b_red)))
+    stages = 3 if path == "dot" else 2
     # block_n tiles N and block_k tiles K whatever the op: swap for gemm_t (output axis is K)
-    if op == "gemm":
-        return KernelConfig(path, bm, b_out, b_red, split, 4, 3 if path == "dot" else 2)
-    return KernelConfig(path, bm, b_red, b_out, split, 4, 3 if path == "dot" else 2)
+    n_blk, k_blk = (b_out, b_red) if op == "gemm" else (b_red, b_out)
+    return [KernelConfig(path, bm, n_blk, k_blk, split, 4, stages),
+            KernelConfig(path, bm, n_blk // 2, k_blk // 2, split, 4, stages),
+            KernelConfig(path, bm, 32, 32, split, 4, 2)]
+
+
+def heuristic(m: int, out_dim: int, red_dim: int, op: str) -> KernelConfig:
+    """The first (largest) entry of :func:`heuristic_ladder`."""
+    return heuristic_ladder(m, out_dim, red_dim, op)[0]
 
 
 # --- the cache ------
 
 _lock = threading.Lock()
 _cache: dict[TuneKey, KernelConfig] | None = None
+_fallbacks: dict[TuneKey, KernelConfig] = {}  # untuned keys -> the ladder entry that launched
 
 
 def user_cache_path() -> Path:
@@ -200,6 +213,7 @@ def reset_cache() -> None:
     global _cache
     with _lock:
         _cache = None
+        _fallbacks.clear()
 
 
 def lookup(key: TuneKey) -> KernelConfig | None:
@@ -249,9 +263,30 @@ def autotune(run: Callable[[KernelConfig], object], configs: list[KernelConfig]
     return best
 
 
+def _first_that_launches(key: TuneKey, ladder: list[KernelConfig],
+                         run: Callable[[KernelConfig], object]) -> KernelConfig:
+    """The first config of ``ladder`` that fits the device's shared memory (tried once per key,
+    by launching it: what a tile needs depends on Triton's pipelining, not on a formula)."""
+    from triton.runtime.errors import OutOfResources
+
+    cfg = _fallbacks.get(key)
+    if cfg is None:
+        for cfg in ladder[:-1]:
+            try:
+                run(cfg)
+                break
+            except OutOfResources as e:
+                log.info("config %s does not fit: %s", cfg, e)
+        else:
+            cfg = ladder[-1]
+        _fallbacks[key] = cfg
+    return cfg
+
+
 def select(op: str, x: torch.Tensor, bits: int, m: int, n: int, k: int,
            run: Callable[[KernelConfig], object]) -> KernelConfig:
-    """The config for one call (module docstring); ``run`` is used only when autotuning."""
+    """The config for one call (module docstring); ``run(cfg)`` launches a candidate when
+    autotuning or when probing the heuristic ladder (once per key)."""
     if interpreting() or x.device.type != "cuda":
         return interpreter_config(m)
     key = TuneKey(torch.cuda.get_device_name(x.device), op, bits, dtype_name(x.dtype),
@@ -260,10 +295,8 @@ def select(op: str, x: torch.Tensor, bits: int, m: int, n: int, k: int,
     if cfg is not None:
         return cfg
     out_dim, red_dim = (n, k) if op == "gemm" else (k, n)
-    if not _autotune_allowed():
-        return heuristic(m, out_dim, red_dim, op)
-    found = autotune(run, candidates(m))
+    found = autotune(run, candidates(m)) if _autotune_allowed() else None
     if found is None:
-        return heuristic(m, out_dim, red_dim, op)
+        return _first_that_launches(key, heuristic_ladder(m, out_dim, red_dim, op), run)
     store(key, *found)
     return found[0]

@@ -9,8 +9,9 @@ dtype, so tensor cores see them unrounded) and sums the rows of ``x`` on the sid
 correction and the epilogue run once, after the loop.
 
 Tensors: ``x`` ``[M, K]`` float32/float16/bfloat16, any strides; ``words`` int32
-``[kpack_rows(K, bits), N]`` (``layout``); ``scale``, ``zero``, ``alpha``, ``beta`` float32 ``[N]``;
-``out`` ``[M, N]`` contiguous in x's dtype; with split > 1 a float32 ``[S, M, N]`` partials buffer.
+``[kpack_rows(K, bits), N]`` with row stride ``ldw`` (``layout``); ``scale``, ``zero``,
+``alpha``, ``beta`` float32 ``[N]``; ``out`` ``[M, N]`` contiguous in x's dtype; with split > 1 a
+float32 ``[S, M, N]`` partials buffer.
 
 Paths: ``dot`` -- ``[BM, BK] x [BK, BN]`` tensor-core tiles, grouped program order, optional
 split-K (for large M, and M <= 16 with BM = 16); ``gemv`` -- one row of x per program, FMA over a
@@ -28,6 +29,7 @@ from qgen_infer.kernels.common import (
     INT32_MAX,
     activation_id,
     check_operand,
+    check_words,
     dot_types,
     grouped_tile,
     load_codes,
@@ -43,7 +45,7 @@ GROUP_M = 8
 
 @triton.jit
 def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr, out_ptr,
-                          M, N, K, stride_xm, stride_xk, k_per_split, negative_slope,
+                          M, N, K, ldw, stride_xm, stride_xk, k_per_split, negative_slope,
                           BITS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
                           ACT: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -64,7 +66,7 @@ def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :], k_mask[:, None] & n_mask[None, :],
-                       N, K, BITS)
+                       ldw, K, BITS)
         acc = tl.dot(x.to(DOT_DTYPE), c.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
         xsum += tl.sum(x.to(tl.float32), axis=1)
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
@@ -76,7 +78,7 @@ def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr
 
 @triton.jit
 def gemm_kpack_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr, out_ptr,
-                           M, N, K, stride_xm, stride_xk, k_per_split, negative_slope,
+                           M, N, K, ldw, stride_xm, stride_xk, k_per_split, negative_slope,
                            BITS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
                            ACT: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr):
@@ -95,7 +97,7 @@ def gemm_kpack_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_pt
         x = tl.load(x_ptr + m * stride_xm + offs_k * stride_xk, mask=k_mask,
                     other=0.0).to(tl.float32)
         c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :], k_mask[:, None] & n_mask[None, :],
-                       N, K, BITS)
+                       ldw, K, BITS)
         acc += x[:, None] * c.to(tl.float32)
         xacc += x
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
@@ -120,8 +122,8 @@ def _launch(x: torch.Tensor, w: PackedKWords, alpha: torch.Tensor | None,
     beta_arg = beta if beta is not None else w.scale
     common = dict(BITS=w.bits, HAS_ALPHA=alpha is not None, HAS_BETA=beta is not None, ACT=act,
                   PARTIAL=slices > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    args = (x, w.words, w.scale, w.zero, alpha_arg, beta_arg, dst, m, n, k, x.stride(0),
-            x.stride(1), per, float(negative_slope))
+    args = (x, w.words, w.scale, w.zero, alpha_arg, beta_arg, dst, m, n, k, w.words.stride(0),
+            x.stride(0), x.stride(1), per, float(negative_slope))
     if cfg.path == "gemv":
         if m > 65535:
             raise ValueError(f"the gemv path takes M <= 65535 rows, got {m}")
@@ -155,6 +157,7 @@ def gemm(x: torch.Tensor, w: PackedKWords, alpha: torch.Tensor | None = None,
     ``config`` forces a launch config (tests, benchmarks); by default ``configs.select`` picks
     one (fixed under the interpreter, tuned or cached on a GPU).
     """
+    check_words(w.words)
     check_operand(x, "x", w.k, "K", w.words.device)
     act = activation_id(activation)
     m, k = x.shape

@@ -11,8 +11,9 @@ scalar per row of g, summed on the side and subtracted once after the loop. Same
 ``load_codes``.
 
 Tensors: ``g`` ``[M, N]`` float32/float16/bfloat16, any strides; ``words`` int32
-``[kpack_rows(K, bits), N]``; ``scale``, ``zero`` float32 ``[N]``; ``out`` ``[M, K]`` contiguous in
-g's dtype; with split > 1 a float32 ``[S, M, K]`` partials buffer (split over N).
+``[kpack_rows(K, bits), N]`` with row stride ``ldw``; ``scale``, ``zero`` float32 ``[N]``;
+``out`` ``[M, K]`` contiguous in g's dtype; with split > 1 a float32 ``[S, M, K]`` partials
+buffer (split over N).
 
 Paths: ``dot`` -- ``[BM, BN] x [BN, BK]`` tensor-core tiles over (M, K) with optional split-N;
 ``gemv`` -- one row of g per program, FMA on a ``[BN, BK]`` register tile, optional split-N.
@@ -28,6 +29,7 @@ from qgen_infer.kernels import configs
 from qgen_infer.kernels.common import (
     INT32_MAX,
     check_operand,
+    check_words,
     dot_types,
     grouped_tile,
     load_codes,
@@ -42,8 +44,8 @@ GROUP_M = 8
 
 
 @triton.jit
-def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, stride_gm,
-                            stride_gn, n_per_split, BITS: tl.constexpr,
+def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, ldw,
+                            stride_gm, stride_gn, n_per_split, BITS: tl.constexpr,
                             PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -67,7 +69,7 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
         gs = g.to(tl.float32) * scale[None, :]
         corr += tl.sum(gs * zero[None, :], axis=1)
         c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None], n_mask[:, None] & k_mask[None, :],
-                       N, K, BITS)
+                       ldw, K, BITS)
         acc = tl.dot(gs.to(DOT_DTYPE), c.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     y = acc - corr[:, None]
     store_tile(y, out_ptr, offs_m, offs_k, m_mask, k_mask, M, K, pid_s, out_ptr, out_ptr, 0.0,
@@ -75,8 +77,8 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
 
 
 @triton.jit
-def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, stride_gm,
-                             stride_gn, n_per_split, BITS: tl.constexpr,
+def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, ldw,
+                             stride_gm, stride_gn, n_per_split, BITS: tl.constexpr,
                              PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_k = tl.program_id(0)
     m = tl.program_id(1)
@@ -96,7 +98,7 @@ def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K
         gs = g * scale
         corr += gs * zero
         c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None], n_mask[:, None] & k_mask[None, :],
-                       N, K, BITS)
+                       ldw, K, BITS)
         acc += gs[:, None] * c.to(tl.float32)
     y = tl.sum(acc, axis=0) - tl.sum(corr, axis=0)
     offs_m = m + tl.arange(0, 1)
@@ -113,7 +115,8 @@ def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tens
         raise ValueError(f"M*K*split = {slices * m * k} overflows the kernels' int32 offsets")
     dst = out if slices == 1 else torch.empty((slices, m, k), device=g.device,
                                               dtype=torch.float32)
-    args = (g, w.words, w.scale, w.zero, dst, m, n, k, g.stride(0), g.stride(1), per)
+    args = (g, w.words, w.scale, w.zero, dst, m, n, k, w.words.stride(0), g.stride(0),
+            g.stride(1), per)
     common = dict(BITS=w.bits, PARTIAL=slices > 1, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
     if cfg.path == "gemv":
@@ -134,6 +137,7 @@ def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tens
 
 def gemm_t(g: torch.Tensor, w: PackedKWords, config: KernelConfig | None = None) -> torch.Tensor:
     """``g @ W``: g ``[M, N]`` -> ``[M, K]`` in g's dtype. ``config`` as in ``gemm.gemm``."""
+    check_words(w.words)
     check_operand(g, "g", w.n, "N", w.words.device)
     m, n = g.shape
     k = w.k

@@ -88,3 +88,19 @@ def test_triton_on_gpu_equals_reference_on_cpu(qgen_files, key, monkeypatch) -> 
     for name in ("x_hat", "z", "loss"):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-4,
                                    atol=1e-5, err_msg=name)
+
+
+@needs_cuda
+def test_later_calls_replay_the_captured_graphs(qgen_files) -> None:
+    """The graphed solver is kept on the model: a second reconstruction with the same settings
+    captures nothing new and gives the same result; other settings get their own solver."""
+    model = qgen_infer.load(qgen_files[("mlp", 4)], device="cuda")
+    y = _measure(model, 5, seed=2)
+    first = qgen_infer.reconstruct(model, y, batch_size=5, steps=3, cuda_graph=True)
+    (solver,) = model._graph_solvers.values()
+    captured = dict(solver._steps)
+    again = qgen_infer.reconstruct(model, y, batch_size=5, steps=3, cuda_graph=True)
+    assert len(model._graph_solvers) == 1 and solver._steps == captured
+    np.testing.assert_array_equal(again.x_hat, first.x_hat)
+    qgen_infer.reconstruct(model, y, batch_size=5, steps=3, step_size=0.02, cuda_graph=True)
+    assert len(model._graph_solvers) == 2

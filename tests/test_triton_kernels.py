@@ -103,6 +103,22 @@ def test_pack_layout_is_documented_bit_order() -> None:
     assert pack_kwords(c3, 3).tolist() == [[1 | 3 << 2 | 2 << 4], [1 | 1 << 1]]
 
 
+@pytest.mark.parametrize("n", [1, 13, 16, 500])
+def test_packed_rows_are_padded_to_16_words(n: int) -> None:
+    """``from_codes`` pads each row of words to a multiple of 16 (aligned, vectorisable loads);
+    the view still decodes to the codes, and a kernel given a packed weight whose words are
+    not unit-stride along N refuses it instead of reading the wrong codes."""
+    w = make_weight(n, 70, 3)
+    p = PackedKWords.from_codes(w.codes, w.scale, w.zero, 3, DEVICE)
+    assert p.words.shape == (kpack_rows(70, 3), n)
+    assert p.words.stride() == (-(-n // 16) * 16, 1)
+    assert torch.equal(unpack_kwords(p.words.cpu(), 70, 3), w.codes)
+    bad = PackedKWords(p.words.t().contiguous().t(), p.scale, p.zero, 3, 70)
+    if n > 1:
+        with pytest.raises(ValueError, match="unit column stride"):
+            KERNELS[0].run(torch.ones(2, 70, device=DEVICE), bad, PATH_CONFIGS["dot"][0])
+
+
 def test_pack_rejects_bad_codes() -> None:
     with pytest.raises(ValueError, match="< 2\\*\\*bits"):
         pack_kwords(torch.full((2, 3), 4, dtype=torch.uint8), 2)
@@ -287,6 +303,35 @@ def test_config_helpers() -> None:
                 assert min(cfg.block_m, cfg.block_n, cfg.block_k) >= 16
     with pytest.raises(ValueError, match="power of two"):
         KernelConfig("dot", 16, 24, 32)
+
+
+def test_heuristic_ladder_falls_back_when_shared_memory_overflows() -> None:
+    """A ladder entry that does not fit (Triton raises OutOfResources at launch) is skipped, the
+    first that launches is kept for the key, and the last entry is the answer of last resort."""
+    from triton.runtime.errors import OutOfResources
+
+    def launcher(ladder, tried, fits_from):
+        def run(cfg):
+            tried.append(cfg)
+            if ladder.index(cfg) < fits_from:
+                raise OutOfResources(300_000, 232_448, "shared memory")
+        return run
+
+    configs.reset_cache()
+    for m, op in [(1, "gemm"), (16, "gemm_t"), (256, "gemm"), (4096, "gemm_t")]:
+        ladder = configs.heuristic_ladder(m, 500, 784, op)
+        assert ladder[0] == configs.heuristic(m, 500, 784, op) and len(ladder) >= 3
+        key = configs.TuneKey("dev", op, 3, "float32", configs.bucket_m(m), 500, 784)
+        tried: list = []
+        run = launcher(ladder, tried, 1)
+        assert configs._first_that_launches(key, ladder, run) == ladder[1]
+        assert configs._first_that_launches(key, ladder, run) == ladder[1]  # remembered
+        assert tried == ladder[:2]
+        key_none = configs.TuneKey("dev", op, 3, "float32", configs.bucket_m(m), 7, 7)
+        none_fit = launcher(ladder, [], len(ladder))
+        assert configs._first_that_launches(key_none, ladder, none_fit) == ladder[-1]
+    configs.reset_cache()
+    assert not configs._fallbacks
 
 
 def test_cache_roundtrip(tmp_path, monkeypatch) -> None:
