@@ -125,8 +125,6 @@ def main() -> int:
         with torch.no_grad():
             y = ref.sensing(ref.generator(z)).cpu().numpy()
         fp16, packed16 = dense_fp16(ref), packed_fp16(packed)
-        if bits == args.bits[0]:
-            y_first, models_first = y, {"torch-fp16": fp16, "packed-fp16": packed16}
         variants = [("torch-fp16", fp16, False), ("torch-fp16+graph", fp16, True),
                     ("packed-fp16", packed16, False), ("packed-fp16+graph", packed16, True),
                     ("packed", packed, False), ("packed+graph", packed, True)]
@@ -138,9 +136,20 @@ def main() -> int:
                 r = timed(model, y, steps, graph, args.batch_size)
                 base = base or r["img_s"]
                 rows.append((bits, steps, variant, r, r["img_s"] / base))
-                print(bits, steps, variant, f"{r['img_s']:.0f} img/s", flush=True)
-    if args.profile is not None:
-        args.profile.write_text(profile_tables(args.bits[0], y_first, models_first, args))
+                print(bits, steps, variant, f"{r['img_s']:.0f} img/s, peak "
+                      f"{r['peak_mib']:.0f} MiB", flush=True)
+            write_report(args, dev, rows)
+        if args.profile is not None and bits == args.bits[0]:
+            models = {"torch-fp16": fp16, "packed-fp16": packed16}
+            args.profile.write_text(profile_tables(bits, y, models, args))
+            print(f"wrote {args.profile}", flush=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_report(args, dev: torch.device, rows: list) -> None:
+    """The markdown table of every row so far (rewritten after each group: a run cut short
+    keeps what it measured)."""
     best_fp16 = {(b, t): max(r["img_s"] for bb, tt, v, r, _ in rows
                              if (bb, tt) == (b, t) and v.startswith("torch"))
                  for b, t, *_ in rows}
@@ -165,8 +174,6 @@ def main() -> int:
                      f"{r['img_s'] / best_fp16[(bits, steps)]:.2f}x | {r['peak_mib']:.0f} | "
                      f"{r['loss']:.4g} |")
     args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ fi
 
 # Narrowing knobs (defaults: everything), for a short follow-up call:
 #   QGEN_SUITE_BITS="1 4"          bit widths of the reconstruction benchmark
-#   QGEN_SUITE_TESTS="-k graph"    extra pytest arguments (a selection) for the GPU tests
+#   QGEN_SUITE_K="graph or full"   a pytest -k expression selecting the GPU tests
 #   QGEN_SUITE_KERNELS="--shapes mnist_fc1 --ms 256"   filters for the kernel benchmark
 #   QGEN_SUITE_SECONDS=230         when the kernel benchmark stops starting cases (default 520)
 #   QGEN_SUITE_PREWARM_S=90        time limit of each pre-compilation process (default 120)
@@ -57,9 +57,11 @@ PREWARM_S=${QGEN_SUITE_PREWARM_S:-120}
 # the CPU reference. xdist spreads Triton's compiles (one CPU core each) over the cores.
 XDIST=""
 $PY -c "import xdist" > /dev/null 2>&1 && XDIST="-n 6"
+SELECT=()
+[ -n "${QGEN_SUITE_K:-}" ] && SELECT=(-k "$QGEN_SUITE_K")
 # shellcheck disable=SC2086
 step tests 200 $PY -m pytest tests/test_triton_kernels.py tests/test_cuda_graph.py -p no:cacheprovider \
-  -ra $XDIST ${QGEN_SUITE_TESTS:-} --junitxml="$OUTDIR/tests-junit.xml" --durations=15 &
+  -ra $XDIST "${SELECT[@]}" --junitxml="$OUTDIR/tests-junit.xml" --durations=15 &
 TESTS_PID=$!
 
 # Compile every benchmarked kernel first, many processes side by side (Triton compiles each
@@ -92,7 +94,7 @@ wait "$TESTS_PID"
 # fp16, with a per-kernel profile of one eager batch; then the kernels against cuBLAS
 # (autotuning on: configs land in $QGEN_TRITON_CONFIGS).
 # shellcheck disable=SC2086
-step reconstruct 150 $PY bench/bench_reconstruct_gpu.py --bits $SUITE_BITS \
+step reconstruct 240 $PY bench/bench_reconstruct_gpu.py --bits $SUITE_BITS \
   --out "$OUTDIR/reconstruct-gpu.md" --profile "$OUTDIR/reconstruct-profile.md"
 LEFT=$(( SUITE_SECONDS - ($(date +%s) - START) ))
 [ "$LEFT" -lt 30 ] && LEFT=30
