@@ -50,6 +50,42 @@ def load_codes(w_ptr, k_idx, n_idx, mask, ldw, K, BITS: tl.constexpr):
 
 
 @triton.jit
+def _split_plane(w_ptr, row0, rows, offs_n, n_mask, ldw, BITS: tl.constexpr,
+                 BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    # BLOCK_K // CPW words per column, each loaded once, split into its CPW codes by a
+    # broadcast shift: [WR, 1, BN] >> [1, CPW, 1] -> [WR, CPW, BN], row-major = k order.
+    CPW: tl.constexpr = 32 // BITS
+    WR: tl.constexpr = BLOCK_K // CPW
+    offs_w = row0 + tl.arange(0, WR)
+    words = tl.load(w_ptr + offs_w[:, None] * ldw + offs_n[None, :],
+                    mask=(offs_w < rows)[:, None] & n_mask[None, :], other=0)
+    shifts = tl.arange(0, CPW) * BITS
+    codes = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
+    return tl.reshape(codes, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def load_code_tile(w_ptr, k0, offs_n, n_mask, ldw, K, BITS: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """int32 codes ``c[offs_n, k0 : k0 + BLOCK_K]`` as a ``[BLOCK_K, BLOCK_N]`` tile, loading each
+    word once (``load_codes`` gives every code its own load of the word that holds it).
+
+    Needs ``k0 % BLOCK_K == 0`` and ``BLOCK_K >= 32`` (a whole number of words per column in
+    every plane); codes past K are the zero padding of ``layout``, so the caller masks nothing
+    here but its activations. Same layout and result as ``load_codes``.
+    """
+    if BITS == 3:
+        lo_rows = (K + 15) // 16
+        lo = _split_plane(w_ptr, k0 // 16, lo_rows, offs_n, n_mask, ldw, 2, BLOCK_K, BLOCK_N)
+        hi = _split_plane(w_ptr + lo_rows * ldw, k0 // 32, (K + 31) // 32, offs_n, n_mask, ldw,
+                          1, BLOCK_K, BLOCK_N)
+        return lo | (hi << 2)
+    else:
+        return _split_plane(w_ptr, k0 // (32 // BITS), (K + 32 // BITS - 1) // (32 // BITS),
+                            offs_n, n_mask, ldw, BITS, BLOCK_K, BLOCK_N)
+
+
+@triton.jit
 def _tanh(y):
     # tanh(y) = sign(y) (1 - e) / (1 + e), e = exp(-2|y|) <= 1: no overflow; absolute error a few
     # ulp of 1. libdevice.tanh would be more accurate near 0 but the interpreter lacks it, and one

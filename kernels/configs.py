@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,9 @@ class KernelConfig:
     axes whatever the op (for ``gemm`` N is the output axis, for ``gemm_t`` the reduction axis).
     ``split``: number of slices of the reduction axis (split-K for ``gemm``, split-N for
     ``gemm_t``); > 1 writes fp32 partials that ``splitk`` reduces.
+    ``word_decode``: load each packed word once and split it into its codes in registers
+    (``common.load_code_tile``; needs ``block_k >= 32``) instead of one load per code
+    (``common.load_codes``). Which is faster is the GPU's call: the autotuner times both.
     """
 
     path: str
@@ -63,6 +66,7 @@ class KernelConfig:
     split: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    word_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -73,6 +77,9 @@ class KernelConfig:
                 raise ValueError(f"{name} must be a power of two, got {v}")
         if self.split < 1:
             raise ValueError(f"split must be >= 1, got {self.split}")
+        if self.word_decode and self.block_k < 32:
+            raise ValueError(f"word_decode needs block_k >= 32 (whole words per column at "
+                             f"every width), got {self.block_k}")
 
     @classmethod
     def from_dict(cls, d: dict) -> KernelConfig:
@@ -114,7 +121,13 @@ def interpreter_config(m: int) -> KernelConfig:
 
 
 def candidates(m: int) -> list[KernelConfig]:
-    """GPU autotuning candidates for batch ``m`` (a short list: each one is a compile)."""
+    """GPU autotuning candidates for batch ``m`` (a short list: each one is a compile), each
+    with both decodes where its K tile allows word decoding."""
+    base = _base_candidates(m)
+    return base + [replace(c, word_decode=True) for c in base if c.block_k >= 32]
+
+
+def _base_candidates(m: int) -> list[KernelConfig]:
     if m <= 16:
         out = [KernelConfig("dot", 16, 64, 128, s, 4, 3) for s in (1, 4, 8)]
         out += [KernelConfig("dot", 16, 128, 64, 4, 4, 3)]
@@ -137,21 +150,27 @@ def heuristic_ladder(m: int, out_dim: int, red_dim: int, op: str) -> list[Kernel
     the reduction when the output alone is too small to. The later entries need less shared
     memory: fp32 activations (4-byte tiles) or 3-bit words (two planes) can overflow a large
     tile (seen on an H200: 128x128x64, 3 stages, fp32 asked for 296 KB of 227), and the first
-    entry that launches is kept (``select``)."""
+    entry that launches is kept (``select``).
+
+    Every entry decodes whole words (``word_decode``): compiled for sm_90, a 64x64x64 1-bit tile
+    has 10 async-copy instructions instead of 134 and needs 18 KB of shared memory instead of
+    64 KB (``bench/kernel_resources.py``); its run time is still to be measured."""
     small = KernelConfig("dot", 32, 32, 32, 1, 4, 2)
     if m > 16:
         big = [KernelConfig("dot", 128, 128, 64, 1, 8, 3)] if m >= 128 else []
-        return big + [KernelConfig("dot", 64, 64, 64, 1, 4, 4),
-                      KernelConfig("dot", 64, 64, 32, 1, 4, 3), small]
-    path, bm, b_out, b_red = ("gemv", 1, 64, 128) if m <= 4 else ("dot", 16, 64, 128)
-    tiles = -(-out_dim // b_out) * (m if path == "gemv" else 1)
-    split = max(1, min(16, -(-264 // tiles), -(-red_dim // b_red)))
-    stages = 3 if path == "dot" else 2
-    # block_n tiles N and block_k tiles K whatever the op: swap for gemm_t (output axis is K)
-    n_blk, k_blk = (b_out, b_red) if op == "gemm" else (b_red, b_out)
-    return [KernelConfig(path, bm, n_blk, k_blk, split, 4, stages),
-            KernelConfig(path, bm, n_blk // 2, k_blk // 2, split, 4, stages),
-            KernelConfig(path, bm, 32, 32, split, 4, 2)]
+        ladder = big + [KernelConfig("dot", 64, 64, 64, 1, 4, 4),
+                        KernelConfig("dot", 64, 64, 32, 1, 4, 3), small]
+    else:
+        path, bm, b_out, b_red = ("gemv", 1, 64, 128) if m <= 4 else ("dot", 16, 64, 128)
+        tiles = -(-out_dim // b_out) * (m if path == "gemv" else 1)
+        split = max(1, min(16, -(-264 // tiles), -(-red_dim // b_red)))
+        stages = 3 if path == "dot" else 2
+        # block_n tiles N and block_k tiles K whatever the op: swap for gemm_t (output is K)
+        n_blk, k_blk = (b_out, b_red) if op == "gemm" else (b_red, b_out)
+        ladder = [KernelConfig(path, bm, n_blk, k_blk, split, 4, stages),
+                  KernelConfig(path, bm, n_blk // 2, k_blk // 2, split, 4, stages),
+                  KernelConfig(path, bm, 32, 32, split, 4, 2)]
+    return [replace(c, word_decode=c.block_k >= 32) for c in ladder]
 
 
 def heuristic(m: int, out_dim: int, red_dim: int, op: str) -> KernelConfig:

@@ -32,6 +32,7 @@ from qgen_infer.kernels.common import (
     check_words,
     dot_types,
     grouped_tile,
+    load_code_tile,
     load_codes,
     reduction_slices,
     store_tile,
@@ -50,7 +51,7 @@ def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr
                           ACT: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                          GROUP: tl.constexpr):
+                          GROUP: tl.constexpr, WORD_DECODE: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP)
     pid_s = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -65,8 +66,11 @@ def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr
         k_mask = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :], k_mask[:, None] & n_mask[None, :],
-                       ldw, K, BITS)
+        if WORD_DECODE:
+            c = load_code_tile(w_ptr, k0, offs_n, n_mask, ldw, K, BITS, BLOCK_K, BLOCK_N)
+        else:
+            c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :],
+                           k_mask[:, None] & n_mask[None, :], ldw, K, BITS)
         acc = tl.dot(x.to(DOT_DTYPE), c.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
         xsum += tl.sum(x.to(tl.float32), axis=1)
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
@@ -81,7 +85,7 @@ def gemm_kpack_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_pt
                            M, N, K, ldw, stride_xm, stride_xk, k_per_split, negative_slope,
                            BITS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
                            ACT: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr):
+                           BLOCK_K: tl.constexpr, WORD_DECODE: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -96,8 +100,11 @@ def gemm_kpack_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_pt
         k_mask = offs_k < K
         x = tl.load(x_ptr + m * stride_xm + offs_k * stride_xk, mask=k_mask,
                     other=0.0).to(tl.float32)
-        c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :], k_mask[:, None] & n_mask[None, :],
-                       ldw, K, BITS)
+        if WORD_DECODE:
+            c = load_code_tile(w_ptr, k0, offs_n, n_mask, ldw, K, BITS, BLOCK_K, BLOCK_N)
+        else:
+            c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :],
+                           k_mask[:, None] & n_mask[None, :], ldw, K, BITS)
         acc += x[:, None] * c.to(tl.float32)
         xacc += x
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
@@ -121,7 +128,8 @@ def _launch(x: torch.Tensor, w: PackedKWords, alpha: torch.Tensor | None,
     alpha_arg = alpha if alpha is not None else w.scale  # placeholder, never read
     beta_arg = beta if beta is not None else w.scale
     common = dict(BITS=w.bits, HAS_ALPHA=alpha is not None, HAS_BETA=beta is not None, ACT=act,
-                  PARTIAL=slices > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  PARTIAL=slices > 1, WORD_DECODE=cfg.word_decode, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
     args = (x, w.words, w.scale, w.zero, alpha_arg, beta_arg, dst, m, n, k, w.words.stride(0),
             x.stride(0), x.stride(1), per, float(negative_slope))
     if cfg.path == "gemv":

@@ -32,6 +32,7 @@ from qgen_infer.kernels.common import (
     check_words,
     dot_types,
     grouped_tile,
+    load_code_tile,
     load_codes,
     reduction_slices,
     store_tile,
@@ -49,7 +50,7 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
                             PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                            GROUP: tl.constexpr):
+                            GROUP: tl.constexpr, WORD_DECODE: tl.constexpr):
     pid_m, pid_k = grouped_tile(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP)
     pid_s = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -68,8 +69,12 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
         zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
         gs = g.to(tl.float32) * scale[None, :]
         corr += tl.sum(gs * zero[None, :], axis=1)
-        c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None], n_mask[:, None] & k_mask[None, :],
-                       ldw, K, BITS)
+        if WORD_DECODE:  # the [BK, BN] tile of codes, transposed to [BN, BK]
+            c = tl.trans(load_code_tile(w_ptr, pid_k * BLOCK_K, offs_n, n_mask, ldw, K, BITS,
+                                        BLOCK_K, BLOCK_N))
+        else:
+            c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None],
+                           n_mask[:, None] & k_mask[None, :], ldw, K, BITS)
         acc = tl.dot(gs.to(DOT_DTYPE), c.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     y = acc - corr[:, None]
     store_tile(y, out_ptr, offs_m, offs_k, m_mask, k_mask, M, K, pid_s, out_ptr, out_ptr, 0.0,
@@ -79,7 +84,8 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
 @triton.jit
 def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, ldw,
                              stride_gm, stride_gn, n_per_split, BITS: tl.constexpr,
-                             PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                             PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                             WORD_DECODE: tl.constexpr):
     pid_k = tl.program_id(0)
     m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -97,8 +103,12 @@ def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K
         zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
         gs = g * scale
         corr += gs * zero
-        c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None], n_mask[:, None] & k_mask[None, :],
-                       ldw, K, BITS)
+        if WORD_DECODE:  # the [BK, BN] tile of codes, transposed to [BN, BK]
+            c = tl.trans(load_code_tile(w_ptr, pid_k * BLOCK_K, offs_n, n_mask, ldw, K, BITS,
+                                        BLOCK_K, BLOCK_N))
+        else:
+            c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None],
+                           n_mask[:, None] & k_mask[None, :], ldw, K, BITS)
         acc += gs[:, None] * c.to(tl.float32)
     y = tl.sum(acc, axis=0) - tl.sum(corr, axis=0)
     offs_m = m + tl.arange(0, 1)
@@ -117,8 +127,8 @@ def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tens
                                               dtype=torch.float32)
     args = (g, w.words, w.scale, w.zero, dst, m, n, k, w.words.stride(0), g.stride(0),
             g.stride(1), per)
-    common = dict(BITS=w.bits, PARTIAL=slices > 1, num_warps=cfg.num_warps,
-                  num_stages=cfg.num_stages)
+    common = dict(BITS=w.bits, PARTIAL=slices > 1, WORD_DECODE=cfg.word_decode,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.path == "gemv":
         if m > 65535:
             raise ValueError(f"the gemv path takes M <= 65535 rows, got {m}")

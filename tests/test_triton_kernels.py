@@ -52,10 +52,14 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 # (M, K, N): ones, primes, sizes off every block multiple
 SHAPES = [(1, 1, 1), (1, 37, 13), (7, 13, 37), (20, 70, 33)]
-# per path: one config with whole blocks, one with small blocks and a 3-way split of the reduction
+# per path: one config with whole blocks, one with small blocks and a 3-way split of the
+# reduction, and the word decode (whole words per tile) with and without a split
 PATH_CONFIGS = {
-    "dot": [KernelConfig("dot", 16, 32, 32), KernelConfig("dot", 16, 16, 16, split=3)],
-    "gemv": [KernelConfig("gemv", 1, 32, 32), KernelConfig("gemv", 1, 16, 16, split=3)],
+    "dot": [KernelConfig("dot", 16, 32, 32), KernelConfig("dot", 16, 16, 16, split=3),
+            KernelConfig("dot", 16, 32, 64, word_decode=True),
+            KernelConfig("dot", 16, 32, 32, split=3, word_decode=True)],
+    "gemv": [KernelConfig("gemv", 1, 32, 32), KernelConfig("gemv", 1, 16, 16, split=3),
+             KernelConfig("gemv", 1, 32, 32, split=2, word_decode=True)],
 }
 
 
