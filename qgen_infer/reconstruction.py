@@ -149,24 +149,52 @@ def _measurements_tensor(y: np.ndarray | torch.Tensor, m: int) -> torch.Tensor:
     return y_t
 
 
-def _graph_solver(model: Any, opts: SolverOptions) -> Any:
-    """The model's CUDA-graph solver for these settings, kept on the model so that later calls
-    replay the graphs captured by earlier ones (a capture is 3 eager warm-up steps, ~ms each).
-    Keyed by the networks' identities too: a shallow copy of the model with another generator
-    or sensing net shares the dict but never an entry."""
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _networks(model: Any, precision: str) -> tuple[Callable, Callable]:
+    """``(G, A)`` running on ``precision`` activations. fp16/bf16 (CUDA only) cast the latent
+    into G and G's image into a copy of A in that dtype, and return A's measurements in fp32:
+    the loss, the gradient's last step and the update stay fp32. The wrappers are kept on the
+    model, so repeated calls find the graphs captured for them."""
+    if precision not in PRECISIONS:
+        raise QgenError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return model.generator, model.sensing
+    if model.device.type != "cuda":
+        raise QgenError(f"precision {precision} needs the model on a CUDA device, not "
+                        f"{model.device} (the CPU kernels compute in fp32)")
+    cache = model.__dict__.setdefault("_low_precision", {})
+    key = (id(model.generator), id(model.sensing), precision)
+    if key not in cache:
+        import copy
+
+        dtype, gen = PRECISIONS[precision], model.generator
+        sensing = copy.deepcopy(model.sensing).to(dtype)
+        cache[key] = (lambda z: gen(z.to(dtype)), lambda x: sensing(x.to(dtype)).float())
+    return cache[key]
+
+
+def _graph_solver(model: Any, generator: Callable, sensing: Callable,
+                  opts: SolverOptions) -> Any:
+    """The model's CUDA-graph solver for these networks and settings, kept on the model so that
+    later calls replay the graphs captured by earlier ones (a capture is 3 eager warm-up steps,
+    ~ms each). Keyed by the networks' identities: a shallow copy of the model with another
+    generator or sensing net shares the dict but never an entry."""
     from qgen_infer.solve.cuda_graph import CudaGraphSolver
 
     solvers = model.__dict__.setdefault("_graph_solvers", {})
-    key = (id(model.generator), id(model.sensing), opts.step_size, opts.sparsity, opts.project)
+    key = (id(generator), id(sensing), opts.step_size, opts.sparsity, opts.project)
     if key not in solvers:  # the solver holds both networks: their ids stay theirs
-        solvers[key] = CudaGraphSolver(model.generator, model.sensing, step_size=opts.step_size,
+        solvers[key] = CudaGraphSolver(generator, sensing, step_size=opts.step_size,
                                        sparsity=opts.sparsity, project=opts.project)
     return solvers[key]
 
 
 def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions | None = None,
                 *, on_batch: Callable[[Reconstruction, int], None] | None = None,
-                cuda_graph: bool | None = None, **overrides: Any) -> Reconstruction:
+                cuda_graph: bool | None = None, precision: str = "fp32",
+                **overrides: Any) -> Reconstruction:
     """Reconstruct images from measurements ``y`` ``[N, m]`` with a model from
     :func:`qgen_infer.load`.
 
@@ -179,6 +207,8 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
     ``cuda_graph`` (default: on when the model is on a CUDA device) replays each solver step
     from a captured CUDA graph (:mod:`qgen_infer.solve.cuda_graph`); same result, no per-step
     launches.
+    ``precision``: ``fp32`` (default), or ``fp16`` / ``bf16`` activations for the networks on a
+    CUDA device (tensor cores; the latent, loss and update stay fp32).
     On KeyboardInterrupt the partial result is attached to the exception as ``.partial``.
     """
     if options is not None and overrides:
@@ -192,23 +222,24 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
                          z=np.zeros((n, opts.latent_dim), np.float32),
                          loss=np.full(n, np.nan, np.float32))
     dev = model.device
+    generator, sensing = _networks(model, precision)
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda"
     graphed = None
     if cuda_graph:
         if dev.type != "cuda":
             raise QgenError(f"CUDA graphs need the model on a CUDA device, not {dev}")
-        graphed = _graph_solver(model, opts)
+        graphed = _graph_solver(model, generator, sensing, opts)
     starts = StartLatents(opts)
     try:
         for start in range(0, n, opts.batch_size):
             yb = y_t[start:start + opts.batch_size].to(dev, torch.float32)
             t0 = time.perf_counter()
             res = reconstruct_latent(
-                yb, model.generator, model.sensing, latent_dim=opts.latent_dim, steps=opts.steps,
+                yb, generator, sensing, latent_dim=opts.latent_dim, steps=opts.steps,
                 step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
                 restarts=opts.restarts, graphed=graphed, z0=starts.rows(start, yb.shape[0]))
-            x_hat, z, loss = (t.detach().cpu().numpy() for t in (res.x, res.z, res.loss))
+            x_hat, z, loss = (t.detach().float().cpu().numpy() for t in (res.x, res.z, res.loss))
             out.batch_seconds.append(time.perf_counter() - t0)
             end = start + yb.shape[0]
             out.x_hat[start:end], out.z[start:end], out.loss[start:end] = x_hat, z, loss

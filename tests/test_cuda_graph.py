@@ -104,3 +104,20 @@ def test_later_calls_replay_the_captured_graphs(qgen_files) -> None:
     np.testing.assert_array_equal(again.x_hat, first.x_hat)
     qgen_infer.reconstruct(model, y, batch_size=5, steps=3, step_size=0.02, cuda_graph=True)
     assert len(model._graph_solvers) == 2
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_gpu_triton)])
+def test_half_precision_tracks_fp32(qgen_files, backend: str) -> None:
+    """fp16 activations (tensor cores) reconstruct what fp32 does, to fp16's accuracy, graphed
+    or not: a broken half path (wrong casts, garbage) misses these by orders of magnitude, while
+    a support entry flipped by rounding in the hard threshold stays inside them."""
+    model = qgen_infer.load(qgen_files[("mlp", 4)], backend=backend, device="cuda")
+    y = _measure(model, 6, seed=4)
+    kw = dict(batch_size=6, steps=3, seed=1)
+    fp32 = qgen_infer.reconstruct(model, y, **kw)
+    for graph in (False, True):
+        half = qgen_infer.reconstruct(model, y, precision="fp16", cuda_graph=graph, **kw)
+        assert half.x_hat.dtype == np.float32
+        assert np.abs(half.x_hat - fp32.x_hat).mean() < 2e-2
+        np.testing.assert_allclose(half.loss.mean(), fp32.loss.mean(), rtol=5e-2)

@@ -179,6 +179,16 @@ def test_triton_backend_equals_reference(models, tmp_path: Path, bits: int) -> N
                                    err_msg=name)
 
 
+def test_precision_is_checked_in_the_api(problem) -> None:
+    model, y = problem["model"], problem["y"]
+    with pytest.raises(QgenError, match="needs the model on a CUDA device"):
+        qgen_infer.reconstruct(model, y, precision="fp16")
+    with pytest.raises(QgenError, match="precision must be one of"):
+        qgen_infer.reconstruct(model, y, precision="int8")
+    fp32 = qgen_infer.reconstruct(model, y, precision="fp32", batch_size=3)
+    np.testing.assert_array_equal(fp32.x_hat, qgen_infer.reconstruct(model, y, batch_size=3).x_hat)
+
+
 def test_same_seed_same_result_different_seed_differs(problem) -> None:
     model, y = problem["model"], problem["y"]
     a = qgen_infer.reconstruct(model, y, batch_size=3, seed=7)
@@ -470,6 +480,8 @@ def test_cli_model_errors(problem, tmp_path: Path, capsys) -> None:
     (["--threads", "0"], "threads"), (["--device", "nonsense"], "device"),
     (["--backend", "fpga"], "invalid choice"),
     (["--backend", "reference", "--device", "cpu", "--cuda-graph"], "needs a CUDA device"),
+    (["--backend", "reference", "--device", "cpu", "--precision", "fp16"], "needs a CUDA device"),
+    (["--precision", "fp8"], "invalid choice"),
 ])
 def test_cli_bad_flags(problem, tmp_path: Path, capsys, extra: list[str], fragment: str) -> None:
     code, _, err = _run(_args(problem, tmp_path / "rec", *extra), capsys)

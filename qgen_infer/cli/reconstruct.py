@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default="auto",
                    help="replay each solver step from a captured CUDA graph (same result, one "
                    "launch per step); auto: on for a CUDA device")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="activations of the generator and sensing net; fp16/bf16 need a CUDA "
+                        "device and use its tensor cores (the latent and its update stay fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -181,6 +184,10 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.cuda_graph and model.device.type != "cuda":
         raise QgenError(f"--cuda-graph needs a CUDA device; the model is on {model.device}")
     settings["cuda_graph"] = args.cuda_graph
+    if args.precision != "fp32" and model.device.type != "cuda":
+        raise QgenError(f"--precision {args.precision} needs a CUDA device; the model is on "
+                        f"{model.device} (the CPU kernels compute in fp32)")
+    settings["precision"] = args.precision
     # Everything is validated; results go to a staging folder until they are complete.
     stage = _make_stage(out)
     try:
@@ -203,7 +210,8 @@ def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray 
             bar.update(done - bar.n)
 
     try:
-        rec = reconstruct(model, y, opts, on_batch=on_batch, cuda_graph=args.cuda_graph)
+        rec = reconstruct(model, y, opts, on_batch=on_batch, cuda_graph=args.cuda_graph,
+                          precision=args.precision)
     except KeyboardInterrupt as exc:
         if bar is not None:
             bar.close()
