@@ -3,9 +3,11 @@
 Modules (import them explicitly; importing this package imports neither triton nor torch.cuda):
 
 * ``layout``  -- the GPU layout ``kpack`` (codes packed along K into int32 words, 3 bits as
-  2+1 planes) and ``PackedKWords``, repacked once from the canonical uint8 codes; pure torch.
-* ``common``  -- the Triton helpers every kernel shares: ``load_codes`` (the one decode helper) and
-  ``apply_epilogue`` (alpha, beta, activation).
+  2+1 planes, rows padded to 16 words) and ``PackedKWords``, repacked once from the canonical
+  uint8 codes; pure torch.
+* ``common``  -- the Triton helpers every kernel shares: the two decodes of ``kpack``
+  (``load_codes``, one load per code; ``load_code_tile``, one load per word, split in
+  registers) and ``apply_epilogue`` (alpha, beta, activation).
 * ``configs`` -- launch configs, the interpreter's fixed config, the JSON tuning cache and the
   autotuner (written once, used by every launcher).
 * ``gemm``    -- ``y = act(alpha * (x Wᵀ) + beta)``: tensor-core tile kernel and GEMV kernel.

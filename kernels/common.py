@@ -1,8 +1,10 @@
-"""Triton helpers shared by every kernel: the one code decoder and the one epilogue.
+"""Triton helpers shared by every kernel: the code decoders and the one epilogue.
 
-``load_codes`` is the only place that knows the ``kpack`` bit layout (see ``layout``): a kernel
-passes broadcastable index tensors ``k_idx`` and ``n_idx`` and gets the int32 codes ``c[n, k]``
-decoded in registers. The dequantized weight never exists in global memory.
+``load_codes`` and ``load_code_tile`` are the only places that know the ``kpack`` bit layout (see
+``layout``). ``load_codes`` takes broadcastable index tensors ``k_idx`` and ``n_idx`` and gives
+every code its own load of the word holding it; ``load_code_tile`` loads a tile's words once and
+splits them with shifts (``KernelConfig.word_decode`` picks one). Either way the int32 codes
+``c[n, k]`` are decoded in registers and the dequantized weight never exists in global memory.
 """
 
 from __future__ import annotations
