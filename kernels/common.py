@@ -37,8 +37,9 @@ def load_codes(w_ptr, k_idx, n_idx, mask, ldw, K, BITS: tl.constexpr):
 
     ``w_ptr``: int32 ``[kpack_rows(K, BITS), N]`` with row stride ``ldw`` (``layout``: a multiple
     of 16, so the loads along N vectorise); ``k_idx``, ``n_idx``, ``mask``: broadcastable
-    int/bool tensors, e.g. ``[BK, 1]``, ``[1, BN]``. Every lane loads the word holding its code:
-    the CPW lanes sharing a word hit the same address, which the L1 cache serves (the gemlite way).
+    int/bool tensors, e.g. ``[BK, 1]``, ``[1, BN]``. Every lane loads the word holding its code,
+    CPW loads of one word; compiled for sm_90 the pipeline stages each of them through shared
+    memory (``bench/kernel_resources.py``), which ``load_code_tile`` avoids.
     """
     if BITS == 3:
         # 2-bit plane of the low bits first, then the 1-bit plane of the high bit.
