@@ -89,6 +89,26 @@ def load_code_tile(w_ptr, k0, offs_n, n_mask, ldw, K, BITS: tl.constexpr,
 
 
 @triton.jit
+def code_tile(w_ptr, k0, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS: tl.constexpr,
+              BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, WORD_DECODE: tl.constexpr,
+              TRANSPOSED: tl.constexpr):
+    """The kernels' tile of codes for K positions ``offs_k`` (= ``k0 + arange(BLOCK_K)``) and N
+    positions ``offs_n``: ``[BLOCK_K, BLOCK_N]``, or ``[BLOCK_N, BLOCK_K]`` when TRANSPOSED
+    (``gemm_t``), by the decode WORD_DECODE picks."""
+    if WORD_DECODE:
+        c = load_code_tile(w_ptr, k0, offs_n, n_mask, ldw, K, BITS, BLOCK_K, BLOCK_N)
+        if TRANSPOSED:
+            c = tl.trans(c)
+    elif TRANSPOSED:
+        c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None],
+                       n_mask[:, None] & k_mask[None, :], ldw, K, BITS)
+    else:
+        c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :],
+                       k_mask[:, None] & n_mask[None, :], ldw, K, BITS)
+    return c
+
+
+@triton.jit
 def _tanh(y):
     # tanh(y) = sign(y) (1 - e) / (1 + e), e = exp(-2|y|) <= 1: no overflow; absolute error a few
     # ulp of 1. libdevice.tanh would be more accurate near 0 but the interpreter lacks it, and one

@@ -30,10 +30,9 @@ from qgen_infer.kernels.common import (
     activation_id,
     check_operand,
     check_words,
+    code_tile,
     dot_types,
     grouped_tile,
-    load_code_tile,
-    load_codes,
     reduction_slices,
     store_tile,
 )
@@ -66,11 +65,8 @@ def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr
         k_mask = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        if WORD_DECODE:
-            c = load_code_tile(w_ptr, k0, offs_n, n_mask, ldw, K, BITS, BLOCK_K, BLOCK_N)
-        else:
-            c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :],
-                           k_mask[:, None] & n_mask[None, :], ldw, K, BITS)
+        c = code_tile(w_ptr, k0, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS, BLOCK_K, BLOCK_N,
+                      WORD_DECODE, False)
         acc = tl.dot(x.to(DOT_DTYPE), c.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
         xsum += tl.sum(x.to(tl.float32), axis=1)
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
@@ -100,11 +96,8 @@ def gemm_kpack_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_pt
         k_mask = offs_k < K
         x = tl.load(x_ptr + m * stride_xm + offs_k * stride_xk, mask=k_mask,
                     other=0.0).to(tl.float32)
-        if WORD_DECODE:
-            c = load_code_tile(w_ptr, k0, offs_n, n_mask, ldw, K, BITS, BLOCK_K, BLOCK_N)
-        else:
-            c = load_codes(w_ptr, offs_k[:, None], offs_n[None, :],
-                           k_mask[:, None] & n_mask[None, :], ldw, K, BITS)
+        c = code_tile(w_ptr, k0, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS, BLOCK_K, BLOCK_N,
+                      WORD_DECODE, False)
         acc += x[:, None] * c.to(tl.float32)
         xacc += x
     scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)

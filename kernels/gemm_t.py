@@ -30,10 +30,9 @@ from qgen_infer.kernels.common import (
     INT32_MAX,
     check_operand,
     check_words,
+    code_tile,
     dot_types,
     grouped_tile,
-    load_code_tile,
-    load_codes,
     reduction_slices,
     store_tile,
 )
@@ -69,12 +68,8 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
         zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
         gs = g.to(tl.float32) * scale[None, :]
         corr += tl.sum(gs * zero[None, :], axis=1)
-        if WORD_DECODE:  # the [BK, BN] tile of codes, transposed to [BN, BK]
-            c = tl.trans(load_code_tile(w_ptr, pid_k * BLOCK_K, offs_n, n_mask, ldw, K, BITS,
-                                        BLOCK_K, BLOCK_N))
-        else:
-            c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None],
-                           n_mask[:, None] & k_mask[None, :], ldw, K, BITS)
+        c = code_tile(w_ptr, pid_k * BLOCK_K, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS,
+                      BLOCK_K, BLOCK_N, WORD_DECODE, True)
         acc = tl.dot(gs.to(DOT_DTYPE), c.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     y = acc - corr[:, None]
     store_tile(y, out_ptr, offs_m, offs_k, m_mask, k_mask, M, K, pid_s, out_ptr, out_ptr, 0.0,
@@ -103,12 +98,8 @@ def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K
         zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
         gs = g * scale
         corr += gs * zero
-        if WORD_DECODE:  # the [BK, BN] tile of codes, transposed to [BN, BK]
-            c = tl.trans(load_code_tile(w_ptr, pid_k * BLOCK_K, offs_n, n_mask, ldw, K, BITS,
-                                        BLOCK_K, BLOCK_N))
-        else:
-            c = load_codes(w_ptr, offs_k[None, :], offs_n[:, None],
-                           n_mask[:, None] & k_mask[None, :], ldw, K, BITS)
+        c = code_tile(w_ptr, pid_k * BLOCK_K, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS,
+                      BLOCK_K, BLOCK_N, WORD_DECODE, True)
         acc += gs[:, None] * c.to(tl.float32)
     y = tl.sum(acc, axis=0) - tl.sum(corr, axis=0)
     offs_m = m + tl.arange(0, 1)
