@@ -45,6 +45,29 @@ def test_exported_weights_are_bit_exact(family: str, bits: int, granularity: str
         assert torch.equal(decoded_weight(layer, bits), trained), layer.name
 
 
+@pytest.mark.parametrize("family", ["mlp", "dcgan"])
+def test_overflow_rate_is_exported_bit_exact(family: str, tiny_checkpoint, tmp_path: Path) -> None:
+    """A checkpoint trained with an overflow rate exports the weights training saw (the rate
+    travels in the config) and records the rate in the quantizer metadata."""
+    from qgen_infer.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint(family, 2, "channel"))
+    ckpt["config"] = {**ckpt["config"], "overflow_rate": 0.25}
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, ckpt)
+    qf = read_qgen(export_checkpoint(path, tmp_path / "m.qgen").path)
+    assert qf.quantizer["overflow_rate"] == 0.25 and qf.config["overflow_rate"] == 0.25
+    gen, _ = build_from_checkpoint(load_checkpoint(path))
+    modules = dict(gen.named_children())
+    clipped = 0
+    for layer in qf.packed_layers:
+        trained = modules[layer.name].quantized_weight().detach()
+        assert torch.equal(decoded_weight(layer, 2), trained), layer.name
+        codes = unpack_codes(layer.codes, layer.weight_shape, 2)
+        clipped += int(((codes == 0) | (codes == 3)).sum())
+    assert clipped > 0
+
+
 def test_batchnorm_and_bias_are_folded(tiny_checkpoint, tmp_path: Path) -> None:
     ckpt = load_checkpoint(tiny_checkpoint("dcgan", 4, "tensor"))
     gen, _ = build_from_checkpoint(ckpt)
@@ -72,8 +95,8 @@ def test_metadata_solver_and_sensing(tiny_checkpoint, tmp_path: Path) -> None:
     assert qf.solver == {"method": "sdlss", "sparsity": 10, "steps": 3, "project": True,
                          "step_size": pytest.approx(math.exp(-2.5))}
     assert qf.quantizer == {"scheme": "linear_quantize", "granularity": "channel",
-                            "trained_bits": 3, "trained_granularity": "channel",
-                            "post_training": False}
+                            "overflow_rate": 0.0, "trained_bits": 3,
+                            "trained_granularity": "channel", "post_training": False}
     assert qf.training["epochs"] == 1 and qf.config["bits"] == 3
     # the stored sensing net is the spectrally normalised one, computed in eval mode
     from qgen_infer.models import build_sensing

@@ -1,5 +1,7 @@
 """LinearQuantize: the integer form, the value grid, the STE and per-channel scales."""
 
+import math
+
 import pytest
 import torch
 
@@ -94,3 +96,49 @@ def test_dequantize_per_channel_broadcast():
     codes = torch.tensor([[0, 1], [2, 3]], dtype=torch.uint8)
     out = dequantize(codes, torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.0]), 0)
     assert torch.equal(out, torch.tensor([[-0.5, 0.5], [2.0, 4.0]]))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("granularity,axis", [("tensor", 0), ("channel", 0), ("channel", 1)])
+def test_overflow_rate_takes_the_range_from_a_quantile(bits, granularity, axis, rng):
+    """With overflow rate r the range R is the ceil((1 - r) n)-th smallest |w| of the tensor or
+    channel (an element of it); weights beyond R clip to the extreme codes, the others keep
+    their mid-tread rounding on the finer step R / 2^(k-1)."""
+    w = torch.randn(7, 40, 3, generator=rng) * torch.linspace(0.5, 3, 3)  # heavy last column
+    r = 0.1
+    q = quantize_codes(w, QuantSpec(bits, granularity, axis, overflow_rate=r))
+    half = 2 ** (bits - 1)
+    rows = (w.abs().reshape(1, -1) if granularity == "tensor"
+            else w.abs().movedim(axis, 0).reshape(w.shape[axis], -1))
+    n = rows.shape[1]
+    want_r = rows.sort(dim=1).values[:, math.ceil((1 - r) * n) - 1]
+    torch.testing.assert_close(q.scale * half, want_r, rtol=0, atol=0)
+    delta = q.scale if granularity == "tensor" else q.scale.reshape(
+        [-1 if d == axis else 1 for d in range(w.ndim)])
+    want = torch.clamp(torch.round(w / delta), -half, half - 1) + half
+    assert torch.equal(q.codes, want.to(torch.uint8))
+    clipped = w.abs() > delta * half
+    assert clipped.float().mean() <= r + 1e-9 and clipped.any()
+    assert ((q.codes[clipped] == 0) | (q.codes[clipped] == 2 * half - 1)).all()
+    # r = 0 is the max|w| range, bit for bit
+    q0 = quantize_codes(w, QuantSpec(bits, granularity, axis))
+    q00 = quantize_codes(w, QuantSpec(bits, granularity, axis, overflow_rate=0.0))
+    assert torch.equal(q0.codes, q00.codes) and torch.equal(q0.scale, q00.scale)
+
+
+def test_overflow_rate_stops_the_gradient_of_clipped_weights(rng):
+    w = (torch.randn(50, 20, generator=rng) * 2).requires_grad_(True)
+    spec = QuantSpec(2, overflow_rate=0.2)
+    fake_quantize(w, spec).backward(torch.ones_like(w))
+    r = quantize_codes(w, spec).scale * 2
+    assert torch.equal(w.grad, (w.detach().abs() <= r).float())
+    assert (w.grad == 0).float().mean() == pytest.approx(0.2, abs=0.01)
+    one_bit = w.detach().clone().requires_grad_(True)  # 1 bit: sign * mean|w|, nothing clips
+    fake_quantize(one_bit, QuantSpec(1, overflow_rate=0.2)).sum().backward()
+    assert torch.equal(one_bit.grad, torch.ones_like(w))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_bad_overflow_rate_rejected(rate):
+    with pytest.raises(ValueError, match="overflow_rate"):
+        QuantSpec(2, overflow_rate=rate)

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", choices=("tensor", "channel"), default=d.granularity,
                    help="one quantization scale per weight tensor (the paper) or per output "
                         "channel")
+    p.add_argument("--overflow-rate", type=float, default=d.overflow_rate,
+                   help="2-4 bits: fraction of the largest weights that LinearQuantize clips "
+                        "(Hubara et al.'s overflow rate); 0 sets the range to max|w|, which at "
+                        "2 bits rounds most weights to zero")
     p.add_argument("-m", "--measurements", type=int, default=d.measurements,
                    help="number of measurements m (output size of A)")
     p.add_argument("-s", "--sparsity", type=int, default=None,

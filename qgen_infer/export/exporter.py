@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from qgen_infer.format import PackedLayer, QgenFile, ReshapeLayer, pack_codes, w
 from qgen_infer.format.packing import PACKED_BITS
 from qgen_infer.format.schema import channel_axis
 from qgen_infer.models import ConfigError, complete_config
+from qgen_infer.models.networks import quant_spec
 from qgen_infer.quant import GRANULARITIES, QuantSpec, quantize_codes
 
 QUANTIZER_SCHEME = "linear_quantize"  # Hubara et al. for k >= 2, sign * mean|w| for k = 1
@@ -56,7 +57,7 @@ def _packed_layer(fused: FusedLayer, spec: QuantSpec, bits: int) -> PackedLayer:
     if not bool(torch.isfinite(weight).all()):
         raise QgenError(f"generator layer {fused.name!r} has non-finite weights; the checkpoint "
                         "cannot be exported")
-    q = quantize_codes(weight, QuantSpec(bits, spec.granularity, channel_axis(fused.kind)))
+    q = quantize_codes(weight, replace(spec, channel_axis=channel_axis(fused.kind)))
     m = fused.module
     conv = {}
     if fused.kind != "linear":
@@ -133,7 +134,7 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
                      f"({trained_granularity}), exporting at {bits} bits ({granularity}); the "
                      "exported weights are not the ones training saw")
     generator, sensing = build_from_checkpoint(ckpt)
-    spec = QuantSpec(bits, granularity)
+    spec = quant_spec(config, bits, granularity)
     layers: list[PackedLayer | ReshapeLayer] = []
     for step in fuse_generator(generator):
         if isinstance(step, ReshapeStep):
@@ -143,6 +144,7 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
     quantizer = {
         "scheme": QUANTIZER_SCHEME,
         "granularity": granularity,
+        "overflow_rate": spec.overflow_rate,
         "trained_bits": trained_bits,
         "trained_granularity": trained_granularity,
         "post_training": post_training,

@@ -7,6 +7,8 @@ estimation. Biases stay in full precision (they are few and the paper quantizes 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +30,7 @@ class QLinear(nn.Linear, QuantizedLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  quant: QuantSpec | None = None) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.quant = QuantSpec(quant.bits, quant.granularity, 0) if quant else QuantSpec()
+        self.quant = replace(quant, channel_axis=0) if quant else QuantSpec()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
@@ -37,7 +39,7 @@ class QLinear(nn.Linear, QuantizedLayer):
 class QConv2d(nn.Conv2d, QuantizedLayer):
     def __init__(self, *args, quant: QuantSpec | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.quant = QuantSpec(quant.bits, quant.granularity, 0) if quant else QuantSpec()
+        self.quant = replace(quant, channel_axis=0) if quant else QuantSpec()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
@@ -48,8 +50,7 @@ class QConvTranspose2d(nn.ConvTranspose2d, QuantizedLayer):
 
     def __init__(self, *args, quant: QuantSpec | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.quant = QuantSpec(quant.bits, quant.granularity, 1) if quant else QuantSpec(
-            channel_axis=1)
+        self.quant = replace(quant, channel_axis=1) if quant else QuantSpec(channel_axis=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(

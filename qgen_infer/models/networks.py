@@ -36,6 +36,7 @@ MLP_DEFAULTS: dict[str, Any] = {
     "negative_slope": 0.2,
     "bits": 32,
     "granularity": "tensor",
+    "overflow_rate": 0.0,
 }
 
 DCGAN_DEFAULTS: dict[str, Any] = {
@@ -47,11 +48,20 @@ DCGAN_DEFAULTS: dict[str, Any] = {
     "sensing_slope": 0.1,
     "bits": 32,
     "granularity": "tensor",
+    "overflow_rate": 0.0,
 }
 
 
 class ConfigError(ValueError):
     """A network config that cannot describe a network."""
+
+
+def quant_spec(cfg: dict[str, Any], bits: int | None = None,
+               granularity: str | None = None) -> QuantSpec:
+    """The generator's quantizer from a completed config (``bits``/``granularity`` override)."""
+    return QuantSpec(int(cfg["bits"] if bits is None else bits),
+                     cfg["granularity"] if granularity is None else granularity,
+                     overflow_rate=float(cfg.get("overflow_rate", 0.0)))
 
 
 def complete_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +79,7 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
         if int(cfg[key]) < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]}")
         cfg[key] = int(cfg[key])
-    QuantSpec(int(cfg["bits"]), cfg["granularity"])  # validates bits and granularity
+    quant_spec(cfg)  # validates bits, granularity and overflow rate
     if family == "dcgan":
         c, h, w = cfg["image_shape"]
         if h != w or h < 8 or 2 ** round(math.log2(h)) != h:
@@ -152,7 +162,7 @@ def _dcgan_sensing(cfg: dict[str, Any], spectral_norm: bool) -> nn.Sequential:
 def build_generator(config: dict[str, Any]) -> nn.Sequential:
     """G_θ for ``config``; its weights are fake-quantized to ``config["bits"]`` in forward."""
     cfg = complete_config(config)
-    q = QuantSpec(int(cfg["bits"]), cfg["granularity"])
+    q = quant_spec(cfg)
     if cfg["family"] == "mlp":
         return _mlp_generator(cfg, q)
     return _dcgan_generator(cfg, q)

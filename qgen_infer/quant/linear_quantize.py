@@ -7,6 +7,9 @@ Two regimes, written out in ``docs/QUANTIZATION.md``:
 * ``bits >= 2``: the mid-tread linear quantizer ``Clip(round(w / Δ), -2**(k-1), 2**(k-1) - 1) · Δ``
   with ``Δ = R · 2**(1-k)`` and ``R = max|w|`` (Hubara's ``Δ = 2**(1-k)`` on weights normalised to
   ``[-1, 1]``). Codes are ``round(w/Δ) + 2**(k-1)``, so ``scale = Δ`` and ``zero = 2**(k-1)``.
+  With Hubara's ``overflow_rate`` r > 0, ``R`` is instead the ``(1 - r)`` quantile of ``|w|``: the
+  largest fraction r of the weights clip to the extreme levels (and get no gradient), and the
+  step shrinks for the others.
 * ``bits == 1``: ``sign(w) · α`` with ``α = mean|w|`` (XNOR-Net's optimal binary scale). Codes are
   ``w >= 0``, so ``scale = 2α`` and ``zero = 1/2``; ``2α · (c - 1/2)`` is ``±α`` exactly because the
   product by 1/2 is exact in binary floating point.
@@ -18,7 +21,8 @@ decoded from an exported file equal the fake-quantized training weights bit for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -33,11 +37,14 @@ class QuantSpec:
     ``bits`` is 1..4, or 32 for full precision (no quantization). ``granularity`` is ``"tensor"``
     (one scale, as in the paper) or ``"channel"`` (one scale per output channel); ``channel_axis``
     names the output-channel axis of the weight (0 for Linear and Conv2d, 1 for ConvTranspose2d).
+    ``overflow_rate`` (Hubara et al.'s parameter, bits 2..4 only): the fraction of weights allowed
+    to clip; 0 (the default) takes the range from the largest weight.
     """
 
     bits: int = 32
     granularity: str = "tensor"
     channel_axis: int = 0
+    overflow_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -46,6 +53,8 @@ class QuantSpec:
             raise ValueError(
                 f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
             )
+        if not 0.0 <= self.overflow_rate < 1.0:
+            raise ValueError(f"overflow_rate must be in [0, 1), got {self.overflow_rate}")
 
     @property
     def enabled(self) -> bool:
@@ -78,14 +87,19 @@ def _channel_view(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
 
 
 def _reduce_abs(w: torch.Tensor, spec: QuantSpec, how: str) -> torch.Tensor:
+    """Per tensor ``[1]`` or per channel ``[C]``: ``mean|w|``, ``max|w|``, or with ``how="range"``
+    the range ``R``: ``max|w|``, or the ``ceil((1 - r) n)``-th smallest ``|w|`` of the ``n`` in
+    the tensor or channel for an overflow rate ``r`` (an element, so exact and deterministic)."""
     a = w.detach().abs().float()
-    if spec.granularity == "tensor":
-        r = a.max() if how == "max" else a.mean()
-        return r.reshape(1)
-    dims = [d for d in range(w.ndim) if d != spec.channel_axis]
-    if not dims:
-        return a
-    return a.amax(dim=dims) if how == "max" else a.mean(dim=dims)
+    rows = a.reshape(1, -1) if spec.granularity == "tensor" else (
+        a.movedim(spec.channel_axis, 0).reshape(a.shape[spec.channel_axis], -1))
+    if how == "mean":
+        return rows.mean(dim=1)
+    if how == "range" and spec.overflow_rate > 0:
+        n = rows.shape[1]
+        k = min(n, max(1, math.ceil((1.0 - spec.overflow_rate) * n)))
+        return rows.kthvalue(k, dim=1).values
+    return rows.amax(dim=1)
 
 
 # Keeps a tensor of zeros quantizable: its scale becomes tiny instead of 0 (no division by 0).
@@ -100,7 +114,7 @@ def quantize_codes(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         raise ValueError(
             f"channel_axis {spec.channel_axis} out of range for shape {tuple(w.shape)}")
     axis = spec.channel_axis % w.ndim
-    spec = QuantSpec(spec.bits, spec.granularity, axis)
+    spec = replace(spec, channel_axis=axis)
     w32 = w.detach().float()
     k = spec.bits
     if k == 1:
@@ -110,7 +124,7 @@ def quantize_codes(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         codes = (w32 >= 0).to(torch.uint8)
     else:
         half = 2 ** (k - 1)
-        delta = (_reduce_abs(w32, spec, "max") / half).clamp_min(_TINY)
+        delta = (_reduce_abs(w32, spec, "range") / half).clamp_min(_TINY)
         d = delta if spec.granularity == "tensor" else _channel_view(delta, w.ndim, axis)
         q = torch.clamp(torch.round(w32 / d), -half, half - 1)
         codes = (q + half).to(torch.uint8)
@@ -135,20 +149,28 @@ def dequantize(
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: the quantized weight. Backward: identity (Bengio et al.'s STE).
+    """Forward: the quantized weight. Backward: identity inside the clipping range ``|w| <= R``,
+    zero outside (Hubara et al.'s STE).
 
-    The quantizer's range ``R = max|w|`` contains every weight by construction, so "identity inside
-    the clipping range" is the identity everywhere; the one clipped level (the top code of a
-    mid-tread quantizer) still passes its gradient, as in Hubara et al.
+    With the default range ``R = max|w|`` every weight is inside, so the backward is the identity
+    (the one clipped level, the top code of a mid-tread quantizer, still passes its gradient);
+    with an overflow rate the clipped weights get no gradient.
     """
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:  # type: ignore[override]
-        return quantize_codes(w, spec).dequantize().to(w.dtype)
+        q = quantize_codes(w, spec)
+        ctx.inside = None
+        if spec.overflow_rate > 0 and spec.bits >= 2:
+            half = 2 ** (spec.bits - 1)
+            r = q.scale * half if spec.granularity == "tensor" else _channel_view(
+                q.scale * half, w.ndim, q.spec.channel_axis)
+            ctx.inside = w.detach().abs() <= r
+        return q.dequantize().to(w.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad, None
+        return (grad if ctx.inside is None else grad * ctx.inside), None
 
 
 def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

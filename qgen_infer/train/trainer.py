@@ -45,6 +45,7 @@ class TrainConfig:
     method: str = "sdlss"
     bits: int = 32
     granularity: str = "tensor"
+    overflow_rate: float = 0.0  # LinearQuantize's clipped fraction (bits 2..4); 0: range = max|w|
     measurements: int = 25
     latent_dim: int | None = None  # default: image size (SDLSS, MLP), 512 (SDLSS, DCGAN), 100 (DCS)
     sparsity: int | None = None  # default: 100 for SDLSS (capped at latent_dim // 2); None for DCS
@@ -92,7 +93,8 @@ def network_config(cfg: TrainConfig, image_shape: list[int]) -> dict[str, Any]:
     try:
         return complete_config({"family": family, "image_shape": image_shape,
                                 "measurements": cfg.measurements, "bits": cfg.bits,
-                                "granularity": cfg.granularity, "latent_dim": 1})
+                                "granularity": cfg.granularity,
+                                "overflow_rate": cfg.overflow_rate, "latent_dim": 1})
     except ValueError as exc:
         raise QgenError(str(exc)) from None
 
@@ -204,11 +206,12 @@ class Trainer:
 
     def _warm_start(self, path: str) -> None:
         ckpt = load_checkpoint(path)
-        src = {k: v for k, v in ckpt["config"].items() if k not in ("bits", "granularity")}
-        dst = {k: v for k, v in self.net.items() if k not in ("bits", "granularity")}
+        quantizer = ("bits", "granularity", "overflow_rate")
+        src = {k: v for k, v in complete_config(ckpt["config"]).items() if k not in quantizer}
+        dst = {k: v for k, v in self.net.items() if k not in quantizer}
         if src != dst:
             raise QgenError(f"--init-from {path}: its network differs from this run's (only the "
-                            f"bit width and granularity may differ)")
+                            f"quantizer: bit width, granularity, overflow rate, may differ)")
         self.generator.load_state_dict(ckpt["generator"])
         self.sensing.load_state_dict(ckpt["sensing"])
         with torch.no_grad():
