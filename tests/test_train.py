@@ -121,6 +121,8 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["-s", "1000"], "sparsity"),
     (["--epochs", "0"], "epochs"),
     (["--data", "mnist", "--data-root", "/nonexistent/folder"], "nonexistent"),
+    (["--bits", "2", "--overflow-rate", "1.5"], "overflow_rate"),
+    (["--overflow-rate", "-0.01"], "overflow_rate"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, needle):
     code = train_main(["--out", str(tmp_path / "r"), *argv])
