@@ -98,6 +98,20 @@ def test_warm_start_at_another_bit_width(tmp_path, images):
     assert torch.equal(t.generator.fc1.quantized_weight(), q.dequantize())
 
 
+def test_overflow_rate_reaches_the_layers_and_the_checkpoint(tmp_path, images):
+    """--overflow-rate is the generator layers' quantizer during training, is saved in the
+    checkpoint's config, and a warm start from a max|w| checkpoint may change it."""
+    _train(_cfg(tmp_path / "a", bits=2, epochs=1), images)
+    t = Trainer(_cfg(tmp_path / "b", bits=2, epochs=1, overflow_rate=0.2,
+                     init_from=str(tmp_path / "a/run/model.pt")), images[:48], images[48:])
+    assert {m.quant.overflow_rate for m in t.generator.modules() if hasattr(m, "quant")} == {0.2}
+    t.run()
+    assert load_checkpoint(tmp_path / "b/run/model.pt")["config"]["overflow_rate"] == 0.2
+    q = quantize_codes(t.generator.fc1.weight, t.generator.fc1.quant)
+    assert torch.equal(t.generator.fc1.quantized_weight(), q.dequantize())
+    assert (q.codes == 0).any() or (q.codes == 3).any()
+
+
 def test_resume_refuses_a_different_network(tmp_path, images):
     _train(_cfg(tmp_path, bits=4, epochs=1), images)
     with pytest.raises(Exception, match="another network config"):
