@@ -264,15 +264,36 @@ def _autotune_allowed() -> bool:
     return not torch.cuda.is_current_stream_capturing()
 
 
-def autotune(run: Callable[[KernelConfig], object], configs: list[KernelConfig]
+def _agrees(out: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Whether two candidates' results are the same product up to accumulation order:
+    relative Frobenius error under 1e-2 (fp16 outputs differ by ~1e-3; a wrong kernel by ~1)."""
+    out, ref = out.float(), ref.float()
+    if out.shape != ref.shape or not torch.equal(out.isfinite(), ref.isfinite()):
+        return False
+    fin = ref.isfinite()
+    err = torch.linalg.vector_norm((out - ref)[fin])
+    return bool(err <= 1e-2 * torch.linalg.vector_norm(ref[fin]).clamp_min(1e-30))
+
+
+def autotune(run: Callable[[KernelConfig], torch.Tensor], configs: list[KernelConfig]
              ) -> tuple[KernelConfig, float] | None:
-    """Time each config (``run(cfg)`` launches the product) and return the fastest with its time
-    in µs; configs that fail to compile or launch (e.g. too much shared memory) are skipped."""
+    """Time each config (``run(cfg)`` launches the product and returns its output) and return
+    the fastest with its time in µs. Configs that fail to compile or launch (e.g. too much
+    shared memory) are skipped, and so is any whose result disagrees with the first config
+    that ran (``_agrees``): the tuner picks the fastest *correct* kernel, even if a variant
+    miscompiles on some GPU."""
     import triton.testing
 
     best: tuple[KernelConfig, float] | None = None
+    ref: torch.Tensor | None = None
     for cfg in configs:
         try:
+            out = run(cfg).clone()
+            if ref is None:
+                ref = out
+            elif not _agrees(out, ref):
+                log.warning("autotune: config %s disagrees with %s; skipped", cfg, configs[0])
+                continue
             ms = triton.testing.do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20)
         except Exception as e:  # a config the device cannot run is not an error: skip it
             log.info("config %s failed: %s", cfg, e)

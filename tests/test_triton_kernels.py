@@ -338,6 +338,34 @@ def test_heuristic_ladder_falls_back_when_shared_memory_overflows() -> None:
     assert not configs._fallbacks
 
 
+def test_autotune_skips_failing_and_disagreeing_configs(monkeypatch) -> None:
+    """The tuner keeps the fastest config whose output agrees with the first one that ran; a
+    faster one with a wrong result (a miscompile) or one that raises is never chosen."""
+    import triton.testing
+
+    cfgs = [KernelConfig("dot", 16, 32, 32), KernelConfig("dot", 16, 32, 64, word_decode=True),
+            KernelConfig("dot", 32, 32, 32), KernelConfig("gemv", 1, 32, 32)]
+    ref = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
+    results = {cfgs[0]: ref, cfgs[1]: ref + 1.0, cfgs[2]: ref * (1 + 1e-4)}
+    times = {cfgs[0]: 3.0, cfgs[1]: 1.0, cfgs[2]: 2.0}
+    current = {}
+
+    def run(cfg):
+        if cfg not in results:
+            raise RuntimeError("out of resource: shared memory")
+        current["cfg"] = cfg
+        return results[cfg].clone()
+
+    monkeypatch.setattr(triton.testing, "do_bench",
+                        lambda fn, warmup, rep: (fn(), times[current["cfg"]])[1])
+    best = configs.autotune(run, cfgs)
+    assert best is not None and best[0] == cfgs[2] and best[1] == pytest.approx(2000.0)
+    assert configs._agrees(ref.half(), ref) and not configs._agrees(ref.flip(0), ref)
+    nan = ref.clone()
+    nan[0, 0] = float("nan")
+    assert not configs._agrees(nan, ref) and configs._agrees(nan, nan.clone())
+
+
 def test_cache_roundtrip(tmp_path, monkeypatch) -> None:
     path = tmp_path / "cfg.json"
     monkeypatch.setenv("QGEN_TRITON_CONFIGS", str(path))
