@@ -57,6 +57,9 @@ def test_overflow_rate_is_exported_bit_exact(family: str, tiny_checkpoint, tmp_p
     save_checkpoint(path, ckpt)
     qf = read_qgen(export_checkpoint(path, tmp_path / "m.qgen").path)
     assert qf.quantizer["overflow_rate"] == 0.25 and qf.config["overflow_rate"] == 0.25
+    from qgen_infer.format.summary import render
+
+    assert "overflow rate 0.25" in render(qf, 0, "m.qgen")
     gen, _ = build_from_checkpoint(load_checkpoint(path))
     modules = dict(gen.named_children())
     clipped = 0

@@ -100,14 +100,16 @@ def render(qf: QgenFile, file_bytes: int, path: str) -> str:
     q, cfg, sol = qf.quantizer, qf.config, qf.solver
     trained = f"trained at {q.get('trained_bits')} bits, {q.get('trained_granularity')}"
     ptq = "; post-training re-quantization" if q.get("post_training") else ""
+    overflow = q.get("overflow_rate") or 0
+    clip = f", overflow rate {overflow:g}" if isinstance(overflow, (int, float)) and overflow else ""
     lines = [
         f"file        {path} ({human_bytes(file_bytes)})",
         f"format      {qf.metadata.get('format', 'qgen')} version {qf.format_version}, "
         f"layout {qf.layout}, written by {qf.writer or '?'}",
         f"network     {cfg.get('family')}, image {cfg.get('image_shape')}, latent "
         f"{cfg.get('latent_dim')}, measurements {cfg.get('measurements')}",
-        f"quantizer   {qf.bits}-bit {q.get('scheme')}, per-{q.get('granularity')} scales "
-        f"({trained}{ptq})",
+        f"quantizer   {qf.bits}-bit {q.get('scheme')}, per-{q.get('granularity')} scales"
+        f"{clip} ({trained}{ptq})",
         f"solver      {sol.get('method')}, sparsity {sol.get('sparsity')}, steps "
         f"{sol.get('steps')}, step size {sol.get('step_size'):.4g}, "
         f"project {'yes' if sol.get('project') else 'no'}",
