@@ -100,8 +100,9 @@ def render(qf: QgenFile, file_bytes: int, path: str) -> str:
     q, cfg, sol = qf.quantizer, qf.config, qf.solver
     trained = f"trained at {q.get('trained_bits')} bits, {q.get('trained_granularity')}"
     ptq = "; post-training re-quantization" if q.get("post_training") else ""
-    overflow = q.get("overflow_rate") or 0
-    clip = f", overflow rate {overflow:g}" if isinstance(overflow, (int, float)) and overflow else ""
+    overflow = q.get("overflow_rate")
+    clip = f", overflow rate {overflow:g}" if isinstance(overflow, (int, float)) and overflow \
+        else ""
     lines = [
         f"file        {path} ({human_bytes(file_bytes)})",
         f"format      {qf.metadata.get('format', 'qgen')} version {qf.format_version}, "
