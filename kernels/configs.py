@@ -285,14 +285,14 @@ def autotune(run: Callable[[KernelConfig], torch.Tensor], configs: list[KernelCo
     import triton.testing
 
     best: tuple[KernelConfig, float] | None = None
-    ref: torch.Tensor | None = None
+    ref: tuple[KernelConfig, torch.Tensor] | None = None
     for cfg in configs:
         try:
             out = run(cfg).clone()
             if ref is None:
-                ref = out
-            elif not _agrees(out, ref):
-                log.warning("autotune: config %s disagrees with %s; skipped", cfg, configs[0])
+                ref = (cfg, out)
+            elif not _agrees(out, ref[1]):
+                log.warning("autotune: config %s disagrees with %s; skipped", cfg, ref[0])
                 continue
             ms = triton.testing.do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20)
         except Exception as e:  # a config the device cannot run is not an error: skip it

@@ -9,6 +9,7 @@ from the file's solver metadata (the settings the model was trained with).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,8 +168,6 @@ def _networks(model: Any, precision: str) -> tuple[Callable, Callable]:
     cache = model.__dict__.setdefault("_low_precision", {})
     key = (id(model.generator), id(model.sensing), precision)
     if key not in cache:
-        import copy
-
         dtype, gen = PRECISIONS[precision], model.generator
         sensing = copy.deepcopy(model.sensing).to(dtype)
         cache[key] = (lambda z: gen(z.to(dtype)), lambda x: sensing(x.to(dtype)).float())
