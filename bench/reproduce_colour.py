@@ -26,7 +26,7 @@ from paper_repro import provenance
 from paper_repro.colour_data import PAPER_SETS, colour_sets, describe, find_roots
 from paper_repro.commands import paths_for
 from paper_repro.execute import drive
-from paper_repro.options import add_queue_options, check_queue_options
+from paper_repro.options import add_queue_options, check_queue_options, overflow_rates
 from paper_repro.plan import BITS, ColourSet, RunSpec, colour_plan
 from paper_repro.records import collect
 from paper_repro.status import busy_folders, run_state
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     convert = not (args.dry_run or args.report_only)
     sets = data_sets(args, convert=convert)
     full = colour_plan(sets, epochs=args.epochs, m=args.measurements, s=args.sparsity,
-                       bits=args.bits)
+                       bits=args.bits, overflow_rates=overflow_rates(args.overflow_rate))
     code, _ = drive(p, args, full, lambda: write_report(full, sets, args, argv),
                     header=["data: " + "; ".join(cs.label for cs in sets)])
     return code

@@ -28,7 +28,7 @@ from pathlib import Path
 from paper_repro import provenance
 from paper_repro.commands import paths_for
 from paper_repro.execute import drive
-from paper_repro.options import REPO, add_queue_options, check_queue_options
+from paper_repro.options import REPO, add_queue_options, check_queue_options, overflow_rates
 from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec, mnist_plan
 from paper_repro.plots import figure3, figure4
 from paper_repro.recon_images import run_images
@@ -64,7 +64,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
     root = None if args.data in ("digits",) else args.data_root
     return mnist_plan(data_root=root, epochs=args.epochs, measurements=args.measurements,
                       sparsities=args.sparsities, bits=args.bits, sweep_bits=args.sweep_bits,
-                      dataset=args.data)
+                      dataset=args.data, overflow_rates=overflow_rates(args.overflow_rate))
 
 
 def write_report(specs: list[RunSpec], args: argparse.Namespace,

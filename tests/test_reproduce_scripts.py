@@ -88,6 +88,32 @@ def test_commands_resume_and_engines(tmp_path: Path) -> None:
     assert [c[0] for c in dsteps] == ["qgen-eval"]
 
 
+def test_overflow_rate_names_and_commands(tmp_path: Path) -> None:
+    specs = {s.name: s for s in plan.mnist_plan(data_root="/d", epochs=3, measurements=[25],
+                                                overflow_rates={2: 0.05, 3: 0.025})}
+    # the rate is part of the name: the max|w|-range runs keep theirs and are never mistaken
+    assert "mnist-m25-sdlss-2" not in specs and "mnist-m25-sdlss-4" in specs
+    two, three = specs["mnist-m25-sdlss-2-ovf05"], specs["mnist-m25-s10-sdlss-3-ovf2p5"]
+    assert (two.overflow_rate, three.overflow_rate) == (0.05, 0.025)
+    assert all(s.overflow_rate == 0 for s in specs.values() if s.bits in (1, 4, 32))
+    train = commands.train_command(two, commands.paths_for(tmp_path, two), threads=1,
+                                   resume=False)
+    assert train[train.index("--overflow-rate") + 1] == "0.05"
+    plain = specs["mnist-m25-sdlss-1"]
+    assert "--overflow-rate" not in commands.train_command(
+        plain, commands.paths_for(tmp_path, plain), threads=1, resume=False)
+    mnist = _script("reproduce_mnist")
+    parse = mnist.build_parser().parse_args
+    names = {s.name for s in mnist.plan(parse(["-m", "25"]))}
+    assert "mnist-m25-sdlss-2-ovf05" in names  # the default rate at 2 bits
+    names = {s.name for s in mnist.plan(parse(["-m", "25", "--overflow-rate", "2=0"]))}
+    assert "mnist-m25-sdlss-2" in names
+    for bad in ("1=0.1", "2=1.5", "2:0.1", "x=0.1"):
+        with pytest.raises(SystemExit) as err:
+            parse(["--overflow-rate", bad])
+        assert err.value.code == 2
+
+
 def test_status_and_next_action(tmp_path: Path) -> None:
     run = tmp_path / "r"
     run.mkdir()
@@ -189,6 +215,7 @@ def test_scripts_dry_run_report_and_ship(tmp_path: Path, capsys: pytest.CaptureF
     assert mnist.main([*base, "--report-only", "--ship-models", str(models)]) == 0
     report = (results / "mnist-figure3.md").read_text()
     assert "- machine: " in report and "- date: " in report and "--report-only" in report
+    assert "rate (Hubara et al." in report and "2-bit r = 0.05" in report
     assert (results / "mnist-figure3.png").stat().st_size > 0
     assert (results / "mnist-figure4-m25.png").stat().st_size > 0
     assert (models / "mnist-m25-1bit.qgen").read_bytes() == b"fake"

@@ -72,6 +72,8 @@ def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool)
            "--bits", str(spec.bits), "-m", str(spec.m)]
     if spec.method == SDLSS and spec.s is not None:
         cmd += ["-s", str(spec.s)]
+    if spec.overflow_rate:
+        cmd += ["--overflow-rate", str(spec.overflow_rate)]
     cmd += ["--epochs", str(spec.epochs), "--threads", str(threads)]
     return cmd + (["--resume"] if resume else [])
 

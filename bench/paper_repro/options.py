@@ -27,6 +27,32 @@ def add_queue_options(p: argparse.ArgumentParser, *, epochs: int) -> None:
                    help="qgen-reconstruct backend for the packed models")
     p.add_argument("--eval-partial", action="store_true",
                    help="also score checkpoints short of --epochs (tables mark them)")
+    p.add_argument("--overflow-rate", action="append", type=overflow_entry, metavar="BITS=RATE",
+                   help="quantizer overflow rate of the BITS-bit SDLSS runs (repeatable; "
+                        f"default {DEFAULT_OVERFLOW}: at 2 bits the max|w| range rounds most "
+                        "weights to zero; 2=0 queues the max|w| range)")
+
+
+DEFAULT_OVERFLOW = "2=0.05"
+
+
+def overflow_entry(text: str) -> tuple[int, float]:
+    """``"2=0.05"`` -> (2, 0.05); argparse turns the ValueError into a usage error (exit 2)."""
+    bits, sep, rate = text.partition("=")
+    try:
+        b, r = int(bits), float(rate)
+    except ValueError:
+        b, r = 0, -1.0
+    if not sep or b not in (2, 3, 4) or not 0.0 <= r < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected BITS=RATE with BITS in 2-4 (1-bit weights are sign x mean|w|, "
+            "with no range to clip) and 0 <= RATE < 1")
+    return b, r
+
+
+def overflow_rates(entries: list[tuple[int, float]] | None) -> dict[int, float]:
+    """The parsed ``--overflow-rate`` entries as {bits: rate}, the default when none were given."""
+    return dict(entries if entries is not None else [overflow_entry(DEFAULT_OVERFLOW)])
 
 
 def check_queue_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

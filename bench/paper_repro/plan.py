@@ -9,7 +9,7 @@ done instead of being trained again.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 BITS: tuple[int, ...] = (1, 2, 3, 4, 32)
@@ -31,6 +31,7 @@ class RunSpec:
     s: int | None  # latent sparsity; None for DCS (dense latent)
     epochs: int  # target epochs
     tier: int  # queue priority: lower trains first
+    overflow_rate: float = 0.0  # qgen-train --overflow-rate (0: the paper's max|w| range)
 
     @property
     def packed(self) -> bool:
@@ -43,18 +44,25 @@ class RunSpec:
         return f"{self.bits}-bit {self.method.upper()}"
 
 
-def run_name(prefix: str, method: str, bits: int, m: int, s: int | None) -> str:
+def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
+             overflow_rate: float = 0.0) -> str:
     """``{prefix}-m{m}-{method}-{bits}``, with ``-s{s}`` after m when s is not the default 100
-    (DCS has no s). Keeps the names of bench/train_mnist_m25.sh for m=25, s=100."""
+    (DCS has no s) and ``-ovf{100 r}`` at the end for a nonzero overflow rate r (``-ovf05`` for
+    0.05). Keeps the names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
     if method == DCS or s is None or s == DEFAULT_SPARSITY:
-        return f"{prefix}-m{m}-{method}-{bits}"
-    return f"{prefix}-m{m}-s{s}-{method}-{bits}"
+        name = f"{prefix}-m{m}-{method}-{bits}"
+    else:
+        name = f"{prefix}-m{m}-s{s}-{method}-{bits}"
+    if overflow_rate:
+        name += f"-ovf{overflow_rate * 100:02.3g}".replace(".", "p")
+    return name
 
 
 def mnist_plan(*, data_root: str, epochs: int, measurements: Sequence[int] = (25, 100),
                sparsities: Sequence[int] = (10, 25, 50, 75, 100, 200),
                bits: Sequence[int] = BITS, sweep_bits: Sequence[int] = (1, 32),
-               dataset: str = "mnist", prefix: str = "mnist") -> list[RunSpec]:
+               dataset: str = "mnist", prefix: str = "mnist",
+               overflow_rates: Mapping[int, float] | None = None) -> list[RunSpec]:
     """Figure 3's grid, in queue order. Tiers (what the paper's figure needs first):
 
     0. m = first m, s = 100: every bit width and 32-bit DCS (the lead's m=25 queue)
@@ -62,14 +70,20 @@ def mnist_plan(*, data_root: str, epochs: int, measurements: Sequence[int] = (25
     2. the next m at s = 100, every bit width and DCS
     3. the s sweep at ``sweep_bits`` for the next m
     4. the s sweep at the remaining bit widths (2, 3, 4), first m then the next
+
+    ``overflow_rates`` maps a bit width to the quantizer's overflow rate for all its SDLSS runs
+    (the rate is part of the run's name, so runs at another rate are never mistaken for them).
     """
+    rates = dict(overflow_rates or {})
     ms = list(dict.fromkeys(measurements))
     ss = sorted(dict.fromkeys(sparsities))
     specs: list[RunSpec] = []
 
     def add(tier: int, method: str, b: int, m: int, s: int | None) -> None:
-        specs.append(RunSpec(run_name(prefix, method, b, m, s), "MNIST" if dataset == "mnist"
-                             else dataset, dataset, data_root, method, b, m, s, epochs, tier))
+        rate = rates.get(b, 0.0) if method == SDLSS else 0.0
+        specs.append(RunSpec(run_name(prefix, method, b, m, s, rate),
+                             "MNIST" if dataset == "mnist" else dataset, dataset, data_root,
+                             method, b, m, s, epochs, tier, rate))
 
     for i, m in enumerate(ms):
         base = 2 * min(i, 1)  # first m: tiers 0-1; every later m: tiers 2-3
@@ -100,15 +114,18 @@ class ColourSet:
 
 
 def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
-                bits: Sequence[int] = BITS) -> list[RunSpec]:
+                bits: Sequence[int] = BITS,
+                overflow_rates: Mapping[int, float] | None = None) -> list[RunSpec]:
     """Table 1's grid: every bit width of SDLSS and 32-bit DCS per data set. Tier = data set
     order, so a whole row of the table is finished before the next starts."""
+    rates = dict(overflow_rates or {})
     specs = []
     for tier, cs in enumerate(sets):
         prefix = cs.label.split()[0].lower()
         for b in bits:
-            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s), cs.label, cs.dataset,
-                                 cs.data_root, SDLSS, b, m, s, epochs, tier))
+            rate = rates.get(b, 0.0)
+            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate), cs.label, cs.dataset,
+                                 cs.data_root, SDLSS, b, m, s, epochs, tier, rate))
         specs.append(RunSpec(run_name(prefix, DCS, 32, m, None), cs.label, cs.dataset,
                              cs.data_root, DCS, 32, m, None, epochs, tier))
     return ordered(dedupe(specs))

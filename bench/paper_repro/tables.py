@@ -187,6 +187,18 @@ def _sweep_1bit_gaps(results: Results, label: str, m: int) -> list[str]:
             " (paper, Fig. 3: rising curves, the 1-bit one about 2 dB lower)."]
 
 
+def quantizer_note(specs: Sequence[RunSpec]) -> str:
+    """Which LinearQuantize range the quantized runs use: max|w| (the paper) or, per bit width,
+    Hubara et al.'s overflow rate (``qgen-train --overflow-rate``)."""
+    rates = sorted({(s.bits, s.overflow_rate) for s in specs if s.overflow_rate})
+    if not rates:
+        return "- quantizer: LinearQuantize with the range max|w| (the paper's) at every bit width"
+    listed = ", ".join(f"{b}-bit r = {r:g}" for b, r in rates)
+    return (f"- quantizer: LinearQuantize with the range max|w| (the paper's), except an overflow "
+            f"rate (Hubara et al.; `qgen-train --overflow-rate`: that fraction of the largest "
+            f"weights clips) at {listed}; `--overflow-rate` of the script sets it")
+
+
 def mnist_report(results: Results, stamp: Sequence[str], figures: Sequence[str],
                  label: str = "MNIST") -> str:
     recs = [r for r in results.records.values() if r.label == label]
@@ -195,7 +207,7 @@ def mnist_report(results: Results, stamp: Sequence[str], figures: Sequence[str],
              if label == "MNIST" else " — NOT MNIST: the paper's numbers do not apply")
     lines = ["# MNIST: Q-GEN Figure 3 through the packed engine", "", *stamp,
              f"- data: {label}, {', '.join(map(str, images)) or '?'} held-out images{split}",
-             f"- paper: {paper.PAPER}", "", LEGEND, ""]
+             quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", LEGEND, ""]
     for m in results.measurements():
         lines += [f"## m = {m}, s = 100", ""]
         rows = []
@@ -273,7 +285,8 @@ def colour_comparison(results: Results) -> list[str]:
 
 def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[str]) -> str:
     lines = ["# Colour: Q-GEN Table 1 through the packed engine", "", *stamp,
-             f"- paper: {paper.PAPER}", "", "Data used:", "", *data_notes, "", LEGEND, ""]
+             quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", "Data used:", "",
+             *data_notes, "", LEGEND, ""]
     settings = sorted({(s.m, s.s) for s in results.specs if s.method == SDLSS})
     lines += ["Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
               + " (the paper does not state m or s for Table 1; DCS: dense latent).", ""]
