@@ -1,7 +1,10 @@
 // Portable tier: the bit-plane LUT GEMM in plain C++ (any CPU; the oracle for the SIMD tiers'
 // arithmetic order). Layout and math: see qgen_cpu.h.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
+#include "epilogue.h"
 #include "qgen_cpu.h"
 
 namespace qgen {
@@ -56,7 +59,8 @@ void tile_portable(const TileArgs& a) {
 }  // namespace
 
 KernelSet kernels_portable() {
-    return KernelSet{"portable", build_tables_portable, tile_portable, 4, 1, 1};
+    return KernelSet{"portable", build_tables_portable, tile_portable, 4, 1, 1,
+                     epilogue_row_impl, grad_row_impl};
 }
 
 }  // namespace qgen

@@ -28,39 +28,6 @@ using namespace qgen;
 
 namespace {
 
-// tanh for the fused epilogue, in plain arithmetic so that -O3 -fno-trapping-math vectorises the
-// loop (std::tanh is a scalar libm call: ~40 ns each, four times the cost of the 1-bit GEMM
-// it follows).
-//   |x| < 1/8:  the odd Taylor series to x^7 (truncation < 2e-10; avoids the cancellation of
-//               1 - 2/(e^2x + 1) near 0)
-//   otherwise:  sign(x) (1 - 2 / (exp(2|x|) + 1)), exp by Cody-Waite reduction
-//               2|x| = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6 polynomial for e^r
-//               (about 1 ulp); 2|x| is clamped at 88 where tanh is 1 in float anyway.
-// Tested against torch.tanh in tests/test_cpu_kernels.py (relative error < 1e-6).
-inline float tanh_epilogue(float x) {
-    const float ax = std::fabs(x);
-    const float x2 = x * x;
-    const float small = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315))));
-    const float y = std::min(2.0f * ax, 88.0f);
-    // round to nearest by adding and subtracting 1.5 * 2^23: plain SSE2 arithmetic (std::floor
-    // would need SSE4.1, which this baseline-flags file may not assume, and stop vectorisation)
-    const float n = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = y - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-    float two_n;
-    std::memcpy(&two_n, &e, sizeof two_n);
-    const float big = std::copysign(1.0f - 2.0f / (p * two_n + 1.0f), x);
-    return ax < 0.125f ? small : big;
-}
-
 // ------------------------------------------------------------------------------------------
 // ISA selection: explicit argument > QGEN_CPU_ISA environment variable > best supported.
 // ------------------------------------------------------------------------------------------
@@ -291,8 +258,6 @@ void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const
     });
 }
 
-enum Act : int { kNone = 0, kRelu = 1, kLeaky = 2, kTanh = 3 };
-
 
 // ------------------------------------------------------------------------------------------
 // Entry points
@@ -368,61 +333,13 @@ py::array_t<float> gemm_planes_f32(const py::array& x_a, const py::array& words_
             const float* A = a2.data() + col0;
             const float* Z = zc2.data() + col0;
             const float* B = b.data() + col0;
-            for (int m = 0; m < mr; ++m) {
-                const float xs = static_cast<float>(dots[m]);
-                float* yr = yp + (m0 + m) * N + col0;
-                const float* ar = acc + m * ldacc;
-                // One loop per activation so the compiler vectorises the three linear ones.
-                switch (act) {
-                    case kRelu:
-                        for (int64_t j = 0; j < ncols; ++j)
-                            yr[j] = std::max(A[j] * (ar[j] + Z[j] * xs) + B[j], 0.0f);
-                        break;
-                    case kLeaky: {
-                        // a local copy: a captured reference could alias yr, which would make
-                        // the compiler reload it every iteration and not vectorise
-                        const float sl = slope;
-                        for (int64_t j = 0; j < ncols; ++j) {
-                            const float v = A[j] * (ar[j] + Z[j] * xs) + B[j];
-                            yr[j] = v > 0.0f ? v : v * sl;
-                        }
-                        break;
-                    }
-                    case kTanh:
-                        for (int64_t j = 0; j < ncols; ++j)
-                            yr[j] = tanh_epilogue(A[j] * (ar[j] + Z[j] * xs) + B[j]);
-                        break;
-                    default:
-                        for (int64_t j = 0; j < ncols; ++j)
-                            yr[j] = A[j] * (ar[j] + Z[j] * xs) + B[j];
-                }
-            }
+            for (int m = 0; m < mr; ++m)
+                ks.epilogue_row(acc + m * ldacc, static_cast<float>(dots[m]), A, Z, B,
+                                yp + (m0 + m) * N + col0, ncols, act, slope);
         };
         lut_gemm(ks, PlainRows{x, K}, M, K, nullptr, nullptr, words, N, bits, threads, epi);
     }
     return y;
-}
-
-// h[n] = g[n] * alpha[n] * act'(y[n]) for one row. Restrict pointers and by-value act/slope let
-// the loops vectorise into selects; a loop the compiler cannot vectorise (a captured slope it must
-// reload after every store through h) branches on the sign of y and mispredicts half the time:
-// measured 2x the cost of the whole 1-bit gemm_t.
-void epilogue_grad_row(const float* __restrict g, const float* __restrict y,
-                       const float* __restrict alpha, float* __restrict h, int64_t N, int act,
-                       float slope) {
-    switch (act) {
-        case kRelu:
-            for (int64_t n = 0; n < N; ++n) h[n] = y[n] > 0.0f ? g[n] * alpha[n] : 0.0f;
-            break;
-        case kLeaky:
-            for (int64_t n = 0; n < N; ++n) h[n] = g[n] * alpha[n] * (y[n] > 0.0f ? 1.0f : slope);
-            break;
-        case kTanh:
-            for (int64_t n = 0; n < N; ++n) h[n] = g[n] * alpha[n] * (1.0f - y[n] * y[n]);
-            break;
-        default:
-            for (int64_t n = 0; n < N; ++n) h[n] = g[n] * alpha[n];
-    }
 }
 
 // g'[m, k] = sum_n h[m, n] scale[n] (c[n, k] - zero[n])
@@ -479,7 +396,7 @@ py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& word
         } else {
             const float* A = al.data();
             auto rows = [&, act, slope](int64_t m, float* h) -> const float* {
-                epilogue_grad_row(g + m * N, y + m * N, A, h, N, act, slope);
+                ks.grad_row(g + m * N, y + m * N, A, h, N, act, slope);
                 return h;
             };
             lut_gemm(ks, rows, M, N, scale, zc.data(), words, K, bits, threads, epi);

@@ -49,6 +49,19 @@ constexpr int kMaxTileRows = 8;  // the driver's accumulator scratch: gemm_mr <=
 
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
+// Activation codes of the fused epilogues (engine/cpu_backend.py's _ACT_CODES follows them).
+enum Act : int { kNone = 0, kRelu = 1, kLeaky = 2, kTanh = 3 };
+
+// One output row of the forward epilogue (see gemm_planes_f32 in module.cpp):
+//     y[j] = act(a2[j] * (acc[j] + zc2[j] * xs) + beta[j]),   j < n.
+using EpilogueRowFn = void (*)(const float* acc, float xs, const float* a2, const float* zc2,
+                               const float* beta, float* y, int64_t n, int act, float slope);
+
+// One row of the input gradient through the epilogue (gemm_t_planes_f32), act' from the output:
+//     h[j] = g[j] * alpha[j] * act'(y[j]).
+using GradRowFn = void (*)(const float* g, const float* y, const float* alpha, float* h,
+                           int64_t n, int act, float slope);
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Build one activation row's tables. x has R entries (times rscale[r] when rscale is non-null);
@@ -83,6 +96,9 @@ struct KernelSet {
     int gemm_mr;  // tile rows when M > 1 (at most kMaxTileRows)
     int gemm_nb;  // tile column blocks when M > 1 (at most kMaxTileBlocks) ...
     int gemv_nb;  // ... and when M == 1
+    // The fused epilogues, compiled for the tier (csrc/epilogue.h): same arithmetic everywhere.
+    EpilogueRowFn epilogue_row;
+    GradRowFn grad_row;
 };
 
 // Each tier fills its set; the AVX ones exist only on x86-64 builds (QGEN_PORTABLE_ONLY drops

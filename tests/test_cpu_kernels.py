@@ -167,6 +167,28 @@ def test_fused_activations_on_a_dense_grid(activation: str, torch_fn) -> None:
     assert float((err / ref.abs().clamp_min(1e-30))[xs.abs() > 1e-6].max()) < 2e-6
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_epilogues_are_bit_identical_across_tiers(backends, activation: str) -> None:
+    # Each tier compiles csrc/epilogue.h for its own vector width; with W = [[1]] (one exact
+    # product) whatever differs between tiers is the epilogue's arithmetic, which must not.
+    w = MatrixWeight(torch.ones(1, 1, dtype=torch.uint8), torch.full((1,), 2.0),
+                     torch.full((1,), 0.5), 1)
+    xs = torch.cat([torch.linspace(-12, 12, 20_001), torch.tensor([0.0, -0.0, 0.125, -88.0])])
+    x = xs[:, None].contiguous()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(11))
+    ep = Epilogue(alpha=torch.full((1,), 1.5), beta=torch.full((1,), -0.25),
+                  activation=activation, negative_slope=0.2)
+    outs = {}
+    for isa, be in backends.items():
+        p = be.prepare(w)
+        y = be.gemm(x, p, ep)
+        outs[isa] = (y, be.gemm_t_through_epilogue(g, y, p, ep))
+    y0, h0 = outs.pop("portable")
+    for isa, (y, h) in outs.items():
+        assert torch.equal(y, y0), isa
+        assert torch.equal(h, h0), isa
+
+
 def test_epilogue_none_equals_default() -> None:
     gen = torch.Generator().manual_seed(5)
     w = make_weight(3, 20, 40, gen)

@@ -4,12 +4,18 @@
 // (vpermps ymm reads index bits 0..2) and bit 3 of the index picks the half (vblendvps on the
 // sign bit after shifting bit 3 to bit 31). A 16-lane column block is two 8-lane halves.
 // Compiled for AVX2/FMA by the target pragma, called only after the run-time check.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
 #include "qgen_cpu.h"
 
 #if defined(QGEN_X86)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
+
+#include "epilogue.h"  // after the pragma: the epilogue loops are compiled for AVX2
 
 namespace qgen {
 namespace {
@@ -125,7 +131,10 @@ void tile_avx2(const TileArgs& a) {
 
 }  // namespace
 
-KernelSet kernels_avx2() { return KernelSet{"avx2", build_tables_avx2, tile_avx2, 4, 8, 8}; }
+KernelSet kernels_avx2() {
+    return KernelSet{"avx2", build_tables_avx2, tile_avx2, 4, 8, 8, epilogue_row_impl,
+                     grad_row_impl};
+}
 
 }  // namespace qgen
 

@@ -4,6 +4,8 @@
 // Compiled for AVX-512 by the target pragma below, whatever the build flags; only called after
 // the run-time check (cpu_features.cpp) found the CPU and the OS (XGETBV) support it.
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 
 #include "qgen_cpu.h"
 
@@ -11,6 +13,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
 #include <immintrin.h>
+
+#include "epilogue.h"  // after the pragma: the epilogue loops are compiled for AVX-512
 
 namespace qgen {
 namespace {
@@ -162,7 +166,8 @@ void tile_avx512(const TileArgs& a) {
 }  // namespace
 
 KernelSet kernels_avx512() {
-    return KernelSet{"avx512", build_tables_avx512, tile_avx512, 6, 32, 8};
+    return KernelSet{"avx512", build_tables_avx512, tile_avx512, 6, 32, 8, epilogue_row_impl,
+                     grad_row_impl};
 }
 
 }  // namespace qgen
