@@ -5,9 +5,10 @@ For every bit width and solver length T this times ``qgen_infer.reconstruct`` (t
 ``qgen-reconstruct``) on each engine backend asked for, and the *fp32 reference*: the exported
 file's weights dequantized once into plain dense ``nn.Linear`` layers and activations
 (``dense_baseline.py``; the baseline pays no per-call quantization), run through the same
-``reconstruct_latent`` with the same per-batch seeds, steps, step size and sparsity. Both use
-the file's fp32 sensing net A. Per configuration the fastest of ``--repeats`` timed runs, after
-a one-batch warm-up that takes thread-pool start-up and lazy initialisation out of the number.
+``qgen_infer.reconstruct`` (the model object with its generator swapped) with the same
+per-batch seeds, steps, step size and sparsity. Both use the file's fp32 sensing net A. Per
+configuration the fastest of ``--repeats`` timed runs, after a one-batch warm-up that takes
+thread-pool start-up and lazy initialisation out of the number.
 
 Each run is a fresh subprocess so its peak memory (``ru_maxrss``) is its own; the child also
 reports its RSS just before the timed run, so "Δ peak" is what the solve added on top of the
@@ -26,6 +27,7 @@ BITS, default its trained width). Reconstructions are also compared with the fp3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -65,8 +67,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     import qgen_infer
-    from qgen_infer.reconstruction import StartLatents, solver_options
-    from qgen_infer.solve import reconstruct_latent
+    from qgen_infer.reconstruction import solver_options
 
     backend = "reference" if args.variant == "fp32" else args.variant
     model = qgen_infer.load(args.qgen, backend=backend)
@@ -76,21 +77,12 @@ def child(args: argparse.Namespace) -> None:
     if args.variant == "fp32":
         from dense_baseline import dense_generator
 
-        gen = dense_generator(model)
+        # the same model object with its generator dense: both variants run the same code
+        # (qgen_infer.reconstruct: input checks, batching, start latents, output copies)
+        model = dataclasses.replace(model, generator=dense_generator(model))
 
-        def run(yy: np.ndarray) -> np.ndarray:
-            outs, starts = [], StartLatents(opts)
-            for start in range(0, yy.shape[0], opts.batch_size):
-                yb = torch.from_numpy(yy[start:start + opts.batch_size])
-                res = reconstruct_latent(
-                    yb, gen, model.sensing, latent_dim=opts.latent_dim, steps=opts.steps,
-                    step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
-                    restarts=1, z0=starts.rows(start, yb.shape[0]))
-                outs.append(res.x.detach().numpy())
-            return np.concatenate(outs)
-    else:
-        def run(yy: np.ndarray) -> np.ndarray:
-            return qgen_infer.reconstruct(model, yy, opts).x_hat
+    def run(yy: np.ndarray) -> np.ndarray:
+        return qgen_infer.reconstruct(model, yy, opts).x_hat
 
     run(y[:min(8, len(y))])  # warm-up: thread pools, lazy kernel set-up, first allocations
     rss_before = _rss_mib()
@@ -288,7 +280,8 @@ def render(rows: list[dict[str, Any]], models: list[dict[str, Any]], args: argpa
         f"batch size {args.batch_size}; per row the fastest of {args.repeats} timed runs "
         "after a one-batch warm-up",
         f"- models: {'; '.join(sorted({m['source'] for m in models}))}; fp32 = the same "
-        "file's dequantized weights as dense torch nn.Linear, same solver and seeds",
+        "file's dequantized weights as dense torch nn.Linear, run through the same "
+        "qgen_infer.reconstruct with the same seeds",
         "- img/s: images / wall time of the solve (load excluded); speedup: over fp32 at the "
         "same bits, T and threads; peak: ru_maxrss of the run's process; Δ peak: peak minus "
         "RSS after loading; max |Δx̂|: largest difference from the fp32 reconstruction; "
