@@ -150,6 +150,24 @@ def test_cli_export_default_output(tiny_checkpoint, tmp_path: Path) -> None:
     assert read_qgen(tmp_path / "model.qgen").bits == 1
 
 
+def test_cli_export_refuses_to_overwrite_without_force(
+        tiny_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tiny_checkpoint("mlp", 1, "tensor")
+    out = tmp_path / "m.qgen"
+    out.write_bytes(b"somebody's file")
+    assert export_main([str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qgen-export: error: ") and "--force" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"somebody's file"  # untouched
+    assert export_main([str(src), "--out", str(out), "--force"]) == 0
+    assert read_qgen(out).bits == 1
+    # the checkpoint itself is never an output, --force or not
+    before = src.read_bytes()
+    assert export_main([str(src), "--out", str(src), "--force"]) == 2
+    assert "checkpoint itself" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
 def test_cli_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
     assert export_main(["--help"]) == 0
     text = capsys.readouterr().out

@@ -79,8 +79,9 @@ def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool)
 
 
 def export_command(paths: RunPaths) -> list[str]:
-    """Pack the checkpoint at its trained width (bit-exact with training's fake quantization)."""
-    return ["qgen-export", str(paths.checkpoint), "--out", str(paths.qgen)]
+    """Pack the checkpoint at its trained width (bit-exact with training's fake quantization);
+    ``--force``: a resumed run re-exports over its own earlier file."""
+    return ["qgen-export", str(paths.checkpoint), "--out", str(paths.qgen), "--force"]
 
 
 def measure_command(spec: RunSpec, paths: RunPaths) -> list[str]:

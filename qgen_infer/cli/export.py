@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from qgen_infer.cli.common import ArgumentParser, run_cli
 
@@ -23,6 +24,7 @@ EPILOG = """\
 examples:
   qgen-export runs/mnist/model.pt                 # at the trained width, to runs/mnist/model.qgen
   qgen-export model.pt --bits 2 --out model-w2.qgen --granularity channel
+  qgen-export model.pt --force                    # replace an existing model.qgen
 """
 
 
@@ -36,18 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", choices=("tensor", "channel"), default=None,
                    help="one scale per tensor or per output channel (default: as trained)")
     p.add_argument("--out", default=None, help="output file (default: MODEL with suffix .qgen)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing output file (it is replaced atomically, only "
+                        "after the new one is complete)")
     return p
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    from qgen_infer.errors import QgenError
     from qgen_infer.export import PostTrainingQuantizationWarning, export_checkpoint
+    from qgen_infer.export.exporter import default_output_path
     from qgen_infer.format.summary import human_bytes
 
     args = build_parser().parse_args(argv)
+    src = Path(args.model)
+    out = Path(args.out) if args.out is not None else default_output_path(src)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise QgenError(f"--out {str(out)!r} is the checkpoint itself; name another file")
+    if out.exists() and not args.force:
+        raise QgenError(f"{str(out)!r} exists; pass --force to overwrite it")
     with warnings.catch_warnings():
         # reported below as one readable line instead of Python's file:line warning format
         warnings.simplefilter("ignore", PostTrainingQuantizationWarning)
-        result = export_checkpoint(args.model, args.out, args.bits, args.granularity)
+        result = export_checkpoint(src, out, args.bits, args.granularity)
     for note in result.warnings:
         print(f"qgen-export: warning: {note}", file=sys.stderr)
     ratio = 4 * result.weight_count / max(result.packed_bytes, 1)
