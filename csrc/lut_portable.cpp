@@ -56,11 +56,44 @@ void tile_portable(const TileArgs& a) {
     }
 }
 
+// Branch-free: a branch on x != 0 mispredicts on every few entries of a random sparse row.
+int64_t gather_nonzeros_portable(const float* x, int64_t R, int32_t* idx, float* val) {
+    int64_t n = 0;
+    for (int64_t r = 0; r < R; ++r) {
+        idx[n] = static_cast<int32_t>(r);
+        val[n] = x[r];
+        n += x[r] != 0.0f;
+    }
+    return n;
+}
+
+// The reference of the SIMD tiers' sparse rows: the same terms in the same order (nonzeros in
+// order, planes inside), so the tiers agree bit for bit.
+void sparse_row_portable(const SparseRowArgs& a) {
+    const float corr = static_cast<float>((1 << a.bits) - 1) * a.xsum;
+    for (int cb = 0; cb < a.nb; ++cb) {
+        float acc[kLanes] = {};
+        const uint32_t* wc = a.w + cb * a.cbstride;
+        for (int64_t i = 0; i < a.nnz; ++i) {
+            const int32_t r = a.idx[i];
+            const uint32_t bit = 1u << (r % kChunkR);
+            const uint32_t* wr = wc + (r / kChunkR) * a.bits * kLanes;
+            for (int b = 0; b < a.bits; ++b) {
+                const float v = a.val[i] * static_cast<float>(2 << b);  // exact: a power of two
+                for (int l = 0; l < kLanes; ++l)
+                    if (wr[b * kLanes + l] & bit) acc[l] += v;
+            }
+        }
+        for (int l = 0; l < kLanes; ++l) a.acc[cb * kLanes + l] = acc[l] - corr;
+    }
+}
+
 }  // namespace
 
 KernelSet kernels_portable() {
     return KernelSet{"portable", build_tables_portable, tile_portable, 4, 1, 1,
-                     epilogue_row_impl, grad_row_impl};
+                     epilogue_row_impl, grad_row_impl, sparse_row_portable,
+                     gather_nonzeros_portable};
 }
 
 }  // namespace qgen

@@ -147,6 +147,13 @@ float* scratch_floats(int64_t n) {
     return buf.get();
 }
 
+// The same for int32 (the sparse driver's nonzero indices).
+int32_t* scratch_ints(int64_t n) {
+    thread_local std::vector<int32_t> buf;
+    if (static_cast<int64_t>(buf.size()) < n) buf.resize(std::max<int64_t>(n, buf.size() * 3 / 2));
+    return buf.data();
+}
+
 // ------------------------------------------------------------------------------------------
 // The driver: acc = sum_b 2^b S_b over packed planes for M activation rows, tiled and threaded,
 // each finished tile handed to `epi` while it is hot in cache.
@@ -175,6 +182,16 @@ struct PlainRows {
     const float* operator()(int64_t m, float*) const { return X + m * R; }
 };
 
+// threads <= 0: OMP_NUM_THREADS (via the OpenMP runtime) or else every hardware thread.
+int resolve_threads(int threads) {
+    if (threads > 0) return threads;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#endif
+}
+
 template <typename Epi, typename Rows>
 void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const float* rscale,
               const float* rz, const uint32_t* words, int64_t C, int bits, int threads,
@@ -186,15 +203,7 @@ void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const
     const int64_t ngroups = ceil_div(C16, tile_nb);
     const int64_t cbstride = R32 * bits * kLanes;
 
-    // threads <= 0: OMP_NUM_THREADS (via the OpenMP runtime) or else every hardware thread.
-    int nt = threads;
-    if (nt <= 0) {
-#ifdef _OPENMP
-        nt = omp_get_max_threads();
-#else
-        nt = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-#endif
-    }
+    int nt = resolve_threads(threads);
     // The LUT kernel retires ~64 weight-bit x activation products per cycle per core, so this
     // is ~0.5 M cycles (~0.15 ms) of work: below it, waking a second thread (tens of us when
     // it sleeps, a whole time slice when the machine is oversubscribed) costs more than it saves.
@@ -258,6 +267,91 @@ void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const
     });
 }
 
+
+// ------------------------------------------------------------------------------------------
+// The sparse-input driver: the forward product when at most 1/kSparseMaxDensity of x is nonzero.
+// The generator's first layer reads the s-sparse latent (s = 100 of 784 entries in the MNIST
+// models), where the tier's sparse-row kernel (qgen_cpu.h, SparseRowArgs) does ~4x fewer
+// instructions than the LUT tile. Each thread gathers a panel of rows' nonzeros once, then walks
+// the column blocks in groups whose plane words (<= kSparseGroupBytes) stay in L1 while every
+// row of the panel streams its nonzeros past them: row by row over all blocks instead would
+// refetch the whole weight from L2 for every row (measured 2x slower).
+// ------------------------------------------------------------------------------------------
+constexpr int64_t kSparseMaxDensity = 5;
+constexpr int64_t kSparseGroupBytes = 16 << 10;
+constexpr int64_t kSparsePanel = 64;
+
+// Whether at most 1/kSparseMaxDensity of X [M, K] is nonzero. Counted in blocks (the inner loop
+// vectorises); a first block more than twice that dense ends the count: a dense input pays ~1k
+// comparisons.
+bool sparse_enough(const float* X, int64_t M, int64_t K) {
+    const int64_t total = M * K, limit = total / kSparseMaxDensity;
+    int64_t nnz = 0;
+    for (int64_t start = 0; start < total; start += 1024) {
+        const int64_t end = std::min(total, start + 1024);
+        int32_t c = 0;  // 32-bit, so that the loop vectorises on any tier
+        for (int64_t i = start; i < end; ++i) c += X[i] != 0.0f;
+        nnz += c;
+        if (nnz > limit || (start == 0 && c * kSparseMaxDensity > 2 * (end - start)))
+            return false;
+    }
+    return true;
+}
+
+template <typename Epi>
+void sparse_gemm(const KernelSet& ks, const float* X, int64_t M, int64_t K,
+                 const uint32_t* words, int64_t C, int bits, int threads, const Epi& epi) {
+    const int64_t R32 = ceil_div(K, kChunkR), C16 = ceil_div(C, kLanes);
+    const int64_t cbstride = R32 * bits * kLanes;
+    int64_t group = std::max<int64_t>(1, kSparseGroupBytes / (cbstride * 4));
+    if (group >= 8) group -= group % 8;  // the AVX-512 kernel's widest register tile
+    int nt = resolve_threads(threads);
+    // ~2 instructions per nonzero, plane and 16 columns (at most M K / 4 nonzeros): below ~0.5 M
+    // cycles of work one thread is faster than waking another
+    if (static_cast<double>(M) * K / kSparseMaxDensity * C16 * bits * 2 < 5e5) nt = 1;
+    const int64_t P = std::max<int64_t>(1, std::min<int64_t>(kSparsePanel,
+                                                             ceil_div(M, 2 * int64_t{nt})));
+    const int64_t nitems = ceil_div(M, P);
+    nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, nitems)));
+    const int64_t Kp = K + kLanes;  // room for the gather's whole-vector stores
+    // per slot: the panel's nonzeros (indices, values, counts, sums) and accumulators; allocated
+    // here so that nothing can throw inside a worker
+    float* const val_base = scratch_floats(nt * P * (Kp + C16 * kLanes));
+    float* const acc_base = val_base + nt * P * Kp;
+    int32_t* const idx_base = scratch_ints(nt * P * Kp);
+    std::vector<int64_t> nnz_all(nt * P);
+    std::vector<double> sum_all(nt * P);
+    ThreadPool::instance().parallel_for(nitems, nt, [&](int64_t it, int slot) {
+        const int64_t m0 = it * P, pm = std::min(P, M - m0);
+        int32_t* idx = idx_base + slot * P * Kp;
+        float* val = val_base + slot * P * Kp;
+        int64_t* nnz = nnz_all.data() + slot * P;
+        double* sum = sum_all.data() + slot * P;
+        float* acc = acc_base + slot * P * C16 * kLanes;
+        for (int64_t p = 0; p < pm; ++p) {
+            nnz[p] = ks.gather_nonzeros(X + (m0 + p) * K, K, idx + p * Kp, val + p * Kp);
+            double s = 0.0;  // zeros add nothing: the sum over the nonzeros is the row sum
+            for (int64_t i = 0; i < nnz[p]; ++i) s += static_cast<double>(val[p * Kp + i]);
+            sum[p] = s;
+        }
+        for (int64_t cb0 = 0; cb0 < C16; cb0 += group)
+            for (int64_t p = 0; p < pm; ++p) {
+                SparseRowArgs a;
+                a.idx = idx + p * Kp;
+                a.val = val + p * Kp;
+                a.nnz = nnz[p];
+                a.xsum = static_cast<float>(sum[p]);
+                a.w = words + cb0 * cbstride;
+                a.cbstride = cbstride;
+                a.nb = static_cast<int>(std::min(group, C16 - cb0));
+                a.bits = bits;
+                a.acc = acc + p * C16 * kLanes + cb0 * kLanes;
+                ks.sparse_row(a);
+            }
+        for (int64_t p = 0; p < pm; ++p)
+            epi(m0 + p, 1, 0, C, acc + p * C16 * kLanes, C16 * kLanes, sum + p);
+    });
+}
 
 // ------------------------------------------------------------------------------------------
 // Entry points
@@ -337,7 +431,10 @@ py::array_t<float> gemm_planes_f32(const py::array& x_a, const py::array& words_
                 ks.epilogue_row(acc + m * ldacc, static_cast<float>(dots[m]), A, Z, B,
                                 yp + (m0 + m) * N + col0, ncols, act, slope);
         };
-        lut_gemm(ks, PlainRows{x, K}, M, K, nullptr, nullptr, words, N, bits, threads, epi);
+        if (ks.sparse_row != nullptr && K > 0 && sparse_enough(x, M, K))
+            sparse_gemm(ks, x, M, K, words, N, bits, threads, epi);
+        else
+            lut_gemm(ks, PlainRows{x, K}, M, K, nullptr, nullptr, words, N, bits, threads, epi);
     }
     return y;
 }

@@ -89,6 +89,31 @@ struct TileArgs {
 };
 using LutTileFn = void (*)(const TileArgs&);
 
+// One activation row with few nonzeros (the s-sparse latent entering the generator's first
+// layer), over the same "planes" words as the tile but without tables:
+//     acc[16 nb' + l] = sum_b 2^b S_b(col 16 (cb0 + nb') + l),  nb' < nb,
+// the tile's quantity, rewritten with p_b = 2 bit_b - 1 as
+//     sum_b 2^b S_b = sum_b 2^(b+1) sum_{i: bit_b(col, idx[i]) = 1} val[i] - (2^bits - 1) xsum,
+// i.e. per nonzero, plane and 16 columns one bit test and one masked add (AVX-512: vptestmd +
+// vaddps{k}): 2 instructions per 16 products against the LUT's 2 per 64, but over the nonzeros
+// only instead of every reduction entry.
+struct SparseRowArgs {
+    const int32_t* idx;  // reduction indices of the nonzeros
+    const float* val;    // their values
+    int64_t nnz;
+    float xsum;          // sum_i val[i] (the driver's double sum, rounded once)
+    const uint32_t* w;   // words of column block cb0; the next block at + cbstride
+    int64_t cbstride;
+    int nb;              // column blocks
+    int bits;
+    float* acc;          // nb * 16 floats
+};
+using SparseRowFn = void (*)(const SparseRowArgs&);
+
+// The nonzeros of x[0..R) in order: idx[i], val[i] for i < the returned count. idx and val have
+// room for R + 16 entries (a SIMD tier may store whole vectors past the count).
+using GatherFn = int64_t (*)(const float* x, int64_t R, int32_t* idx, float* val);
+
 struct KernelSet {
     const char* isa_name;
     BuildTablesFn build_tables;
@@ -99,6 +124,8 @@ struct KernelSet {
     // The fused epilogues, compiled for the tier (csrc/epilogue.h): same arithmetic everywhere.
     EpilogueRowFn epilogue_row;
     GradRowFn grad_row;
+    SparseRowFn sparse_row;  // nullptr: no sparse path in this tier (sparse inputs take the LUT)
+    GatherFn gather_nonzeros;
 };
 
 // Each tier fills its set; the AVX ones exist only on x86-64 builds (QGEN_PORTABLE_ONLY drops

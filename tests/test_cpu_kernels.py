@@ -198,6 +198,74 @@ def test_epilogue_none_equals_default() -> None:
     assert torch.equal(be.gemm(x, p), be.gemm(x, p, Epilogue()))
 
 
+# ---------------------------------------------------------------------------------------------
+# Sparse inputs (the s-sparse latent into G's first layer) take the sparse-row driver
+# ---------------------------------------------------------------------------------------------
+SPARSE_SHAPES = [(1, 784, 500), (256, 784, 500), (7, 130, 997), (5, 97, 31), (9, 300, 130),
+                 (13, 70, 37), (40, 1000, 1000)]
+
+
+def sparse_rows(m: int, k: int, gen: torch.Generator, density: float = 1 / 8) -> torch.Tensor:
+    """Rows with round(density * k) nonzeros on random supports, as P_s leaves the latent; row 1
+    (when there is one) entirely zero."""
+    keep = max(1, round(density * k))
+    support = torch.rand(m, k, generator=gen).argsort(dim=1)[:, :keep]
+    x = torch.zeros(m, k).scatter(1, support, torch.randn(m, keep, generator=gen))
+    if m > 1:
+        x[1] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", SPARSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_sparse_inputs_match_reference(backends, isa: str, bits: int,
+                                       shape: tuple[int, int, int]) -> None:
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(zlib.crc32(f"sparse{isa}{bits}{shape}".encode()))
+    w = make_weight(bits, n, k, gen)
+    x = sparse_rows(m, k, gen)
+    alpha, beta = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    ep = Epilogue(alpha, beta, "leaky_relu", negative_slope=0.2)
+    be = backends[isa]
+    y, ref = be.gemm(x, be.prepare(w), ep), gemm_reference(x, w, ep)
+    check_close(y, ref, alpha.abs()[None, :] * fwd_bound(x, w), 1e-6 * beta.abs()[None, :])
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_sparse_path_is_bit_identical_across_tiers_and_threads(backends, bits: int) -> None:
+    # The portable tier is the sparse kernels' reference (same terms, same order); the LUT
+    # tiles of different tiers accumulate in different orders, so equality also shows that
+    # both tiers took the sparse path. Threads split rows only: results cannot change.
+    gen = torch.Generator().manual_seed(40 + bits)
+    w = make_weight(bits, 500, 784, gen)
+    x = sparse_rows(256, 784, gen)
+    ep = Epilogue(torch.rand(500, generator=gen), None, "tanh")
+    ref = backends["portable"]
+    y0 = ref.gemm(x, ref.prepare(w), ep)
+    for isa in set(backends) - {"portable", "avx2"}:  # avx2 has no sparse kernel: LUT path
+        be = backends[isa]
+        assert torch.equal(be.gemm(x, be.prepare(w), ep), y0), isa
+    two = create_backend("portable", threads=2)
+    assert torch.equal(two.gemm(x, two.prepare(w), ep), y0)
+
+
+def test_sparse_rows_edge_cases(backends) -> None:
+    gen = torch.Generator().manual_seed(44)
+    w = make_weight(2, 37, 300, gen)
+    for isa, be in backends.items():
+        p = be.prepare(w)
+        zero = torch.zeros(5, 300)
+        assert torch.equal(be.gemm(zero, p), gemm_reference(zero, w))  # all rows empty: 0
+        one = torch.zeros(3, 300)
+        one[0, 299], one[2, 0] = 2.5, -1.0  # last and first reduction entry, lone nonzeros
+        check_close(be.gemm(one, p), gemm_reference(one, w), fwd_bound(one, w))
+        nan = sparse_rows(4, 300, gen)
+        nan[2, int(nan[2].nonzero()[0])] = float("nan")
+        y = be.gemm(nan, p)
+        assert y[2].isnan().all() and not y[[0, 1, 3]].isnan().any(), isa
+
+
 # (M, K, N): big enough to run on 2 threads (the driver keeps < ~0.15 ms of work on one), by
 # rows (M >= 32: panels of rows per item) and by columns (small M: column groups per item).
 @pytest.mark.parametrize("shape", [(40, 1000, 1000), (8, 4100, 1030)], ids=["by_rows", "by_cols"])

@@ -133,7 +133,7 @@ void tile_avx2(const TileArgs& a) {
 
 KernelSet kernels_avx2() {
     return KernelSet{"avx2", build_tables_avx2, tile_avx2, 4, 8, 8, epilogue_row_impl,
-                     grad_row_impl};
+                     grad_row_impl, nullptr, nullptr};
 }
 
 }  // namespace qgen

@@ -163,11 +163,78 @@ void tile_avx512(const TileArgs& a) {
     }
 }
 
+// Sparse rows (qgen_cpu.h, SparseRowArgs): NB blocks' accumulators in registers while the
+// nonzeros stream past; per nonzero one broadcast bit mask, per plane one broadcast value, and per
+// block one vptestmd on the plane word and one masked add. Same terms in the same order as the
+// portable tier.
+template <int BITS, int NB>
+inline __attribute__((always_inline)) void sparse_blocks(const SparseRowArgs& a, int cb0) {
+    __m512 c[NB];
+#pragma GCC unroll 16
+    for (int n = 0; n < NB; ++n) c[n] = _mm512_setzero_ps();
+    const uint32_t* w = a.w + cb0 * a.cbstride;
+    for (int64_t i = 0; i < a.nnz; ++i) {
+        const int32_t r = a.idx[i];
+        const __m512i bit = _mm512_set1_epi32(static_cast<int>(1u << (r % kChunkR)));
+        const uint32_t* wr = w + (r / kChunkR) * BITS * kLanes;
+#pragma GCC unroll 4
+        for (int b = 0; b < BITS; ++b) {
+            const __m512 v = _mm512_set1_ps(a.val[i] * static_cast<float>(2 << b));
+#pragma GCC unroll 16
+            for (int n = 0; n < NB; ++n) {
+                const __mmask16 k = _mm512_test_epi32_mask(
+                    _mm512_loadu_si512(wr + n * a.cbstride + b * kLanes), bit);
+                c[n] = _mm512_mask_add_ps(c[n], k, c[n], v);
+            }
+        }
+    }
+    const __m512 corr = _mm512_set1_ps(static_cast<float>((1 << BITS) - 1) * a.xsum);
+#pragma GCC unroll 16
+    for (int n = 0; n < NB; ++n)
+        _mm512_storeu_ps(a.acc + (cb0 + n) * kLanes, _mm512_sub_ps(c[n], corr));
+}
+
+// 16 entries at a time: compare, compress values and indices into registers, store whole vectors
+// (a compressing store to memory is microcoded on some AVX-512 CPUs).
+int64_t gather_nonzeros_avx512(const float* x, int64_t R, int32_t* idx, float* val) {
+    int64_t n = 0;
+    __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(16);
+    for (int64_t r0 = 0; r0 < R; r0 += 16) {
+        const int64_t left = R - r0;
+        const __mmask16 in = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(in, x + r0);
+        const __mmask16 nz = _mm512_mask_cmp_ps_mask(in, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        _mm512_storeu_ps(val + n, _mm512_maskz_compress_ps(nz, v));
+        _mm512_storeu_si512(idx + n, _mm512_maskz_compress_epi32(nz, iota));
+        n += __builtin_popcount(nz);
+        iota = _mm512_add_epi32(iota, step);
+    }
+    return n;
+}
+
+template <int BITS>
+void sparse_row_bits(const SparseRowArgs& a) {
+    int cb = 0;
+    for (; cb + 8 <= a.nb; cb += 8) sparse_blocks<BITS, 8>(a, cb);
+    for (; cb + 2 <= a.nb; cb += 2) sparse_blocks<BITS, 2>(a, cb);
+    for (; cb < a.nb; ++cb) sparse_blocks<BITS, 1>(a, cb);
+}
+
+void sparse_row_avx512(const SparseRowArgs& a) {
+    switch (a.bits) {
+        case 1: sparse_row_bits<1>(a); break;
+        case 2: sparse_row_bits<2>(a); break;
+        case 3: sparse_row_bits<3>(a); break;
+        default: sparse_row_bits<4>(a); break;
+    }
+}
+
 }  // namespace
 
 KernelSet kernels_avx512() {
     return KernelSet{"avx512", build_tables_avx512, tile_avx512, 6, 32, 8, epilogue_row_impl,
-                     grad_row_impl};
+                     grad_row_impl, sparse_row_avx512, gather_nonzeros_avx512};
 }
 
 }  // namespace qgen
