@@ -16,6 +16,7 @@ from collections import defaultdict
 
 IMPLS = ["cpu-planes", "cpu-planes-gemm_t", "torch-fp32", "torch-fp32-gemm_t", "torch-bf16",
          "reference", "ggml"]
+SPARSE_IMPLS = ["cpu-planes", "torch-fp32", "torch-fp32-csr"]
 
 
 def _us(s: float | None) -> str:
@@ -25,8 +26,12 @@ def _us(s: float | None) -> str:
 def report(data: dict, stat: str = "min") -> str:
     cases: dict[tuple[str, int], dict[int, dict[str, dict]]] = defaultdict(
         lambda: defaultdict(dict))
+    sparse: dict[tuple[int, int], dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
         p = b["params"]
+        if "s" in p:  # test_sparse_latent: the first layer on the s-sparse latent
+            sparse[(p["bits"], p["s"])][p["impl"]] = b
+            continue
         cases[(p["shape"], p["M"])][p["bits"]][p["impl"]] = b
     out = []
     for (shape, m), per_bits in cases.items():
@@ -52,6 +57,24 @@ def report(data: dict, stat: str = "min") -> str:
             out.append(f"| {bits} | " + " | ".join(_us(med[i]) for i in IMPLS) + f" | {gtype} | "
                        f"{ratio('torch-fp32')} | {ratio('torch-bf16')} | {ratio('ggml')} | "
                        f"{gbs:.1f} | {gfs:.1f} |")
+        out.append("")
+    if sparse:
+        any_b = next(iter(next(iter(sparse.values())).values()))["extra_info"]
+        out.append(f"### sparse latent: mnist784x500 (K={any_b['K']}, N={any_b['N']}), "
+                   f"M={any_b['M']}, s nonzeros per row\n")
+        out.append(f"{stat} µs per call; the cpu backend's sparse-input path against dense "
+                   "torch fp32 on the same x and torch's CSR x dense product\n")
+        out.append("| bits | s | " + " | ".join(SPARSE_IMPLS) + " | ×fp32 | ×csr |")
+        out.append("|" + "---|" * (len(SPARSE_IMPLS) + 4))
+        for (bits, s), row in sorted(sparse.items()):
+            t = {i: row[i]["stats"][stat] if i in row else None for i in SPARSE_IMPLS}
+
+            def rel(other: str, t: dict = t) -> str:
+                mine = t["cpu-planes"]
+                return "-" if mine is None or t[other] is None else f"{t[other] / mine:.2f}"
+
+            out.append(f"| {bits} | {s} | " + " | ".join(_us(t[i]) for i in SPARSE_IMPLS)
+                       + f" | {rel('torch-fp32')} | {rel('torch-fp32-csr')} |")
         out.append("")
     return "\n".join(out)
 

@@ -133,3 +133,34 @@ def test_gemm(benchmark, impl: str, bits: int, shape: str, M: int) -> None:
     med = benchmark.stats.stats.median
     info["GB/s"] = info["weight_bytes"] / med / 1e9
     info["GFLOP/s"] = info["flops"] / med / 1e9
+
+
+# The generator's first layer reads the s-sparse latent: the cpu backend's sparse-input path
+# (csrc/README.md) against dense torch fp32 on the same x and torch's CSR sparse x dense product.
+SPARSE_IMPLS = ["cpu-planes", "torch-fp32", "torch-fp32-csr"]
+
+
+@pytest.mark.parametrize("impl", SPARSE_IMPLS)
+@pytest.mark.parametrize("bits", [1, 4])
+@pytest.mark.parametrize("s", [25, 100])
+def test_sparse_latent(benchmark, impl: str, bits: int, s: int) -> None:
+    k, n = SHAPES["mnist784x500"]
+    m = 256
+    w = _weight(bits, n, k)
+    gen = torch.Generator().manual_seed(s)
+    support = torch.rand(m, k, generator=gen).argsort(dim=1)[:, :s]
+    x = torch.zeros(m, k).scatter(1, support, torch.randn(m, s, generator=gen))
+    info = benchmark.extra_info
+    info.update(M=m, K=k, N=n, bits=bits, s=s, flops=2 * m * n * k, threads=THREADS)
+    wd = w.dequantize()
+    if impl == "cpu-planes":
+        be = create_backend()
+        p = be.prepare(w)
+        y = benchmark(be.gemm, x, p)
+        ref = x @ wd.T
+        info["max_rel_err"] = float((y - ref).abs().max() / ref.abs().max())
+    elif impl == "torch-fp32":
+        benchmark(F.linear, x, wd)
+    else:
+        xs, wt = x.to_sparse_csr(), wd.T.contiguous()
+        benchmark(torch.sparse.mm, xs, wt)

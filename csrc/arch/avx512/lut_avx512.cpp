@@ -217,6 +217,7 @@ template <int BITS>
 void sparse_row_bits(const SparseRowArgs& a) {
     int cb = 0;
     for (; cb + 8 <= a.nb; cb += 8) sparse_blocks<BITS, 8>(a, cb);
+    for (; cb + 4 <= a.nb; cb += 4) sparse_blocks<BITS, 4>(a, cb);
     for (; cb + 2 <= a.nb; cb += 2) sparse_blocks<BITS, 2>(a, cb);
     for (; cb < a.nb; ++cb) sparse_blocks<BITS, 1>(a, cb);
 }
