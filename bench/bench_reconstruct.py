@@ -285,7 +285,7 @@ def render(rows: list[dict[str, Any]], models: list[dict[str, Any]], args: argpa
         "",
         f"- command: `{cmd}`",
         f"- date: {datetime.date.today().isoformat()}; host CPU: {cpu_model()}; "
-        f"python {platform.python_version()}",
+        f"python {platform.python_version()}; code: {code_version()}",
         f"- images: {args.count} MNIST evaluation images (last 1,000 of t10k), restarts 1, "
         f"batch size {args.batch_size}; per row the fastest of {args.rounds} round(s) x "
         f"{args.repeats} timed runs, each after a one-batch warm-up; rounds alternate the "
@@ -312,6 +312,20 @@ def render(rows: list[dict[str, Any]], models: list[dict[str, Any]], args: argpa
                      f"{max(r['peak_mib'] - r['rss_before_mib'], 0):.0f} | {r['max_dx']:.1e} | "
                      f"{r['g_bytes']:,} |")
     return "\n".join(lines) + "\n"
+
+
+def code_version() -> str:
+    """``commit abc1234`` (``+ local changes`` when the work tree differs), or ``unknown``."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"commit {head}" + (" + local changes" if dirty else "")
 
 
 def cpu_model() -> str:
