@@ -118,6 +118,26 @@ def test_resume_refuses_a_different_network(tmp_path, images):
         Trainer(_cfg(tmp_path, bits=2, epochs=2), images[:48], images[48:], resume=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_saves_a_checkpoint_that_resumes_on_the_cpu(tmp_path, images):
+    on_gpu = _train(_cfg(tmp_path, epochs=1, device="cuda"), images)
+    assert next(on_gpu.generator.parameters()).is_cuda
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
+    tensors = [*ckpt["generator"].values(), *ckpt["sensing"].values(), ckpt["log_step_size"]]
+    assert all(v.device.type == "cpu" for v in tensors)
+    resumed = _train(_cfg(tmp_path, epochs=2, device="cpu"), images, resume=True)
+    assert resumed.epoch == 2 and torch.isfinite(resumed.log_step_size).all()
+    assert not next(resumed.generator.parameters()).is_cuda
+
+
+def test_cli_device_auto_trains_where_it_can(tmp_path):
+    out = tmp_path / "auto"
+    assert train_main(["--out", str(out), "--epochs", "1", "--batch-size", "128", "--bits", "1",
+                       "-s", "20", "--device", "auto"]) == 0
+    settings = load_checkpoint(out / "model.pt")["train"]["settings"]
+    assert settings["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     p = tmp_path / "model.pt"
     p.write_bytes(b"not a checkpoint")
@@ -137,7 +157,9 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--data", "mnist", "--data-root", "/nonexistent/folder"], "nonexistent"),
     (["--bits", "2", "--overflow-rate", "1.5"], "overflow_rate"),
     (["--overflow-rate", "-0.01"], "overflow_rate"),
-])
+    (["--device", "tpu"], "--device"),
+    (["--device", "bogus:x"], "--device"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, needle):
     code = train_main(["--out", str(tmp_path / "r"), *argv])
     err = capsys.readouterr().err

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the gradient-difference loss (0 disables it)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=d.device,
+                   help="where to train: cpu, cuda (or cuda:N), or auto (cuda when a CUDA GPU "
+                        "is visible, else cpu). Checkpoints are saved with CPU tensors, so a "
+                        "model trained on a GPU exports and resumes anywhere")
     p.add_argument("--init-from", default=None,
                    help="warm start from another checkpoint of the same network (e.g. a 32-bit "
                         "model before 1-bit training)")
@@ -82,6 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
     return p
+
+
+def resolve_device(name: str) -> str:
+    """``--device``: "auto" -> "cuda" or "cpu"; a CUDA device that is not there is a user error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise QgenError(f"--device {name!r}: expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise QgenError(f"--device {name}: no CUDA GPU is visible to torch here "
+                            f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise QgenError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise QgenError(f"--device {name!r}: training runs on cpu or cuda")
+    return str(dev)
 
 
 def _body(argv: Sequence[str] | None) -> int:
@@ -97,6 +120,7 @@ def _body(argv: Sequence[str] | None) -> int:
         raise QgenError("--batch-size must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = resolve_device(args.device)
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     images = load_images(cfg.dataset, cfg.data_root)
@@ -111,7 +135,7 @@ def _body(argv: Sequence[str] | None) -> int:
     s = trainer.solver
     print(f"qgen-train: {desc}; {cfg.method} at {cfg.bits} bits, m={cfg.measurements}, "
           f"latent {s.latent_dim}, s={s.sparsity}, T={s.steps}; epochs {trainer.epoch + 1}.."
-          f"{cfg.epochs} -> {cfg.out}/model.pt")
+          f"{cfg.epochs} on {cfg.device} -> {cfg.out}/model.pt")
     rec = trainer.run(progress=tqdm.tqdm)
     if rec:
         print(f"qgen-train: done after {rec['epoch']} epochs ({rec['wall_time_s']:.0f} s): eval "

@@ -62,6 +62,7 @@ class TrainConfig:
     init_from: str | None = None  # warm start θ, φ, β from another checkpoint (e.g. 32-bit)
     eval_every: int = 1
     eval_restarts: int = 1
+    device: str = "cpu"  # where θ, φ, β and the images live ("cpu", "cuda", "cuda:1", ...)
 
 
 def resolve_solver(cfg: TrainConfig, net: dict[str, Any]) -> SolverSettings:
@@ -139,6 +140,19 @@ def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` (tensors in nested dicts and lists, as in state dicts) with every tensor on the
+    CPU: a checkpoint trained on a GPU loads anywhere (Adam's state moves back to the
+    parameters' device in ``load_state_dict``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 class Trainer:
     """Runs Algorithm 1 on ``train_images`` and scores ``eval_images`` after each epoch."""
 
@@ -147,16 +161,19 @@ class Trainer:
         if cfg.lr_schedule not in ("cosine", "constant"):
             raise QgenError(f"lr_schedule must be 'cosine' or 'constant', got {cfg.lr_schedule!r}")
         self.cfg = cfg
-        self.train_images = train_images
-        self.eval_images = eval_images
+        self.device = torch.device(cfg.device)
+        # on the device once: batches are then index gathers there, no per-step copies
+        self.train_images = train_images.to(self.device)
+        self.eval_images = eval_images.to(self.device)
         self.out = Path(cfg.out)
         self.net = network_config(cfg, list(train_images.shape[1:]))
         self.solver = resolve_solver(cfg, self.net)
         self.net["latent_dim"] = self.solver.latent_dim
         torch.manual_seed(cfg.seed)
-        self.generator = build_generator(self.net)
-        self.sensing = build_sensing(self.net)
-        self.log_step_size = nn.Parameter(torch.tensor(math.log(cfg.initial_step_size)))
+        self.generator = build_generator(self.net).to(self.device)
+        self.sensing = build_sensing(self.net).to(self.device)
+        self.log_step_size = nn.Parameter(torch.tensor(math.log(cfg.initial_step_size),
+                                                       device=self.device))
         self.optimizer = torch.optim.Adam(
             [*self.generator.parameters(), *self.sensing.parameters(), self.log_step_size],
             lr=cfg.lr)
@@ -176,13 +193,13 @@ class Trainer:
             "config": self.net,
             "solver": {**asdict(self.solver),
                        "step_size": float(self.log_step_size.detach().exp())},
-            "generator": self.generator.state_dict(),
-            "sensing": self.sensing.state_dict(),
-            "log_step_size": self.log_step_size.detach().clone(),
+            "generator": _on_cpu(self.generator.state_dict()),
+            "sensing": _on_cpu(self.sensing.state_dict()),
+            "log_step_size": _on_cpu(self.log_step_size),
             "train": {"epochs": self.epoch, "step": self.step, "wall_time_s": self.wall_time,
                       "final": final, "data": self.data_description,
                       "settings": asdict(self.cfg)},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _on_cpu(self.optimizer.state_dict()),
             "rng_state": self.rng.get_state(),
         }
 
@@ -243,9 +260,10 @@ class Trainer:
         self.sensing.train()
         while self.epoch < self.cfg.epochs:
             order = torch.randperm(n, generator=_seeded(self.cfg.seed * 1_000_003 + self.epoch))
+            order = order.to(self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.epoch)
-            sums = torch.zeros(4)
+            sums = torch.zeros(4, device=self.device)
             t0 = time.perf_counter()
             bar = progress(total=batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            leave=False) if progress else None
