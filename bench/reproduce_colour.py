@@ -10,6 +10,7 @@ svhn/, stl10/ inside, or --cifar10/--svhn/--stl10 PATH); otherwise the embedded 
 
     python bench/reproduce_colour.py --dry-run
     python bench/reproduce_colour.py --data-root /data --lanes 2
+    python bench/reproduce_colour.py --device cuda --lanes 3      # on a GPU (bench/gpu_colour.sh)
     python bench/reproduce_colour.py --report-only
 
 Writes bench/results/colour-table1.md.

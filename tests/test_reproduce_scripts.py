@@ -102,6 +102,10 @@ def test_overflow_rate_names_and_commands(tmp_path: Path) -> None:
     plain = specs["mnist-m25-sdlss-1"]
     assert "--overflow-rate" not in commands.train_command(
         plain, commands.paths_for(tmp_path, plain), threads=1, resume=False)
+    assert "--device" not in train
+    gpu = commands.train_command(two, commands.paths_for(tmp_path, two), threads=1,
+                                 resume=True, device="cuda")
+    assert gpu[gpu.index("--device") + 1] == "cuda" and gpu[-1] == "--resume"
     mnist = _script("reproduce_mnist")
     parse = mnist.build_parser().parse_args
     names = {s.name for s in mnist.plan(parse(["-m", "25"]))}
@@ -128,6 +132,10 @@ def test_status_and_next_action(tmp_path: Path) -> None:
     assert next_action(spec, RunState(2, 3, 123), rec2, True) == "busy"  # already scored at 2
     assert next_action(spec, RunState(3, 3, None), rec2, False) == "evaluate"  # stale record
     assert next_action(spec, RunState(3, 3, 99), _record(spec, 20, 0.8), False) == "done"
+    # --score-only: nothing is trained; partial checkpoints are scored once
+    assert next_action(spec, RunState(2, 3, None), None, False, score_only=True) == "evaluate"
+    assert next_action(spec, RunState(2, 3, None), rec2, False, score_only=True) == "done"
+    assert next_action(spec, RunState(0, 3, None), None, False, score_only=True) == "untrained"
 
 
 def test_mnist_tables_and_comparison(tmp_path: Path) -> None:

@@ -66,8 +66,10 @@ def _data_args(spec: RunSpec) -> list[str]:
     return args
 
 
-def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool) -> list[str]:
-    """qgen-train for the spec; ``resume`` continues from the run folder's last checkpoint."""
+def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool,
+                  device: str = "cpu") -> list[str]:
+    """qgen-train for the spec; ``resume`` continues from the run folder's last checkpoint (on
+    any device: checkpoints hold CPU tensors)."""
     cmd = ["qgen-train", "--out", str(paths.run_dir), *_data_args(spec), "--method", spec.method,
            "--bits", str(spec.bits), "-m", str(spec.m)]
     if spec.method == SDLSS and spec.s is not None:
@@ -75,6 +77,8 @@ def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool)
     if spec.overflow_rate:
         cmd += ["--overflow-rate", str(spec.overflow_rate)]
     cmd += ["--epochs", str(spec.epochs), "--threads", str(threads)]
+    if device != "cpu":
+        cmd += ["--device", device]
     return cmd + (["--resume"] if resume else [])
 
 

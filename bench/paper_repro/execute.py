@@ -29,7 +29,9 @@ class QueueOptions:
     threads: int = 1  # torch threads per run
     lanes: int = 1  # runs side by side
     backend: str = "auto"  # qgen-reconstruct --backend
+    device: str = "cpu"  # qgen-train --device
     eval_partial: bool = False  # also score unfinished checkpoints (their epochs are stated)
+    score_only: bool = False  # train nothing; score every trained checkpoint, finished or not
     poll_s: float = 20.0  # how often a lane looks at a training run's log.jsonl
 
 
@@ -50,14 +52,17 @@ class Progress:
 
 
 def next_action(spec: RunSpec, state: RunState, record: EvalRecord | None,
-                eval_partial: bool) -> str:
-    """What the queue does with a run: "done", "evaluate", "train" or "busy" (another process is
-    training it: neither trained nor, unless ``eval_partial``, evaluated here)."""
+                eval_partial: bool, score_only: bool = False) -> str:
+    """What the queue does with a run: "done", "evaluate", "train", "busy" (another process is
+    training it: neither trained nor, unless ``eval_partial``, evaluated here) or, with
+    ``score_only``, "untrained" for a run with no epoch to score (nothing is trained then)."""
     fresh = record is not None and record.epochs == state.epochs_done
     if state.finished:
         return "done" if fresh else "evaluate"
     if state.busy_pid is not None:
         return "evaluate" if eval_partial and state.epochs_done and not fresh else "busy"
+    if score_only:
+        return "done" if fresh else "evaluate" if state.epochs_done else "untrained"
     return "train"
 
 
@@ -68,12 +73,13 @@ def describe_plan(specs: Sequence[RunSpec], opts: QueueOptions) -> list[str]:
     for i, spec in enumerate(specs, 1):
         paths = cmds.paths_for(opts.runs, spec)
         state = run_state(paths.run_dir, spec.epochs, busy)
-        action = next_action(spec, state, load_record(paths.record), opts.eval_partial)
+        action = next_action(spec, state, load_record(paths.record), opts.eval_partial,
+                             opts.score_only)
         lines.append(f"{i:3d}. tier {spec.tier}  {spec.name:28s} {state.describe()} -> {action}")
         if action == "train":
             resume = paths.checkpoint.is_file()
             lines.append("       " + shlex.join(cmds.train_command(
-                spec, paths, threads=opts.threads, resume=resume)))
+                spec, paths, threads=opts.threads, resume=resume, device=opts.device)))
         if action in ("train", "evaluate"):
             lines += ["       " + shlex.join(c) for c in cmds.eval_commands(
                 spec, paths, threads=opts.threads, backend=opts.backend)]
@@ -132,7 +138,8 @@ def _run(cmd: list[str], log: Path, *, watch: Callable[[], None] | None = None,
 def _train(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions, progress: Progress) -> None:
     start = trained_epochs(paths.run_dir)
     resume = paths.checkpoint.is_file()
-    cmd = cmds.train_command(spec, paths, threads=opts.threads, resume=resume)
+    cmd = cmds.train_command(spec, paths, threads=opts.threads, resume=resume,
+                             device=opts.device)
     progress.say(spec.name, f"{'resuming at' if resume else 'training from'} epoch "
                             f"{start}/{spec.epochs} (log: {paths.train_log})")
     seen = [start]
@@ -181,12 +188,16 @@ def process(spec: RunSpec, opts: QueueOptions, progress: Progress) -> EvalRecord
     """Bring one run up to date (train, then evaluate); returns its new record, if any."""
     paths = cmds.paths_for(opts.runs, spec)
     state = run_state(paths.run_dir, spec.epochs)
-    action = next_action(spec, state, load_record(paths.record), opts.eval_partial)
+    action = next_action(spec, state, load_record(paths.record), opts.eval_partial,
+                         opts.score_only)
     if action == "done":
         progress.finish(spec.name, f"already evaluated at {state.epochs_done} epochs")
         return None
     if action == "busy":
         progress.finish(spec.name, f"{state.describe()}: left alone, evaluate it later")
+        return None
+    if action == "untrained":
+        progress.finish(spec.name, "not trained yet: nothing to score (--score-only)")
         return None
     if action == "train":
         _train(spec, paths, opts, progress)
@@ -239,7 +250,8 @@ def drive(parser: argparse.ArgumentParser, args: argparse.Namespace, full: Seque
     if args.only and not specs:
         parser.error(f"--only {args.only} matches no run of the plan")
     opts = QueueOptions(args.runs, threads=args.threads, lanes=args.lanes, backend=args.backend,
-                        eval_partial=args.eval_partial)
+                        device=args.device, eval_partial=args.eval_partial,
+                        score_only=args.score_only)
     if args.dry_run:
         for line in header:
             print(line)

@@ -25,8 +25,14 @@ def add_queue_options(p: argparse.ArgumentParser, *, epochs: int) -> None:
     p.add_argument("--lanes", type=int, default=1, help="runs side by side")
     p.add_argument("--backend", choices=("auto", "reference", "cpu", "triton"), default="auto",
                    help="qgen-reconstruct backend for the packed models")
+    p.add_argument("--device", default="cpu",
+                   help="qgen-train --device: cpu, cuda or auto (the report's command line "
+                        "states it)")
     p.add_argument("--eval-partial", action="store_true",
                    help="also score checkpoints short of --epochs (tables mark them)")
+    p.add_argument("--score-only", action="store_true",
+                   help="train nothing: score every trained checkpoint, finished or not "
+                        "(tables mark those short of --epochs), e.g. after a time limit")
     p.add_argument("--overflow-rate", action="append", type=overflow_entry, metavar="BITS=RATE",
                    help="quantizer overflow rate of the BITS-bit SDLSS runs (repeatable; "
                         f"default {DEFAULT_OVERFLOW}: at 2 bits the max|w| range rounds most "
