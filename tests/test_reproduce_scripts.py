@@ -240,3 +240,29 @@ def test_describe_plan_lists_commands(tmp_path: Path) -> None:
                             bits=[1])
     lines = describe_plan(specs, QueueOptions(tmp_path))
     assert "not started -> train" in lines[0] and lines[1].strip().startswith("qgen-train")
+
+
+def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
+    """bench/gpu_colour.sh end to end with its CPU knobs (the tiny embedded 'digits' set, one
+    1-bit model, one epoch): the wrappers, the queue, the scoring pass and the archive work on a
+    machine without a GPU, so a GPU session only meets GPU problems."""
+    import os
+    import subprocess
+    import tarfile
+
+    env = {**os.environ, "QGEN_COLOUR_INSTALL": "0", "QGEN_COLOUR_DEVICE": "cpu",
+           "QGEN_COLOUR_FALLBACK": "digits", "QGEN_COLOUR_EPOCHS": "1",
+           "QGEN_COLOUR_BITS": "1", "QGEN_COLOUR_LANES": "1", "QGEN_COLOUR_SECONDS": "300",
+           "QGEN_COLOUR_BACKEND": "reference", "PYTHON": sys.executable}
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(BENCH / "gpu_colour.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (out / "queue.log").read_text()
+    assert "queue rc=0" in log and "report rc=0" in log, log[-2000:]
+    table = (out / "colour-table1.md").read_text()
+    assert "digits (embedded)" in table and "1 ep" in table
+    with tarfile.open(out / "colour-runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("model.qgen") for n in names)
+    assert not any(n.endswith("model.pt") for n in names)  # checkpoints stay behind
