@@ -283,6 +283,16 @@ def test_threads_do_not_change_results(shape: tuple[int, int, int]) -> None:
     assert torch.equal(one.gemm_t(g, p), two.gemm_t(g, p))
 
 
+def test_kernel_threads_follow_torch_unless_fixed() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert create_backend()._threads() == 3  # qgen-reconstruct --threads governs both
+        assert create_backend(threads=2)._threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("bits", [1, 4])
 def test_several_table_panels(bits: int) -> None:
     """K large enough that the 1 MiB table budget splits M into several panels."""

@@ -113,6 +113,11 @@ class CpuBackend:
         self.isa: str = ext.resolve_isa(isa or "")  # raises ValueError if unsupported
         self.threads = threads
 
+    def _threads(self) -> int:
+        """The kernels' thread count: the fixed one, else torch's at call time, so that
+        ``torch.set_num_threads`` (qgen-reconstruct --threads) governs the whole solve."""
+        return self.threads if self.threads > 0 else torch.get_num_threads()
+
     def kernel_name(self, bits: int, transposed: bool = False) -> str:
         return str(self._ext.kernel_name(bits, transposed, self.isa))
 
@@ -133,14 +138,15 @@ class CpuBackend:
         y = self._ext.gemm_planes_f32(
             xa, prepared.words, n, prepared.bits, prepared.scale, prepared.zero,
             _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
-            _ACT_CODES[ep.activation], float(ep.negative_slope), self.isa, self.threads)
+            _ACT_CODES[ep.activation], float(ep.negative_slope), self.isa, self._threads())
         return torch.from_numpy(y)
 
     def gemm_t(self, g: torch.Tensor, prepared: CpuPrepared) -> torch.Tensor:
         n, k = prepared.shape
         ga = _check_matrix(g, "g", n, "N")
         out = self._ext.gemm_t_planes_f32(ga, prepared.words_t, k, prepared.bits,
-                                          prepared.scale, prepared.zero, self.isa, self.threads)
+                                          prepared.scale, prepared.zero, self.isa,
+                                          self._threads())
         return torch.from_numpy(out)
 
     def gemm_t_through_epilogue(self, grad_y: torch.Tensor, y: torch.Tensor,
@@ -155,14 +161,15 @@ class CpuBackend:
                              f"{tuple(ya.shape)}")
         out = self._ext.gemm_t_planes_f32(
             ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero, self.isa,
-            self.threads, ya, _as_f32_vector(epilogue.alpha, n, "alpha"),
+            self._threads(), ya, _as_f32_vector(epilogue.alpha, n, "alpha"),
             _ACT_CODES[epilogue.activation], float(epilogue.negative_slope))
         return torch.from_numpy(out)
 
 
 def create_backend(isa: str | None = None, threads: int = 0) -> CpuBackend:
     """The CPU backend; ``isa`` (``"portable"``, ``"avx2"``, ``"avx512"``) overrides the run-time
-    choice and ``QGEN_CPU_ISA``; ``threads = 0`` uses OpenMP's default (``OMP_NUM_THREADS``)."""
+    choice and ``QGEN_CPU_ISA``; ``threads = 0`` follows ``torch.get_num_threads()`` at each call
+    (so ``torch.set_num_threads`` sets the kernels' threads too)."""
     return CpuBackend(isa, threads)
 
 
