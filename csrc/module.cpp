@@ -182,16 +182,6 @@ struct PlainRows {
     const float* operator()(int64_t m, float*) const { return X + m * R; }
 };
 
-// threads <= 0: OMP_NUM_THREADS (via the OpenMP runtime) or else every hardware thread.
-int resolve_threads(int threads) {
-    if (threads > 0) return threads;
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-#endif
-}
-
 template <typename Epi, typename Rows>
 void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const float* rscale,
               const float* rz, const uint32_t* words, int64_t C, int bits, int threads,
