@@ -74,7 +74,7 @@ def write_report(specs: list[RunSpec], sets: list[ColourSet], args: argparse.Nam
     text = colour_report(results, provenance.stamp(argv_list), [describe(cs) for cs in sets])
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / REPORT
-    out.write_text(text)
+    provenance.write_keeping_notes(out, text)
     return out
 
 

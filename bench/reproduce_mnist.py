@@ -96,7 +96,7 @@ def write_report(specs: list[RunSpec], args: argparse.Namespace,
     argv_list = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     text = mnist_report(results, provenance.stamp(argv_list), figures, label)
     out = args.results / REPORT
-    out.write_text(text)
+    provenance.write_keeping_notes(out, text)
     return out
 
 

@@ -224,6 +224,13 @@ def test_scripts_dry_run_report_and_ship(tmp_path: Path, capsys: pytest.CaptureF
     report = (results / "mnist-figure3.md").read_text()
     assert "- machine: " in report and "- date: " in report and "--report-only" in report
     assert "rate (Hubara et al." in report and "2-bit r = 0.05" in report
+    # hand-written notes after the marker survive a rebuild; the generated part is rewritten
+    from paper_repro.provenance import NOTES_MARKER
+    (results / "mnist-figure3.md").write_text(report + "\n" + NOTES_MARKER + "\n## My notes\n")
+    assert mnist.main([*base, "--report-only"]) == 0
+    rebuilt = (results / "mnist-figure3.md").read_text()
+    assert rebuilt.endswith(NOTES_MARKER + "\n## My notes\n") and rebuilt.count("## My notes") == 1
+    assert rebuilt.count("# MNIST: Q-GEN Figure 3") == 1
     assert (results / "mnist-figure3.png").stat().st_size > 0
     assert (results / "mnist-figure4-m25.png").stat().st_size > 0
     assert (models / "mnist-m25-1bit.qgen").read_bytes() == b"fake"

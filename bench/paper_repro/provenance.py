@@ -7,6 +7,7 @@ import platform
 import shlex
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -45,3 +46,18 @@ def stamp(argv: list[str] | None = None) -> list[str]:
     """Markdown lines: command, machine, date."""
     return [f"- command: `{command_line(argv)}`", f"- machine: {machine()}",
             f"- date: {utc_now()}"]
+
+
+NOTES_MARKER = "<!-- written by hand below this line: kept when the report is rebuilt -->"
+
+
+def write_keeping_notes(path: Path, generated: str) -> None:
+    """Write ``generated`` to ``path``, keeping everything from :data:`NOTES_MARKER` on (hand
+    written sections: how the runs were made, side experiments) from the file already there."""
+    notes = ""
+    if path.exists():
+        old = path.read_text()
+        at = old.find(NOTES_MARKER)
+        if at >= 0:
+            notes = old[at:]
+    path.write_text(generated.rstrip("\n") + "\n\n" + notes if notes else generated)
