@@ -166,6 +166,8 @@ def test_cli_export_refuses_to_overwrite_without_force(
     assert export_main([str(src), "--out", str(src), "--force"]) == 2
     assert "checkpoint itself" in capsys.readouterr().err
     assert src.read_bytes() == before
+    assert export_main([str(src), "--out", str(tmp_path), "--force"]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_cli_help_explains(capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,6 +53,8 @@ def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     src = Path(args.model)
     out = Path(args.out) if args.out is not None else default_output_path(src)
+    if out.is_dir():
+        raise QgenError(f"--out {str(out)!r} is a folder; name the .qgen file to write")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise QgenError(f"--out {str(out)!r} is the checkpoint itself; name another file")
     if out.exists() and not args.force:
