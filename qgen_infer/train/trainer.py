@@ -195,7 +195,7 @@ class Trainer:
                        "step_size": float(self.log_step_size.detach().exp())},
             "generator": _on_cpu(self.generator.state_dict()),
             "sensing": _on_cpu(self.sensing.state_dict()),
-            "log_step_size": _on_cpu(self.log_step_size),
+            "log_step_size": self.log_step_size.detach().cpu().clone(),
             "train": {"epochs": self.epoch, "step": self.step, "wall_time_s": self.wall_time,
                       "final": final, "data": self.data_description,
                       "settings": asdict(self.cfg)},
