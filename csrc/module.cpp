@@ -261,8 +261,9 @@ void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const
 // ------------------------------------------------------------------------------------------
 // The sparse-input driver: the forward product when at most 1/kSparseMaxDensity of x is nonzero.
 // The generator's first layer reads the s-sparse latent (s = 100 of 784 entries in the MNIST
-// models), where the tier's sparse-row kernel (qgen_cpu.h, SparseRowArgs) does ~4x fewer
-// instructions than the LUT tile. Each thread gathers a panel of rows' nonzeros once, then walks
+// models). The tier's sparse-row kernel (qgen_cpu.h, SparseRowArgs) spends 2 instructions per
+// nonzero and 16 columns where the LUT tile spends 2 per 4 reduction entries and 16 columns, so
+// it is cheaper below ~1/4 density (half the instructions at the latent's 1/8). Each thread gathers a panel of rows' nonzeros once, then walks
 // the column blocks in groups (plane words <= kSparseGroupBytes) while every row of the panel
 // streams its nonzeros past them: the group's words stay cached across the panel's rows, and
 // each nonzero's broadcasts serve the group's 4-8 register blocks. Measured on the MNIST first
@@ -299,8 +300,8 @@ void sparse_gemm(const KernelSet& ks, const float* X, int64_t M, int64_t K,
     if (group >= 8) group -= group % 8;  // the AVX-512 kernel's register tiles: 8, 4, 2, 1
     else if (group >= 4) group = 4;
     int nt = resolve_threads(threads);
-    // ~2 instructions per nonzero, plane and 16 columns (at most M K / 4 nonzeros): below ~0.5 M
-    // cycles of work one thread is faster than waking another
+    // ~2 instructions per nonzero, plane and 16 columns (at most M K / kSparseMaxDensity
+    // nonzeros): below ~0.5 M cycles of work one thread is faster than waking another
     if (static_cast<double>(M) * K / kSparseMaxDensity * C16 * bits * 2 < 5e5) nt = 1;
     const int64_t P = std::max<int64_t>(1, std::min<int64_t>(kSparsePanel,
                                                              ceil_div(M, 2 * int64_t{nt})));
