@@ -56,17 +56,6 @@ void tile_portable(const TileArgs& a) {
     }
 }
 
-// Branch-free: a branch on x != 0 mispredicts on every few entries of a random sparse row.
-int64_t gather_nonzeros_portable(const float* x, int64_t R, int32_t* idx, float* val) {
-    int64_t n = 0;
-    for (int64_t r = 0; r < R; ++r) {
-        idx[n] = static_cast<int32_t>(r);
-        val[n] = x[r];
-        n += x[r] != 0.0f;
-    }
-    return n;
-}
-
 // The reference of the SIMD tiers' sparse rows: the same terms in the same order (nonzeros in
 // order, planes inside), so the tiers agree bit for bit.
 void sparse_row_portable(const SparseRowArgs& a) {
@@ -90,10 +79,21 @@ void sparse_row_portable(const SparseRowArgs& a) {
 
 }  // namespace
 
+// Branch-free: a branch on x != 0 mispredicts on every few entries of a random sparse row.
+int64_t gather_nonzeros_scalar(const float* x, int64_t R, int32_t* idx, float* val) {
+    int64_t n = 0;
+    for (int64_t r = 0; r < R; ++r) {
+        idx[n] = static_cast<int32_t>(r);
+        val[n] = x[r];
+        n += x[r] != 0.0f;
+    }
+    return n;
+}
+
 KernelSet kernels_portable() {
     return KernelSet{"portable", build_tables_portable, tile_portable, 4, 1, 1,
                      epilogue_row_impl, grad_row_impl, sparse_row_portable,
-                     gather_nonzeros_portable};
+                     gather_nonzeros_scalar};
 }
 
 }  // namespace qgen

@@ -113,6 +113,8 @@ using SparseRowFn = void (*)(const SparseRowArgs&);
 // The nonzeros of x[0..R) in order: idx[i], val[i] for i < the returned count. idx and val have
 // room for R + 16 entries (a SIMD tier may store whole vectors past the count).
 using GatherFn = int64_t (*)(const float* x, int64_t R, int32_t* idx, float* val);
+// The scalar, branch-free gather (lut_portable.cpp), for tiers without a compress instruction.
+int64_t gather_nonzeros_scalar(const float* x, int64_t R, int32_t* idx, float* val);
 
 struct KernelSet {
     const char* isa_name;

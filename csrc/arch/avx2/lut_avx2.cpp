@@ -129,11 +129,60 @@ void tile_avx2(const TileArgs& a) {
     }
 }
 
+// Sparse rows (qgen_cpu.h, SparseRowArgs) on 8-lane registers, a 16-column block as two halves.
+// No mask registers: the bit test is and + compare, and the masked add adds (mask & v), which is
+// +0 where the bit is clear: the same sums as skipping the add, since an accumulator that starts
+// at +0 and only ever gains nonzero values is never -0. Same order as the portable tier.
+template <int BITS, int NB>
+inline __attribute__((always_inline)) void sparse_blocks(const SparseRowArgs& a, int cb0) {
+    __m256 c[NB][2];
+    for (int n = 0; n < NB; ++n) c[n][0] = c[n][1] = _mm256_setzero_ps();
+    const uint32_t* w = a.w + cb0 * a.cbstride;
+    for (int64_t i = 0; i < a.nnz; ++i) {
+        const int32_t r = a.idx[i];
+        const __m256i bit = _mm256_set1_epi32(static_cast<int>(1u << (r % kChunkR)));
+        const uint32_t* wr = w + (r / kChunkR) * BITS * kLanes;
+#pragma GCC unroll 4
+        for (int b = 0; b < BITS; ++b) {
+            const __m256 v = _mm256_set1_ps(a.val[i] * static_cast<float>(2 << b));
+#pragma GCC unroll 8
+            for (int n = 0; n < NB; ++n)
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; ++h) {
+                    const __m256i word = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                        wr + n * a.cbstride + b * kLanes + h * 8));
+                    const __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(word, bit), bit);
+                    c[n][h] = _mm256_add_ps(c[n][h], _mm256_and_ps(_mm256_castsi256_ps(on), v));
+                }
+        }
+    }
+    const __m256 corr = _mm256_set1_ps(static_cast<float>((1 << BITS) - 1) * a.xsum);
+    for (int n = 0; n < NB; ++n)
+        for (int h = 0; h < 2; ++h)
+            _mm256_storeu_ps(a.acc + (cb0 + n) * kLanes + h * 8, _mm256_sub_ps(c[n][h], corr));
+}
+
+template <int BITS>
+void sparse_row_bits(const SparseRowArgs& a) {
+    int cb = 0;
+    for (; cb + 4 <= a.nb; cb += 4) sparse_blocks<BITS, 4>(a, cb);
+    for (; cb < a.nb; ++cb) sparse_blocks<BITS, 1>(a, cb);
+}
+
+void sparse_row_avx2(const SparseRowArgs& a) {
+    switch (a.bits) {
+        case 1: sparse_row_bits<1>(a); break;
+        case 2: sparse_row_bits<2>(a); break;
+        case 3: sparse_row_bits<3>(a); break;
+        default: sparse_row_bits<4>(a); break;
+    }
+}
+
 }  // namespace
 
 KernelSet kernels_avx2() {
     return KernelSet{"avx2", build_tables_avx2, tile_avx2, 4, 8, 8, epilogue_row_impl,
-                     grad_row_impl, nullptr, nullptr};
+                     grad_row_impl, sparse_row_avx2, gather_nonzeros_scalar};
 }
 
 }  // namespace qgen
