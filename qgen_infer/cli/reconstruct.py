@@ -68,10 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "device and use its tensor cores (the latent and its update stay fp32)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of torch and of the cpu backend's kernels (default: torch's "
-                        "default). With more than one, set OMP_WAIT_POLICY=PASSIVE in the "
-                        "environment: torch's OpenMP workers otherwise spin after each step of "
-                        "the sensing net and hold the cores the packed kernels need next "
-                        "(measured: 1.2x faster at 2 threads, bench/results/reconstruct.md)")
+                        "default)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
