@@ -559,6 +559,12 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("kernel_name", &kernel_name, py::arg("bits"), py::arg("transposed") = false,
           py::arg("isa") = "");
     m.def("max_threads", &max_threads);
+    m.def("set_use_openmp", [](bool on) { return ThreadPool::instance().set_use_openmp(on); },
+          py::arg("on"),
+          "Run the kernels' parallel items on an OpenMP team (True) or the extension's own "
+          "workers (False); True only helps when the OpenMP runtime is the one torch uses. "
+          "Returns whether OpenMP teams are now in effect (False without OpenMP).");
+    m.def("uses_openmp", [] { return ThreadPool::instance().uses_openmp(); });
     m.def("pool_stats", [] {
         auto& p = ThreadPool::instance();
         return py::make_tuple(p.items_by_caller(), p.items_by_workers());

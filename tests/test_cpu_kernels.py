@@ -268,8 +268,20 @@ def test_sparse_rows_edge_cases(backends) -> None:
 
 # (M, K, N): big enough to run on 2 threads (the driver keeps < ~0.15 ms of work on one), by
 # rows (M >= 32: panels of rows per item) and by columns (small M: column groups per item).
+@pytest.fixture(params=["own", "openmp"])
+def thread_pool(request):
+    """Run the test's multi-threaded products on the extension's own workers, then on OpenMP
+    teams (the two ways csrc/thread_pool.h runs items), restoring the process's choice."""
+    before = _cpu.uses_openmp()
+    if request.param == "openmp" and not _cpu.set_use_openmp(True):
+        pytest.skip("extension built without OpenMP")
+    _cpu.set_use_openmp(request.param == "openmp")
+    yield request.param
+    _cpu.set_use_openmp(before)
+
+
 @pytest.mark.parametrize("shape", [(40, 1000, 1000), (8, 4100, 1030)], ids=["by_rows", "by_cols"])
-def test_threads_do_not_change_results(shape: tuple[int, int, int]) -> None:
+def test_threads_do_not_change_results(shape: tuple[int, int, int], thread_pool: str) -> None:
     m, k, n = shape
     gen = torch.Generator().manual_seed(6)
     w = make_weight(1, n, k, gen)
@@ -281,6 +293,21 @@ def test_threads_do_not_change_results(shape: tuple[int, int, int]) -> None:
     check_close(y1, gemm_reference(x, w), fwd_bound(x, w))
     g = torch.randn(m, n, generator=gen)
     assert torch.equal(one.gemm_t(g, p), two.gemm_t(g, p))
+    sparse = sparse_rows(m, k, gen)
+    assert torch.equal(one.gemm(sparse, p), two.gemm(sparse, p))
+    workers_before = _cpu.pool_stats()[1]
+    for _ in range(50):  # some items reach a second thread (on a busy machine, not every call)
+        two.gemm(x, p)
+    assert _cpu.pool_stats()[1] > workers_before
+
+
+def test_thread_pool_choice() -> None:
+    from qgen_infer.engine import cpu_backend
+
+    before = torch.get_num_threads()
+    shared = cpu_backend.shares_openmp_with_torch(_cpu)
+    assert isinstance(shared, bool) and torch.get_num_threads() == before  # probe restored
+    assert create_backend().thread_pool in ("own", "openmp")
 
 
 def test_kernel_threads_follow_torch_unless_fixed() -> None:

@@ -13,12 +13,16 @@ signed activation sums, 4 codes' plane bits at a time (T-MAC style, fp32 tables)
 math: ``csrc/qgen_cpu.h``.
 
 The instruction set is picked at run time (AVX-512, AVX2+FMA, portable C++); ``QGEN_CPU_ISA``
-or the ``isa`` argument of :func:`create_backend` overrides it. Tensors cross into C++ as numpy
-views of CPU tensors: the extension does not link libtorch.
+or the ``isa`` argument of :func:`create_backend` overrides it. Threads: the kernels' parallel
+items run on an OpenMP team when the extension shares torch's OpenMP runtime (torch's workers,
+which spin between the sensing net's operators, then do them), else on the extension's own
+workers (``csrc/thread_pool.h``); ``QGEN_CPU_POOL=own|openmp`` overrides the choice. Tensors
+cross into C++ as numpy views of CPU tensors: the extension does not link libtorch.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -36,6 +40,33 @@ def _load() -> ModuleType | None:
     except ImportError:
         return None
     return _cpu
+
+
+_POOL_CHOICE: str | None = None
+
+
+def shares_openmp_with_torch(ext: ModuleType) -> bool:
+    """Whether the extension's OpenMP runtime is torch's: ``torch.set_num_threads`` then reaches
+    the extension's ``omp_get_max_threads`` (probed with a changed count, then restored)."""
+    before = torch.get_num_threads()
+    probe = before + 1 if before < 512 else before - 1
+    try:
+        torch.set_num_threads(probe)
+        return int(ext.max_threads()) == probe
+    finally:
+        torch.set_num_threads(before)
+
+
+def choose_thread_pool(ext: ModuleType) -> str:
+    """``"openmp"`` or ``"own"`` for this process (decided once; ``QGEN_CPU_POOL`` overrides)."""
+    global _POOL_CHOICE
+    if _POOL_CHOICE is None:
+        want = os.environ.get("QGEN_CPU_POOL", "auto")
+        if want not in ("auto", "own", "openmp"):
+            raise ValueError(f"QGEN_CPU_POOL must be auto, own or openmp, got {want!r}")
+        use = want == "openmp" or (want == "auto" and shares_openmp_with_torch(ext))
+        _POOL_CHOICE = "openmp" if ext.set_use_openmp(use) else "own"
+    return _POOL_CHOICE
 
 
 def is_available() -> bool:
@@ -112,6 +143,7 @@ class CpuBackend:
         self._ext = ext
         self.isa: str = ext.resolve_isa(isa or "")  # raises ValueError if unsupported
         self.threads = threads
+        self.thread_pool = choose_thread_pool(ext)
 
     def _threads(self) -> int:
         """The kernels' thread count: the fixed one, else torch's at call time, so that
