@@ -295,10 +295,6 @@ def test_threads_do_not_change_results(shape: tuple[int, int, int], thread_pool:
     assert torch.equal(one.gemm_t(g, p), two.gemm_t(g, p))
     sparse = sparse_rows(m, k, gen)
     assert torch.equal(one.gemm(sparse, p), two.gemm(sparse, p))
-    workers_before = _cpu.pool_stats()[1]
-    for _ in range(50):  # some items reach a second thread (on a busy machine, not every call)
-        two.gemm(x, p)
-    assert _cpu.pool_stats()[1] > workers_before
 
 
 def test_thread_pool_choice() -> None:
