@@ -37,6 +37,7 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -69,7 +70,11 @@ public:
             return;
         }
 #ifdef _OPENMP
-        if (use_openmp_.load(std::memory_order_relaxed)) {
+        // Not in a forked child: GNU OpenMP's team threads do not survive fork() and a team
+        // there never starts (torch's own operators hang the same way); the own-worker path
+        // below then runs every item on the caller, whose workers did not survive either.
+        if (use_openmp_.load(std::memory_order_relaxed) &&
+            ::getpid() == openmp_pid_.load(std::memory_order_relaxed)) {
             std::atomic<int64_t> next{0};
 #pragma omp parallel num_threads(threads)
             {
@@ -107,6 +112,7 @@ public:
     // of this file); false without OpenMP. Returns whether it is now in effect.
     bool set_use_openmp(bool on) {
 #ifdef _OPENMP
+        openmp_pid_.store(::getpid(), std::memory_order_relaxed);
         use_openmp_.store(on, std::memory_order_relaxed);
         return on;
 #else
@@ -177,6 +183,7 @@ private:
     std::atomic<uint64_t> generation_{0};
     std::atomic<int64_t> items_by_caller_{0}, items_by_workers_{0};
     std::atomic<bool> use_openmp_{false};
+    std::atomic<pid_t> openmp_pid_{0};  // the process that chose OpenMP teams
     std::vector<std::thread> workers_;
 };
 

@@ -297,6 +297,36 @@ def test_threads_do_not_change_results(shape: tuple[int, int, int], thread_pool:
     assert torch.equal(one.gemm(sparse, p), two.gemm(sparse, p))
 
 
+FORKED_CHILD = """
+import os, torch
+from qgen_infer import _cpu
+from qgen_infer.engine.backend import MatrixWeight
+from qgen_infer.engine.cpu_backend import create_backend
+be = create_backend(threads=2)
+_cpu.set_use_openmp(True)  # the parent runs OpenMP teams
+w = MatrixWeight(torch.randint(0, 2, (1000, 1000), dtype=torch.uint8), torch.rand(1000) + 0.1,
+                 torch.full((1000,), 0.5), 1)
+p, x = be.prepare(w), torch.randn(64, 1000)  # enough work for two threads
+y = be.gemm(x, p)
+torch.randn(500, 500) @ torch.randn(500, 500)  # torch's team too, as in a solver step
+pid = os.fork()
+if pid == 0:  # a team would never start here: the kernels must run on the caller
+    # (compared in numpy: torch's own multi-threaded operators hang in a forked child)
+    os._exit(0 if (be.gemm(x, p).numpy() == y.numpy()).all() else 3)
+print("child", os.waitpid(pid, 0)[1])
+"""
+
+
+def test_forked_child_runs_kernels_after_openmp_in_the_parent() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FORKED_CHILD], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "child 0"
+
+
 def test_thread_pool_choice() -> None:
     from qgen_infer.engine import cpu_backend
 
