@@ -97,7 +97,8 @@ def child(args: argparse.Namespace) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"seconds": seconds, "images": int(y.shape[0]),
                       "peak_mib": peak, "rss_before_mib": rss_before,
-                      "backend": model.backend.name}))
+                      "backend": model.backend.name,
+                      "thread_pool": getattr(model.backend, "thread_pool", None)}))
 
 
 # --- parent: models, runs, table ------------------------------------------------------------
@@ -268,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
                               f"{variant:<9} {row['ips']:9.1f} img/s  x{row['speedup']:.2f}  "
                               f"peak {r['peak_mib']:.0f} MiB  max|dx| {row['max_dx']:.2e}",
                               flush=True)
+    pools = sorted({r["thread_pool"] for r in rows if r.get("thread_pool")})
+    if pools:
+        args.note = "; ".join(filter(None, [args.note, "cpu backend threads: "
+                                            + "/".join(pools) + " (csrc/README.md, Threads)"]))
     report = render(rows, models, args, skipped, argv)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
