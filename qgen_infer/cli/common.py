@@ -12,11 +12,17 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; the description and the epilog's examples printed as
+    written (argparse would otherwise refill them into one paragraph)."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error convention (one line, exit 2) and defaults shown."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]

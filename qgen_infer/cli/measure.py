@@ -21,7 +21,7 @@ standard deviation --noise-std), written as a float32 array of shape (N, m). The
 
 EPILOG = """\
 examples:
-  qgen-measure --model models/mnist-1bit.qgen --data mnist --data-root ../shared/data/mnist \\
+  qgen-measure --model models/mnist-m25-1bit.qgen --data mnist --data-root ../shared/data/mnist \\
       --split eval --count 100 --out y.npy --truth-out x.npy
   qgen-measure --model model.qgen --images photos/ --out y.npy
 """

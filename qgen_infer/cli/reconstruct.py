@@ -29,7 +29,7 @@ Solver defaults are the ones the model was trained with (stored in the file).
 
 EPILOG = """\
 examples:
-  qgen-reconstruct --model models/mnist-1bit.qgen --measurements y.npy --out recon/
+  qgen-reconstruct --model models/mnist-m25-1bit.qgen --measurements y.npy --out recon/
   qgen-reconstruct --model m.qgen --measurements y.npy --truth x.npy --restarts 4 --out recon/
 Ctrl-C keeps the batches already finished (readable files, metrics marked interrupted), exit 130.
 """
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activations of the generator and sensing net; fp16/bf16 need a CUDA "
                         "device and use its tensor cores (the latent and its update stay fp32)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of torch and of the cpu backend's kernels (default: torch's "
-                        "default)")
+                   help="CPU threads of torch and of the cpu backend's kernels (unset: torch's "
+                        "choice)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
