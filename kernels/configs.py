@@ -120,10 +120,18 @@ def interpreter_config(m: int) -> KernelConfig:
     return KernelConfig("dot", 16, 32, 32)
 
 
-def candidates(m: int) -> list[KernelConfig]:
-    """GPU autotuning candidates for batch ``m`` (a short list: each one is a compile), each
-    with both decodes where its K tile allows word decoding."""
+def candidates(m: int, out_dim: int, red_dim: int, op: str,
+               sms: int | None = None) -> list[KernelConfig]:
+    """GPU autotuning candidates for an ``[m, red_dim] -> [m, out_dim]`` product (a short list:
+    each one is a compile), each with both decodes where its K tile allows word decoding."""
     base = _base_candidates(m)
+    if m > 16:  # small-tile, split-reduction launches that fill the SMs (one wave)
+        sms = sms or sm_count()
+        for bm, b_out, b_red, warps, stages in _FILL_TILES:
+            cfg = _tile(op, bm, b_out, b_red, 1, warps, stages)
+            split = fill_split(cfg, m, out_dim, red_dim, op, sms)
+            if split > 1 and (fill := replace(cfg, split=split)) not in base:
+                base.append(fill)
     return base + [replace(c, word_decode=True) for c in base if c.block_k >= 32]
 
 
@@ -145,31 +153,86 @@ def _base_candidates(m: int) -> list[KernelConfig]:
             KernelConfig("dot", 64, 64, 64, 1, 4, 4), KernelConfig("dot", 64, 64, 32, 1, 4, 3)]
 
 
-def heuristic_ladder(m: int, out_dim: int, red_dim: int, op: str) -> list[KernelConfig]:
-    """Untuned GPU defaults, best first: enough programs to fill ~2 waves of 132 SMs, splitting
-    the reduction when the output alone is too small to. The later entries need less shared
+# Tiles for M > 16, largest first, as (block_m, output block, reduction block, warps, stages).
+# The MNIST layers (M = 256, 500-784 wide) make 8-32 programs of a 64-128 tile on a 132-SM GPU,
+# each walking the whole reduction: latency-bound (23-55 µs against cuBLAS's 5-7 µs on an H200,
+# gpu-kernels.md). Smaller tiles and split reductions give every SM work.
+_FILL_TILES = ((64, 64, 64, 4, 4), (32, 64, 64, 4, 3), (32, 32, 64, 4, 2))
+# Fallbacks when a tile does not fit in shared memory, in decreasing (rows + columns) x depth.
+_SMALLER_TILES = ((64, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 32, 32, 4, 2))
+DEFAULT_SMS = 132  # H100 / H200 SXM
+
+
+def sm_count() -> int:
+    """Streaming multiprocessors of the current CUDA device (``DEFAULT_SMS`` without one)."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device())
+                   .multi_processor_count)
+    return DEFAULT_SMS
+
+
+def _tile(op: str, bm: int, b_out: int, b_red: int, split: int, warps: int, stages: int,
+          path: str = "dot") -> KernelConfig:
+    """A config from output / reduction blocks: ``block_n`` tiles N and ``block_k`` tiles K
+    whatever the op, so for ``gemm_t`` (output K, reduction N) they swap."""
+    n_blk, k_blk = (b_out, b_red) if op == "gemm" else (b_red, b_out)
+    return KernelConfig(path, bm, n_blk, k_blk, split, warps, stages)
+
+
+def programs(cfg: KernelConfig, m: int, out_dim: int, op: str) -> int:
+    """Programs one slice of the reduction launches (the grid without its split axis)."""
+    b_out = cfg.block_n if op == "gemm" else cfg.block_k
+    rows = m if cfg.path == "gemv" else -(-m // cfg.block_m)
+    return rows * -(-out_dim // b_out)
+
+
+def fill_split(cfg: KernelConfig, m: int, out_dim: int, red_dim: int, op: str,
+               target: int) -> int:
+    """Slices of the reduction that bring the launch to about ``target`` programs, at most 16
+    and keeping two reduction blocks per slice (one block per program would leave the
+    software pipeline nothing to overlap)."""
+    b_red = cfg.block_k if op == "gemm" else cfg.block_n
+    red_blocks = -(-red_dim // b_red)
+    want = -(-target // programs(cfg, m, out_dim, op))
+    return max(1, min(16, want, red_blocks // 2))
+
+
+def heuristic_ladder(m: int, out_dim: int, red_dim: int, op: str,
+                     sms: int | None = None) -> list[KernelConfig]:
+    """Untuned GPU defaults, best first. For M > 16 the largest tile that fills three quarters
+    of the SMs on its own, else the smallest with a split reduction that fills one wave; for
+    M <= 16 a 16-row (or GEMV) tile split to fill ~2 waves. The later entries need less shared
     memory: fp32 activations (4-byte tiles) or 3-bit words (two planes) can overflow a large
     tile (seen on an H200: 128x128x64, 3 stages, fp32 asked for 296 KB of 227), and the first
     entry that launches is kept (``select``).
 
     Every entry decodes whole words (``word_decode``): compiled for sm_90, a 64x64x64 1-bit tile
     has 10 async-copy instructions instead of 134 and needs 18 KB of shared memory instead of
-    64 KB (``bench/kernel_resources.py``); its run time is still to be measured."""
-    small = KernelConfig("dot", 32, 32, 32, 1, 4, 2)
+    64 KB (``bench/kernel_resources.py``)."""
+    sms = sms or sm_count()
     if m > 16:
-        big = [KernelConfig("dot", 128, 128, 64, 1, 8, 3)] if m >= 128 else []
-        ladder = big + [KernelConfig("dot", 64, 64, 64, 1, 4, 4),
-                        KernelConfig("dot", 64, 64, 32, 1, 4, 3), small]
+        tiles = [(128, 128, 64, 8, 3)] if m >= 128 else []
+        tiles += list(_FILL_TILES)
+        first = next((t for t in tiles
+                      if programs(_tile(op, *t[:3], 1, *t[3:]), m, out_dim, op) * 4 >= sms * 3),
+                     None)
+        if first is None:
+            small = _tile(op, *_FILL_TILES[-1][:3], 1, *_FILL_TILES[-1][3:])
+            head = replace(small, split=fill_split(small, m, out_dim, red_dim, op, sms))
+        else:
+            head = _tile(op, *first[:3], 1, *first[3:])
+        b_out, b_red = (head.block_n, head.block_k) if op == "gemm" else (head.block_k,
+                                                                          head.block_n)
+        ladder = [head] + [_tile(op, *t[:3], head.split, *t[3:]) for t in _SMALLER_TILES
+                           if (t[0] + t[1]) * t[2] < (head.block_m + b_out) * b_red]
     else:
         path, bm, b_out, b_red = ("gemv", 1, 64, 128) if m <= 4 else ("dot", 16, 64, 128)
         tiles = -(-out_dim // b_out) * (m if path == "gemv" else 1)
-        split = max(1, min(16, -(-264 // tiles), -(-red_dim // b_red)))
+        split = max(1, min(16, -(-2 * sms // tiles), -(-red_dim // b_red)))
         stages = 3 if path == "dot" else 2
-        # block_n tiles N and block_k tiles K whatever the op: swap for gemm_t (output is K)
-        n_blk, k_blk = (b_out, b_red) if op == "gemm" else (b_red, b_out)
-        ladder = [KernelConfig(path, bm, n_blk, k_blk, split, 4, stages),
-                  KernelConfig(path, bm, n_blk // 2, k_blk // 2, split, 4, stages),
-                  KernelConfig(path, bm, 32, 32, split, 4, 2)]
+        ladder = [_tile(op, bm, b_out, b_red, split, 4, stages, path),
+                  _tile(op, bm, b_out // 2, b_red // 2, split, 4, stages, path),
+                  _tile(op, bm, 32, 32, split, 4, 2, path)]
     return [replace(c, word_decode=c.block_k >= 32) for c in ladder]
 
 
@@ -335,7 +398,7 @@ def select(op: str, x: torch.Tensor, bits: int, m: int, n: int, k: int,
     if cfg is not None:
         return cfg
     out_dim, red_dim = (n, k) if op == "gemm" else (k, n)
-    found = autotune(run, candidates(m)) if _autotune_allowed() else None
+    found = autotune(run, candidates(m, out_dim, red_dim, op)) if _autotune_allowed() else None
     if found is None:
         return _first_that_launches(key, heuristic_ladder(m, out_dim, red_dim, op), run)
     store(key, *found)

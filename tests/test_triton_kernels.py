@@ -57,7 +57,8 @@ SHAPES = [(1, 1, 1), (1, 37, 13), (7, 13, 37), (20, 70, 33)]
 PATH_CONFIGS = {
     "dot": [KernelConfig("dot", 16, 32, 32), KernelConfig("dot", 16, 16, 16, split=3),
             KernelConfig("dot", 16, 32, 64, word_decode=True),
-            KernelConfig("dot", 16, 32, 32, split=3, word_decode=True)],
+            KernelConfig("dot", 16, 32, 32, split=3, word_decode=True),
+            KernelConfig("dot", 32, 32, 64, split=2, word_decode=True)],  # a wave-filling tile
     "gemv": [KernelConfig("gemv", 1, 32, 32), KernelConfig("gemv", 1, 16, 16, split=3),
              KernelConfig("gemv", 1, 32, 32, split=2, word_decode=True)],
 }
@@ -301,12 +302,50 @@ def test_config_helpers() -> None:
             per, slices = reduction_slices(length, split, 16)
             assert per % 16 == 0 and (slices - 1) * per < length <= slices * per
     for m in (1, 4, 16, 17, 300):
-        for cfg in configs.candidates(m) + [configs.heuristic(m, 8192, 8192, "gemm"),
-                                             configs.heuristic(m, 512, 784, "gemm_t")]:
+        for cfg in configs.candidates(m, 500, 784, "gemm") + [
+                configs.heuristic(m, 8192, 8192, "gemm"), configs.heuristic(m, 512, 784, "gemm_t")]:
             if cfg.path == "dot":  # tl.dot needs every tile side >= 16
                 assert min(cfg.block_m, cfg.block_n, cfg.block_k) >= 16
     with pytest.raises(ValueError, match="power of two"):
         KernelConfig("dot", 16, 24, 32)
+
+
+@pytest.mark.parametrize("op", ["gemm", "gemm_t"])
+@pytest.mark.parametrize("sms", [78, 132])
+def test_untuned_launches_fill_the_gpu(op: str, sms: int) -> None:
+    """M > 16: the heuristic's first config launches at least 3/4 of a wave of programs on its
+    own, or is the smallest tile with the reduction split to reach a wave (within the split's
+    limits: <= 16 slices, >= 2 reduction blocks each); its fallbacks need ever less shared memory.
+    The MNIST layers at M = 256 (latency-bound at 8-32 programs before) get >= 3/4 of a wave,
+    and the autotuner is offered a split launch of a wave for them."""
+    from qgen_infer.kernels.common import reduction_slices
+
+    def red_block(c: KernelConfig) -> int:
+        return c.block_k if op == "gemm" else c.block_n
+
+    def footprint(c: KernelConfig) -> int:
+        out_block = c.block_n if op == "gemm" else c.block_k
+        return (c.block_m + out_block) * red_block(c)
+
+    for m, out_dim, red_dim in [(17, 500, 784), (256, 500, 784), (256, 784, 500),
+                                (256, 500, 500), (300, 7, 4096), (4096, 8192, 8192),
+                                (64, 64, 64), (1000, 13, 31)]:
+        ladder = configs.heuristic_ladder(m, out_dim, red_dim, op, sms=sms)
+        head = ladder[0]
+        launched = configs.programs(head, m, out_dim, op)
+        per, slices = reduction_slices(red_dim, head.split, red_block(head))
+        assert head.split <= 16 and (head.split == 1 or per >= 2 * red_block(head))
+        if launched * 4 < sms * 3:
+            assert (head.block_m, footprint(head)) == (32, 64 * 64)  # the smallest fill tile
+            assert launched * head.split >= sms or head.split == max(1, min(
+                16, -(-red_dim // red_block(head)) // 2))
+        assert all(footprint(a) > footprint(b) for a, b in zip(ladder, ladder[1:], strict=False))
+        assert all(c.split == head.split for c in ladder)
+        if (m, red_dim) == (256, 784) or (m, red_dim) == (256, 500):
+            assert launched * slices * 4 >= sms * 3
+            assert any(configs.programs(c, m, out_dim, op) * c.split >= sms
+                       for c in configs.candidates(m, out_dim, red_dim, op, sms=sms)
+                       if c.split > 1)
 
 
 def test_heuristic_ladder_falls_back_when_shared_memory_overflows() -> None:
