@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -352,8 +353,10 @@ void sparse_gemm(const KernelSet& ks, const float* X, int64_t M, int64_t K,
 // ------------------------------------------------------------------------------------------
 
 // codes uint8 [N, K] -> planes words for the forward (col = n, r = k) or, transposed, for the
-// input gradient (col = k, r = n). Layout: qgen_cpu.h.
-py::array_t<uint32_t> repack_planes(const py::array& codes_a, int bits, bool transposed) {
+// input gradient (col = k, r = n). Layout: qgen_cpu.h. Items are blocks of 16 columns, on the
+// kernels' ThreadPool (safe in a forked child, where an OpenMP loop would never start).
+py::array_t<uint32_t> repack_planes(const py::array& codes_a, int bits, bool transposed,
+                                    int threads) {
     check_bits(bits);
     const uint8_t* codes = checked<uint8_t>(codes_a, "codes", {-1, -1}, "uint8");
     const int64_t N = codes_a.shape(0), K = codes_a.shape(1);
@@ -362,25 +365,27 @@ py::array_t<uint32_t> repack_planes(const py::array& codes_a, int bits, bool tra
     py::array_t<uint32_t> out(planes_words(C, R, bits));
     uint32_t* w = out.mutable_data();
     const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
-    bool bad = false;
+    std::atomic<bool> bad{false};
     {
         py::gil_scoped_release release;
         std::memset(w, 0, sizeof(uint32_t) * out.size());
-#pragma omp parallel for schedule(static) reduction(|| : bad)
-        for (int64_t cb = 0; cb < C16; ++cb)
+        ThreadPool::instance().parallel_for(C16, resolve_threads(threads), [&](int64_t cb, int) {
+            bool block_bad = false;
             for (int l = 0; l < kLanes; ++l) {
                 const int64_t col = cb * kLanes + l;
                 if (col >= C) break;
                 for (int64_t r = 0; r < R; ++r) {
                     const uint8_t c = transposed ? codes[r * K + col] : codes[col * K + r];
-                    bad = bad || c > top;
+                    block_bad = block_bad || c > top;
                     uint32_t* base = w + (cb * R32 + r / kChunkR) * bits * kLanes + l;
                     for (int b = 0; b < bits; ++b)
                         base[b * kLanes] |= static_cast<uint32_t>((c >> b) & 1u) << (r % kChunkR);
                 }
             }
+            if (block_bad) bad.store(true, std::memory_order_relaxed);
+        });
     }
-    if (bad)
+    if (bad.load())
         throw py::value_error("codes must lie in [0, " + std::to_string(top) + "] for " +
                               std::to_string(bits) + "-bit weights");
     return out;
@@ -571,7 +576,7 @@ PYBIND11_MODULE(_cpu, m) {
     }, "(items run by calling threads, items run by pool workers) since start: a diagnostic.");
     m.def("planes_words", &planes_words, py::arg("cols"), py::arg("red"), py::arg("bits"));
     m.def("repack_planes", &repack_planes, py::arg("codes"), py::arg("bits"),
-          py::arg("transposed") = false,
+          py::arg("transposed") = false, py::arg("threads") = 0,
           "uint8 codes [N, K] -> uint32 bit-plane words (transposed: columns are k).");
     m.def("gemm_planes_f32", &gemm_planes_f32, py::arg("x"), py::arg("words"), py::arg("n"),
           py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("alpha") = py::none(),

@@ -158,8 +158,8 @@ class CpuBackend:
         n, _ = weight.shape
         scale = _as_f32_vector(weight.scale, n, "scale")
         zero = _as_f32_vector(weight.zero, n, "zero")
-        words = self._ext.repack_planes(codes, weight.bits, False)
-        words_t = self._ext.repack_planes(codes, weight.bits, True)
+        words = self._ext.repack_planes(codes, weight.bits, False, self._threads())
+        words_t = self._ext.repack_planes(codes, weight.bits, True, self._threads())
         return CpuPrepared(words, words_t, scale, zero, weight.bits, weight.shape)
 
     def gemm(self, x: torch.Tensor, prepared: CpuPrepared, epilogue: Epilogue | None = None
