@@ -140,6 +140,28 @@ def apply_epilogue(y, n_idx, n_mask, alpha_ptr, beta_ptr, negative_slope,
 
 
 @triton.jit
+def gradient_prologue(g, y_ptr, alpha_ptr, offs_m, offs_n, mask, n_mask, stride_ym, stride_yn,
+                      negative_slope, HAS_ALPHA: tl.constexpr, ACT: tl.constexpr):
+    """``g * act'(y) * alpha[n]`` on the fp32 tile ``g[BM, BN]`` of an incoming gradient: the
+    backward of :func:`apply_epilogue` without its ``beta``, ``act'`` written in terms of the
+    output ``y`` (the four activations are monotone). ``y``: ``[M, N]`` with strides
+    ``stride_ym``, ``stride_yn`` (read only when ACT != 0); ``alpha``: float32 ``[N]``.
+    """
+    if ACT != 0:
+        y = tl.load(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+                    mask=mask, other=0.0).to(tl.float32)
+        if ACT == 1:
+            g = tl.where(y > 0, g, 0.0)
+        elif ACT == 2:
+            g = tl.where(y > 0, g, g * negative_slope)
+        else:
+            g = g * (1.0 - y * y)
+    if HAS_ALPHA:
+        g = g * tl.load(alpha_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    return g
+
+
+@triton.jit
 def store_tile(y, out_ptr, offs_m, offs_c, m_mask, c_mask, M, C, pid_s, alpha_ptr, beta_ptr,
                negative_slope, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr, ACT: tl.constexpr,
                PARTIAL: tl.constexpr):

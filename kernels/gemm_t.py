@@ -4,13 +4,19 @@ Math (``W[n, k] = scale[n] (c[n, k] - zero[n])``, fp32 accumulation)::
 
     g'[m, k] = Σ_n (g[m, n] scale[n]) c[n, k]  -  Σ_n g[m, n] scale[n] zero[n]
 
+Optionally through ``gemm``'s epilogue (``y`` = that gemm's output, ``act``, ``alpha``): ``g`` is
+first replaced by ``g ⊙ act'(y) ⊙ alpha`` tile by tile as it is loaded (``gradient_prologue``),
+which is the whole input gradient of ``y = act(alpha (x Wᵀ) + beta)`` in one launch instead of
+three or four elementwise kernels and a product.
+
 The scale sits on the reduction axis here, so it is folded into the activation tile
 (``gs = g * scale``, in fp32, then cast to g's dtype for the tensor cores); the zero term is one
 scalar per row of g, summed on the side and subtracted once after the loop. Same packed buffer as
 ``gemm``: the tile of codes is ``[BN, BK]`` instead of ``[BK, BN]``, read through the same
 ``load_codes``.
 
-Tensors: ``g`` ``[M, N]`` float32/float16/bfloat16, any strides; ``words`` int32
+Tensors: ``g`` ``[M, N]`` float32/float16/bfloat16, any strides (``y`` likewise, ``[M, N]``,
+any float dtype); ``alpha`` float32 ``[N]``; ``words`` int32
 ``[kpack_rows(K, bits), N]`` with row stride ``ldw``; ``scale``, ``zero`` float32 ``[N]``;
 ``out`` ``[M, K]`` contiguous in g's dtype; with split > 1 a float32 ``[S, M, K]`` partials
 buffer (split over N).
@@ -28,10 +34,12 @@ import triton.language as tl
 from qgen_infer.kernels import configs
 from qgen_infer.kernels.common import (
     INT32_MAX,
+    activation_id,
     check_operand,
     check_words,
     code_tile,
     dot_types,
+    gradient_prologue,
     grouped_tile,
     reduction_slices,
     store_tile,
@@ -44,9 +52,10 @@ GROUP_M = 8
 
 
 @triton.jit
-def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, ldw,
-                            stride_gm, stride_gn, n_per_split, BITS: tl.constexpr,
-                            PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
+def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, y_ptr, alpha_ptr,
+                            M, N, K, ldw, stride_gm, stride_gn, stride_ym, stride_yn, n_per_split,
+                            negative_slope, BITS: tl.constexpr, ACT: tl.constexpr,
+                            HAS_ALPHA: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                             DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                             GROUP: tl.constexpr, WORD_DECODE: tl.constexpr):
@@ -62,11 +71,14 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
     for n0 in range(n_lo, n_lo + n_per_split, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
+        mask = m_mask[:, None] & n_mask[None, :]
         g = tl.load(g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn,
-                    mask=m_mask[:, None] & n_mask[None, :], other=0.0)
+                    mask=mask, other=0.0).to(tl.float32)
+        g = gradient_prologue(g, y_ptr, alpha_ptr, offs_m, offs_n, mask, n_mask, stride_ym,
+                              stride_yn, negative_slope, HAS_ALPHA, ACT)
         scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
         zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
-        gs = g.to(tl.float32) * scale[None, :]
+        gs = g * scale[None, :]
         corr += tl.sum(gs * zero[None, :], axis=1)
         c = code_tile(w_ptr, pid_k * BLOCK_K, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS,
                       BLOCK_K, BLOCK_N, WORD_DECODE, True)
@@ -77,9 +89,11 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K,
 
 
 @triton.jit
-def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K, ldw,
-                             stride_gm, stride_gn, n_per_split, BITS: tl.constexpr,
-                             PARTIAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, y_ptr, alpha_ptr,
+                             M, N, K, ldw, stride_gm, stride_gn, stride_ym, stride_yn,
+                             n_per_split, negative_slope, BITS: tl.constexpr, ACT: tl.constexpr,
+                             HAS_ALPHA: tl.constexpr, PARTIAL: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                              WORD_DECODE: tl.constexpr):
     pid_k = tl.program_id(0)
     m = tl.program_id(1)
@@ -94,6 +108,10 @@ def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K
         n_mask = offs_n < N
         g = tl.load(g_ptr + m * stride_gm + offs_n * stride_gn, mask=n_mask,
                     other=0.0).to(tl.float32)
+        row = m + tl.arange(0, 1)
+        g = tl.reshape(gradient_prologue(g[None, :], y_ptr, alpha_ptr, row, offs_n,
+                                         n_mask[None, :], n_mask, stride_ym, stride_yn,
+                                         negative_slope, HAS_ALPHA, ACT), (BLOCK_N,))
         scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
         zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
         gs = g * scale
@@ -107,8 +125,9 @@ def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, M, N, K
                out_ptr, 0.0, False, False, 0, PARTIAL)
 
 
-def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tensor
-            ) -> torch.Tensor:
+def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tensor,
+            y: torch.Tensor | None = None, alpha: torch.Tensor | None = None, act: int = 0,
+            negative_slope: float = 0.0) -> torch.Tensor:
     m, n = g.shape
     k = w.k
     per, slices = reduction_slices(n, cfg.split, cfg.block_n)
@@ -116,10 +135,13 @@ def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tens
         raise ValueError(f"M*K*split = {slices * m * k} overflows the kernels' int32 offsets")
     dst = out if slices == 1 else torch.empty((slices, m, k), device=g.device,
                                               dtype=torch.float32)
-    args = (g, w.words, w.scale, w.zero, dst, m, n, k, w.words.stride(0), g.stride(0),
-            g.stride(1), per)
-    common = dict(BITS=w.bits, PARTIAL=slices > 1, WORD_DECODE=cfg.word_decode,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    y_arg = y if y is not None else g  # placeholders, never read without ACT / HAS_ALPHA
+    args = (g, w.words, w.scale, w.zero, dst, y_arg, alpha if alpha is not None else w.scale,
+            m, n, k, w.words.stride(0), g.stride(0), g.stride(1), y_arg.stride(0),
+            y_arg.stride(1), per, float(negative_slope))
+    common = dict(BITS=w.bits, ACT=act if y is not None else 0, HAS_ALPHA=alpha is not None,
+                  PARTIAL=slices > 1, WORD_DECODE=cfg.word_decode, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
     if cfg.path == "gemv":
         if m > 65535:
             raise ValueError(f"the gemv path takes M <= 65535 rows, got {m}")
@@ -136,12 +158,32 @@ def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tens
     return out
 
 
-def gemm_t(g: torch.Tensor, w: PackedKWords, config: KernelConfig | None = None) -> torch.Tensor:
-    """``g @ W``: g ``[M, N]`` -> ``[M, K]`` in g's dtype. ``config`` as in ``gemm.gemm``."""
+def gemm_t(g: torch.Tensor, w: PackedKWords, config: KernelConfig | None = None, *,
+           y: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
+           activation: str = "none", negative_slope: float = 0.01) -> torch.Tensor:
+    """``g @ W``: g ``[M, N]`` -> ``[M, K]`` in g's dtype. ``config`` as in ``gemm.gemm``.
+
+    Through an epilogue: ``(g ⊙ act'(y) ⊙ alpha) @ W`` where ``y`` ``[M, N]`` is the output of
+    ``gemm(x, w, alpha, beta, activation, negative_slope)`` -- that gemm's input gradient. ``y``
+    is needed when ``activation`` is not ``none``; ``alpha`` float ``[N]`` is optional.
+    """
     check_words(w.words)
     check_operand(g, "g", w.n, "N", w.words.device)
+    act = activation_id(activation)
+    if act != 0:
+        if y is None:
+            raise ValueError(f"activation {activation!r} needs y, the forward's output")
+        check_operand(y, "y", w.n, "N", w.words.device)
+        if y.shape != g.shape:
+            raise ValueError(f"y has shape {tuple(y.shape)} but g has {tuple(g.shape)}")
+    else:
+        y = None
     m, n = g.shape
     k = w.k
+    if alpha is not None:
+        if alpha.shape != (n,):
+            raise ValueError(f"alpha must have shape ({n},), got {tuple(alpha.shape)}")
+        alpha = alpha.to(device=g.device, dtype=torch.float32).contiguous()
     out = torch.empty((m, k), device=g.device, dtype=g.dtype)
     if m == 0 or k == 0:
         return out
@@ -151,7 +193,7 @@ def gemm_t(g: torch.Tensor, w: PackedKWords, config: KernelConfig | None = None)
         raise ValueError("operands with more than 2**31 - 1 elements are not supported")
 
     def run(cfg: KernelConfig) -> torch.Tensor:
-        return _launch(g, w, cfg, out)
+        return _launch(g, w, cfg, out, y, alpha, act, negative_slope)
 
     cfg = config or configs.select("gemm_t", g, w.bits, m, n, k, run)
     return run(cfg)

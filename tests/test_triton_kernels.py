@@ -151,6 +151,57 @@ def test_kernel_matches_reference(record, bits: int, shape: tuple[int, int, int]
         assert_close(y, ref, bound, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["dot", "gemv"])
+@pytest.mark.parametrize("activation", ["none", "relu", "leaky_relu", "tanh"])
+@pytest.mark.parametrize("shape", [(1, 37, 13), (7, 13, 37), (20, 70, 33)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gemm_t_through_epilogue(path: str, activation: str, shape: tuple[int, int, int]) -> None:
+    """``gemm_t(g, y=, alpha=, activation=)`` = ``(g ⊙ act'(y) ⊙ alpha) W`` in fp64, with and
+    without alpha, split and word-decoding configs of the path; y has exact zeros (the relu
+    kink: act'(0) = 0, i.e. y > 0 is the test) and strides of a transposed view."""
+    from qgen_infer.kernels.gemm_t import gemm_t
+
+    m, k, n = shape
+    if path == "gemv":
+        m = min(m, 3)
+    gen = torch.Generator().manual_seed(m + k + n)
+    g = torch.randn(m, n, generator=gen)
+    y = torch.randn(n, m, generator=gen).t()  # non-contiguous
+    y = torch.tanh(y) if activation == "tanh" else torch.where(y.abs() < 0.3, 0.0, y)
+    alpha = torch.rand(n, generator=gen) + 0.5
+    slope = 0.2
+    d = {"none": torch.ones_like(y), "relu": (y > 0).double(),
+         "leaky_relu": torch.where(y > 0, 1.0, slope).double(),
+         "tanh": 1 - y.double() ** 2}[activation]
+    first = 1 + (len(activation) + m) % 4  # the parametrization cycles through every width
+    for bits, use_alpha in [(first, False), (1 + first % 4, True)]:
+        w = make_weight(n, k, bits, seed=bits + m)
+        packed = PackedKWords.from_codes(w.codes, w.scale, w.zero, bits, DEVICE)
+        wd = dequantize(packed)
+        gd = g.double() * d * (alpha.double() if use_alpha else 1.0)
+        for cfg in (PATH_CONFIGS[path][1], PATH_CONFIGS[path][-1]):  # split; word decode
+            out = gemm_t(g.to(DEVICE), packed, cfg, y=y.to(DEVICE),
+                         alpha=alpha.to(DEVICE) if use_alpha else None,
+                         activation=activation, negative_slope=slope)
+            assert_close(out, gd @ wd, gd.abs() @ wd.abs(), rtol=1e-5)
+
+
+def test_gemm_t_through_epilogue_rejects_bad_input() -> None:
+    from qgen_infer.kernels.gemm_t import gemm_t
+
+    w = make_weight(13, 37, 2)
+    packed = PackedKWords.from_codes(w.codes, w.scale, w.zero, 2, DEVICE)
+    g = torch.randn(4, 13, device=DEVICE)
+    with pytest.raises(ValueError, match="needs y"):
+        gemm_t(g, packed, activation="tanh")
+    with pytest.raises(ValueError, match="shape"):
+        gemm_t(g, packed, y=torch.randn(5, 13, device=DEVICE), activation="relu")
+    with pytest.raises(ValueError, match="alpha"):
+        gemm_t(g, packed, alpha=torch.ones(12, device=DEVICE))
+    with pytest.raises(ValueError, match="activation"):
+        gemm_t(g, packed, y=g, activation="gelu")
+
+
 def test_strided_activations() -> None:
     w = make_weight(13, 37, 3)
     packed = PackedKWords.from_codes(w.codes, w.scale, w.zero, 3, DEVICE)
@@ -266,6 +317,10 @@ def test_opcheck() -> None:
     g = torch.randn(3, 13, device=DEVICE, requires_grad=True)
     torch.library.opcheck(torch.ops.qgen_infer.packed_gemm_t.default,
                           (g, p.words, p.scale, p.zero, 2, 37))
+    y = torch.randn(3, 13, device=DEVICE)
+    torch.library.opcheck(torch.ops.qgen_infer.packed_gemm_t_act.default,
+                          (g.detach(), y, p.words, p.scale, p.zero, alpha, 2, 37, "leaky_relu",
+                           0.2))
 
 
 @pytest.mark.parametrize("activation", ["leaky_relu", "tanh"])
@@ -282,6 +337,12 @@ def test_autograd_matches_reference(activation: str) -> None:
     x_ref = x.detach().clone().requires_grad_()
     (gx_ref,) = torch.autograd.grad(ref_b.gemm(x_ref, ref_b.prepare(w), ep), x_ref, gy)
     torch.testing.assert_close(gx.cpu(), gx_ref, rtol=1e-4, atol=1e-5)
+
+    # differentiating the backward takes the torch-op path (the fused op has no autograd)
+    (gx2,) = torch.autograd.grad(b.gemm(x.to(DEVICE), b.prepare(w), Epilogue(
+        alpha.to(DEVICE), beta.to(DEVICE), activation, 0.1)), x, gy.to(DEVICE),
+        create_graph=True)
+    torch.testing.assert_close(gx2.detach().cpu(), gx_ref, rtol=1e-4, atol=1e-5)
 
     g = torch.randn(3, 13, requires_grad=True)
     out = b.gemm_t(g.to(DEVICE), b.prepare(w))

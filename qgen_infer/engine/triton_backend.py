@@ -3,8 +3,9 @@ Triton kernels in ``qgen_infer.kernels`` (GPU, or the CPU under ``TRITON_INTERPR
 
 ``prepare`` repacks the canonical codes once into the ``kpack`` layout (codes packed along K into
 int32 words, 3 bits as a 2-bit plus a 1-bit plane; see ``qgen_infer.kernels.layout``) and moves it
-to the backend's device. ``gemm`` and ``gemm_t`` call the ``torch.ops.qgen_infer.packed_gemm`` /
-``packed_gemm_t`` custom ops, so the solver loop can be compiled or captured in a CUDA graph.
+to the backend's device. ``gemm``, ``gemm_t`` and ``gemm_t_through_epilogue`` call the
+``torch.ops.qgen_infer.packed_gemm`` / ``packed_gemm_t`` / ``packed_gemm_t_act`` custom ops, so
+the solver loop can be compiled or captured in a CUDA graph.
 
 Outputs are in the activation dtype (float32, float16 or bfloat16) with fp32 accumulation.
 ``TRITON_INTERPRET=1`` must be set before this module (or any kernel module) is first imported:
@@ -63,6 +64,14 @@ class TritonBackend:
     def gemm_t(self, g: torch.Tensor, prepared) -> torch.Tensor:
         return torch.ops.qgen_infer.packed_gemm_t(g, prepared.words, prepared.scale,
                                                   prepared.zero, prepared.bits, prepared.k)
+
+    def gemm_t_through_epilogue(self, grad_y: torch.Tensor, y: torch.Tensor, prepared,
+                                epilogue: Epilogue) -> torch.Tensor:
+        """``(grad_y ⊙ act'(y) ⊙ alpha) @ W`` in one kernel (the derivative is applied to each
+        gradient tile as it is loaded): the input gradient of ``gemm`` given its output ``y``."""
+        return torch.ops.qgen_infer.packed_gemm_t_act(
+            grad_y, y, prepared.words, prepared.scale, prepared.zero, epilogue.alpha,
+            prepared.bits, prepared.k, epilogue.activation, float(epilogue.negative_slope))
 
 
 def create_backend(device: torch.device | str | None = None) -> TritonBackend:
