@@ -26,6 +26,7 @@ its K; ``m_bucket`` is M rounded up to a power of two (capped at 8192).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -165,10 +166,12 @@ DEFAULT_SMS = 132  # H100 / H200 SXM
 
 def sm_count() -> int:
     """Streaming multiprocessors of the current CUDA device (``DEFAULT_SMS`` without one)."""
-    if torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(torch.cuda.current_device())
-                   .multi_processor_count)
-    return DEFAULT_SMS
+    return _sm_count(torch.cuda.current_device()) if torch.cuda.is_available() else DEFAULT_SMS
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
 
 
 def _tile(op: str, bm: int, b_out: int, b_red: int, split: int, warps: int, stages: int,
