@@ -78,6 +78,8 @@ def test_reference_weights_are_the_fake_quantized_ones(family, exported) -> None
         w = getattr(gen, name).quantized_weight().detach()
         if isinstance(module, PackedConvTranspose2d):
             w = w.permute(1, 2, 3, 0)  # [C_out, kh, kw, C_in]
+        elif module.view_kind == "conv2d_per_pixel":  # the flipped kernel, per pixel
+            w = w.flip(2, 3).permute(0, 2, 3, 1)  # [C_out, kh', kw', C_in]
         assert torch.equal(module.prepared, w.reshape(module.matrix_shape[0], -1)), name
         assert module.matrix_weight().shape == module.matrix_shape
 
@@ -191,3 +193,49 @@ def test_import_is_light_and_engine_never_imports_training(exported) -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# (C_out, C_in, kernel, padding, dilation, stride): per pixel when stride 1, C_out < C_in and
+# p <= d*(k-1); the rest im2col. Odd sizes, even and 1x1 kernels, asymmetric padding.
+CONV_CASES = [(3, 8, (3, 3), (1, 1), (1, 1), (1, 1)), (3, 8, (3, 3), (0, 2), (1, 1), (1, 1)),
+              (2, 5, (2, 4), (1, 0), (1, 1), (1, 1)), (3, 7, (3, 3), (2, 1), (2, 1), (1, 1)),
+              (1, 4, (1, 1), (0, 0), (1, 1), (1, 1)), (3, 8, (3, 3), (3, 1), (1, 1), (1, 1)),
+              (8, 3, (3, 3), (1, 1), (1, 1), (1, 1)), (3, 8, (3, 3), (1, 1), (1, 1), (2, 2))]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_packed_conv2d_both_forms_equal_torch(case, backend: str) -> None:
+    """A packed Conv2d equals ``F.conv2d`` on its dequantized weight, forward and input
+    gradient, in whichever form it picked, and the per-pixel form is picked exactly when it
+    reads less and exists."""
+    import torch.nn.functional as F
+
+    from qgen_infer.engine import backend_available, get_backend
+    from qgen_infer.format import PackedLayer, pack_codes
+
+    if not backend_available(backend):
+        pytest.skip(f"the {backend} backend is not available here")
+    c_out, c_in, kernel, padding, dilation, stride = case
+    gen = torch.Generator().manual_seed(sum(kernel) + c_out * c_in)
+    shape = (c_out, c_in, *kernel)
+    codes = torch.randint(0, 8, shape, generator=gen, dtype=torch.uint8)
+    scale, zero = torch.rand(c_out, generator=gen) + 0.1, torch.rand(c_out, generator=gen) * 7
+    alpha, beta = torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out, generator=gen)
+    layer = PackedLayer("conv", "conv2d", shape, pack_codes(codes, 3), scale, zero, alpha, beta,
+                        "leaky_relu", 0.2, stride, padding, (0, 0), dilation)
+    module = PackedConv2d(layer, 3, get_backend(backend))
+    per_pixel = stride == (1, 1) and c_out < c_in and all(
+        p <= d * (k - 1) for k, p, d in zip(kernel, padding, dilation, strict=True))
+    assert module.view_kind == ("conv2d_per_pixel" if per_pixel else "conv2d")
+    weight = (scale[:, None, None, None] * (codes.double() - zero[:, None, None, None])).float()
+    x = torch.randn(2, c_in, 9, 7, generator=gen, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y = module(x)
+    pre = F.conv2d(x_ref, weight, None, stride, padding, dilation)
+    y_ref = F.leaky_relu(alpha[:, None, None] * pre + beta[:, None, None], 0.2)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    g = torch.randn(y.shape, generator=gen)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)

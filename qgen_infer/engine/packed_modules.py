@@ -7,7 +7,12 @@ The matrix view ``W [N, K]`` per layer kind:
 
 * Linear ``[out, in]``: ``N = out, K = in``; ``y = gemm(x)`` with the epilogue fused.
 * Conv2d ``[C_out, C_in, kh, kw]``: ``N = C_out, K = C_in*kh*kw``; ``y = gemm(im2col(x))`` with
-  the epilogue fused, reshaped to NCHW.
+  the epilogue fused, reshaped to NCHW. Or, for a stride-1 layer with fewer output than input
+  channels (DCGAN's 64 -> 3 output layer), per pixel: the convolution is the transposed one of
+  the flipped kernel with padding ``d*(k-1) - p``, so the view is the ConvTranspose2d one below
+  of ``W.flip(kh, kw)`` and ``y = epilogue(col2im(gemm(x per pixel)))``: the product reads
+  ``C_in`` values per pixel instead of im2col's ``C_in*kh*kw`` (9x less at 3x3) and writes
+  ``C_out*kh*kw``.
 * ConvTranspose2d ``[C_in, C_out, kh, kw]`` permuted to ``[C_out, kh, kw, C_in]``:
   ``N = C_out*kh*kw, K = C_in`` (scale and zero repeated ``kh*kw`` times per channel);
   ``cols = gemm(x per pixel)``, ``y = epilogue(col2im(cols))``.
@@ -44,6 +49,10 @@ def matrix_view(kind: str, weight_shape: tuple[int, ...], codes: torch.Tensor,
         c_in, c_out, kh, kw = weight_shape
         matrix = codes.permute(1, 2, 3, 0).reshape(c_out * kh * kw, c_in).contiguous()
         repeats = kh * kw
+    elif kind == "conv2d_per_pixel":
+        c_out, c_in, kh, kw = weight_shape
+        matrix = codes.flip(2, 3).permute(0, 2, 3, 1).reshape(c_out * kh * kw, c_in).contiguous()
+        repeats = kh * kw
     else:
         matrix = codes.reshape(weight_shape[0], -1)
         repeats = 1
@@ -60,6 +69,7 @@ class PackedModule(nn.Module):
     def __init__(self, layer: PackedLayer, bits: int, backend: Backend,
                  device: torch.device | None = None) -> None:
         super().__init__()
+        self.view_kind = self.matrix_kind(layer)
         self.name = layer.name
         self.bits = bits
         self.weight_shape = tuple(layer.weight_shape)
@@ -75,10 +85,15 @@ class PackedModule(nn.Module):
         self.epilogue = Epilogue(layer.alpha.to(device), layer.beta.to(device), layer.activation,
                                  layer.negative_slope)
 
+    def matrix_kind(self, layer: PackedLayer) -> str:
+        """Which matrix view of ``matrix_view`` the layer runs on (decided once, at load)."""
+        return self.kind
+
     def matrix_weight(self) -> MatrixWeight:
         """Decode the canonical codes into the backend contract's ``[N, K]`` matrix view."""
         codes = unpack_codes(self.packed_codes, self.weight_shape, self.bits)
-        return matrix_view(self.kind, self.weight_shape, codes, self.scale, self.zero, self.bits)
+        return matrix_view(self.view_kind, self.weight_shape, codes, self.scale, self.zero,
+                           self.bits)
 
     def extra_repr(self) -> str:
         return (f"{self.kind}, weight={list(self.weight_shape)}, bits={self.bits}, "
@@ -106,6 +121,17 @@ class _ConvParams:
                       self.dilation[axis])
         return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
+    def _fold_pixels(self, x: torch.Tensor, output_size: tuple[int, int],
+                     padding: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+        """``epilogue(col2im(gemm(x per pixel)))``: ``x`` NCHW -> ``[B, C_out, *output_size]``
+        on a ``[C_out*kh*kw, C_in]`` view."""
+        b, c_in, h, w = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in)
+        cols = packed_gemm(pixels, self.backend, self.prepared, None)  # [B*H*W, C_out*kh*kw]
+        cols = cols.reshape(b, h * w, -1).transpose(1, 2)  # [B, C_out*kh*kw, L]
+        acc = F.fold(cols, output_size, self.kernel_size, self.dilation, padding, stride)
+        return apply_epilogue(acc, self.epilogue, channel_dim=1)
+
 
 class PackedConv2d(PackedModule, _ConvParams):
     kind = "conv2d"
@@ -115,9 +141,23 @@ class PackedConv2d(PackedModule, _ConvParams):
         super().__init__(layer, bits, backend, device)
         self._conv_init(layer)
 
+    def matrix_kind(self, layer: PackedLayer) -> str:
+        """``conv2d_per_pixel`` when that reads less than im2col (stride 1, fewer output than
+        input channels) and the equivalent transposed convolution exists (``p <= d*(k-1)``)."""
+        c_out, c_in, *kernel = layer.weight_shape
+        fits = all(p <= d * (k - 1) for k, p, d in zip(kernel, layer.padding, layer.dilation,
+                                                         strict=True))
+        if tuple(layer.stride) == (1, 1) and c_out < c_in and fits:
+            return "conv2d_per_pixel"
+        return "conv2d"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         h_out, w_out = self._conv_output_size(h, 0), self._conv_output_size(w, 1)
+        if self.view_kind == "conv2d_per_pixel":
+            flipped = tuple(d * (k - 1) - p for k, p, d in zip(
+                self.kernel_size, self.padding, self.dilation, strict=True))
+            return self._fold_pixels(x, (h_out, w_out), flipped, (1, 1))
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [B,K,L]
         rows = cols.transpose(1, 2).reshape(b * h_out * w_out, cols.shape[1])
         y = packed_gemm(rows, self.backend, self.prepared, self.epilogue)  # [B*L, N]
@@ -143,13 +183,8 @@ class PackedConvTranspose2d(PackedModule, _ConvParams):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c_in, h, w = x.shape
-        pixels = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in)
-        cols = packed_gemm(pixels, self.backend, self.prepared, None)  # [B*H*W, C_out*kh*kw]
-        cols = cols.reshape(b, h * w, -1).transpose(1, 2)  # [B, C_out*kh*kw, L]
-        acc = F.fold(cols, self.output_size(h, w), self.kernel_size, self.dilation,
-                     self.padding, self.stride)
-        return apply_epilogue(acc, self.epilogue, channel_dim=1)
+        _, _, h, w = x.shape
+        return self._fold_pixels(x, self.output_size(h, w), self.padding, self.stride)
 
 
 PACKED_MODULES: dict[str, type[PackedModule]] = {
