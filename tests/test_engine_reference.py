@@ -77,9 +77,9 @@ def test_reference_weights_are_the_fake_quantized_ones(family, exported) -> None
             continue
         w = getattr(gen, name).quantized_weight().detach()
         if isinstance(module, PackedConvTranspose2d):
-            w = w.permute(1, 2, 3, 0)  # [C_out, kh, kw, C_in]
+            w = w.permute(2, 3, 1, 0)  # [kh, kw, C_out, C_in]
         elif module.view_kind == "conv2d_per_pixel":  # the flipped kernel, per pixel
-            w = w.flip(2, 3).permute(0, 2, 3, 1)  # [C_out, kh', kw', C_in]
+            w = w.flip(2, 3).permute(2, 3, 0, 1)  # [kh', kw', C_out, C_in]
         assert torch.equal(module.prepared, w.reshape(module.matrix_shape[0], -1)), name
         assert module.matrix_weight().shape == module.matrix_shape
 
@@ -235,6 +235,49 @@ def test_packed_conv2d_both_forms_equal_torch(case, backend: str) -> None:
     pre = F.conv2d(x_ref, weight, None, stride, padding, dilation)
     y_ref = F.leaky_relu(alpha[:, None, None] * pre + beta[:, None, None], 0.2)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    g = torch.randn(y.shape, generator=gen)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+# (C_in, C_out, kernel, stride, padding, output_padding, dilation)
+CONV_T_CASES = [(8, 4, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1)),
+                (5, 3, (3, 4), (2, 1), (0, 2), (1, 0), (1, 1)),
+                (3, 6, (3, 3), (3, 2), (2, 1), (2, 1), (2, 1)),
+                (4, 1, (1, 1), (1, 1), (0, 0), (0, 0), (1, 1))]
+
+
+@pytest.mark.parametrize("case", CONV_T_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_packed_conv_transpose2d_equals_torch(case, backend: str) -> None:
+    """A packed ConvTranspose2d (per-pixel product, channels-last col2im) equals
+    ``F.conv_transpose2d`` on its dequantized weight, forward and input gradient, for strides,
+    paddings, output paddings and dilations that differ per axis, with per-channel scales."""
+    import torch.nn.functional as F
+
+    from qgen_infer.engine import backend_available, get_backend
+    from qgen_infer.format import PackedLayer, pack_codes
+
+    if not backend_available(backend):
+        pytest.skip(f"the {backend} backend is not available here")
+    c_in, c_out, kernel, stride, padding, out_pad, dilation = case
+    gen = torch.Generator().manual_seed(c_in * 10 + c_out)
+    shape = (c_in, c_out, *kernel)
+    codes = torch.randint(0, 4, shape, generator=gen, dtype=torch.uint8)
+    scale, zero = torch.rand(c_out, generator=gen) + 0.1, torch.rand(c_out, generator=gen) * 3
+    alpha, beta = torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out, generator=gen)
+    layer = PackedLayer("up", "conv_transpose2d", shape, pack_codes(codes, 2), scale, zero,
+                        alpha, beta, "tanh", 0.01, stride, padding, out_pad, dilation)
+    module = PackedConvTranspose2d(layer, 2, get_backend(backend))
+    weight = (scale[None, :, None, None] * (codes.double() - zero[None, :, None, None])).float()
+    x = torch.randn(2, c_in, 5, 6, generator=gen, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y = module(x)
+    pre = F.conv_transpose2d(x_ref, weight, None, stride, padding, out_pad, 1, dilation)
+    y_ref = torch.tanh(alpha[:, None, None] * pre + beta[:, None, None])
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     g = torch.randn(y.shape, generator=gen)
     (gx,) = torch.autograd.grad(y, x, g)
     (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g)

@@ -13,12 +13,14 @@ The matrix view ``W [N, K]`` per layer kind:
   of ``W.flip(kh, kw)`` and ``y = epilogue(col2im(gemm(x per pixel)))``: the product reads
   ``C_in`` values per pixel instead of im2col's ``C_in*kh*kw`` (9x less at 3x3) and writes
   ``C_out*kh*kw``.
-* ConvTranspose2d ``[C_in, C_out, kh, kw]`` permuted to ``[C_out, kh, kw, C_in]``:
-  ``N = C_out*kh*kw, K = C_in`` (scale and zero repeated ``kh*kw`` times per channel);
-  ``cols = gemm(x per pixel)``, ``y = epilogue(col2im(cols))``.
+* ConvTranspose2d ``[C_in, C_out, kh, kw]`` permuted to ``[kh, kw, C_out, C_in]``:
+  ``N = kh*kw*C_out, K = C_in`` (scale and zero tiled ``kh*kw`` times); ``cols = gemm(x per
+  pixel)``, ``y = epilogue(col2im(cols))`` with a channels-last col2im
+  (:class:`~qgen_infer.engine.packed_ops.Col2imChannelsLast`), so outputs are channels-last in
+  memory and the next layer's per-pixel rows are a view.
 
-im2col/col2im are ``F.unfold``/``F.fold``, whose autograd is each other, so only the gemm needs the
-custom :class:`PackedGemm` Function: gradients w.r.t. the input flow through ``backend.gemm_t``.
+im2col is ``F.unfold`` (autograd: ``F.fold``), col2im the channels-last Function; gradients w.r.t.
+the input flow through :class:`PackedGemm`'s ``backend.gemm_t``.
 Modules are placed on their device at load time (the prepared weight is opaque to ``.to()``).
 """
 
@@ -31,34 +33,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from qgen_infer.engine.backend import Backend, Epilogue, MatrixWeight
-from qgen_infer.engine.packed_ops import apply_epilogue, packed_gemm
+from qgen_infer.engine.packed_ops import apply_epilogue, col2im_channels_last, packed_gemm
 from qgen_infer.format import PackedLayer, unpack_codes
 
 
-def _row_vector(v: torch.Tensor, rows: int, repeats: int) -> torch.Tensor:
-    """A per-tensor ``[1]`` or per-channel ``[C]`` vector as one value per matrix row."""
+def _row_vector(v: torch.Tensor, rows: int) -> torch.Tensor:
+    """A per-tensor ``[1]`` or per-channel ``[C]`` vector as one value per matrix row (rows are
+    channel-minor: ``rows / C`` blocks of C)."""
     if v.numel() == 1:
         return v.reshape(1).expand(rows).contiguous()
-    return v.repeat_interleave(repeats).contiguous()
+    return v.repeat(rows // v.numel()).contiguous()
 
 
 def matrix_view(kind: str, weight_shape: tuple[int, ...], codes: torch.Tensor,
                 scale: torch.Tensor, zero: torch.Tensor, bits: int) -> MatrixWeight:
     """The ``[N, K]`` matrix view of a layer's unpacked codes (see the module docstring)."""
-    if kind == "conv_transpose2d":
-        c_in, c_out, kh, kw = weight_shape
-        matrix = codes.permute(1, 2, 3, 0).reshape(c_out * kh * kw, c_in).contiguous()
-        repeats = kh * kw
-    elif kind == "conv2d_per_pixel":
-        c_out, c_in, kh, kw = weight_shape
-        matrix = codes.flip(2, 3).permute(0, 2, 3, 1).reshape(c_out * kh * kw, c_in).contiguous()
-        repeats = kh * kw
+    if kind == "conv_transpose2d":  # [C_in, C_out, kh, kw] -> [kh, kw, C_out, C_in]
+        c_in = weight_shape[0]
+        matrix = codes.permute(2, 3, 1, 0).reshape(-1, c_in).contiguous()
+    elif kind == "conv2d_per_pixel":  # [C_out, C_in, kh, kw] flipped -> [kh, kw, C_out, C_in]
+        c_in = weight_shape[1]
+        matrix = codes.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in).contiguous()
     else:
         matrix = codes.reshape(weight_shape[0], -1)
-        repeats = 1
     rows = matrix.shape[0]
-    return MatrixWeight(matrix, _row_vector(scale, rows, repeats),
-                        _row_vector(zero, rows, repeats), bits)
+    return MatrixWeight(matrix, _row_vector(scale, rows), _row_vector(zero, rows), bits)
 
 
 class PackedModule(nn.Module):
@@ -123,14 +122,15 @@ class _ConvParams:
 
     def _fold_pixels(self, x: torch.Tensor, output_size: tuple[int, int],
                      padding: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
-        """``epilogue(col2im(gemm(x per pixel)))``: ``x`` NCHW -> ``[B, C_out, *output_size]``
-        on a ``[C_out*kh*kw, C_in]`` view."""
+        """``epilogue(col2im(gemm(x per pixel)))`` on a ``[kh*kw*C_out, C_in]`` view: ``x``
+        NCHW -> ``[B, C_out, *output_size]``, channels-last in memory (so the next layer's
+        per-pixel rows are a view, not a copy)."""
         b, c_in, h, w = x.shape
         pixels = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in)
-        cols = packed_gemm(pixels, self.backend, self.prepared, None)  # [B*H*W, C_out*kh*kw]
-        cols = cols.reshape(b, h * w, -1).transpose(1, 2)  # [B, C_out*kh*kw, L]
-        acc = F.fold(cols, output_size, self.kernel_size, self.dilation, padding, stride)
-        return apply_epilogue(acc, self.epilogue, channel_dim=1)
+        cols = packed_gemm(pixels, self.backend, self.prepared, None)  # [B*H*W, kh*kw*C_out]
+        cols = cols.reshape(b, h, w, *self.kernel_size, -1)
+        acc = col2im_channels_last(cols, output_size, padding, stride, self.dilation)
+        return apply_epilogue(acc, self.epilogue, channel_dim=-1).permute(0, 3, 1, 2)
 
 
 class PackedConv2d(PackedModule, _ConvParams):

@@ -10,9 +10,10 @@ forward saves ``y`` only, never the pre-activation. A backend that has
 one kernel; the others get ``gemm_t`` of the gradient formed here. No gradient flows to the
 weights: they are frozen codes (the solver differentiates w.r.t. the latent ``z`` only).
 
-ConvTranspose2d cannot fuse its epilogue into the gemm (col2im sums overlapping columns before the
-per-channel affine), so it runs :class:`PackedGemm` with an empty epilogue, ``F.fold``, then
-:class:`ApplyEpilogue`, whose backward is the same ``⊙ act'(y) ⊙ alpha``.
+ConvTranspose2d (and a Conv2d run per pixel) cannot fuse its epilogue into the gemm (col2im sums
+overlapping columns before the per-channel affine), so it runs :class:`PackedGemm` with an empty
+epilogue, :class:`Col2imChannelsLast`, then :class:`ApplyEpilogue`, whose backward is the same
+``⊙ act'(y) ⊙ alpha``.
 """
 
 from __future__ import annotations
@@ -89,3 +90,58 @@ def packed_gemm(x: torch.Tensor, backend: Backend, prepared: Any,
 
 def apply_epilogue(acc: torch.Tensor, epilogue: Epilogue, channel_dim: int = 1) -> torch.Tensor:
     return ApplyEpilogue.apply(acc, epilogue, channel_dim)
+
+
+def _tap_slices(h: int, w: int, ky: int, kx: int, stride: tuple[int, ...],
+                dilation: tuple[int, ...]) -> tuple[slice, slice]:
+    """Where tap ``(ky, kx)`` of every input pixel lands in the padded output grid."""
+    y0, x0 = ky * dilation[0], kx * dilation[1]
+    return (slice(y0, y0 + (h - 1) * stride[0] + 1, stride[0]),
+            slice(x0, x0 + (w - 1) * stride[1] + 1, stride[1]))
+
+
+class Col2imChannelsLast(torch.autograd.Function):
+    """col2im on channels-last columns: ``cols`` ``[B, H, W, kh, kw, C]`` (a pixel's products
+    with every tap, tap-major) summed into ``[B, H_out, W_out, C]``, tap ``(ky, kx)`` of input
+    pixel ``(iy, ix)`` landing on ``(iy*s - p + ky*d, ix*s - p + kx*d)`` -- ``F.fold``'s sum
+    without its ``[B, C*kh*kw, L]`` layout, which costs a transpose of the whole column tensor
+    each way. One strided add (forward) or copy (backward) per tap, each over C contiguous
+    values per pixel."""
+
+    @staticmethod
+    def forward(ctx: Any, cols: torch.Tensor, output_size: tuple[int, int],
+                padding: tuple[int, ...], stride: tuple[int, ...],
+                dilation: tuple[int, ...]) -> torch.Tensor:  # type: ignore[override]
+        b, h, w, kh, kw, c = cols.shape
+        ho, wo = output_size
+        span = [(n - 1) * s + (k - 1) * d + 1
+                for n, s, k, d in zip((h, w), stride, (kh, kw), dilation, strict=True)]
+        hp, wp = max(span[0], ho + 2 * padding[0]), max(span[1], wo + 2 * padding[1])
+        out = cols.new_zeros((b, hp, wp, c))
+        for ky in range(kh):
+            for kx in range(kw):
+                sy, sx = _tap_slices(h, w, ky, kx, stride, dilation)
+                out[:, sy, sx, :] += cols[:, :, :, ky, kx, :]
+        ctx.geometry = (cols.shape, (hp, wp), output_size, padding, stride, dilation)
+        return out[:, padding[0]:padding[0] + ho, padding[1]:padding[1] + wo, :].contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        shape, (hp, wp), (ho, wo), padding, stride, dilation = ctx.geometry
+        b, h, w, kh, kw, c = shape
+        padded = grad.new_zeros((b, hp, wp, c))
+        padded[:, padding[0]:padding[0] + ho, padding[1]:padding[1] + wo, :] = grad
+        grad_cols = grad.new_empty(shape)
+        for ky in range(kh):
+            for kx in range(kw):
+                sy, sx = _tap_slices(h, w, ky, kx, stride, dilation)
+                grad_cols[:, :, :, ky, kx, :] = padded[:, sy, sx, :]
+        return grad_cols, None, None, None, None
+
+
+def col2im_channels_last(cols: torch.Tensor, output_size: tuple[int, int],
+                         padding: tuple[int, ...], stride: tuple[int, ...],
+                         dilation: tuple[int, ...]) -> torch.Tensor:
+    return Col2imChannelsLast.apply(cols, tuple(output_size), tuple(padding), tuple(stride),
+                                    tuple(dilation))
