@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Wall time of ``qgen_infer.reconstruct`` with a paper-size DCGAN generator (32x32x3, width 64,
+m = 100) on the CPU: a model exported from freshly initialised networks (timing does not depend
+on training), random measurements, per backend. For comparing code versions on one machine:
+
+    python bench/time_dcgan_reconstruct.py --bits 1 --backends cpu reference
+    PYTHONPATH=/path/to/other/checkout python bench/time_dcgan_reconstruct.py ...   # A/B
+
+Prints the fastest of ``--repeats`` timed calls after a one-step warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import qgen_infer
+from qgen_infer.checkpoint import save_checkpoint
+from qgen_infer.export import export_checkpoint
+from qgen_infer.models import build_generator, build_sensing
+from qgen_infer.models.networks import DCGAN_DEFAULTS
+
+
+def dcgan_file(folder: Path, bits: int) -> Path:
+    torch.manual_seed(0)
+    config = {**DCGAN_DEFAULTS, "bits": bits}
+    gen, sense = build_generator(config), build_sensing(config)
+    ckpt = {"config": config, "generator": gen.state_dict(), "sensing": sense.state_dict(),
+            "solver": {"method": "sdlss", "sparsity": 100, "steps": 3, "project": True,
+                       "step_size": 0.05},
+            "log_step_size": torch.tensor(-3.0), "train": {"epochs": 0, "step": 0, "seed": 0}}
+    path = folder / "model.pt"
+    save_checkpoint(path, ckpt)
+    return export_checkpoint(path, folder / f"dcgan-{bits}bit.qgen").path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bits", type=int, default=1)
+    p.add_argument("--backends", nargs="+", default=["cpu", "reference"])
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    y = np.random.default_rng(0).normal(size=(args.images, DCGAN_DEFAULTS["measurements"]))
+    y = y.astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = dcgan_file(Path(tmp), args.bits)
+        for backend in args.backends:
+            model = qgen_infer.load(path, backend=backend)
+            kw = dict(steps=args.steps, batch_size=args.images)
+            qgen_infer.reconstruct(model, y, steps=1, batch_size=args.images)
+            best = float("inf")
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                qgen_infer.reconstruct(model, y, **kw)
+                best = min(best, time.perf_counter() - t0)
+            print(f"{args.bits}-bit DCGAN, {backend}, {args.images} images, T = {args.steps}, "
+                  f"{args.threads} thread(s): {best:.2f} s ({args.images / best:.1f} img/s)")
+
+
+if __name__ == "__main__":
+    main()
