@@ -282,3 +282,27 @@ def test_packed_conv_transpose2d_equals_torch(case, backend: str) -> None:
     (gx,) = torch.autograd.grad(y, x, g)
     (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CONV_T_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_col2im_methods_agree(case) -> None:
+    """The tap-by-tap col2im (CPU) and the transpose + ``F.fold`` one (GPU default) give the same
+    sums and the same gradients."""
+    from qgen_infer.engine.packed_ops import col2im_channels_last
+
+    c_in, c_out, kernel, stride, padding, out_pad, dilation = case
+    gen = torch.Generator().manual_seed(c_out)
+    h, w = 5, 6
+    out = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, s, p, d, k, op in
+           zip((h, w), stride, padding, dilation, kernel, out_pad, strict=True)]
+    cols = torch.randn(2, h, w, *kernel, c_out, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, *out, c_out, generator=gen, dtype=torch.float64)
+    results = []
+    for method in ("taps", "fold"):
+        c = cols.clone().requires_grad_(True)
+        y = col2im_channels_last(c, tuple(out), padding, stride, dilation, method)
+        (gc,) = torch.autograd.grad(y, c, g)
+        results.append((y, gc))
+    torch.testing.assert_close(results[0], results[1])
+    with pytest.raises(ValueError, match="taps or fold"):
+        col2im_channels_last(cols, tuple(out), padding, stride, dilation, "scatter")

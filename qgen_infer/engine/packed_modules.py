@@ -16,8 +16,9 @@ The matrix view ``W [N, K]`` per layer kind:
 * ConvTranspose2d ``[C_in, C_out, kh, kw]`` permuted to ``[kh, kw, C_out, C_in]``:
   ``N = kh*kw*C_out, K = C_in`` (scale and zero tiled ``kh*kw`` times); ``cols = gemm(x per
   pixel)``, ``y = epilogue(col2im(cols))`` with a channels-last col2im
-  (:class:`~qgen_infer.engine.packed_ops.Col2imChannelsLast`), so outputs are channels-last in
-  memory and the next layer's per-pixel rows are a view.
+  (:func:`~qgen_infer.engine.packed_ops.col2im_channels_last`: tap by tap on the CPU, so
+  outputs are channels-last in memory and the next layer's per-pixel rows are a view; through
+  ``F.fold`` on a GPU, where kh*kw launches cost more than a transpose).
 
 im2col is ``F.unfold`` (autograd: ``F.fold``), col2im the channels-last Function; gradients w.r.t.
 the input flow through :class:`PackedGemm`'s ``backend.gemm_t``.

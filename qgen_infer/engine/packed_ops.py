@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from qgen_infer.engine.backend import Backend, Epilogue, activation_grad_from_output
@@ -142,6 +143,18 @@ class Col2imChannelsLast(torch.autograd.Function):
 
 def col2im_channels_last(cols: torch.Tensor, output_size: tuple[int, int],
                          padding: tuple[int, ...], stride: tuple[int, ...],
-                         dilation: tuple[int, ...]) -> torch.Tensor:
-    return Col2imChannelsLast.apply(cols, tuple(output_size), tuple(padding), tuple(stride),
-                                    tuple(dilation))
+                         dilation: tuple[int, ...], method: str | None = None) -> torch.Tensor:
+    """``cols`` ``[B, H, W, kh, kw, C]`` -> ``[B, H_out, W_out, C]`` (see
+    :class:`Col2imChannelsLast`). ``method``: ``taps`` (that Function: kh*kw strided adds, no
+    transpose; the CPU's choice) or ``fold`` (transpose the columns to ``F.fold``'s layout: one
+    copy and one kernel each way, fewer launches than kh*kw on a GPU); default by device."""
+    method = method or ("fold" if cols.is_cuda else "taps")
+    if method == "taps":
+        return Col2imChannelsLast.apply(cols, tuple(output_size), tuple(padding), tuple(stride),
+                                        tuple(dilation))
+    if method != "fold":
+        raise ValueError(f"method must be taps or fold, got {method!r}")
+    b, h, w, kh, kw, c = cols.shape
+    folded = F.fold(cols.permute(0, 5, 3, 4, 1, 2).reshape(b, c * kh * kw, h * w),
+                    tuple(output_size), (kh, kw), tuple(dilation), tuple(padding), tuple(stride))
+    return folded.permute(0, 2, 3, 1)
