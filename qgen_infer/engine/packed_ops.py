@@ -12,7 +12,7 @@ weights: they are frozen codes (the solver differentiates w.r.t. the latent ``z`
 
 ConvTranspose2d (and a Conv2d run per pixel) cannot fuse its epilogue into the gemm (col2im sums
 overlapping columns before the per-channel affine), so it runs :class:`PackedGemm` with an empty
-epilogue, :class:`Col2imChannelsLast`, then :class:`ApplyEpilogue`, whose backward is the same
+epilogue, :func:`col2im_channels_last`, then :class:`ApplyEpilogue`, whose backward is the same
 ``⊙ act'(y) ⊙ alpha``.
 """
 
