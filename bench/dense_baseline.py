@@ -1,10 +1,11 @@
 """The dense torch baseline of a packed model: what the benchmarks compare the packed kernels to.
 
-``dense_generator(model, dtype)`` turns a loaded ``.qgen`` model's packed MLP generator into plain
-``nn.Linear`` layers holding the weights the file encodes (``scale * (code - zero)``, dequantized
-once, with the epilogue's alpha folded into the rows and beta as the bias) followed by the
-activations. Built from the file itself, not from a training checkpoint, so the baseline is the
-same model at any exported width (post-training quantized ones included).
+``dense_generator(model, dtype)`` turns a loaded ``.qgen`` model's packed generator into plain
+``nn.Linear`` / ``nn.Conv2d`` / ``nn.ConvTranspose2d`` layers holding the weights the file encodes
+(``scale * (code - zero)``, dequantized once, with the epilogue's alpha folded into each output
+channel and beta as the bias) followed by the activations. Built from the file itself, not from
+a training checkpoint, so the baseline is the same model at any exported width (post-training
+quantized ones included).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from qgen_infer.engine.packed_modules import PackedLinear
+from qgen_infer.engine.packed_modules import (
+    PackedConv2d,
+    PackedConvTranspose2d,
+    PackedLinear,
+)
+from qgen_infer.format import unpack_codes
+from qgen_infer.format.schema import channel_axis
 from qgen_infer.models.layers import Reshape
 
 ACTIVATIONS = {"leaky_relu": lambda ep: nn.LeakyReLU(ep.negative_slope),
@@ -23,22 +30,44 @@ ACTIVATIONS = {"leaky_relu": lambda ep: nn.LeakyReLU(ep.negative_slope),
                "none": lambda ep: nn.Identity()}
 
 
+def dequantized_weight(mod: Any) -> torch.Tensor:
+    """The layer's weight in PyTorch layout, ``alpha * scale * (code - zero)`` per output channel
+    (fp32; the codes and their scales as the file stores them)."""
+    codes = unpack_codes(mod.packed_codes, mod.weight_shape, mod.bits).to(torch.float64)
+    axis = channel_axis(mod.kind)
+    shape = [1] * codes.ndim
+    shape[axis] = -1
+    scale, zero = mod.scale.double(), mod.zero.double()
+    if scale.numel() > 1:
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    w = scale * (codes - zero)
+    if mod.epilogue.alpha is not None:
+        w = w * mod.epilogue.alpha.double().reshape(shape)
+    return w.float()
+
+
 def dense_generator(model: Any, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-    """``model.generator`` as dense torch layers in ``dtype`` on ``model.device`` (MLPs only)."""
+    """``model.generator`` as dense torch layers in ``dtype`` on ``model.device``."""
     layers: list[tuple[str, nn.Module]] = []
     for name, mod in model.generator.named_children():
-        if isinstance(mod, PackedLinear):
-            w = mod.matrix_weight().dequantize()
+        if isinstance(mod, (PackedLinear, PackedConv2d, PackedConvTranspose2d)):
+            w = dequantized_weight(mod)
+            if isinstance(mod, PackedLinear):
+                dense: nn.Module = nn.Linear(w.shape[1], w.shape[0])
+            elif isinstance(mod, PackedConv2d):
+                dense = nn.Conv2d(w.shape[1], w.shape[0], mod.kernel_size, mod.stride,
+                                  mod.padding, mod.dilation)
+            else:
+                dense = nn.ConvTranspose2d(w.shape[0], w.shape[1], mod.kernel_size, mod.stride,
+                                           mod.padding, mod.output_padding, 1, True,
+                                           mod.dilation)
             ep = mod.epilogue
-            lin = nn.Linear(w.shape[1], w.shape[0])
             with torch.no_grad():
-                alpha = ep.alpha if ep.alpha is not None else torch.ones(w.shape[0])
-                lin.weight.copy_(alpha.to(w)[:, None] * w)
-                lin.bias.copy_(ep.beta if ep.beta is not None else torch.zeros(w.shape[0]))
-            layers += [(name, lin), (f"{name}_act", ACTIVATIONS[ep.activation](ep))]
+                dense.weight.copy_(w)
+                dense.bias.copy_(ep.beta if ep.beta is not None else torch.zeros_like(dense.bias))
+            layers += [(name, dense), (f"{name}_act", ACTIVATIONS[ep.activation](ep))]
         elif isinstance(mod, Reshape):
             layers.append((name, mod))
         else:
-            raise SystemExit(f"dense baseline: unsupported layer {name} ({type(mod).__name__}); "
-                             "the benchmarks cover the MNIST MLP")
+            raise SystemExit(f"dense baseline: unsupported layer {name} ({type(mod).__name__})")
     return nn.Sequential(OrderedDict(layers)).to(model.device, dtype).eval().requires_grad_(False)

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Wall time of ``qgen_infer.reconstruct`` with a paper-size DCGAN generator (32x32x3, width 64,
 m = 100) on the CPU: a model exported from freshly initialised networks (timing does not depend
-on training), random measurements, per backend. For comparing code versions on one machine:
+on training), random measurements, per backend and against the same generator as dense torch
+fp32 layers (``fp32``: ``bench/dense_baseline.py``, through the same ``qgen_infer.reconstruct``).
+Also for comparing code versions on one machine:
 
-    python bench/time_dcgan_reconstruct.py --bits 1 --backends cpu reference
+    python bench/time_dcgan_reconstruct.py --bits 1 --backends fp32 cpu reference
     PYTHONPATH=/path/to/other/checkout python bench/time_dcgan_reconstruct.py ...   # A/B
 
 Prints the fastest of ``--repeats`` timed calls after a one-step warm-up.
@@ -12,6 +14,8 @@ Prints the fastest of ``--repeats`` timed calls after a one-step warm-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +46,8 @@ def dcgan_file(folder: Path, bits: int) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", type=int, default=1)
-    p.add_argument("--backends", nargs="+", default=["cpu", "reference"])
+    p.add_argument("--backends", nargs="+", default=["fp32", "cpu", "reference"],
+                   choices=["fp32", "cpu", "reference", "triton"])
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -54,7 +59,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = dcgan_file(Path(tmp), args.bits)
         for backend in args.backends:
-            model = qgen_infer.load(path, backend=backend)
+            model = qgen_infer.load(path, backend="reference" if backend == "fp32" else backend)
+            if backend == "fp32":
+                sys.path.insert(0, str(Path(__file__).resolve().parent))
+                from dense_baseline import dense_generator
+
+                model = dataclasses.replace(model, generator=dense_generator(model))
             kw = dict(steps=args.steps, batch_size=args.images)
             qgen_infer.reconstruct(model, y, steps=1, batch_size=args.images)
             best = float("inf")

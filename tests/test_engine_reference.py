@@ -306,3 +306,24 @@ def test_col2im_methods_agree(case) -> None:
     torch.testing.assert_close(results[0], results[1])
     with pytest.raises(ValueError, match="taps or fold"):
         col2im_channels_last(cols, tuple(out), padding, stride, dilation, "scatter")
+
+
+@pytest.mark.parametrize("family", ["mlp", "dcgan"])
+def test_dense_baseline_is_the_same_generator(family, exported) -> None:
+    """The benchmarks' dense torch baseline (``bench/dense_baseline.py``) computes what the packed
+    generator computes, forward and input gradient, for the MLP and the DCGAN (BatchNorm folded,
+    per-channel scales)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from dense_baseline import dense_generator
+
+    qgen_path, _ = exported(family, 3, "channel")
+    model = qgen_infer.load(qgen_path, backend="reference")
+    dense = dense_generator(model)
+    z = torch.randn(4, model.config["latent_dim"], generator=torch.Generator().manual_seed(5))
+    z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    x_packed, x_dense = model.generator(z1), dense(z2)
+    torch.testing.assert_close(x_dense, x_packed, rtol=1e-5, atol=1e-5)
+    g = torch.randn(x_packed.shape, generator=torch.Generator().manual_seed(6))
+    (g1,) = torch.autograd.grad(x_packed, z1, g)
+    (g2,) = torch.autograd.grad(x_dense, z2, g)
+    torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-5)
