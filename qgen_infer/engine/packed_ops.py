@@ -122,7 +122,7 @@ class Col2imChannelsLast(torch.autograd.Function):
         for ky in range(kh):
             for kx in range(kw):
                 sy, sx = _tap_slices(h, w, ky, kx, stride, dilation)
-                out[:, sy, sx, :] += cols[:, :, :, ky, kx, :]
+                out[:, sy, sx, :].add_(cols[:, :, :, ky, kx, :])  # a view: no write-back copy
         ctx.geometry = (cols.shape, (hp, wp), output_size, padding, stride, dilation)
         return out[:, padding[0]:padding[0] + ho, padding[1]:padding[1] + wo, :].contiguous()
 
