@@ -96,6 +96,12 @@ wait "$TESTS_PID"
 # shellcheck disable=SC2086
 step reconstruct 240 $PY bench/bench_reconstruct_gpu.py --bits $SUITE_BITS \
   --out "$OUTDIR/reconstruct-gpu.md" --profile "$OUTDIR/reconstruct-profile.md"
+# The paper's DCGAN generator (conv layers: per-pixel products and col2im) against dense torch
+# fp32, both graph-replayed; 1 and 4 bits.
+for b in 1 4; do
+  step "dcgan-w$b" 90 $PY bench/time_dcgan_reconstruct.py --device cuda --bits $b \
+    --backends fp32 triton --images 256
+done
 LEFT=$(( SUITE_SECONDS - ($(date +%s) - START) ))
 [ "$LEFT" -lt 30 ] && LEFT=30
 # shellcheck disable=SC2086

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Wall time of ``qgen_infer.reconstruct`` with a paper-size DCGAN generator (32x32x3, width 64,
-m = 100) on the CPU: a model exported from freshly initialised networks (timing does not depend
-on training), random measurements, per backend and against the same generator as dense torch
-fp32 layers (``fp32``: ``bench/dense_baseline.py``, through the same ``qgen_infer.reconstruct``).
-Also for comparing code versions on one machine:
+m = 100), on the CPU or, with ``--device cuda``, a GPU (CUDA-graph replay, as
+``qgen-reconstruct`` does there): a model exported from freshly initialised networks (timing
+does not depend on training), random measurements, per backend and against the same generator
+as dense torch fp32 layers (``fp32``: ``bench/dense_baseline.py``, through the same
+``qgen_infer.reconstruct``). Also for comparing code versions on one machine:
 
     python bench/time_dcgan_reconstruct.py --bits 1 --backends fp32 cpu reference
+    python bench/time_dcgan_reconstruct.py --device cuda --backends fp32 triton --images 256
     PYTHONPATH=/path/to/other/checkout python bench/time_dcgan_reconstruct.py ...   # A/B
 
 Prints the fastest of ``--repeats`` timed calls after a one-step warm-up.
@@ -25,6 +27,7 @@ import torch
 
 import qgen_infer
 from qgen_infer.checkpoint import save_checkpoint
+from qgen_infer.errors import QgenError
 from qgen_infer.export import export_checkpoint
 from qgen_infer.models import build_generator, build_sensing
 from qgen_infer.models.networks import DCGAN_DEFAULTS
@@ -52,6 +55,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     y = np.random.default_rng(0).normal(size=(args.images, DCGAN_DEFAULTS["measurements"]))
@@ -59,7 +63,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = dcgan_file(Path(tmp), args.bits)
         for backend in args.backends:
-            model = qgen_infer.load(path, backend="reference" if backend == "fp32" else backend)
+            try:
+                model = qgen_infer.load(path, device=args.device,
+                                        backend="reference" if backend == "fp32" else backend)
+            except QgenError as e:
+                raise SystemExit(f"time_dcgan_reconstruct: {e}") from None
             if backend == "fp32":
                 sys.path.insert(0, str(Path(__file__).resolve().parent))
                 from dense_baseline import dense_generator
@@ -70,10 +78,11 @@ def main() -> None:
             best = float("inf")
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                qgen_infer.reconstruct(model, y, **kw)
+                qgen_infer.reconstruct(model, y, **kw)  # returns numpy: synchronised
                 best = min(best, time.perf_counter() - t0)
+            where = args.device if args.device != "cpu" else f"{args.threads} thread(s)"
             print(f"{args.bits}-bit DCGAN, {backend}, {args.images} images, T = {args.steps}, "
-                  f"{args.threads} thread(s): {best:.2f} s ({args.images / best:.1f} img/s)")
+                  f"{where}: {best:.3f} s ({args.images / best:.1f} img/s)")
 
 
 if __name__ == "__main__":
