@@ -47,7 +47,8 @@ def dcgan_file(folder: Path, bits: int) -> Path:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, default=1)
     p.add_argument("--backends", nargs="+", default=["fp32", "cpu", "reference"],
                    choices=["fp32", "cpu", "reference", "triton"])
