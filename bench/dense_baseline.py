@@ -24,6 +24,7 @@ from qgen_infer.engine.packed_modules import (
 from qgen_infer.format import unpack_codes
 from qgen_infer.format.schema import channel_axis
 from qgen_infer.models.layers import Reshape
+from qgen_infer.quant import dequantize
 
 ACTIVATIONS = {"leaky_relu": lambda ep: nn.LeakyReLU(ep.negative_slope),
                "tanh": lambda ep: nn.Tanh(), "relu": lambda ep: nn.ReLU(),
@@ -32,18 +33,15 @@ ACTIVATIONS = {"leaky_relu": lambda ep: nn.LeakyReLU(ep.negative_slope),
 
 def dequantized_weight(mod: Any) -> torch.Tensor:
     """The layer's weight in PyTorch layout, ``alpha * scale * (code - zero)`` per output channel
-    (fp32; the codes and their scales as the file stores them)."""
-    codes = unpack_codes(mod.packed_codes, mod.weight_shape, mod.bits).to(torch.float64)
+    (``qgen_infer.quant.dequantize``: the codes and scales as the file stores them)."""
+    codes = unpack_codes(mod.packed_codes, mod.weight_shape, mod.bits)
     axis = channel_axis(mod.kind)
-    shape = [1] * codes.ndim
-    shape[axis] = -1
-    scale, zero = mod.scale.double(), mod.zero.double()
-    if scale.numel() > 1:
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    w = scale * (codes - zero)
+    w = dequantize(codes, mod.scale, mod.zero, axis)
     if mod.epilogue.alpha is not None:
-        w = w * mod.epilogue.alpha.double().reshape(shape)
-    return w.float()
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        w = w * mod.epilogue.alpha.to(w).reshape(shape)
+    return w
 
 
 def dense_generator(model: Any, dtype: torch.dtype = torch.float32) -> nn.Sequential:

@@ -32,6 +32,9 @@ from qgen_infer.export import export_checkpoint
 from qgen_infer.models import build_generator, build_sensing
 from qgen_infer.models.networks import DCGAN_DEFAULTS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dense_baseline import dense_generator  # noqa: E402
+
 
 def dcgan_file(folder: Path, bits: int) -> Path:
     torch.manual_seed(0)
@@ -70,9 +73,6 @@ def main() -> None:
             except QgenError as e:
                 raise SystemExit(f"time_dcgan_reconstruct: {e}") from None
             if backend == "fp32":
-                sys.path.insert(0, str(Path(__file__).resolve().parent))
-                from dense_baseline import dense_generator
-
                 model = dataclasses.replace(model, generator=dense_generator(model))
             kw = dict(steps=args.steps, batch_size=args.images)
             qgen_infer.reconstruct(model, y, steps=1, batch_size=args.images)

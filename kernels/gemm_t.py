@@ -139,7 +139,7 @@ def _launch(g: torch.Tensor, w: PackedKWords, cfg: KernelConfig, out: torch.Tens
     args = (g, w.words, w.scale, w.zero, dst, y_arg, alpha if alpha is not None else w.scale,
             m, n, k, w.words.stride(0), g.stride(0), g.stride(1), y_arg.stride(0),
             y_arg.stride(1), per, float(negative_slope))
-    common = dict(BITS=w.bits, ACT=act if y is not None else 0, HAS_ALPHA=alpha is not None,
+    common = dict(BITS=w.bits, ACT=act, HAS_ALPHA=alpha is not None,
                   PARTIAL=slices > 1, WORD_DECODE=cfg.word_decode, num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages)
     if cfg.path == "gemv":
