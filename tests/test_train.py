@@ -161,7 +161,7 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--device", "bogus:x"], "--device"),
     (["--init-scale", "huge"], "invalid choice"),
     (["--initial-step-size", "0"], "step size"),
-    (["--initial-step-size", "-1e-3"], "step size"),
+    (["--initial-step-size=-1e-3"], "step size"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, needle):
     code = train_main(["--out", str(tmp_path / "r"), *argv])
