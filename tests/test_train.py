@@ -159,7 +159,6 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--overflow-rate", "-0.01"], "overflow_rate"),
     (["--device", "tpu"], "--device"),
     (["--device", "bogus:x"], "--device"),
-    (["--init-scale", "huge"], "invalid choice"),
     (["--initial-step-size", "0"], "step size"),
     (["--initial-step-size=-1e-3"], "step size"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))

@@ -10,7 +10,7 @@ import torch
 
 from qgen_infer.cli.common import ArgumentParser, default_eval_size, run_cli
 from qgen_infer.errors import QgenError
-from qgen_infer.train import INIT_SCALES, METHODS, TrainConfig
+from qgen_infer.train import METHODS, TrainConfig
 
 DESCRIPTION = """\
 Train a quantized generative prior G (weights quantized to 1-4 bits with LinearQuantize and a
@@ -72,14 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine: decay the rate to lr/10 over the epochs")
     p.add_argument("--gdl-weight", type=float, default=d.gdl_weight,
                    help="weight of the gradient-difference loss (0 disables it)")
-    p.add_argument("--init-scale", choices=INIT_SCALES, default=None,
-                   help="calibrated: scale A's last layer so that it maps image differences "
-                        "isometrically on a training batch, and set the latent step size so the "
-                        "first inner step moves z by 0.1; plain: torch's init and "
-                        "--initial-step-size (default: calibrated for the DCGAN networks, plain "
-                        "for the MLP)")
     p.add_argument("--initial-step-size", type=float, default=d.initial_step_size,
-                   help="latent step size beta to start from (with --init-scale plain)")
+                   help="latent step size beta to start from (learned from there, in log space)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=d.device,
@@ -144,10 +138,6 @@ def _body(argv: Sequence[str] | None) -> int:
     print(f"qgen-train: {desc}; {cfg.method} at {cfg.bits} bits, m={cfg.measurements}, "
           f"latent {s.latent_dim}, s={s.sparsity}, T={s.steps}; epochs {trainer.epoch + 1}.."
           f"{cfg.epochs} on {cfg.device} -> {cfg.out}/model.pt")
-    init = trainer.initialisation
-    if init and not args.resume:
-        print(f"qgen-train: calibrated start: A's gain {init['sensing_gain']:.3g} -> 1, "
-              f"latent step size {init['step_size']:.3g}")
     rec = trainer.run(progress=tqdm.tqdm)
     if rec:
         print(f"qgen-train: done after {rec['epoch']} epochs ({rec['wall_time_s']:.0f} s): eval "

@@ -7,7 +7,6 @@ from qgen_infer.train.objective import (
     meta_learning_losses,
 )
 from qgen_infer.train.trainer import (
-    INIT_SCALES,
     METHODS,
     TrainConfig,
     Trainer,
@@ -16,7 +15,6 @@ from qgen_infer.train.trainer import (
 )
 
 __all__ = [
-    "INIT_SCALES",
     "METHODS",
     "SolverSettings",
     "StepLosses",

@@ -29,14 +29,9 @@ from qgen_infer.errors import QgenError
 from qgen_infer.metrics import psnr, ssim
 from qgen_infer.models import build_generator, build_sensing, complete_config
 from qgen_infer.solve import reconstruct_latent
-from qgen_infer.train.initialisation import calibrate_sensing, step_size_for_movement
 from qgen_infer.train.objective import SolverSettings, meta_learning_losses
 
 METHODS = ("sdlss", "dcs")
-INIT_SCALES = ("calibrated", "plain")
-# β₀ of a calibrated start: the first inner step moves the unit-norm latent by this much (the
-# MNIST MLP's β = 0.01 moves it by 0.08 once A is calibrated).
-FIRST_STEP_MOVEMENT = 0.1
 
 
 @dataclass
@@ -56,12 +51,7 @@ class TrainConfig:
     sparsity: int | None = None  # default: 100 for SDLSS (capped at latent_dim // 2); None for DCS
     steps: int = 3
     project: bool = True
-    initial_step_size: float = 0.01  # β₀ of a "plain" start
-    # "calibrated": A scaled to the isometry and β₀ from the first step's length (see
-    # qgen_infer.train.initialisation); "plain": framework init and initial_step_size. None: the
-    # family's default, calibrated for DCGAN (uncalibrated its inner loop does not move z) and
-    # plain for the MLP (the committed MNIST models were trained so).
-    init_scale: str | None = None
+    initial_step_size: float = 0.01
     epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-3
@@ -173,9 +163,6 @@ class Trainer:
         if not cfg.initial_step_size > 0 or not math.isfinite(cfg.initial_step_size):
             raise QgenError(f"the initial step size must be a positive number, got "
                             f"{cfg.initial_step_size}")
-        if cfg.init_scale is not None and cfg.init_scale not in INIT_SCALES:
-            raise QgenError(f"init_scale must be one of {', '.join(INIT_SCALES)}, got "
-                            f"{cfg.init_scale!r}")
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         # on the device once: batches are then index gathers there, no per-step copies
@@ -198,19 +185,10 @@ class Trainer:
         self.wall_time = 0.0
         self.rng = _seeded(cfg.seed + 1)
         self.data_description = data_description
-        self.initialisation: dict[str, Any] = {}
         if resume:
             self._resume()
         elif cfg.init_from:
             self._warm_start(cfg.init_from)
-        elif self.init_scale == "calibrated":
-            self._calibrate()
-
-    @property
-    def init_scale(self) -> str:
-        if self.cfg.init_scale is not None:
-            return self.cfg.init_scale
-        return "calibrated" if self.net["family"] == "dcgan" else "plain"
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self, final: bool = False) -> dict[str, Any]:
@@ -223,7 +201,7 @@ class Trainer:
             "log_step_size": self.log_step_size.detach().cpu().clone(),
             "train": {"epochs": self.epoch, "step": self.step, "wall_time_s": self.wall_time,
                       "final": final, "data": self.data_description,
-                      "settings": asdict(self.cfg), "initialisation": self.initialisation},
+                      "settings": asdict(self.cfg)},
             "optimizer": _on_cpu(self.optimizer.state_dict()),
             "rng_state": self.rng.get_state(),
         }
@@ -245,7 +223,6 @@ class Trainer:
         t = ckpt["train"]
         self.epoch, self.step, self.wall_time = int(t["epochs"]), int(t["step"]), float(
             t["wall_time_s"])
-        self.initialisation = dict(t.get("initialisation", {}))
 
     def _warm_start(self, path: str) -> None:
         ckpt = load_checkpoint(path)
@@ -259,27 +236,6 @@ class Trainer:
         self.sensing.load_state_dict(ckpt["sensing"])
         with torch.no_grad():
             self.log_step_size.copy_(ckpt["log_step_size"])
-
-    def _calibrate(self) -> None:
-        """A to the isometry, then β₀ from the first step, on a seeded random batch of training
-        images (the training RNG stream is left as it was)."""
-        n = self.train_images.shape[0]
-        if n < 2:
-            raise QgenError("a calibrated start needs at least 2 training images; use "
-                            "--init-scale plain")
-        pick = torch.randperm(n, generator=_seeded(self.cfg.seed + 2))[:max(2, min(
-            self.cfg.batch_size, n))]
-        batch = self.train_images[pick.to(self.device)]
-        try:
-            gain = calibrate_sensing(self.sensing, batch)
-            beta = step_size_for_movement(self.generator, self.sensing, batch, self.solver,
-                                          FIRST_STEP_MOVEMENT, rng=_seeded(self.cfg.seed + 3))
-        except ValueError as exc:
-            raise QgenError(f"calibrated start: {exc}; use --init-scale plain") from None
-        with torch.no_grad():
-            self.log_step_size.fill_(math.log(beta))
-        self.initialisation = {"init_scale": "calibrated", "sensing_gain": gain,
-                               "step_size": beta}
 
     # -- the loop ----------------------------------------------------------------------------
     def learning_rate(self, epoch: int) -> float:
