@@ -189,6 +189,26 @@ def test_colour_table_against_paper(tmp_path: Path) -> None:
     assert "| STL10 | 20.65, 0.5543 |" in text  # the paper's table, for reference
 
 
+def test_colour_learning_rate_names_and_commands(tmp_path: Path) -> None:
+    sets = [plan.ColourSet("CIFAR10", "cifar10", "/c")]
+    default = plan.colour_plan(sets, epochs=2, m=25, s=100)
+    assert all(s.lr is None for s in default) and default[0].name == "cifar10-m25-sdlss-1"
+    assert "--lr" not in commands.train_command(default[0], commands.paths_for(
+        tmp_path, default[0]), threads=1, resume=False)
+    specs = plan.colour_plan(sets, epochs=2, m=25, s=100, lr=2e-4)
+    assert specs[0].name == "cifar10-m25-sdlss-1-lr0.0002" and specs[0].lr == 2e-4
+    assert specs[-1].name == "cifar10-m25-dcs-32-lr0.0002" and specs[-1].lr == 2e-4
+    train = commands.train_command(specs[-1], commands.paths_for(tmp_path, specs[-1]),
+                                   threads=1, resume=False)
+    assert float(train[train.index("--lr") + 1]) == 2e-4
+    results = tables.Results(specs, {}, {})
+    assert "Adam learning rate 0.0002." in tables.colour_report(results, [], [])
+    colour = _script("reproduce_colour")
+    with pytest.raises(SystemExit) as exc:
+        colour.main(["--runs", str(tmp_path), "--lr", "0", "--dry-run"])
+    assert exc.value.code == 2
+
+
 def test_colour_data_sets(tmp_path: Path) -> None:
     assert colour_sets({}, tmp_path, convert=False)[0].dataset == "patches"
     stl = tmp_path / "stl"
@@ -260,7 +280,8 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "QGEN_COLOUR_INSTALL": "0", "QGEN_COLOUR_DEVICE": "cpu",
            "QGEN_COLOUR_FALLBACK": "digits", "QGEN_COLOUR_EPOCHS": "1",
            "QGEN_COLOUR_BITS": "1", "QGEN_COLOUR_LANES": "1", "QGEN_COLOUR_SECONDS": "300",
-           "QGEN_COLOUR_BACKEND": "reference", "PYTHON": sys.executable}
+           "QGEN_COLOUR_BACKEND": "reference", "QGEN_COLOUR_LR": "5e-4",
+           "PYTHON": sys.executable}
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(BENCH / "gpu_colour.sh"), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -269,6 +290,8 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     assert "queue rc=0" in log and "report rc=0" in log, log[-2000:]
     table = (out / "colour-table1.md").read_text()
     assert "digits (embedded)" in table and "1 ep" in table
+    assert "Adam learning rate 0.0005." in table
+    assert (out / "runs" / "digits-m100-sdlss-1-lr0.0005" / "log.jsonl").is_file()
     with tarfile.open(out / "colour-runs.tar.gz") as tar:
         names = tar.getnames()
     assert any(n.endswith("model.qgen") for n in names)

@@ -76,6 +76,8 @@ def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool,
         cmd += ["-s", str(spec.s)]
     if spec.overflow_rate:
         cmd += ["--overflow-rate", str(spec.overflow_rate)]
+    if spec.lr is not None:
+        cmd += ["--lr", repr(spec.lr)]
     cmd += ["--epochs", str(spec.epochs), "--threads", str(threads)]
     if device != "cpu":
         cmd += ["--device", device]

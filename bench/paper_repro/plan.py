@@ -32,6 +32,7 @@ class RunSpec:
     epochs: int  # target epochs
     tier: int  # queue priority: lower trains first
     overflow_rate: float = 0.0  # qgen-train --overflow-rate (0: the paper's max|w| range)
+    lr: float | None = None  # qgen-train --lr (None: qgen-train's default)
 
     @property
     def packed(self) -> bool:
@@ -45,16 +46,19 @@ class RunSpec:
 
 
 def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
-             overflow_rate: float = 0.0) -> str:
+             overflow_rate: float = 0.0, lr: float | None = None) -> str:
     """``{prefix}-m{m}-{method}-{bits}``, with ``-s{s}`` after m when s is not the default 100
-    (DCS has no s) and ``-ovf{100 r}`` at the end for a nonzero overflow rate r (``-ovf05`` for
-    0.05). Keeps the names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
+    (DCS has no s), ``-ovf{100 r}`` for a nonzero overflow rate r (``-ovf05`` for 0.05) and
+    ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``). Keeps the
+    names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
     if method == DCS or s is None or s == DEFAULT_SPARSITY:
         name = f"{prefix}-m{m}-{method}-{bits}"
     else:
         name = f"{prefix}-m{m}-s{s}-{method}-{bits}"
     if overflow_rate:
         name += f"-ovf{overflow_rate * 100:02.3g}".replace(".", "p")
+    if lr is not None:
+        name += f"-lr{lr:g}"
     return name
 
 
@@ -115,19 +119,22 @@ class ColourSet:
 
 def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
                 bits: Sequence[int] = BITS,
-                overflow_rates: Mapping[int, float] | None = None) -> list[RunSpec]:
+                overflow_rates: Mapping[int, float] | None = None,
+                lr: float | None = None) -> list[RunSpec]:
     """Table 1's grid: every bit width of SDLSS and 32-bit DCS per data set. Tier = data set
-    order, so a whole row of the table is finished before the next starts."""
+    order, so a whole row of the table is finished before the next starts. ``lr``: Adam's rate
+    of every run (None: qgen-train's default); part of the run names."""
     rates = dict(overflow_rates or {})
     specs = []
     for tier, cs in enumerate(sets):
         prefix = cs.label.split()[0].lower()
         for b in bits:
             rate = rates.get(b, 0.0)
-            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate), cs.label, cs.dataset,
-                                 cs.data_root, SDLSS, b, m, s, epochs, tier, rate))
-        specs.append(RunSpec(run_name(prefix, DCS, 32, m, None), cs.label, cs.dataset,
-                             cs.data_root, DCS, 32, m, None, epochs, tier))
+            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate, lr), cs.label,
+                                 cs.dataset, cs.data_root, SDLSS, b, m, s, epochs, tier, rate,
+                                 lr))
+        specs.append(RunSpec(run_name(prefix, DCS, 32, m, None, lr=lr), cs.label, cs.dataset,
+                             cs.data_root, DCS, 32, m, None, epochs, tier, lr=lr))
     return ordered(dedupe(specs))
 
 

@@ -288,8 +288,11 @@ def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[s
              quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", "Data used:", "",
              *data_notes, "", LEGEND, ""]
     settings = sorted({(s.m, s.s) for s in results.specs if s.method == SDLSS})
+    rates = sorted({"qgen-train's default" if s.lr is None else f"{s.lr:g}"
+                    for s in results.specs})
     lines += ["Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
-              + " (the paper does not state m or s for Table 1; DCS: dense latent).", ""]
+              + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
+              + f"learning rate {', '.join(rates)}.", ""]
     lines += ["## Table 1, measured (PSNR dB, SSIM)", ""]
     rows = []
     for label in results.labels():
