@@ -37,10 +37,6 @@ REPORT = "colour-table1.md"
 # A DCGAN epoch on the 2,900 training patches takes about 10 min on one busy CPU thread; 20 keeps
 # the embedded-set table to a few CPU-hours per model. Raise it for the paper's data sets.
 EPOCHS = 20
-# Adam's rate for the DCGAN networks: qgen-train's 1e-3 (tuned on the MNIST MLP) drives the
-# DCGAN generator to a z-independent mean image within ~100 steps, where it stays for hundreds
-# more; 2e-4 (DCGAN's usual rate; DCS trained at 1e-4) did not (colour-table1.md, notes).
-LR = 2e-4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--measurements", type=int, default=100)
     p.add_argument("-s", "--sparsity", type=int, default=100)
     p.add_argument("--bits", type=int, nargs="+", default=list(BITS), choices=BITS)
-    p.add_argument("--lr", type=float, default=LR,
-                   help="Adam learning rate of every run (part of the run names)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate of every run, part of the run names (default: "
+                        "qgen-train's for the DCGAN networks, 2e-4)")
     return p
 
 
@@ -88,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     check_queue_options(p, args)
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         p.error(f"--lr must be positive, got {args.lr}")
     convert = not (args.dry_run or args.report_only)
     sets = data_sets(args, convert=convert)

@@ -203,6 +203,9 @@ def test_colour_learning_rate_names_and_commands(tmp_path: Path) -> None:
     assert float(train[train.index("--lr") + 1]) == 2e-4
     results = tables.Results(specs, {}, {})
     assert "Adam learning rate 0.0002." in tables.colour_report(results, [], [])
+    results = tables.Results(default, {}, {})
+    assert "Adam learning rate qgen-train's default (0.0002)." in tables.colour_report(
+        results, [], [])
     colour = _script("reproduce_colour")
     with pytest.raises(SystemExit) as exc:
         colour.main(["--runs", str(tmp_path), "--lr", "0", "--dry-run"])

@@ -8,10 +8,10 @@ import torch
 from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
 from qgen_infer.cli.evaluate import main as eval_main
 from qgen_infer.cli.train import main as train_main
-from qgen_infer.errors import FormatError
+from qgen_infer.errors import FormatError, QgenError
 from qgen_infer.models import QLinear
 from qgen_infer.quant import quantize_codes
-from qgen_infer.train import TrainConfig, Trainer, gradient_difference_loss
+from qgen_infer.train import DEFAULT_LR, TrainConfig, Trainer, gradient_difference_loss
 
 
 @pytest.fixture
@@ -88,6 +88,23 @@ def test_seeded_runs_are_reproducible_and_resume_is_exact(tmp_path, images):
     assert torch.equal(again.log_step_size, straight.log_step_size)
 
 
+def test_default_learning_rate_is_the_network_familys(tmp_path, images):
+    mlp = Trainer(_cfg(tmp_path / "m"), images[:48], images[48:])
+    assert mlp.cfg.lr == DEFAULT_LR["mlp"] == 1e-3
+    colour = torch.rand(20, 3, 8, 8) * 2 - 1
+    dcgan = Trainer(_cfg(tmp_path / "d"), colour[:16], colour[16:])
+    assert dcgan.net["family"] == "dcgan" and dcgan.cfg.lr == DEFAULT_LR["dcgan"] == 2e-4
+    assert dcgan.optimizer.param_groups[0]["lr"] == 2e-4
+    dcgan.run()
+    saved = load_checkpoint(tmp_path / "d" / "run" / "model.pt")["train"]["settings"]
+    assert saved["lr"] == 2e-4  # the rate used, not None
+    mine = Trainer(_cfg(tmp_path / "x", lr=5e-4), colour[:16], colour[16:])
+    assert mine.cfg.lr == 5e-4
+    for bad in (0.0, -1e-3, float("inf")):
+        with pytest.raises(QgenError, match="learning rate"):
+            Trainer(_cfg(tmp_path / "b", lr=bad), images[:48], images[48:])
+
+
 def test_warm_start_at_another_bit_width(tmp_path, images):
     _train(_cfg(tmp_path / "fp", bits=32, epochs=1), images)
     t = Trainer(_cfg(tmp_path / "q", bits=1, epochs=1, init_from=str(tmp_path / "fp/run/model.pt")),
@@ -160,6 +177,7 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--device", "tpu"], "--device"),
     (["--device", "bogus:x"], "--device"),
     (["--initial-step-size", "0"], "step size"),
+    (["--lr", "0"], "learning rate"),
     (["--initial-step-size=-1e-3"], "step size"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, needle):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from paper_repro import paper
 from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec
 from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord
+from qgen_infer.train import DEFAULT_LR
 
 MISSING = "–"
 SDLSS_COLUMNS = [f"{b}-bit SDLSS" for b in BITS]
@@ -288,8 +289,8 @@ def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[s
              quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", "Data used:", "",
              *data_notes, "", LEGEND, ""]
     settings = sorted({(s.m, s.s) for s in results.specs if s.method == SDLSS})
-    rates = sorted({"qgen-train's default" if s.lr is None else f"{s.lr:g}"
-                    for s in results.specs})
+    rates = sorted({f"qgen-train's default ({DEFAULT_LR['dcgan']:g})" if s.lr is None
+                    else f"{s.lr:g}" for s in results.specs})
     lines += ["Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
               + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
               + f"learning rate {', '.join(rates)}.", ""]

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not project the latent to the unit sphere after each step")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: 1e-3 for the MLP networks, 2e-4 for the "
+                        "DCGAN ones)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule,
                    help="cosine: decay the rate to lr/10 over the epochs")
     p.add_argument("--gdl-weight", type=float, default=d.gdl_weight,
@@ -137,7 +139,7 @@ def _body(argv: Sequence[str] | None) -> int:
     s = trainer.solver
     print(f"qgen-train: {desc}; {cfg.method} at {cfg.bits} bits, m={cfg.measurements}, "
           f"latent {s.latent_dim}, s={s.sparsity}, T={s.steps}; epochs {trainer.epoch + 1}.."
-          f"{cfg.epochs} on {cfg.device} -> {cfg.out}/model.pt")
+          f"{cfg.epochs} on {cfg.device}, Adam lr {trainer.cfg.lr:g} -> {cfg.out}/model.pt")
     rec = trainer.run(progress=tqdm.tqdm)
     if rec:
         print(f"qgen-train: done after {rec['epoch']} epochs ({rec['wall_time_s']:.0f} s): eval "

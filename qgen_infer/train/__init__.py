@@ -7,6 +7,7 @@ from qgen_infer.train.objective import (
     meta_learning_losses,
 )
 from qgen_infer.train.trainer import (
+    DEFAULT_LR,
     METHODS,
     TrainConfig,
     Trainer,
@@ -15,6 +16,7 @@ from qgen_infer.train.trainer import (
 )
 
 __all__ = [
+    "DEFAULT_LR",
     "METHODS",
     "SolverSettings",
     "StepLosses",

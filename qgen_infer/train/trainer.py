@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,11 @@ from qgen_infer.solve import reconstruct_latent
 from qgen_infer.train.objective import SolverSettings, meta_learning_losses
 
 METHODS = ("sdlss", "dcs")
+# Adam's default rate per network family. 1e-3 trains the MNIST MLP (the committed models). At
+# 1e-3 the DCGAN generator collapses to a z-independent mean image within ~100 steps and stays
+# there for hundreds more; at 2e-4, DCGAN's usual rate, the 32-bit model was 3.3 dB above the mean
+# image after 135 steps (measured 2026-12-01: bench/results/colour-table1.md, notes).
+DEFAULT_LR = {"mlp": 1e-3, "dcgan": 2e-4}
 
 
 @dataclass
@@ -54,7 +59,7 @@ class TrainConfig:
     initial_step_size: float = 0.01
     epochs: int = 100
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float | None = None  # None: DEFAULT_LR of the network family
     lr_schedule: str = "cosine"  # "cosine": decay to lr/10 over the run; "constant"
     gdl_weight: float = 0.1
     seed: int = 0
@@ -170,6 +175,10 @@ class Trainer:
         self.eval_images = eval_images.to(self.device)
         self.out = Path(cfg.out)
         self.net = network_config(cfg, list(train_images.shape[1:]))
+        if cfg.lr is None:
+            cfg = self.cfg = replace(cfg, lr=DEFAULT_LR[self.net["family"]])
+        if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+            raise QgenError(f"the learning rate must be a positive number, got {cfg.lr}")
         self.solver = resolve_solver(cfg, self.net)
         self.net["latent_dim"] = self.solver.latent_dim
         torch.manual_seed(cfg.seed)
