@@ -18,7 +18,7 @@
 #   QGEN_COLOUR_DEVICE=cuda    (cpu: a smoke run of this script on a machine without a GPU)
 #   QGEN_COLOUR_FALLBACK=patches  embedded set without QGEN_COLOUR_DATA_ROOT ('digits': smoke)
 #   QGEN_COLOUR_BITS="1 2 3 4 32"
-#   QGEN_COLOUR_LR=                Adam learning rate of every run (default: reproduce_colour.py's)
+#   QGEN_COLOUR_LR=            Adam learning rate of every run (default: qgen-train's)
 # Needs torch (+ triton on a GPU), scikit-image for 'patches'; no network. What comes back is
 # OUTDIR/colour-table1.md, OUTDIR/queue.log and OUTDIR/colour-runs.tar.gz (per-run logs, eval
 # records and the packed .qgen files; the training checkpoints stay behind: they are large).
@@ -55,12 +55,12 @@ for pair in train:train eval:evaluate export:export measure:measure reconstruct:
 done
 export PATH="$BIN:$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-DATA_ARGS=(--fallback "$FALLBACK")
-[ -n "${QGEN_COLOUR_LR:-}" ] && DATA_ARGS+=(--lr "$QGEN_COLOUR_LR")
-[ -n "${QGEN_COLOUR_DATA_ROOT:-}" ] && DATA_ARGS=(--data-root "$QGEN_COLOUR_DATA_ROOT")
+RUN_ARGS=(--fallback "$FALLBACK")
+[ -n "${QGEN_COLOUR_DATA_ROOT:-}" ] && RUN_ARGS=(--data-root "$QGEN_COLOUR_DATA_ROOT")
+[ -n "${QGEN_COLOUR_LR:-}" ] && RUN_ARGS+=(--lr "$QGEN_COLOUR_LR")
 # shellcheck disable=SC2086
 COMMON=(--runs "$RUNS" --results "$OUTDIR" --epochs "$EPOCHS" --bits $BITS --backend "$BACKEND"
-        "${DATA_ARGS[@]}")
+        "${RUN_ARGS[@]}")
 { echo "== $(date -u +%FT%TZ) $DEVICE; epochs $EPOCHS, lanes $LANES, budget ${SECONDS_BUDGET}s"
   [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
