@@ -299,3 +299,26 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
         names = tar.getnames()
     assert any(n.endswith("model.qgen") for n in names)
     assert not any(n.endswith("model.pt") for n in names)  # checkpoints stay behind
+
+
+def test_colour_proxy_spread_over_z_sees_a_collapsed_generator() -> None:
+    import torch
+    from torch import nn
+
+    proxy = _script("colour_proxy")
+    torch.manual_seed(0)
+    lively = nn.Linear(32, 12)
+    collapsed = nn.Sequential(nn.Linear(32, 12), nn.Linear(12, 12))
+    collapsed[1].weight.data.zero_()  # output = bias, the same for every z
+    assert proxy.spread_over_z(lively, 32, 5) > 0.05
+    assert proxy.spread_over_z(collapsed, 32, 5) == 0.0
+
+
+def test_colour_proxy_refuses_to_resume_without_its_batchnorm(monkeypatch, capsys) -> None:
+    proxy = _script("colour_proxy")
+    monkeypatch.setattr(sys, "argv", ["colour_proxy.py", "--out", "x", "--resume",
+                                      "--no-first-batchnorm"])
+    with pytest.raises(SystemExit) as exc:
+        proxy.main()
+    assert exc.value.code == 2
+    assert "cannot be resumed" in capsys.readouterr().err
