@@ -24,6 +24,7 @@ from torch import nn
 import qgen_infer.models.networks as networks
 from qgen_infer.data.registry import load_split
 from qgen_infer.metrics import psnr
+from qgen_infer.solve import hard_threshold, project_sphere
 from qgen_infer.train import TrainConfig, Trainer
 
 
@@ -40,8 +41,7 @@ class _Lines:
 
 def spread_over_z(generator: nn.Module, latent_dim: int, sparsity: int, n: int = 64) -> float:
     z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(0))
-    z.scatter_(1, z.abs().topk(latent_dim - sparsity, dim=1, largest=False).indices, 0.0)
-    z = z / z.norm(dim=1, keepdim=True)
+    z = project_sphere(hard_threshold(z, sparsity))  # latents as the solver leaves them
     with torch.no_grad():
         return float(generator.eval()(z).std(0).mean())
 
@@ -70,10 +70,8 @@ def main() -> None:
                       threads=1)
     trainer = Trainer(cfg, train, held_out, resume=args.resume)
     if args.no_first_batchnorm:
+        # bn0's parameters stay in Adam's list without gradients, which Adam skips
         trainer.generator.bn0 = nn.Identity()
-        trainer.optimizer = torch.optim.Adam(
-            [*trainer.generator.parameters(), *trainer.sensing.parameters(),
-             trainer.log_step_size], lr=args.lr)
     trainer.run(progress=_Lines())
     spread = spread_over_z(trainer.generator, trainer.solver.latent_dim, trainer.solver.sparsity)
     print(f"spread over z: {spread:.4f}", flush=True)
