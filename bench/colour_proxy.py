@@ -56,16 +56,21 @@ def main() -> None:
     p.add_argument("--no-first-batchnorm", action="store_true",
                    help="drop G's BatchNorm after the latent's fc layer (not resumable)")
     p.add_argument("--resume", action="store_true", help="continue OUT's checkpoint")
+    p.add_argument("--width", type=int, default=16,
+                   help="generator width (the paper-size DCGAN: 64)")
+    p.add_argument("--image-size", type=int, default=16, help="patch side (paper size: 32)")
+    p.add_argument("--measurements", type=int, default=50, help="m (paper-size runs here: 100)")
     args = p.parse_args()
     if args.resume and args.no_first_batchnorm:
         p.error("--no-first-batchnorm runs cannot be resumed (the checkpoint lacks bn0)")
     torch.set_num_threads(1)
-    networks.DCGAN_DEFAULTS["width"] = 16  # the proxy's only change to the networks' defaults
-    train = load_split("patches", split="train", image_size=16)
-    held_out = load_split("patches", split="eval", image_size=16)
+    networks.DCGAN_DEFAULTS["width"] = args.width  # the proxy's only change to the defaults
+    train = load_split("patches", split="train", image_size=args.image_size)
+    held_out = load_split("patches", split="eval", image_size=args.image_size)
     mean_level = psnr(held_out, train.mean(0, keepdim=True).expand_as(held_out)).mean()
     print(f"mean training patch: eval PSNR {float(mean_level):.2f} dB", flush=True)
-    cfg = TrainConfig(out=args.out, dataset="patches", method="sdlss", bits=32, measurements=50,
+    cfg = TrainConfig(out=args.out, dataset="patches", method="sdlss", bits=32,
+                      measurements=args.measurements,
                       sparsity=100, epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule,
                       threads=1)
     trainer = Trainer(cfg, train, held_out, resume=args.resume)

@@ -105,6 +105,67 @@ def test_default_learning_rate_is_the_network_familys(tmp_path, images):
             Trainer(_cfg(tmp_path / "b", lr=bad), images[:48], images[48:])
 
 
+def _one_group_adam(t):
+    """The optimizer as it was before log β had its own group (plus an empty second group, so
+    that the trainer's per-group rates still apply)."""
+    params = [*t.generator.parameters(), *t.sensing.parameters(), t.log_step_size]
+    return torch.optim.Adam([{"params": params}, {"params": []}], lr=t.cfg.lr)
+
+
+def test_step_size_rate_defaults_to_lr_and_then_trains_exactly_as_one_adam_group(tmp_path, images):
+    two = Trainer(_cfg(tmp_path / "a", epochs=2), images[:48], images[48:])
+    assert [g["lr"] for g in two.optimizer.param_groups] == [1e-3, 1e-3]
+    one = Trainer(_cfg(tmp_path / "b", epochs=2), images[:48], images[48:])
+    one.optimizer = _one_group_adam(one)
+    one.run()
+    two.run()
+    for p, q in zip(one.generator.state_dict().values(), two.generator.state_dict().values(),
+                    strict=True):
+        assert torch.equal(p, q)
+    assert torch.equal(one.log_step_size, two.log_step_size)
+
+
+def test_step_size_moves_at_its_own_rate(tmp_path, images):
+    # one Adam step (16 images, batch 16) moves each parameter by at most its rate (by the rate
+    # exactly for gradients well above Adam's eps; log β's is ~1e-8 at initialisation)
+    t = Trainer(_cfg(tmp_path, epochs=1, lr_schedule="constant", step_size_lr=0.05),
+                images[:16], images[48:])
+    beta0 = float(t.log_step_size.detach())
+    w0 = t.sensing.fc3.bias.detach().clone()
+    t.run()
+    assert 0.02 < abs(float(t.log_step_size.detach()) - beta0) <= 0.05 + 1e-6
+    assert (t.sensing.fc3.bias.detach() - w0).abs().max() <= 1e-3 + 1e-7
+    saved = load_checkpoint(tmp_path / "run" / "model.pt")["train"]["settings"]
+    assert saved["step_size_lr"] == 0.05
+    # the cosine schedule scales both rates alike
+    c = Trainer(_cfg(tmp_path / "c", epochs=3, step_size_lr=0.05), images[:48], images[48:])
+    c.run()
+    lr, beta_lr = (g["lr"] for g in c.optimizer.param_groups)
+    assert lr == pytest.approx(c.learning_rate(2)) and lr < 1e-3
+    assert beta_lr == pytest.approx(50 * lr)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(QgenError, match="step size's learning rate"):
+            Trainer(_cfg(tmp_path / "b", step_size_lr=bad), images[:48], images[48:])
+
+
+def test_resume_converts_a_one_group_optimizer_state(tmp_path, images):
+    old = Trainer(_cfg(tmp_path, epochs=1), images[:48], images[48:])
+    old.optimizer = _one_group_adam(old)
+    old.run()
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
+    del ckpt["optimizer"]["param_groups"][1]  # as saved before log β had its own group
+    torch.save(ckpt, tmp_path / "run" / "model.pt")
+    t = Trainer(_cfg(tmp_path, epochs=2, step_size_lr=0.01), images[:48], images[48:],
+                resume=True)
+    groups = t.optimizer.param_groups
+    assert [len(g["params"]) for g in groups] == [len(groups[0]["params"]), 1]
+    assert groups[1]["params"][0] is t.log_step_size
+    moments = t.optimizer.state[t.log_step_size]
+    assert torch.equal(moments["exp_avg"], old.optimizer.state[old.log_step_size]["exp_avg"])
+    t.run()
+    assert t.epoch == 2
+
+
 def test_warm_start_at_another_bit_width(tmp_path, images):
     _train(_cfg(tmp_path / "fp", bits=32, epochs=1), images)
     t = Trainer(_cfg(tmp_path / "q", bits=1, epochs=1, init_from=str(tmp_path / "fp/run/model.pt")),
@@ -178,6 +239,7 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--device", "bogus:x"], "--device"),
     (["--initial-step-size", "0"], "step size"),
     (["--lr", "0"], "learning rate"),
+    (["--step-size-lr", "-1"], "step size's learning rate"),
     (["--initial-step-size=-1e-3"], "step size"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, needle):

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "DCGAN ones)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule,
                    help="cosine: decay the rate to lr/10 over the epochs")
+    p.add_argument("--step-size-lr", type=float, default=None,
+                   help="Adam learning rate of the learned latent step size beta (in log space; "
+                        "default: --lr). Per Adam step log(beta) moves by about this much, so a "
+                        "small rate keeps beta near --initial-step-size for hundreds of steps")
     p.add_argument("--gdl-weight", type=float, default=d.gdl_weight,
                    help="weight of the gradient-difference loss (0 disables it)")
     p.add_argument("--initial-step-size", type=float, default=d.initial_step_size,

@@ -61,6 +61,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float | None = None  # None: DEFAULT_LR of the network family
     lr_schedule: str = "cosine"  # "cosine": decay to lr/10 over the run; "constant"
+    step_size_lr: float | None = None  # Adam's rate for log β; None: the same as lr
     gdl_weight: float = 0.1
     seed: int = 0
     threads: int | None = None
@@ -179,6 +180,11 @@ class Trainer:
             cfg = self.cfg = replace(cfg, lr=DEFAULT_LR[self.net["family"]])
         if not cfg.lr > 0 or not math.isfinite(cfg.lr):
             raise QgenError(f"the learning rate must be a positive number, got {cfg.lr}")
+        if cfg.step_size_lr is None:
+            cfg = self.cfg = replace(cfg, step_size_lr=cfg.lr)
+        if not cfg.step_size_lr > 0 or not math.isfinite(cfg.step_size_lr):
+            raise QgenError(f"the step size's learning rate must be a positive number, got "
+                            f"{cfg.step_size_lr}")
         self.solver = resolve_solver(cfg, self.net)
         self.net["latent_dim"] = self.solver.latent_dim
         torch.manual_seed(cfg.seed)
@@ -186,9 +192,12 @@ class Trainer:
         self.sensing = build_sensing(self.net).to(self.device)
         self.log_step_size = nn.Parameter(torch.tensor(math.log(cfg.initial_step_size),
                                                        device=self.device))
-        self.optimizer = torch.optim.Adam(
-            [*self.generator.parameters(), *self.sensing.parameters(), self.log_step_size],
-            lr=cfg.lr)
+        # Two groups: log β moves at most ~its rate per Adam step, so with the network's rate
+        # (2e-4 for the DCGAN) it cannot follow A_φ's output scale, which sets the right β.
+        self.optimizer = torch.optim.Adam([
+            {"params": [*self.generator.parameters(), *self.sensing.parameters()]},
+            {"params": [self.log_step_size], "lr": cfg.step_size_lr},
+        ], lr=cfg.lr)
         self.epoch = 0
         self.step = 0
         self.wall_time = 0.0
@@ -226,7 +235,7 @@ class Trainer:
         with torch.no_grad():
             self.log_step_size.copy_(ckpt["log_step_size"])
         if "optimizer" in ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(_two_param_groups(ckpt["optimizer"], self.cfg))
         if "rng_state" in ckpt:
             self.rng.set_state(ckpt["rng_state"])
         t = ckpt["train"]
@@ -273,8 +282,10 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             order = torch.randperm(n, generator=_seeded(self.cfg.seed * 1_000_003 + self.epoch))
             order = order.to(self.device)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate(self.epoch)
+            decay = self.learning_rate(self.epoch) / self.cfg.lr
+            for group, rate in zip(self.optimizer.param_groups,
+                                   (self.cfg.lr, self.cfg.step_size_lr), strict=True):
+                group["lr"] = decay * rate
             sums = torch.zeros(4, device=self.device)
             t0 = time.perf_counter()
             bar = progress(total=batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
@@ -324,6 +335,18 @@ class Trainer:
                             f"SSIM {record['eval_ssim']:.3f}")
                 progress.write(msg)
         return record
+
+
+def _two_param_groups(state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """An optimizer state saved before log β had its own group (one group, log β last) in the
+    two-group form; other states unchanged."""
+    groups = state["param_groups"]
+    if len(groups) != 1:
+        return state
+    *nets, beta = groups[0]["params"]
+    return {"state": state["state"],
+            "param_groups": [{**groups[0], "params": nets},
+                             {**groups[0], "params": [beta], "lr": cfg.step_size_lr}]}
 
 
 def models_from_checkpoint_path(path: str | Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
