@@ -12,6 +12,7 @@ from qgen_infer.errors import FormatError, QgenError
 from qgen_infer.models import QLinear
 from qgen_infer.quant import quantize_codes
 from qgen_infer.train import DEFAULT_LR, TrainConfig, Trainer, gradient_difference_loss
+from qgen_infer.train.objective import meta_learning_losses
 
 
 @pytest.fixture
@@ -146,6 +147,46 @@ def test_step_size_moves_at_its_own_rate(tmp_path, images):
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(QgenError, match="step size's learning rate"):
             Trainer(_cfg(tmp_path / "b", step_size_lr=bad), images[:48], images[48:])
+
+
+def _step_gradients(t, seed=5):
+    """The gradients t._backward leaves for one batch, and that batch's losses recomputed."""
+    x = t.train_images[:16]
+
+    def losses():
+        return meta_learning_losses(x, t.generator, t.sensing, t.log_step_size, t.solver,
+                                    gdl_weight=t.cfg.gdl_weight,
+                                    rng=torch.Generator().manual_seed(seed))
+    t.optimizer.zero_grad(set_to_none=True)
+    t._backward(losses())
+    return [p.grad for p in t.sensing.parameters()], [p.grad for p in t.generator.parameters()], \
+        losses()
+
+
+@pytest.mark.parametrize("sensing_loss", ["total", "srec"])
+def test_sensing_loss_chooses_what_trains_the_sensing_network(tmp_path, images, sensing_loss):
+    t = Trainer(_cfg(tmp_path, sensing_loss=sensing_loss), images[:48], images[48:])
+    t.sensing.train()
+    sensing_grads, generator_grads, again = _step_gradients(t)
+    phi = list(t.sensing.parameters())
+    theta = list(t.generator.parameters())
+    # θ always follows the whole loss of Eq. (3)
+    for got, want in zip(generator_grads, torch.autograd.grad(again.total, theta,
+                                                              retain_graph=True), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+    want = again.total if sensing_loss == "total" else again.isometry
+    other = again.isometry if sensing_loss == "total" else again.total
+    differs = False
+    for got, w, o in zip(sensing_grads, torch.autograd.grad(want, phi, retain_graph=True),
+                         torch.autograd.grad(other, phi), strict=True):
+        torch.testing.assert_close(got, w, rtol=1e-6, atol=1e-9)
+        differs |= not torch.allclose(w, o)
+    assert differs  # the two choices are different updates of φ
+
+
+def test_sensing_loss_must_be_known(tmp_path, images):
+    with pytest.raises(QgenError, match="sensing_loss"):
+        Trainer(_cfg(tmp_path, sensing_loss="measurement"), images[:48], images[48:])
 
 
 def test_resume_converts_a_one_group_optimizer_state(tmp_path, images):

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate of the learned latent step size beta (in log space; "
                         "default: --lr). Per Adam step log(beta) moves by about this much, so a "
                         "small rate keeps beta near --initial-step-size for hundreds of steps")
+    p.add_argument("--sensing-loss", choices=("total", "srec"), default=d.sensing_loss,
+                   help="what trains the sensing network A: total = the whole loss (measurement "
+                        "+ S-REC + GDL), as Deep Compressed Sensing's code does; srec = the S-REC "
+                        "loss alone, as the paper's Algorithm 1 writes it (one more backward pass "
+                        "per step)")
     p.add_argument("--gdl-weight", type=float, default=d.gdl_weight,
                    help="weight of the gradient-difference loss (0 disables it)")
     p.add_argument("--initial-step-size", type=float, default=d.initial_step_size,

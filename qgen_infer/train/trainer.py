@@ -29,9 +29,13 @@ from qgen_infer.errors import QgenError
 from qgen_infer.metrics import psnr, ssim
 from qgen_infer.models import build_generator, build_sensing, complete_config
 from qgen_infer.solve import reconstruct_latent
-from qgen_infer.train.objective import SolverSettings, meta_learning_losses
+from qgen_infer.train.objective import SolverSettings, StepLosses, meta_learning_losses
 
 METHODS = ("sdlss", "dcs")
+# What trains A_φ. "total": the whole loss of Eq. (3), as DCS's code does (its measurement term
+# pulls A(x) and A(G(ẑ)) together, which A can also achieve by shrinking the differences between
+# all images). "srec": the S-REC loss alone, as Algorithm 1 of the paper writes the φ update.
+SENSING_LOSSES = ("total", "srec")
 # Adam's default rate per network family. 1e-3 trains the MNIST MLP (the committed models). At
 # 1e-3 the DCGAN generator collapses to a z-independent mean image within ~100 steps and stays
 # there for hundreds more; at 2e-4, DCGAN's usual rate, the 32-bit model was 3.3 dB above the mean
@@ -62,6 +66,7 @@ class TrainConfig:
     lr: float | None = None  # None: DEFAULT_LR of the network family
     lr_schedule: str = "cosine"  # "cosine": decay to lr/10 over the run; "constant"
     step_size_lr: float | None = None  # Adam's rate for log β; None: the same as lr
+    sensing_loss: str = "total"  # what trains φ: "total" (Eq. 3, as DCS) or "srec" (L_A alone)
     gdl_weight: float = 0.1
     seed: int = 0
     threads: int | None = None
@@ -164,6 +169,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, train_images: torch.Tensor, eval_images: torch.Tensor,
                  *, resume: bool = False, data_description: str = "") -> None:
+        if cfg.sensing_loss not in SENSING_LOSSES:
+            raise QgenError(f"sensing_loss must be one of {', '.join(SENSING_LOSSES)}, got "
+                            f"{cfg.sensing_loss!r}")
         if cfg.lr_schedule not in ("cosine", "constant"):
             raise QgenError(f"lr_schedule must be 'cosine' or 'constant', got {cfg.lr_schedule!r}")
         if not cfg.initial_step_size > 0 or not math.isfinite(cfg.initial_step_size):
@@ -264,6 +272,15 @@ class Trainer:
         frac = epoch / max(self.cfg.epochs, 1)
         return self.cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
+    def _backward(self, losses: StepLosses) -> None:
+        if self.cfg.sensing_loss == "total":
+            losses.total.backward()
+            return
+        sensing = list(self.sensing.parameters())
+        losses.total.backward(inputs=[*self.generator.parameters(), self.log_step_size],
+                              retain_graph=True)
+        losses.isometry.backward(inputs=sensing)
+
     def evaluate(self) -> dict[str, Any]:
         return evaluate_reconstruction(
             self.generator, self.sensing, self.eval_images, self.solver,
@@ -296,7 +313,7 @@ class Trainer:
                     x, self.generator, self.sensing, self.log_step_size, self.solver,
                     gdl_weight=self.cfg.gdl_weight, rng=self.rng)
                 self.optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
+                self._backward(losses)
                 self.optimizer.step()
                 self.step += 1
                 parts = torch.stack([losses.total, losses.measurement, losses.isometry,
