@@ -6,6 +6,8 @@ SDLSS, one thread; ~40 s per 45-step epoch here against ~6 min for the paper-siz
     python bench/colour_proxy.py --out runs/proxy/base --epochs 15
     python bench/colour_proxy.py --out runs/proxy/nobn0 --epochs 15 --no-first-batchnorm
     python bench/colour_proxy.py --out runs/proxy/base --epochs 40 --resume
+    python bench/colour_proxy.py --out runs/proxy/w64 --width 64 --epochs 20   # paper width
+    python bench/colour_proxy.py --out runs/proxy/s32 --image-size 32 --epochs 12  # paper size
 
 Prints the mean training patch's eval PSNR (the level a generator that ignores z reaches), the
 eval PSNR after every epoch (as qgen-train logs it, also in OUT/log.jsonl) and, at the end, the
@@ -56,6 +58,8 @@ def main() -> None:
     p.add_argument("--no-first-batchnorm", action="store_true",
                    help="drop G's BatchNorm after the latent's fc layer (not resumable)")
     p.add_argument("--resume", action="store_true", help="continue OUT's checkpoint")
+    p.add_argument("--sensing-loss", choices=("total", "srec"), default="total",
+                   help="what trains A (qgen-train --sensing-loss)")
     p.add_argument("--width", type=int, default=16,
                    help="generator width (the paper-size DCGAN: 64)")
     p.add_argument("--image-size", type=int, default=16, help="patch side (paper size: 32)")
@@ -72,7 +76,7 @@ def main() -> None:
     cfg = TrainConfig(out=args.out, dataset="patches", method="sdlss", bits=32,
                       measurements=args.measurements,
                       sparsity=100, epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule,
-                      threads=1)
+                      threads=1, sensing_loss=args.sensing_loss)
     trainer = Trainer(cfg, train, held_out, resume=args.resume)
     if args.no_first_batchnorm:
         # bn0's parameters stay in Adam's list without gradients, which Adam skips

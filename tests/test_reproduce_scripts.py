@@ -322,3 +322,32 @@ def test_colour_proxy_refuses_to_resume_without_its_batchnorm(monkeypatch, capsy
         proxy.main()
     assert exc.value.code == 2
     assert "cannot be resumed" in capsys.readouterr().err
+
+
+def test_colour_diagnose_measures_distances_on_the_eval_patches(tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    import torch
+
+    from qgen_infer.checkpoint import save_checkpoint
+    from qgen_infer.data.registry import load_split
+    from qgen_infer.train import TrainConfig, Trainer
+
+    patches = load_split("patches", split="eval", image_size=8)[:5]
+    cfg = TrainConfig(out=str(tmp_path), dataset="patches", measurements=10, latent_dim=20,
+                      sparsity=5, epochs=1)
+    trainer = Trainer(cfg, patches, patches)  # an untrained model is enough to measure
+    save_checkpoint(tmp_path / "model.pt", trainer.checkpoint())
+    monkeypatch.setattr(sys, "argv", ["colour_diagnose.py", str(tmp_path / "model.pt"),
+                                      "--count", "5", "--betas", "0.01", "1"])
+    _script("colour_diagnose").main()
+    out = capsys.readouterr().out
+    rows = {line[:18].strip(): line.split()[-2:] for line in out.splitlines()
+            if line.startswith("  x, ") or line.startswith("  G(")}
+    assert set(rows) == {"x, G(z_hat)", "x, G(z0)", "x, mean patch", "G(z_hat), G(z0)"}
+    spread = (patches - patches.mean(0)).flatten(1).norm(dim=1).mean()
+    assert float(rows["x, mean patch"][1]) == pytest.approx(float(spread), abs=0.006)
+    with torch.no_grad():
+        a = trainer.sensing.eval()
+        want = (a(patches) - a(patches.mean(0, keepdim=True).expand_as(patches))).norm(dim=1)
+    assert float(rows["x, mean patch"][0]) == pytest.approx(float(want.mean()), abs=0.006)
+    assert sum(line.lstrip().startswith("beta ") for line in out.splitlines()) == 2
