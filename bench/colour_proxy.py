@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--no-first-batchnorm", action="store_true",
                    help="drop G's BatchNorm after the latent's fc layer (not resumable)")
     p.add_argument("--resume", action="store_true", help="continue OUT's checkpoint")
+    p.add_argument("--step-size-lr", type=float, default=None,
+                   help="Adam's rate for log beta (qgen-train --step-size-lr; default: --lr)")
     p.add_argument("--sensing-loss", choices=("total", "srec"), default="total",
                    help="what trains A (qgen-train --sensing-loss)")
     p.add_argument("--width", type=int, default=16,
@@ -76,7 +78,8 @@ def main() -> None:
     cfg = TrainConfig(out=args.out, dataset="patches", method="sdlss", bits=32,
                       measurements=args.measurements,
                       sparsity=100, epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule,
-                      threads=1, sensing_loss=args.sensing_loss)
+                      threads=1, sensing_loss=args.sensing_loss,
+                      step_size_lr=args.step_size_lr)
     trainer = Trainer(cfg, train, held_out, resume=args.resume)
     if args.no_first_batchnorm:
         # bn0's parameters stay in Adam's list without gradients, which Adam skips

@@ -11,7 +11,13 @@ from qgen_infer.cli.train import main as train_main
 from qgen_infer.errors import FormatError, QgenError
 from qgen_infer.models import QLinear
 from qgen_infer.quant import quantize_codes
-from qgen_infer.train import DEFAULT_LR, TrainConfig, Trainer, gradient_difference_loss
+from qgen_infer.train import (
+    DEFAULT_LR,
+    DEFAULT_STEP_SIZE_LR,
+    TrainConfig,
+    Trainer,
+    gradient_difference_loss,
+)
 from qgen_infer.train.objective import meta_learning_losses
 
 
@@ -95,10 +101,12 @@ def test_default_learning_rate_is_the_network_familys(tmp_path, images):
     colour = torch.rand(20, 3, 8, 8) * 2 - 1
     dcgan = Trainer(_cfg(tmp_path / "d"), colour[:16], colour[16:])
     assert dcgan.net["family"] == "dcgan" and dcgan.cfg.lr == DEFAULT_LR["dcgan"] == 2e-4
-    assert dcgan.optimizer.param_groups[0]["lr"] == 2e-4
+    assert [g["lr"] for g in dcgan.optimizer.param_groups] == [2e-4, 1e-2]
+    assert DEFAULT_STEP_SIZE_LR == {"mlp": None, "dcgan": 1e-2}
+    assert mlp.cfg.step_size_lr == 1e-3  # None: the network's rate
     dcgan.run()
     saved = load_checkpoint(tmp_path / "d" / "run" / "model.pt")["train"]["settings"]
-    assert saved["lr"] == 2e-4  # the rate used, not None
+    assert saved["lr"] == 2e-4 and saved["step_size_lr"] == 1e-2  # the rates used, not None
     mine = Trainer(_cfg(tmp_path / "x", lr=5e-4), colour[:16], colour[16:])
     assert mine.cfg.lr == 5e-4
     for bad in (0.0, -1e-3, float("inf")):

@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine: decay the rate to lr/10 over the epochs")
     p.add_argument("--step-size-lr", type=float, default=None,
                    help="Adam learning rate of the learned latent step size beta (in log space; "
-                        "default: --lr). Per Adam step log(beta) moves by about this much, so a "
-                        "small rate keeps beta near --initial-step-size for hundreds of steps")
+                        "default: 1e-2 for the DCGAN networks, --lr for the MLP ones). Per Adam "
+                        "step log(beta) moves by about this much, so a small rate keeps beta near "
+                        "--initial-step-size for thousands of steps")
     p.add_argument("--sensing-loss", choices=("total", "srec"), default=d.sensing_loss,
                    help="what trains the sensing network A: total = the whole loss (measurement "
                         "+ S-REC + GDL), as Deep Compressed Sensing's code does; srec = the S-REC "

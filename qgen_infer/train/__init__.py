@@ -8,6 +8,7 @@ from qgen_infer.train.objective import (
 )
 from qgen_infer.train.trainer import (
     DEFAULT_LR,
+    DEFAULT_STEP_SIZE_LR,
     METHODS,
     TrainConfig,
     Trainer,
@@ -17,6 +18,7 @@ from qgen_infer.train.trainer import (
 
 __all__ = [
     "DEFAULT_LR",
+    "DEFAULT_STEP_SIZE_LR",
     "METHODS",
     "SolverSettings",
     "StepLosses",

@@ -41,6 +41,13 @@ SENSING_LOSSES = ("total", "srec")
 # there for hundreds more; at 2e-4, DCGAN's usual rate, the 32-bit model was 3.3 dB above the mean
 # image after 135 steps (measured 2026-12-01: bench/results/colour-table1.md, notes).
 DEFAULT_LR = {"mlp": 1e-3, "dcgan": 2e-4}
+# Adam's rate for log β per family (None: the network's rate). Adam moves log β by about its
+# rate per step, so at 2e-4 the DCGAN's β stays near its initial 0.01 for thousands of steps
+# while the best β for the current A_φ falls to ~0.003 within ~400 steps; at 1e-2 the learned β
+# follows it (16x16 stand-in at width 64: 23.96 against 19.88 dB after 8 epochs; measured
+# 2026-12-02, bench/results/colour-sdlss-1v32-14ep.md). The MLPs keep one rate: their 1e-3 over
+# 10,000+ steps lets β move (and the shipped MNIST models were trained so).
+DEFAULT_STEP_SIZE_LR: dict[str, float | None] = {"mlp": None, "dcgan": 1e-2}
 
 
 @dataclass
@@ -65,7 +72,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float | None = None  # None: DEFAULT_LR of the network family
     lr_schedule: str = "cosine"  # "cosine": decay to lr/10 over the run; "constant"
-    step_size_lr: float | None = None  # Adam's rate for log β; None: the same as lr
+    step_size_lr: float | None = None  # Adam's rate for log β; None: DEFAULT_STEP_SIZE_LR
     sensing_loss: str = "total"  # what trains φ: "total" (Eq. 3, as DCS) or "srec" (L_A alone)
     gdl_weight: float = 0.1
     seed: int = 0
@@ -189,7 +196,8 @@ class Trainer:
         if not cfg.lr > 0 or not math.isfinite(cfg.lr):
             raise QgenError(f"the learning rate must be a positive number, got {cfg.lr}")
         if cfg.step_size_lr is None:
-            cfg = self.cfg = replace(cfg, step_size_lr=cfg.lr)
+            rate = DEFAULT_STEP_SIZE_LR[self.net["family"]]
+            cfg = self.cfg = replace(cfg, step_size_lr=cfg.lr if rate is None else rate)
         if not cfg.step_size_lr > 0 or not math.isfinite(cfg.step_size_lr):
             raise QgenError(f"the step size's learning rate must be a positive number, got "
                             f"{cfg.step_size_lr}")
