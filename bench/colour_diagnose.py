@@ -47,6 +47,8 @@ def main() -> None:
     solver = ckpt["solver"]
     generator.eval()
     sensing.eval()
+    with torch.no_grad():
+        y = sensing(x)
 
     def solve(beta: float, history: bool = False):
         z0 = sample_latent(x.shape[0], solver["latent_dim"], solver["sparsity"],
@@ -56,8 +58,6 @@ def main() -> None:
                                         project=solver["project"], record_history=history)
         return z0, res
 
-    with torch.no_grad():
-        y = sensing(x)
     z0, res = solve(solver["step_size"])
     with torch.no_grad():
         x_hat, x0 = res.x, generator(z0)
