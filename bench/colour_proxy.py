@@ -59,7 +59,8 @@ def main() -> None:
                    help="drop G's BatchNorm after the latent's fc layer (not resumable)")
     p.add_argument("--resume", action="store_true", help="continue OUT's checkpoint")
     p.add_argument("--step-size-lr", type=float, default=None,
-                   help="Adam's rate for log beta (qgen-train --step-size-lr; default: --lr)")
+                   help="Adam's rate for log beta (qgen-train --step-size-lr; default: "
+                        "qgen-train's for the DCGAN networks, 1e-2)")
     p.add_argument("--sensing-loss", choices=("total", "srec"), default="total",
                    help="what trains A (qgen-train --sensing-loss)")
     p.add_argument("--width", type=int, default=16,

@@ -284,10 +284,9 @@ class Trainer:
         if self.cfg.sensing_loss == "total":
             losses.total.backward()
             return
-        sensing = list(self.sensing.parameters())
         losses.total.backward(inputs=[*self.generator.parameters(), self.log_step_size],
                               retain_graph=True)
-        losses.isometry.backward(inputs=sensing)
+        losses.isometry.backward(inputs=list(self.sensing.parameters()))
 
     def evaluate(self) -> dict[str, Any]:
         return evaluate_reconstruction(
