@@ -63,6 +63,8 @@ def main() -> None:
                         "qgen-train's for the DCGAN networks, 1e-2)")
     p.add_argument("--sensing-loss", choices=("total", "srec"), default="total",
                    help="what trains A (qgen-train --sensing-loss)")
+    p.add_argument("--srec-data-pairs", action="store_true",
+                   help="data-data pairs in the S-REC loss (qgen-train --srec-data-pairs)")
     p.add_argument("--width", type=int, default=16,
                    help="generator width (the paper-size DCGAN: 64)")
     p.add_argument("--image-size", type=int, default=16, help="patch side (paper size: 32)")
@@ -80,7 +82,7 @@ def main() -> None:
                       measurements=args.measurements,
                       sparsity=100, epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule,
                       threads=1, sensing_loss=args.sensing_loss,
-                      step_size_lr=args.step_size_lr)
+                      step_size_lr=args.step_size_lr, srec_data_pairs=args.srec_data_pairs)
     trainer = Trainer(cfg, train, held_out, resume=args.resume)
     if args.no_first_batchnorm:
         # bn0's parameters stay in Adam's list without gradients, which Adam skips

@@ -197,6 +197,35 @@ def test_sensing_loss_must_be_known(tmp_path, images):
         Trainer(_cfg(tmp_path, sensing_loss="measurement"), images[:48], images[48:])
 
 
+def test_srec_data_pairs_add_the_data_data_pair_to_the_isometry_mean(tmp_path, images):
+    t = Trainer(_cfg(tmp_path), images[:48], images[48:])
+    t.sensing.eval()  # BatchNorm on running statistics: A(x) the same in every call
+    x = t.train_images[:7]  # odd batch: the roll pairs image i with image i - 1
+
+    def losses(data_pairs, batch=x):
+        return meta_learning_losses(batch, t.generator, t.sensing, t.log_step_size, t.solver,
+                                    gdl_weight=0.1, rng=torch.Generator().manual_seed(3),
+                                    data_pairs=data_pairs)
+    dcs, both = losses(False), losses(True)
+    with torch.no_grad():
+        ax = t.sensing(x)
+        r = torch.stack([((ax[i] - ax[i - 1]).norm() - (x[i] - x[i - 1]).norm()) ** 2
+                         for i in range(len(x))]).mean()
+    assert float(r) > 1e-3
+    torch.testing.assert_close(both.isometry, (3 * dcs.isometry + r) / 4, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both.measurement, dcs.measurement)
+    torch.testing.assert_close(both.total - both.isometry, dcs.total - dcs.isometry)
+    # one image: the data pair is the image with itself, r = 0
+    one = x[:1]
+    torch.testing.assert_close(losses(True, one).isometry, 3 * losses(False, one).isometry / 4)
+    # the option reaches the training steps and the checkpoint's settings
+    runs = {flag: _train(_cfg(tmp_path / str(flag), epochs=1, srec_data_pairs=flag), images)
+            for flag in (False, True)}
+    assert not torch.equal(runs[False].sensing.fc1.weight, runs[True].sensing.fc1.weight)
+    saved = load_checkpoint(tmp_path / "True" / "run" / "model.pt")["train"]["settings"]
+    assert saved["srec_data_pairs"] is True
+
+
 def test_resume_converts_a_one_group_optimizer_state(tmp_path, images):
     old = Trainer(_cfg(tmp_path, epochs=1), images[:48], images[48:])
     old.optimizer = _one_group_adam(old)

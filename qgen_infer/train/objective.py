@@ -10,7 +10,10 @@ Per batch of images ``x``:
 4. ``L = L_G + L_A + w_gdl · L_GDL`` with
    ``L_G = mean ‖y − A(G(ẑ))‖²``,
    ``L_A = mean (r(G(ẑ), G(z₀)) + r(G(ẑ), x) + r(x, G(z₀))) / 3`` and
-   ``r(a, b) = (‖A(a) − A(b)‖ − ‖a − b‖)²`` (the DCS form of the S-REC / isometry loss), and
+   ``r(a, b) = (‖A(a) − A(b)‖ − ‖a − b‖)²`` (the DCS form of the S-REC / isometry loss;
+   with ``data_pairs`` a fourth pair ``r(x, x')``, ``x'`` another image of the batch, joins the
+   mean: the three DCS pairs only hold ``A`` isometric between data and generated images, which
+   leaves it free to map all data images close together), and
    ``L_GDL = mean Σ (∇_h x − ∇_h G(ẑ))² + (∇_w x − ∇_w G(ẑ))²`` (finite differences).
 """
 
@@ -65,6 +68,7 @@ def meta_learning_losses(
     *,
     gdl_weight: float,
     rng: torch.Generator,
+    data_pairs: bool = False,
 ) -> StepLosses:
     """The losses of one Algorithm-1 iteration on the batch ``x`` (graph kept for backward)."""
     b = x.shape[0]
@@ -80,7 +84,10 @@ def meta_learning_losses(
     # One sensing pass over the three image sets the losses need.
     m_hat, m0 = sensing(torch.cat([x_hat, x0])).split(b)
     meas = measurement_loss(y, m_hat).mean()
-    iso = (_pair_isometry(m_hat, m0, x_hat, x0) + _pair_isometry(m_hat, y, x_hat, x)
-           + _pair_isometry(y, m0, x, x0)).mean() / 3
+    pairs = [_pair_isometry(m_hat, m0, x_hat, x0), _pair_isometry(m_hat, y, x_hat, x),
+             _pair_isometry(y, m0, x, x0)]
+    if data_pairs:  # each image against the next one of the batch (itself when b = 1: r = 0)
+        pairs.append(_pair_isometry(y, y.roll(1, 0), x, x.roll(1, 0)))
+    iso = torch.stack(pairs).mean(0).mean()
     gdl = gradient_difference_loss(x, x_hat) if gdl_weight else x.new_zeros(())
     return StepLosses(total=meas + iso + gdl_weight * gdl, measurement=meas, isometry=iso, gdl=gdl)

@@ -74,6 +74,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine": decay to lr/10 over the run; "constant"
     step_size_lr: float | None = None  # Adam's rate for log β; None: DEFAULT_STEP_SIZE_LR
     sensing_loss: str = "total"  # what trains φ: "total" (Eq. 3, as DCS) or "srec" (L_A alone)
+    srec_data_pairs: bool = False  # add data–data pairs to the S-REC loss (objective.py)
     gdl_weight: float = 0.1
     seed: int = 0
     threads: int | None = None
@@ -318,7 +319,8 @@ class Trainer:
                 x = self.train_images[order[i * bs:(i + 1) * bs]]
                 losses = meta_learning_losses(
                     x, self.generator, self.sensing, self.log_step_size, self.solver,
-                    gdl_weight=self.cfg.gdl_weight, rng=self.rng)
+                    gdl_weight=self.cfg.gdl_weight, rng=self.rng,
+                    data_pairs=self.cfg.srec_data_pairs)
                 self.optimizer.zero_grad(set_to_none=True)
                 self._backward(losses)
                 self.optimizer.step()
