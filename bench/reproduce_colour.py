@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate of every run, part of the run names (default: "
                         "qgen-train's for the DCGAN networks, 2e-4)")
+    p.add_argument("--srec-data-pairs", action="store_true",
+                   help="train every run with qgen-train --srec-data-pairs (data-data pairs in "
+                        "the S-REC loss); part of the run names (-dp)")
     return p
 
 
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = data_sets(args, convert=convert)
     full = colour_plan(sets, epochs=args.epochs, m=args.measurements, s=args.sparsity,
                        bits=args.bits, overflow_rates=overflow_rates(args.overflow_rate),
-                       lr=args.lr)
+                       lr=args.lr, srec_data_pairs=args.srec_data_pairs)
     code, _ = drive(p, args, full, lambda: write_report(full, sets, args, argv),
                     header=["data: " + "; ".join(cs.label for cs in sets)])
     return code

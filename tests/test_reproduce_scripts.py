@@ -212,6 +212,28 @@ def test_colour_learning_rate_names_and_commands(tmp_path: Path) -> None:
     assert exc.value.code == 2
 
 
+def test_colour_srec_data_pairs_names_and_commands(tmp_path: Path) -> None:
+    sets = [plan.ColourSet("CIFAR10", "cifar10", "/c")]
+    default = plan.colour_plan(sets, epochs=2, m=25, s=100)
+    assert not any(s.srec_data_pairs for s in default)
+    assert "--srec-data-pairs" not in commands.train_command(
+        default[0], commands.paths_for(tmp_path, default[0]), threads=1, resume=False)
+    specs = plan.colour_plan(sets, epochs=2, m=25, s=100, lr=5e-4, srec_data_pairs=True)
+    assert [s.name for s in specs][::len(specs) - 1] == ["cifar10-m25-sdlss-1-lr0.0005-dp",
+                                                         "cifar10-m25-dcs-32-lr0.0005-dp"]
+    assert all(s.srec_data_pairs for s in specs)
+    assert not {s.name for s in specs} & {s.name for s in default}  # never mistaken for them
+    for spec in specs:
+        assert "--srec-data-pairs" in commands.train_command(
+            spec, commands.paths_for(tmp_path, spec), threads=1, resume=True)
+    text = tables.colour_report(tables.Results(specs, {}, {}), [], [])
+    assert "S-REC loss with data-data pairs (qgen-train --srec-data-pairs): " \
+           "cifar10-m25-dcs-32-lr0.0005-dp, " in text
+    assert "data-data" not in tables.colour_report(tables.Results(default, {}, {}), [], [])
+    colour = _script("reproduce_colour")
+    assert colour.build_parser().parse_args(["--srec-data-pairs"]).srec_data_pairs
+
+
 def test_colour_data_sets(tmp_path: Path) -> None:
     assert colour_sets({}, tmp_path, convert=False)[0].dataset == "patches"
     stl = tmp_path / "stl"
@@ -284,7 +306,7 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
            "QGEN_COLOUR_FALLBACK": "digits", "QGEN_COLOUR_EPOCHS": "1",
            "QGEN_COLOUR_BITS": "1", "QGEN_COLOUR_LANES": "1", "QGEN_COLOUR_SECONDS": "300",
            "QGEN_COLOUR_BACKEND": "reference", "QGEN_COLOUR_LR": "5e-4",
-           "PYTHON": sys.executable}
+           "QGEN_COLOUR_SREC_DATA_PAIRS": "1", "PYTHON": sys.executable}
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(BENCH / "gpu_colour.sh"), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -293,8 +315,8 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     assert "queue rc=0" in log and "report rc=0" in log, log[-2000:]
     table = (out / "colour-table1.md").read_text()
     assert "digits (embedded)" in table and "1 ep" in table
-    assert "Adam learning rate 0.0005." in table
-    assert (out / "runs" / "digits-m100-sdlss-1-lr0.0005" / "log.jsonl").is_file()
+    assert "Adam learning rate 0.0005; S-REC loss with data-data pairs" in table
+    assert (out / "runs" / "digits-m100-sdlss-1-lr0.0005-dp" / "log.jsonl").is_file()
     with tarfile.open(out / "colour-runs.tar.gz") as tar:
         names = tar.getnames()
     assert any(n.endswith("model.qgen") for n in names)

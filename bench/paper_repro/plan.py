@@ -33,6 +33,7 @@ class RunSpec:
     tier: int  # queue priority: lower trains first
     overflow_rate: float = 0.0  # qgen-train --overflow-rate (0: the paper's max|w| range)
     lr: float | None = None  # qgen-train --lr (None: qgen-train's default)
+    srec_data_pairs: bool = False  # qgen-train --srec-data-pairs
 
     @property
     def packed(self) -> bool:
@@ -46,11 +47,13 @@ class RunSpec:
 
 
 def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
-             overflow_rate: float = 0.0, lr: float | None = None) -> str:
+             overflow_rate: float = 0.0, lr: float | None = None,
+             srec_data_pairs: bool = False) -> str:
     """``{prefix}-m{m}-{method}-{bits}``, with ``-s{s}`` after m when s is not the default 100
     (DCS has no s), ``-ovf{100 r}`` for a nonzero overflow rate r (``-ovf05`` for 0.05) and
-    ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``). Keeps the
-    names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
+    ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``) and ``-dp``
+    for data-data pairs in the S-REC loss. Keeps the names of bench/train_mnist_m25.sh for
+    m=25, s=100, r=0."""
     if method == DCS or s is None or s == DEFAULT_SPARSITY:
         name = f"{prefix}-m{m}-{method}-{bits}"
     else:
@@ -59,6 +62,8 @@ def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
         name += f"-ovf{overflow_rate * 100:02.3g}".replace(".", "p")
     if lr is not None:
         name += f"-lr{lr:g}"
+    if srec_data_pairs:
+        name += "-dp"
     return name
 
 
@@ -120,21 +125,24 @@ class ColourSet:
 def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
                 bits: Sequence[int] = BITS,
                 overflow_rates: Mapping[int, float] | None = None,
-                lr: float | None = None) -> list[RunSpec]:
+                lr: float | None = None, srec_data_pairs: bool = False) -> list[RunSpec]:
     """Table 1's grid: every bit width of SDLSS and 32-bit DCS per data set. Tier = data set
     order, so a whole row of the table is finished before the next starts. ``lr``: Adam's rate
-    of every run (None: qgen-train's default); part of the run names."""
+    of every run (None: qgen-train's default), ``srec_data_pairs``: qgen-train
+    --srec-data-pairs for every run; both part of the run names."""
     rates = dict(overflow_rates or {})
     specs = []
     for tier, cs in enumerate(sets):
         prefix = cs.label.split()[0].lower()
         for b in bits:
             rate = rates.get(b, 0.0)
-            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate, lr), cs.label,
-                                 cs.dataset, cs.data_root, SDLSS, b, m, s, epochs, tier, rate,
-                                 lr))
-        specs.append(RunSpec(run_name(prefix, DCS, 32, m, None, lr=lr), cs.label, cs.dataset,
-                             cs.data_root, DCS, 32, m, None, epochs, tier, lr=lr))
+            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate, lr, srec_data_pairs),
+                                 cs.label, cs.dataset, cs.data_root, SDLSS, b, m, s, epochs,
+                                 tier, rate, lr, srec_data_pairs))
+        specs.append(RunSpec(run_name(prefix, DCS, 32, m, None, lr=lr,
+                                      srec_data_pairs=srec_data_pairs), cs.label, cs.dataset,
+                             cs.data_root, DCS, 32, m, None, epochs, tier, lr=lr,
+                             srec_data_pairs=srec_data_pairs))
     return ordered(dedupe(specs))
 
 

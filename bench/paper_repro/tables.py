@@ -293,7 +293,10 @@ def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[s
                     else f"{s.lr:g}" for s in results.specs})
     lines += ["Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
               + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
-              + f"learning rate {', '.join(rates)}.", ""]
+              + f"learning rate {', '.join(rates)}"
+              + (f"; S-REC loss with data-data pairs (qgen-train --srec-data-pairs): "
+                 f"{', '.join(sorted(s.name for s in results.specs if s.srec_data_pairs))}"
+                 if any(s.srec_data_pairs for s in results.specs) else "") + ".", ""]
     lines += ["## Table 1, measured (PSNR dB, SSIM)", ""]
     rows = []
     for label in results.labels():
