@@ -63,8 +63,9 @@ def main() -> None:
                         "qgen-train's for the DCGAN networks, 1e-2)")
     p.add_argument("--sensing-loss", choices=("total", "srec"), default="total",
                    help="what trains A (qgen-train --sensing-loss)")
-    p.add_argument("--srec-data-pairs", action="store_true",
-                   help="data-data pairs in the S-REC loss (qgen-train --srec-data-pairs)")
+    p.add_argument("--srec-data-pairs", action=argparse.BooleanOptionalAction, default=None,
+                   help="data-data pairs in the S-REC loss (qgen-train --[no-]srec-data-pairs; "
+                        "default: qgen-train's for the DCGAN networks, on)")
     p.add_argument("--width", type=int, default=16,
                    help="generator width (the paper-size DCGAN: 64)")
     p.add_argument("--image-size", type=int, default=16, help="patch side (paper size: 32)")

@@ -19,7 +19,8 @@
 #   QGEN_COLOUR_FALLBACK=patches  embedded set without QGEN_COLOUR_DATA_ROOT ('digits': smoke)
 #   QGEN_COLOUR_BITS="1 2 3 4 32"
 #   QGEN_COLOUR_LR=            Adam learning rate of every run (default: qgen-train's)
-#   QGEN_COLOUR_SREC_DATA_PAIRS=0  1: qgen-train --srec-data-pairs for every run (run names: -dp)
+#   QGEN_COLOUR_SREC_DATA_PAIRS=   1 / 0: data-data pairs in the S-REC loss forced on / off for
+#                              every run (run names -dp / -nodp; default: qgen-train's, on)
 # Needs torch (+ triton on a GPU), scikit-image for 'patches'; no network. What comes back is
 # OUTDIR/colour-table1.md, OUTDIR/queue.log and OUTDIR/colour-runs.tar.gz (per-run logs, eval
 # records and the packed .qgen files; the training checkpoints stay behind: they are large).
@@ -59,7 +60,10 @@ export PATH="$BIN:$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNB
 RUN_ARGS=(--fallback "$FALLBACK")
 [ -n "${QGEN_COLOUR_DATA_ROOT:-}" ] && RUN_ARGS=(--data-root "$QGEN_COLOUR_DATA_ROOT")
 [ -n "${QGEN_COLOUR_LR:-}" ] && RUN_ARGS+=(--lr "$QGEN_COLOUR_LR")
-[ "${QGEN_COLOUR_SREC_DATA_PAIRS:-0}" = 1 ] && RUN_ARGS+=(--srec-data-pairs)
+case "${QGEN_COLOUR_SREC_DATA_PAIRS:-}" in
+  1) RUN_ARGS+=(--srec-data-pairs) ;;
+  0) RUN_ARGS+=(--no-srec-data-pairs) ;;
+esac
 # shellcheck disable=SC2086
 COMMON=(--runs "$RUNS" --results "$OUTDIR" --epochs "$EPOCHS" --bits $BITS --backend "$BACKEND"
         "${RUN_ARGS[@]}")

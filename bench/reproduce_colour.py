@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate of every run, part of the run names (default: "
                         "qgen-train's for the DCGAN networks, 2e-4)")
-    p.add_argument("--srec-data-pairs", action="store_true",
-                   help="train every run with qgen-train --srec-data-pairs (data-data pairs in "
-                        "the S-REC loss); part of the run names (-dp)")
+    p.add_argument("--srec-data-pairs", action=argparse.BooleanOptionalAction, default=None,
+                   help="data-data pairs in every run's S-REC loss, forced on or off "
+                        "(qgen-train --[no-]srec-data-pairs; run names -dp / -nodp). Default: "
+                        "qgen-train's, on for the DCGAN networks")
     return p
 
 

@@ -202,9 +202,9 @@ def test_colour_learning_rate_names_and_commands(tmp_path: Path) -> None:
                                    threads=1, resume=False)
     assert float(train[train.index("--lr") + 1]) == 2e-4
     results = tables.Results(specs, {}, {})
-    assert "Adam learning rate 0.0002." in tables.colour_report(results, [], [])
+    assert "Adam learning rate 0.0002; " in tables.colour_report(results, [], [])
     results = tables.Results(default, {}, {})
-    assert "Adam learning rate qgen-train's default (0.0002)." in tables.colour_report(
+    assert "Adam learning rate qgen-train's default (0.0002); " in tables.colour_report(
         results, [], [])
     colour = _script("reproduce_colour")
     with pytest.raises(SystemExit) as exc:
@@ -214,24 +214,30 @@ def test_colour_learning_rate_names_and_commands(tmp_path: Path) -> None:
 
 def test_colour_srec_data_pairs_names_and_commands(tmp_path: Path) -> None:
     sets = [plan.ColourSet("CIFAR10", "cifar10", "/c")]
-    default = plan.colour_plan(sets, epochs=2, m=25, s=100)
-    assert not any(s.srec_data_pairs for s in default)
-    assert "--srec-data-pairs" not in commands.train_command(
-        default[0], commands.paths_for(tmp_path, default[0]), threads=1, resume=False)
-    specs = plan.colour_plan(sets, epochs=2, m=25, s=100, lr=5e-4, srec_data_pairs=True)
-    assert [s.name for s in specs][::len(specs) - 1] == ["cifar10-m25-sdlss-1-lr0.0005-dp",
-                                                         "cifar10-m25-dcs-32-lr0.0005-dp"]
-    assert all(s.srec_data_pairs for s in specs)
-    assert not {s.name for s in specs} & {s.name for s in default}  # never mistaken for them
-    for spec in specs:
-        assert "--srec-data-pairs" in commands.train_command(
-            spec, commands.paths_for(tmp_path, spec), threads=1, resume=True)
-    text = tables.colour_report(tables.Results(specs, {}, {}), [], [])
-    assert "S-REC loss with data-data pairs (qgen-train --srec-data-pairs): " \
-           "cifar10-m25-dcs-32-lr0.0005-dp, " in text
-    assert "data-data" not in tables.colour_report(tables.Results(default, {}, {}), [], [])
+    names = {}
+    for flag, suffix, arg in ((None, "", None), (True, "-dp", "--srec-data-pairs"),
+                              (False, "-nodp", "--no-srec-data-pairs")):
+        specs = plan.colour_plan(sets, epochs=2, m=25, s=100, lr=5e-4, srec_data_pairs=flag)
+        assert [s.name for s in specs][::len(specs) - 1] == [
+            f"cifar10-m25-sdlss-1-lr0.0005{suffix}", f"cifar10-m25-dcs-32-lr0.0005{suffix}"]
+        assert all(s.srec_data_pairs is flag for s in specs)
+        names[flag] = {s.name for s in specs}
+        for spec in specs:
+            train = commands.train_command(spec, commands.paths_for(tmp_path, spec), threads=1,
+                                           resume=True)
+            flags = [a for a in train if "srec-data-pairs" in a]
+            assert flags == ([arg] if arg else [])
+        text = tables.colour_report(tables.Results(specs, {}, {}), [], [])
+        want = {None: "S-REC loss: DCS's three pairs plus a data-data pair (qgen-train's "
+                      "default for the DCGAN networks).",
+                True: "S-REC loss: DCS's three pairs plus a data-data pair (--srec-data-pairs).",
+                False: "S-REC loss: DCS's three pairs only (--no-srec-data-pairs)."}[flag]
+        assert want in text
+    assert not names[None] & names[True] and not names[True] & names[False]
     colour = _script("reproduce_colour")
-    assert colour.build_parser().parse_args(["--srec-data-pairs"]).srec_data_pairs
+    parse = colour.build_parser().parse_args
+    assert [parse(a).srec_data_pairs for a in ([], ["--srec-data-pairs"],
+                                               ["--no-srec-data-pairs"])] == [None, True, False]
 
 
 def test_colour_data_sets(tmp_path: Path) -> None:
@@ -315,7 +321,8 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     assert "queue rc=0" in log and "report rc=0" in log, log[-2000:]
     table = (out / "colour-table1.md").read_text()
     assert "digits (embedded)" in table and "1 ep" in table
-    assert "Adam learning rate 0.0005; S-REC loss with data-data pairs" in table
+    assert "Adam learning rate 0.0005; S-REC loss: DCS's three pairs plus a data-data pair " \
+           "(--srec-data-pairs)." in table
     assert (out / "runs" / "digits-m100-sdlss-1-lr0.0005-dp" / "log.jsonl").is_file()
     with tarfile.open(out / "colour-runs.tar.gz") as tar:
         names = tar.getnames()

@@ -13,6 +13,7 @@ from qgen_infer.models import QLinear
 from qgen_infer.quant import quantize_codes
 from qgen_infer.train import (
     DEFAULT_LR,
+    DEFAULT_SREC_DATA_PAIRS,
     DEFAULT_STEP_SIZE_LR,
     TrainConfig,
     Trainer,
@@ -107,6 +108,10 @@ def test_default_learning_rate_is_the_network_familys(tmp_path, images):
     dcgan.run()
     saved = load_checkpoint(tmp_path / "d" / "run" / "model.pt")["train"]["settings"]
     assert saved["lr"] == 2e-4 and saved["step_size_lr"] == 1e-2  # the rates used, not None
+    assert DEFAULT_SREC_DATA_PAIRS == {"mlp": False, "dcgan": True}
+    assert saved["srec_data_pairs"] is True and mlp.cfg.srec_data_pairs is False
+    assert Trainer(_cfg(tmp_path / "n", srec_data_pairs=False), colour[:16],
+                   colour[16:]).cfg.srec_data_pairs is False
     mine = Trainer(_cfg(tmp_path / "x", lr=5e-4), colour[:16], colour[16:])
     assert mine.cfg.lr == 5e-4
     for bad in (0.0, -1e-3, float("inf")):
@@ -337,7 +342,9 @@ def test_cli_help_explains_and_exits_0(capsys):
 def test_cli_train_then_eval_on_embedded_digits(tmp_path, capsys):
     out = tmp_path / "digits"
     assert train_main(["--out", str(out), "--epochs", "1", "--batch-size", "128",
-                       "--bits", "4", "-s", "20"]) == 0
+                       "--bits", "4", "-s", "20", "--srec-data-pairs"]) == 0
+    # the MLP default is off: the flag turns it on
+    assert load_checkpoint(out / "model.pt")["train"]["settings"]["srec_data_pairs"] is True
     assert eval_main([str(out / "model.pt"), "--json", str(tmp_path / "r.json")]) == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["bits"] == 4 and res["images"] == 297 and 5 < res["psnr"] < 60

@@ -78,8 +78,8 @@ def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool,
         cmd += ["--overflow-rate", str(spec.overflow_rate)]
     if spec.lr is not None:
         cmd += ["--lr", repr(spec.lr)]
-    if spec.srec_data_pairs:
-        cmd += ["--srec-data-pairs"]
+    if spec.srec_data_pairs is not None:
+        cmd += ["--srec-data-pairs" if spec.srec_data_pairs else "--no-srec-data-pairs"]
     cmd += ["--epochs", str(spec.epochs), "--threads", str(threads)]
     if device != "cpu":
         cmd += ["--device", device]

@@ -33,7 +33,7 @@ class RunSpec:
     tier: int  # queue priority: lower trains first
     overflow_rate: float = 0.0  # qgen-train --overflow-rate (0: the paper's max|w| range)
     lr: float | None = None  # qgen-train --lr (None: qgen-train's default)
-    srec_data_pairs: bool = False  # qgen-train --srec-data-pairs
+    srec_data_pairs: bool | None = None  # qgen-train --[no-]srec-data-pairs (None: its default)
 
     @property
     def packed(self) -> bool:
@@ -48,12 +48,12 @@ class RunSpec:
 
 def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
              overflow_rate: float = 0.0, lr: float | None = None,
-             srec_data_pairs: bool = False) -> str:
+             srec_data_pairs: bool | None = None) -> str:
     """``{prefix}-m{m}-{method}-{bits}``, with ``-s{s}`` after m when s is not the default 100
     (DCS has no s), ``-ovf{100 r}`` for a nonzero overflow rate r (``-ovf05`` for 0.05) and
-    ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``) and ``-dp``
-    for data-data pairs in the S-REC loss. Keeps the names of bench/train_mnist_m25.sh for
-    m=25, s=100, r=0."""
+    ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``), ``-dp`` /
+    ``-nodp`` for data-data pairs in the S-REC loss forced on / off (None: qgen-train's default
+    for the network). Keeps the names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
     if method == DCS or s is None or s == DEFAULT_SPARSITY:
         name = f"{prefix}-m{m}-{method}-{bits}"
     else:
@@ -62,8 +62,8 @@ def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
         name += f"-ovf{overflow_rate * 100:02.3g}".replace(".", "p")
     if lr is not None:
         name += f"-lr{lr:g}"
-    if srec_data_pairs:
-        name += "-dp"
+    if srec_data_pairs is not None:
+        name += "-dp" if srec_data_pairs else "-nodp"
     return name
 
 
@@ -125,11 +125,12 @@ class ColourSet:
 def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
                 bits: Sequence[int] = BITS,
                 overflow_rates: Mapping[int, float] | None = None,
-                lr: float | None = None, srec_data_pairs: bool = False) -> list[RunSpec]:
+                lr: float | None = None,
+                srec_data_pairs: bool | None = None) -> list[RunSpec]:
     """Table 1's grid: every bit width of SDLSS and 32-bit DCS per data set. Tier = data set
     order, so a whole row of the table is finished before the next starts. ``lr``: Adam's rate
-    of every run (None: qgen-train's default), ``srec_data_pairs``: qgen-train
-    --srec-data-pairs for every run; both part of the run names."""
+    of every run, ``srec_data_pairs``: qgen-train --[no-]srec-data-pairs for every run (None
+    for either: qgen-train's default); both part of the run names."""
     rates = dict(overflow_rates or {})
     specs = []
     for tier, cs in enumerate(sets):

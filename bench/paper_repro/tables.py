@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from paper_repro import paper
 from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec
 from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord
-from qgen_infer.train import DEFAULT_LR
+from qgen_infer.train import DEFAULT_LR, DEFAULT_SREC_DATA_PAIRS
 
 MISSING = "–"
 SDLSS_COLUMNS = [f"{b}-bit SDLSS" for b in BITS]
@@ -284,6 +284,15 @@ def colour_comparison(results: Results) -> list[str]:
     return lines
 
 
+def srec_pairs_note(flag: bool | None) -> str:
+    """The S-REC pairs a colour run trained with: ``flag`` is its --[no-]srec-data-pairs (None:
+    qgen-train's default for the DCGAN networks)."""
+    on = DEFAULT_SREC_DATA_PAIRS["dcgan"] if flag is None else flag
+    how = ("qgen-train's default for the DCGAN networks" if flag is None
+           else "--srec-data-pairs" if flag else "--no-srec-data-pairs")
+    return f"DCS's three pairs {'plus a data-data pair' if on else 'only'} ({how})"
+
+
 def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[str]) -> str:
     lines = ["# Colour: Q-GEN Table 1 through the packed engine", "", *stamp,
              quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", "Data used:", "",
@@ -293,10 +302,9 @@ def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[s
                     else f"{s.lr:g}" for s in results.specs})
     lines += ["Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
               + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
-              + f"learning rate {', '.join(rates)}"
-              + (f"; S-REC loss with data-data pairs (qgen-train --srec-data-pairs): "
-                 f"{', '.join(sorted(s.name for s in results.specs if s.srec_data_pairs))}"
-                 if any(s.srec_data_pairs for s in results.specs) else "") + ".", ""]
+              + f"learning rate {', '.join(rates)}; S-REC loss: "
+              + ", ".join(sorted({srec_pairs_note(s.srec_data_pairs) for s in results.specs}))
+              + ".", ""]
     lines += ["## Table 1, measured (PSNR dB, SSIM)", ""]
     rows = []
     for label in results.labels():

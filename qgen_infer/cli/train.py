@@ -82,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "+ S-REC + GDL), as Deep Compressed Sensing's code does; srec = the S-REC "
                         "loss alone, as the paper's Algorithm 1 writes it (one more backward pass "
                         "per step)")
-    p.add_argument("--srec-data-pairs", action="store_true",
-                   help="add pairs of data images to the S-REC loss (besides DCS's three pairs "
-                        "among data, reconstructed and generated images), so that A also keeps "
-                        "data images apart")
+    p.add_argument("--srec-data-pairs", action=argparse.BooleanOptionalAction, default=None,
+                   help="add pairs of data images to the S-REC loss, besides DCS's three pairs "
+                        "among data, reconstructed and generated images, so that A also keeps "
+                        "data images apart (not in the paper or DCS; default: on for the DCGAN "
+                        "networks, where it trained better, off for the MLP ones)")
     p.add_argument("--gdl-weight", type=float, default=d.gdl_weight,
                    help="weight of the gradient-difference loss (0 disables it)")
     p.add_argument("--initial-step-size", type=float, default=d.initial_step_size,

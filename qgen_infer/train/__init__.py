@@ -8,6 +8,7 @@ from qgen_infer.train.objective import (
 )
 from qgen_infer.train.trainer import (
     DEFAULT_LR,
+    DEFAULT_SREC_DATA_PAIRS,
     DEFAULT_STEP_SIZE_LR,
     METHODS,
     TrainConfig,
@@ -18,6 +19,7 @@ from qgen_infer.train.trainer import (
 
 __all__ = [
     "DEFAULT_LR",
+    "DEFAULT_SREC_DATA_PAIRS",
     "DEFAULT_STEP_SIZE_LR",
     "METHODS",
     "SolverSettings",
