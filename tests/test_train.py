@@ -236,12 +236,17 @@ def test_resume_converts_a_one_group_optimizer_state(tmp_path, images):
     old.optimizer = _one_group_adam(old)
     old.run()
     ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
-    del ckpt["optimizer"]["param_groups"][1]  # as saved before log β had its own group
+    # as saved before log β had its own group and its own rate
+    del ckpt["optimizer"]["param_groups"][1]
+    del ckpt["train"]["settings"]["step_size_lr"]
     torch.save(ckpt, tmp_path / "run" / "model.pt")
-    t = Trainer(_cfg(tmp_path, epochs=2, step_size_lr=0.01), images[:48], images[48:],
+    with pytest.raises(QgenError, match=r"step_size_lr=0.001 \(here 0.01\)"):
+        Trainer(_cfg(tmp_path, epochs=2, step_size_lr=0.01), images[:48], images[48:],
                 resume=True)
+    t = Trainer(_cfg(tmp_path, epochs=2), images[:48], images[48:], resume=True)
     groups = t.optimizer.param_groups
     assert [len(g["params"]) for g in groups] == [len(groups[0]["params"]), 1]
+    assert groups[1]["lr"] == groups[0]["lr"] == 1e-3
     assert groups[1]["params"][0] is t.log_step_size
     moments = t.optimizer.state[t.log_step_size]
     assert torch.equal(moments["exp_avg"], old.optimizer.state[old.log_step_size]["exp_avg"])
@@ -275,8 +280,65 @@ def test_overflow_rate_reaches_the_layers_and_the_checkpoint(tmp_path, images):
 
 def test_resume_refuses_a_different_network(tmp_path, images):
     _train(_cfg(tmp_path, bits=4, epochs=1), images)
-    with pytest.raises(Exception, match="another network config"):
+    with pytest.raises(QgenError, match=r"bits=4 \(here 2\)"):
         Trainer(_cfg(tmp_path, bits=2, epochs=2), images[:48], images[48:], resume=True)
+
+
+@pytest.mark.parametrize("change", [
+    {"srec_data_pairs": True}, {"lr": 5e-4}, {"step_size_lr": 0.05}, {"sensing_loss": "srec"},
+    {"gdl_weight": 0.0}, {"batch_size": 8}, {"seed": 1}, {"lr_schedule": "constant"},
+    {"sparsity": 6}, {"steps": 3}, {"project": False}, {"method": "dcs"},
+])
+def test_resume_refuses_settings_that_change_the_training(tmp_path, images, change):
+    """Resuming under another loss, rate, batch or solver would splice two runs into one
+    checkpoint; the error names the setting with both values."""
+    _train(_cfg(tmp_path, epochs=1), images)
+    (name, value), = change.items()
+    with pytest.raises(QgenError, match=rf"{name}=.* \(here {value!r}\)"):
+        Trainer(_cfg(tmp_path, epochs=2, **change), images[:48], images[48:], resume=True)
+
+
+def test_resume_may_change_length_evaluation_and_an_explicit_default(tmp_path, images):
+    _train(_cfg(tmp_path, epochs=1), images)
+    # the MLP's default rate given explicitly is the same run; eval and length settings are free
+    t = _train(_cfg(tmp_path, epochs=2, lr=DEFAULT_LR["mlp"], eval_restarts=2,
+                    initial_step_size=0.5), images, resume=True)
+    assert t.epoch == 2
+
+
+def test_resume_takes_options_added_later_at_their_earlier_behaviour(tmp_path, images):
+    """A checkpoint saved before --srec-data-pairs trained without the pair: it resumes with
+    False and refuses True."""
+    _train(_cfg(tmp_path, epochs=1), images)
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
+    for name in ("srec_data_pairs", "step_size_lr", "sensing_loss"):
+        del ckpt["train"]["settings"][name]
+    torch.save(ckpt, tmp_path / "run" / "model.pt")
+    with pytest.raises(QgenError, match=r"srec_data_pairs=False \(here True\)"):
+        Trainer(_cfg(tmp_path, epochs=2, srec_data_pairs=True), images[:48], images[48:],
+                resume=True)
+    assert _train(_cfg(tmp_path, epochs=2), images, resume=True).epoch == 2
+
+
+def test_cli_resume_takes_the_checkpoints_settings_and_refuses_a_conflict(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    first = ["--out", out, "--epochs", "1", "--batch-size", "128", "--bits", "1", "-s", "20",
+             "--gdl-weight", "0.3", "--no-project", "--srec-data-pairs"]
+    assert train_main(first) == 0
+    # nothing but the length given: bits, s, GDL weight, projection and the pair come back
+    assert train_main(["--out", out, "--resume", "--epochs", "2"]) == 0
+    ckpt = load_checkpoint(tmp_path / "r" / "model.pt")
+    settings = ckpt["train"]["settings"]
+    assert ckpt["train"]["epochs"] == 2 and ckpt["config"]["bits"] == 1
+    assert (settings["gdl_weight"], settings["project"], settings["srec_data_pairs"],
+            settings["sparsity"]) == (0.3, False, True, 20)
+    capsys.readouterr()
+    assert train_main(["--out", out, "--resume", "--epochs", "3", "--gdl-weight", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "gdl_weight=0.3 (here 0.1)" in err and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "r" / "model.pt")["train"]["epochs"] == 2
+    assert train_main(["--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "drop --resume" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latent size (default: image size for SDLSS on MLPs, 512 on DCGAN, "
                         "100 for DCS)")
     p.add_argument("-T", "--steps", type=int, default=d.steps, help="unrolled latent steps")
-    p.add_argument("--no-project", dest="project", action="store_false",
-                   help="do not project the latent to the unit sphere after each step")
+    p.add_argument("--project", action=argparse.BooleanOptionalAction, default=d.project,
+                   help="project the latent to the unit sphere after each step")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=None,
@@ -103,8 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-restarts", type=int, default=d.eval_restarts,
                    help="random restarts per image in the per-epoch evaluation")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint")
+                   help="continue the run in --out from its last checkpoint, with the settings "
+                        "it was trained with (options left out are taken from the checkpoint; "
+                        "--epochs, --device, --threads, --eval-restarts and --data-root may "
+                        "change, any other option that differs is refused)")
     return p
+
+
+def given_options(argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the options the command line sets (the rest are defaults)."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def _settings_to_resume(out: str, given: set[str]) -> dict[str, object]:
+    """The run's settings from ``OUT/model.pt`` for the options the command line leaves out;
+    the trainer then refuses any given one that differs."""
+    from qgen_infer.checkpoint import load_checkpoint
+    from qgen_infer.train.trainer import saved_settings
+
+    path = Path(out) / "model.pt"
+    if not path.is_file():
+        raise QgenError(f"--resume: {path} does not exist; drop --resume to start a new run there")
+    # where it runs is this machine's business, not the checkpoint's
+    local = {"out", "device", "threads", "init_from"}
+    return {k: v for k, v in saved_settings(load_checkpoint(path)).items()
+            if k not in given | local}
 
 
 def resolve_device(name: str) -> str:
@@ -141,7 +168,10 @@ def _body(argv: Sequence[str] | None) -> int:
         torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
     names = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    options = {k: v for k, v in vars(args).items() if k in names}
+    if args.resume:
+        options.update(_settings_to_resume(args.out, given_options(argv) & names))
+    cfg = TrainConfig(**options)
     images = load_images(cfg.dataset, cfg.data_root)
     eval_size = cfg.eval_size if cfg.eval_size is not None else default_eval_size(
         cfg.dataset, images.shape[0])

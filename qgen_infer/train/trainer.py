@@ -8,7 +8,8 @@ A run lives in one folder::
 
 ``--resume`` reloads ``RUN/model.pt`` (weights, Adam state, step, RNG states) and continues; the
 data order of each epoch depends only on (seed, epoch), so a resumed run sees the same batches as
-an uninterrupted one.
+an uninterrupted one. A resumed run must keep every setting that shapes the training (network,
+solver, losses, rates, batch, seed: all but :data:`RESUME_MAY_CHANGE`); it is refused otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,16 @@ DEFAULT_STEP_SIZE_LR: dict[str, float | None] = {"mlp": None, "dcgan": 1e-2}
 # after 14 (measured 2026-12-02, bench/results/colour-sdlss-1v32-14ep-datapairs.md). The MLPs
 # keep DCS's form, as the shipped MNIST models were trained.
 DEFAULT_SREC_DATA_PAIRS: dict[str, bool] = {"mlp": False, "dcgan": True}
+# What a resumed run may change: where and how fast it runs, how long, how it is evaluated, and
+# what only acts at step 0. Every other setting shapes the trajectory, and resuming under another
+# value would silently splice two runs into one checkpoint.
+RESUME_MAY_CHANGE = frozenset({"out", "epochs", "device", "threads", "eval_every",
+                               "eval_restarts", "data_root", "initial_step_size", "init_from"})
+# The network (bits, measurements, ...) and solver (method, latent, s, T) are compared in their
+# resolved form, from the checkpoint's "config" and "solver", so that a default and the same
+# value given explicitly agree.
+_RESOLVED_ELSEWHERE = frozenset({"bits", "granularity", "overflow_rate", "measurements",
+                                 "method", "latent_dim", "sparsity", "steps", "project"})
 
 
 @dataclass
@@ -162,6 +173,20 @@ def evaluate_reconstruction(
             "ssim_per_image": s, "loss_per_image": torch.cat(losses)}
 
 
+def saved_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields a checkpoint was trained with. Options added after it was
+    saved get the value that reproduces how it trained (the behaviour before the option
+    existed); an empty dict for checkpoints too old to record their settings."""
+    saved = ckpt.get("train", {}).get("settings")
+    if not isinstance(saved, dict):
+        return {}
+    known = {f.name for f in fields(TrainConfig)}
+    before_option = {"overflow_rate": 0.0, "sensing_loss": "total", "srec_data_pairs": False,
+                     "step_size_lr": saved.get("lr")}
+    return {k: saved.get(k, before_option.get(k)) for k in known
+            if k in saved or k in before_option}
+
+
 def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -254,9 +279,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "model.pt"
         ckpt = load_checkpoint(path)
-        if ckpt["config"] != self.net:
-            raise QgenError(f"{path} was trained with another network config; resume with the "
-                            f"same --bits/--measurements/--method/data, or choose a new --out")
+        self._check_same_run(ckpt, path)
         self.generator.load_state_dict(ckpt["generator"])
         self.sensing.load_state_dict(ckpt["sensing"])
         with torch.no_grad():
@@ -268,6 +291,25 @@ class Trainer:
         t = ckpt["train"]
         self.epoch, self.step, self.wall_time = int(t["epochs"]), int(t["step"]), float(
             t["wall_time_s"])
+
+    def _check_same_run(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse to resume ``ckpt`` under settings that would train it differently."""
+        differ = []
+        net = complete_config(ckpt["config"])
+        differ += [(k, net.get(k), self.net.get(k)) for k in sorted({*net, *self.net})
+                   if net.get(k) != self.net.get(k)]
+        solver = {k: v for k, v in ckpt["solver"].items() if k != "step_size"}
+        differ += [(k, solver.get(k), v) for k, v in asdict(self.solver).items()
+                   if k in solver and solver[k] != v]
+        saved = saved_settings(ckpt)
+        differ += [(k, saved[k], getattr(self.cfg, k)) for k in sorted(saved)
+                   if k not in RESUME_MAY_CHANGE | _RESOLVED_ELSEWHERE
+                   and saved[k] != getattr(self.cfg, k)]
+        if differ:
+            listed = ", ".join(f"{k}={was!r} (here {now!r})" for k, was, now in differ)
+            raise QgenError(f"{path} was trained with other settings than this run's: {listed}; "
+                            f"resume with the checkpoint's settings (qgen-train --resume takes "
+                            f"them when the options are left out) or choose a new --out")
 
     def _warm_start(self, path: str) -> None:
         ckpt = load_checkpoint(path)
