@@ -234,6 +234,12 @@ def test_colour_srec_data_pairs_names_and_commands(tmp_path: Path) -> None:
                 False: "S-REC loss: DCS's three pairs only (--no-srec-data-pairs)."}[flag]
         assert want in text
     assert not names[None] & names[True] and not names[True] & names[False]
+    # the digits smoke-test fallback trains the MLP networks, whose defaults differ
+    digits = plan.colour_plan([plan.ColourSet("digits (embedded)", "digits", None)], epochs=2,
+                              m=25, s=100)
+    text = tables.colour_report(tables.Results(digits, {}, {}), [], [])
+    assert ("Adam learning rate qgen-train's default (0.001); S-REC loss: DCS's three pairs only "
+            "(qgen-train's default for the MLP networks).") in text
     colour = _script("reproduce_colour")
     parse = colour.build_parser().parse_args
     assert [parse(a).srec_data_pairs for a in ([], ["--srec-data-pairs"],

@@ -284,13 +284,25 @@ def colour_comparison(results: Results) -> list[str]:
     return lines
 
 
-def srec_pairs_note(flag: bool | None) -> str:
-    """The S-REC pairs a colour run trained with: ``flag`` is its --[no-]srec-data-pairs (None:
-    qgen-train's default for the DCGAN networks)."""
-    on = DEFAULT_SREC_DATA_PAIRS["dcgan"] if flag is None else flag
-    how = ("qgen-train's default for the DCGAN networks" if flag is None
+def network_family(spec: RunSpec) -> str:
+    """The network family qgen-train picks for ``spec``'s data ("mlp" or "dcgan"); an image folder
+    is taken as colour, which is what the colour script trains from one."""
+    from qgen_infer.data import dataset_info
+
+    return dataset_info(spec.dataset)["family"] or "dcgan"
+
+
+def srec_pairs_note(flag: bool | None, family: str = "dcgan") -> str:
+    """The S-REC pairs a run trained with: ``flag`` is its --[no-]srec-data-pairs (None:
+    qgen-train's default for ``family``'s networks)."""
+    on = DEFAULT_SREC_DATA_PAIRS[family] if flag is None else flag
+    how = (f"qgen-train's default for the {family.upper()} networks" if flag is None
            else "--srec-data-pairs" if flag else "--no-srec-data-pairs")
     return f"DCS's three pairs {'plus a data-data pair' if on else 'only'} ({how})"
+
+
+def learning_rate_note(lr: float | None, family: str = "dcgan") -> str:
+    return f"qgen-train's default ({DEFAULT_LR[family]:g})" if lr is None else f"{lr:g}"
 
 
 def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[str]) -> str:
@@ -298,12 +310,12 @@ def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[s
              quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", "Data used:", "",
              *data_notes, "", LEGEND, ""]
     settings = sorted({(s.m, s.s) for s in results.specs if s.method == SDLSS})
-    rates = sorted({f"qgen-train's default ({DEFAULT_LR['dcgan']:g})" if s.lr is None
-                    else f"{s.lr:g}" for s in results.specs})
+    rates = sorted({learning_rate_note(s.lr, network_family(s)) for s in results.specs})
     lines += ["Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
               + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
               + f"learning rate {', '.join(rates)}; S-REC loss: "
-              + ", ".join(sorted({srec_pairs_note(s.srec_data_pairs) for s in results.specs}))
+              + ", ".join(sorted({srec_pairs_note(s.srec_data_pairs, network_family(s))
+                              for s in results.specs}))
               + ".", ""]
     lines += ["## Table 1, measured (PSNR dB, SSIM)", ""]
     rows = []
