@@ -30,7 +30,7 @@ from paper_repro.execute import drive
 from paper_repro.options import add_queue_options, check_queue_options, overflow_rates
 from paper_repro.plan import BITS, ColourSet, RunSpec, colour_plan
 from paper_repro.records import collect
-from paper_repro.status import busy_folders, run_state
+from paper_repro.status import busy_folders, eval_curve, run_state
 from paper_repro.tables import Results, colour_report
 
 REPORT = "colour-table1.md"
@@ -76,7 +76,8 @@ def write_report(specs: list[RunSpec], sets: list[ColourSet], args: argparse.Nam
     busy = busy_folders()
     states = {s.name: run_state(paths_for(args.runs, s).run_dir, s.epochs, busy).describe()
               for s in specs}
-    results = Results(specs, collect(args.runs, specs), states)
+    curves = {s.name: eval_curve(paths_for(args.runs, s).run_dir) for s in specs}
+    results = Results(specs, collect(args.runs, specs), states, curves)
     argv_list = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     text = colour_report(results, provenance.stamp(argv_list), [describe(cs) for cs in sets])
     args.results.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from paper_repro.records import (  # noqa: E402
     collect,
     save_record,
 )
-from paper_repro.status import RunState, trained_epochs  # noqa: E402
+from paper_repro.status import RunState, eval_curve, trained_epochs  # noqa: E402
 
 
 def _script(name: str):  # type: ignore[no-untyped-def]
@@ -187,6 +187,26 @@ def test_colour_table_against_paper(tmp_path: Path) -> None:
     assert "1-bit SDLSS (20 ep) is 1.50 dB below 32-bit SDLSS (20 ep); paper on CIFAR10: " \
            "0.77 dB below" in text
     assert "| STL10 | 20.65, 0.5543 |" in text  # the paper's table, for reference
+
+
+def test_colour_report_tables_the_eval_curves(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    # a resumed run repeats epoch 2 (the last record counts); a record without eval_psnr and a
+    # line cut short by a crash are skipped
+    (run / "log.jsonl").write_text(
+        '{"epoch": 1, "eval_psnr": 15.0}\n{"epoch": 2, "eval_psnr": 16.0}\n'
+        '{"epoch": 2, "eval_psnr": 16.5}\n{"epoch": 3}\n{"epoch": 4, "eval_psnr": 17.25}\n'
+        '{"epoch": 5, "eval_ps')
+    assert eval_curve(run) == {1: 15.0, 2: 16.5, 4: 17.25}
+    assert eval_curve(tmp_path / "missing") == {}
+    specs = plan.colour_plan([plan.ColourSet("CIFAR10", "cifar10", "/c")], epochs=4, m=25, s=100)
+    text = tables.colour_report(tables.Results(specs, {}, {}, {specs[0].name: eval_curve(run)}),
+                                [], [])
+    assert "| run / epoch | 1 | 2 | 3 | 4 |" in text
+    assert "| CIFAR10, 1-bit SDLSS | 15.00 | 16.50 |  | 17.25 |" in text
+    assert "2-bit SDLSS |" not in text.split("## Eval PSNR")[1]  # no curve, no row
+    assert "## Eval PSNR" not in tables.colour_report(tables.Results(specs, {}, {}), [], [])
 
 
 def test_colour_learning_rate_names_and_commands(tmp_path: Path) -> None:

@@ -10,22 +10,43 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _log_records(run_dir: Path) -> Iterator[dict]:
+    """The per-epoch records of ``run_dir``/log.jsonl, skipping a line cut short by a crash (the
+    earlier records still count)."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
 def trained_epochs(run_dir: Path) -> int:
     """The last epoch that log.jsonl records (0 without a log). qgen-train appends the record
     after the checkpoint is saved, so model.pt holds at least this many epochs."""
-    log = run_dir / "log.jsonl"
-    if not log.is_file():
-        return 0
     epoch = 0
-    for line in log.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
+    for record in _log_records(run_dir):
         try:
-            epoch = max(epoch, int(json.loads(line).get("epoch", 0)))
-        except (ValueError, AttributeError):
-            continue  # a line cut short by a crash: the earlier records still count
+            epoch = max(epoch, int(record.get("epoch", 0)))
+        except (TypeError, ValueError):
+            continue
     return epoch
+
+
+def eval_curve(run_dir: Path) -> dict[int, float]:
+    """Epoch -> the training code's eval PSNR after it, as log.jsonl records it (a resumed run
+    that repeated an epoch keeps its last record)."""
+    curve = {}
+    for record in _log_records(run_dir):
+        try:
+            curve[int(record["epoch"])] = float(record["eval_psnr"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return curve
 
 
 def _processes(proc: Path) -> Iterator[tuple[int, list[str], Path]]:

@@ -4,7 +4,7 @@ evaluation records only (a number that was not measured is shown as "–", never
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from paper_repro import paper
 from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec
@@ -23,6 +23,7 @@ class Results:
     specs: list[RunSpec]
     records: dict[str, EvalRecord]  # by run name
     states: dict[str, str]  # run name -> training state in words (for the "not scored" list)
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)  # name -> epoch -> eval PSNR
 
     def get(self, label: str, method: str, bits: int, m: int, s: int | None) -> EvalRecord | None:
         for spec in self.specs:
@@ -305,6 +306,22 @@ def learning_rate_note(lr: float | None, family: str = "dcgan") -> str:
     return f"qgen-train's default ({DEFAULT_LR[family]:g})" if lr is None else f"{lr:g}"
 
 
+def curve_table(results: Results) -> list[str]:
+    """Each run's eval PSNR after every epoch, as its training log records it: how far from
+    converged the final numbers are, which one cell per run cannot show."""
+    runs = [s for s in results.specs if results.curves.get(s.name)]
+    if not runs:
+        return []
+    last = max(max(results.curves[s.name]) for s in runs)
+    rows = [[f"{s.label}, {s.column}"] + [
+        f"{results.curves[s.name][e]:.2f}" if e in results.curves[s.name] else ""
+        for e in range(1, last + 1)] for s in runs]
+    return ["## Eval PSNR after each epoch (dB)", "",
+            "The training code's own evaluation on the held-out images after each epoch "
+            "(fake-quantized generator, not the packed engine), from each run's log.jsonl.", "",
+            *md_table(["run / epoch", *map(str, range(1, last + 1))], rows), ""]
+
+
 def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[str]) -> str:
     lines = ["# Colour: Q-GEN Table 1 through the packed engine", "", *stamp,
              quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", "Data used:", "",
@@ -342,6 +359,7 @@ def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[s
               f"Paper: 32-bit minus k-bit SDLSS goes from {paper.COLOUR_GAP_4BIT_DB:g} dB (4-bit) "
               f"to about {paper.COLOUR_GAP_1BIT_DB:g} dB (1-bit) on CIFAR10/SVHN/STL10.", "",
               *colour_comparison(results), ""]
+    lines += curve_table(results)
     pending = not_scored(results)
     if pending:
         lines += ["## Not scored yet", "", *pending, ""]
