@@ -1,5 +1,6 @@
 """The markdown reports: measured tables and the comparison with the paper, written from the
-evaluation records only (a number that was not measured is shown as "–", never filled in)."""
+evaluation records (and, for the colour report's per-epoch table, the runs' training logs) only:
+a number that was not measured is shown as "–", never filled in."""
 
 from __future__ import annotations
 
@@ -303,6 +304,7 @@ def srec_pairs_note(flag: bool | None, family: str = "dcgan") -> str:
 
 
 def learning_rate_note(lr: float | None, family: str = "dcgan") -> str:
+    """A run's Adam rate as the settings line names it (None: ``family``'s default)."""
     return f"qgen-train's default ({DEFAULT_LR[family]:g})" if lr is None else f"{lr:g}"
 
 
