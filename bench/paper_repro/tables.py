@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from paper_repro import paper
 from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec
 from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord
+from qgen_infer.data import dataset_info
 from qgen_infer.train import DEFAULT_LR, DEFAULT_SREC_DATA_PAIRS
 
 MISSING = "–"
@@ -289,8 +290,6 @@ def colour_comparison(results: Results) -> list[str]:
 def network_family(spec: RunSpec) -> str:
     """The network family qgen-train picks for ``spec``'s data ("mlp" or "dcgan"); an image folder
     is taken as colour, which is what the colour script trains from one."""
-    from qgen_infer.data import dataset_info
-
     return dataset_info(spec.dataset)["family"] or "dcgan"
 
 
