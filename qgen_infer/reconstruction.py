@@ -193,7 +193,7 @@ def _graph_solver(model: Any, generator: Callable, sensing: Callable,
 def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions | None = None,
                 *, on_batch: Callable[[Reconstruction, int], None] | None = None,
                 cuda_graph: bool | None = None, precision: str = "fp32",
-                **overrides: Any) -> Reconstruction:
+                first_index: int = 0, **overrides: Any) -> Reconstruction:
     """Reconstruct images from measurements ``y`` ``[N, m]`` with a model from
     :func:`qgen_infer.load`.
 
@@ -208,6 +208,8 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
     launches.
     ``precision``: ``fp32`` (default), or ``fp16`` / ``bf16`` activations for the networks on a
     CUDA device (tensor cores; the latent, loss and update stay fp32).
+    ``first_index``: the index of ``y``'s first row in a larger set that is solved in parts
+    (a shard of :mod:`qgen_infer.distributed`): row ``i`` gets image ``first_index + i``'s starts.
     On KeyboardInterrupt the partial result is attached to the exception as ``.partial``.
     """
     if options is not None and overrides:
@@ -237,7 +239,8 @@ def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions
             res = reconstruct_latent(
                 yb, generator, sensing, latent_dim=opts.latent_dim, steps=opts.steps,
                 step_size=opts.step_size, sparsity=opts.sparsity, project=opts.project,
-                restarts=opts.restarts, graphed=graphed, z0=starts.rows(start, yb.shape[0]))
+                restarts=opts.restarts, graphed=graphed,
+                z0=starts.rows(first_index + start, yb.shape[0]))
             x_hat, z, loss = (t.detach().float().cpu().numpy() for t in (res.x, res.z, res.loss))
             out.batch_seconds.append(time.perf_counter() - t0)
             end = start + yb.shape[0]
