@@ -47,8 +47,7 @@ def fp32_images(spec: RunSpec, paths: RunPaths, count: int = FIGURE_IMAGES) -> R
     """Reconstruct the first ``count`` held-out images with a (32-bit) checkpoint."""
     import torch
 
-    from qgen_infer.cli.common import default_eval_size
-    from qgen_infer.data import load_images, split_train_eval
+    from qgen_infer.data import load_train_eval
     from qgen_infer.metrics import psnr, ssim
     from qgen_infer.solve import reconstruct_latent
     from qgen_infer.train.trainer import models_from_checkpoint_path
@@ -56,8 +55,7 @@ def fp32_images(spec: RunSpec, paths: RunPaths, count: int = FIGURE_IMAGES) -> R
     gen, sense, ckpt = models_from_checkpoint_path(paths.checkpoint)
     gen.eval()
     sense.eval()
-    images = load_images(spec.dataset, spec.data_root)
-    _, evals = split_train_eval(images, default_eval_size(spec.dataset, images.shape[0]))
+    _, evals = load_train_eval(spec.dataset, spec.data_root)
     x = evals[:count]
     sv = ckpt["solver"]
     with torch.no_grad():

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from qgen_infer.cli.common import ArgumentParser, default_eval_size, run_cli
+from qgen_infer.cli.common import ArgumentParser, run_cli
 from qgen_infer.errors import QgenError
 
 DESCRIPTION = """\
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from qgen_infer.data import load_images, split_train_eval
+    from qgen_infer.data import load_train_eval
     from qgen_infer.train import SolverSettings, evaluate_reconstruction
     from qgen_infer.train.trainer import models_from_checkpoint_path
 
@@ -59,13 +59,10 @@ def _body(argv: Sequence[str] | None) -> int:
     settings = ckpt["train"].get("settings", {})
     dataset = args.dataset if args.dataset is not None else settings.get("dataset")
     root = args.data_root if args.data_root is not None else settings.get("data_root")
-    images = load_images(dataset, root)
-    eval_size = (args.eval_size or settings.get("eval_size")
-                 or default_eval_size(dataset, images.shape[0]))
-    if list(images.shape[1:]) != list(ckpt["config"]["image_shape"]):
-        raise QgenError(f"the data's images are {list(images.shape[1:])} but the model makes "
+    _, evals = load_train_eval(dataset, root, args.eval_size or settings.get("eval_size"))
+    if list(evals.shape[1:]) != list(ckpt["config"]["image_shape"]):
+        raise QgenError(f"the data's images are {list(evals.shape[1:])} but the model makes "
                         f"{ckpt['config']['image_shape']}")
-    _, evals = split_train_eval(images, eval_size)
     sv = ckpt["solver"]
     solver = SolverSettings(sv["method"], int(sv["latent_dim"]),
                             args.sparsity if args.sparsity is not None else sv["sparsity"],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qgen_infer.cli.common import ArgumentParser, default_eval_size, run_cli
+from qgen_infer.cli.common import ArgumentParser, run_cli
 from qgen_infer.errors import QgenError
 
 DESCRIPTION = """\
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _images(args: argparse.Namespace, image_shape: list[int]) -> np.ndarray:
     from qgen_infer.arrays import load_images_npy
-    from qgen_infer.data import load_images, split_train_eval
+    from qgen_infer.data import load_images, load_train_eval
 
     if args.images is not None and Path(args.images).is_file():
         return load_images_npy(args.images, image_shape)
@@ -59,10 +59,8 @@ def _images(args: argparse.Namespace, image_shape: list[int]) -> np.ndarray:
         # a folder's files are in sorted order, so --count can stop reading early
         x = load_images("folder", args.images, limit=args.count, image_size=image_shape[1])
     else:
-        x = load_images(args.data, args.data_root)
-        if args.split != "all":
-            train, evals = split_train_eval(x, default_eval_size(args.data, x.shape[0]))
-            x = evals if args.split == "eval" else train
+        x = (load_images(args.data, args.data_root) if args.split == "all" else
+             load_train_eval(args.data, args.data_root)[args.split == "eval"])
     if list(x.shape[1:]) != list(image_shape):
         raise QgenError(f"the images are {list(x.shape[1:])} but the model takes {image_shape}")
     return x.numpy()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from qgen_infer.cli.common import ArgumentParser, default_eval_size, run_cli
+from qgen_infer.cli.common import ArgumentParser, run_cli
 from qgen_infer.errors import QgenError
 from qgen_infer.train import METHODS, TrainConfig
 
@@ -29,6 +29,7 @@ examples:
   qgen-train --out runs/demo --epochs 5                      # embedded digits, 32-bit SDLSS
   qgen-train --data mnist --data-root ../shared/data/mnist --bits 1 --out runs/mnist-1bit
   qgen-train --data mnist --data-root DIR --method dcs --out runs/mnist-dcs
+  qgen-train --data cifar10 --data-root ../shared/data/cifar10 -m 100 --out runs/cifar-32bit
   qgen-train --out runs/mnist-1bit --resume                  # continue an interrupted run
 """
 
@@ -41,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (created; model.pt, log.jsonl)")
     p.add_argument("--data", dest="dataset", choices=DATASETS, default=None,
                    help="data set (default: the embedded 'digits' set shipped with scikit-learn)")
-    p.add_argument("--data-root", default=None, help="folder holding the data set's files")
+    p.add_argument("--data-root", default=None,
+                   help="folder (or file) holding the data set's files; for cifar10 the binary "
+                        "release or the JPEG copy's zip (decoded in memory, never extracted)")
     p.add_argument("--eval-size", type=int, default=None,
                    help="images held out for evaluation (default per data set; MNIST: the last "
-                        "1,000 of the 10,000-image test split)")
+                        "1,000 of the 10,000-image test split; CIFAR-10's JPEG copy "
+                        "(cifar10-jpeg-27k.zip): trains on train/ and evaluates on the first "
+                        "1,000 of test/ in sorted-path order; elsewhere the last 10%%)")
     p.add_argument("--method", choices=METHODS, default=d.method,
                    help="sdlss: sparse latent with hard thresholding; dcs: dense latent baseline")
     p.add_argument("--bits", type=int, choices=(1, 2, 3, 4, 32), default=d.bits,
@@ -156,7 +161,7 @@ def resolve_device(name: str) -> str:
 def _body(argv: Sequence[str] | None) -> int:
     import tqdm
 
-    from qgen_infer.data import load_images, split_train_eval
+    from qgen_infer.data import load_train_eval
     from qgen_infer.train import Trainer
 
     args = build_parser().parse_args(argv)
@@ -172,14 +177,9 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.resume:
         options.update(_settings_to_resume(args.out, given_options(argv) & names))
     cfg = TrainConfig(**options)
-    images = load_images(cfg.dataset, cfg.data_root)
-    eval_size = cfg.eval_size if cfg.eval_size is not None else default_eval_size(
-        cfg.dataset, images.shape[0])
-    if not 0 < eval_size < images.shape[0]:
-        raise QgenError(f"--eval-size must be between 1 and {images.shape[0] - 1}")
-    train, evals = split_train_eval(images, eval_size)
+    train, evals = load_train_eval(cfg.dataset, cfg.data_root, cfg.eval_size)
     desc = (f"{cfg.dataset or 'digits (embedded)'}: {train.shape[0]} train / {evals.shape[0]} "
-            f"eval images of {list(images.shape[1:])}")
+            f"eval images of {list(train.shape[1:])}")
     trainer = Trainer(cfg, train, evals, resume=args.resume, data_description=desc)
     s = trainer.solver
     print(f"qgen-train: {desc}; {cfg.method} at {cfg.bits} bits, m={cfg.measurements}, "

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qgen_infer.data.cifar10 import load_cifar10
+from qgen_infer.data.cifar10 import load_cifar10_images, load_cifar10_split
 from qgen_infer.data.convert import check_image_size, resize_square, uint8_to_unit
 from qgen_infer.data.embedded import load_digits_images, load_patches
 from qgen_infer.data.folder import load_folder
@@ -38,7 +38,10 @@ _SPECS: dict[str, _Spec] = {
                    "MNIST handwritten digits, IDX files (train- preferred, else t10k-); "
                    "eval = the last 1,000 (of t10k: first 9,000 train, last 1,000 eval)"),
     "cifar10": _Spec((3, 32, 32), "dcgan", None, False,
-                     "CIFAR-10, binary version (cifar-10-batches-bin/*.bin); pickles refused"),
+                     "CIFAR-10: the binary version (cifar-10-batches-bin/*.bin; pickles refused; "
+                     "eval = the last 10% of the training batches) or the JPEG copy "
+                     "(cifar10-jpeg-27k.zip or its unpacked train/ and test/ folders: train = "
+                     "train/, eval = the first 1,000 of test/ in sorted-path order)"),
     "svhn": _Spec((3, 32, 32), "dcgan", None, False,
                   "SVHN cropped digits, train_32x32.mat (else test_32x32.mat)"),
     "stl10": _Spec((3, 96, 96), "dcgan", None, False,
@@ -60,7 +63,7 @@ DATASETS: tuple[str, ...] = tuple(_SPECS)
 
 _FILE_LOADERS: dict[str, Callable[[Path | str, int | None], np.ndarray]] = {
     "mnist": load_mnist,
-    "cifar10": load_cifar10,
+    "cifar10": load_cifar10_images,
     "svhn": load_svhn,
     "stl10": load_stl10,
 }
@@ -136,10 +139,11 @@ def load_images(name: str | None, root: str | Path | None = None, *, limit: int 
     return uint8_to_unit(_FILE_LOADERS[key](root, limit), image_size)
 
 
-def load_split(name: str | None, root: str | Path | None = None, split: str = "train",
+def load_split(name: str | None, root: str | Path | None = None, split: str = "eval",
                eval_size: int | None = None, seed: int | None = None, *,
                image_size: int | None = None) -> torch.Tensor:
-    """The ``split`` ("train", "eval" or "all") of data set ``name``.
+    """The ``split`` ("eval", the default as in ``qgen-measure --split``, "train" or "all") of
+    data set ``name``.
 
     ``eval_size`` defaults per data set (mnist 1,000: of t10k the first 9,000 train, the last
     1,000 evaluate; digits 297, so 1,500 train; others 10% of the images, at least 1). ``seed``
@@ -148,6 +152,9 @@ def load_split(name: str | None, root: str | Path | None = None, split: str = "t
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     key = _resolve(name)
+    if split != "all" and seed is None and image_size is None:
+        train, evaluation = load_train_eval(key, root, eval_size)
+        return train if split == "train" else evaluation
     images = load_images(key, root, image_size=image_size)
     if split == "all":
         return images
@@ -156,3 +163,22 @@ def load_split(name: str | None, root: str | Path | None = None, split: str = "t
         eval_size = default if default is not None else max(1, round(0.1 * images.shape[0]))
     train, evaluation = split_train_eval(images, eval_size, seed)
     return train if split == "train" else evaluation
+
+
+def load_train_eval(name: str | None, root: str | Path | None = None,
+                    eval_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, eval) images of data set ``name`` as float32 in [-1, 1], the split every command
+    uses. A data set whose files hold a test part of their own (the CIFAR-10 JPEG copy) trains on
+    its training part and evaluates on the first ``eval_size`` (default 1,000) test images; the
+    others split the images of :func:`load_images` contiguously, the last ``eval_size`` (default
+    per data set, see :func:`load_split`) evaluating."""
+    key = _resolve(name)
+    if key == "cifar10":
+        parts = load_cifar10_split(root, eval_size)
+        if parts is not None:
+            return uint8_to_unit(parts[0]), uint8_to_unit(parts[1])
+    images = load_images(key, root)
+    if eval_size is None:
+        default = _SPECS[key].eval_size
+        eval_size = default if default is not None else max(1, round(0.1 * images.shape[0]))
+    return split_train_eval(images, eval_size)
