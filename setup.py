@@ -15,6 +15,7 @@ PACKAGES = [
     "qgen_infer",
     "qgen_infer.cli",
     "qgen_infer.data",
+    "qgen_infer.distributed",
     "qgen_infer.engine",
     "qgen_infer.export",
     "qgen_infer.format",

@@ -12,12 +12,12 @@ order is converted and said so); integers, booleans, complex and object arrays a
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from qgen_infer.atomic import write_atomic
 from qgen_infer.errors import QgenError
 
 
@@ -53,7 +53,7 @@ def _check_header(path: Path, what: str) -> None:
                         f"{shape} of {dtype} ({need:,} bytes) but only {have:,} bytes follow")
 
 
-def _read_npy(path: str | Path, what: str) -> np.ndarray:
+def _read_npy(path: str | Path, what: str, mmap: bool = False) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise QgenError(f"{what} file {str(path)!r} does not exist")
@@ -63,7 +63,7 @@ def _read_npy(path: str | Path, what: str) -> np.ndarray:
         raise QgenError(f"{what} file {str(path)!r} is not a .npy array (save it with numpy.save)")
     _check_header(path, what)
     try:
-        arr = np.load(path, allow_pickle=False, mmap_mode=None)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception as exc:  # np.load raises many undocumented types on malformed headers
         raise QgenError(f"{what} file {str(path)!r} is not a readable .npy array "
                         f"({_one_line(exc)})") from None
@@ -82,26 +82,63 @@ def _as_float32(arr: np.ndarray, path: str | Path, what: str) -> np.ndarray:
     if not arr.dtype.isnative:
         print(f"note: {what} in {str(path)!r} are stored in non-native byte order "
               f"({arr.dtype.str}); converted to native float32", file=sys.stderr)
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    # float64 values beyond the float32 range become inf here, refused by _check_finite in one
+    # line rather than with numpy's RuntimeWarning on a second stderr line
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     if out.size == 0:
         raise QgenError(f"{what} in {str(path)!r} are empty (shape {arr.shape})")
+    _check_finite(out, path, what)
+    return out
+
+
+def _check_finite(out: np.ndarray, path: str | Path, what: str, first_row: int = 0) -> None:
     bad = ~np.isfinite(out)
     if bad.any():
+        at = np.argwhere(bad)[0]
+        at[0] += first_row
         raise QgenError(f"{what} in {str(path)!r} contain {int(bad.sum())} NaN or infinite "
-                        f"values (first at index {tuple(int(i) for i in np.argwhere(bad)[0])})")
-    return out
+                        f"values, or values beyond the float32 range (first at index "
+                        f"{tuple(int(i) for i in at)})")
 
 
 def load_measurements(path: str | Path, m: int) -> np.ndarray:
     """``y.npy`` as float32 ``[N, m]``."""
-    arr = _read_npy(path, "measurements")
+    return _as_float32(_measurements_array(path, m, mmap=False), path, "measurements")
+
+
+def open_measurements(path: str | Path, m: int) -> np.ndarray:
+    """``y.npy`` ``[N, m]`` memory-mapped, read-only: the checks of :func:`load_measurements`
+    that need no values are made, nothing else is read. :func:`measurement_rows` reads rows,
+    so a file larger than memory is read in chunks."""
+    arr = _measurements_array(path, m, mmap=True)
+    if arr.dtype.kind != "f":
+        _as_float32(arr[:0], path, "measurements")  # its one-line refusal of the dtype
+    if arr.shape[0] == 0:
+        raise QgenError(f"measurements in {str(path)!r} are empty (shape {arr.shape})")
+    if not arr.dtype.isnative:
+        print(f"note: measurements in {str(path)!r} are stored in non-native byte order "
+              f"({arr.dtype.str}); converted to native float32", file=sys.stderr)
+    return arr
+
+
+def measurement_rows(arr: np.ndarray, start: int, stop: int, path: str | Path) -> np.ndarray:
+    """Rows ``[start, stop)`` of :func:`open_measurements`'s array as float32, checked finite
+    (an error names the row's index in the whole file)."""
+    out = np.array(arr[start:stop], dtype=np.float32, order="C")  # a copy: the map is read-only
+    _check_finite(out, path, "measurements", first_row=start)
+    return out
+
+
+def _measurements_array(path: str | Path, m: int, mmap: bool) -> np.ndarray:
+    arr = _read_npy(path, "measurements", mmap=mmap)
     if arr.ndim != 2:
         raise QgenError(f"measurements in {str(path)!r} must be a 2-D array (N, {m}), got "
                         f"shape {arr.shape}")
     if arr.shape[1] != m:
         raise QgenError(f"measurements in {str(path)!r} have {arr.shape[1]} values per image but "
                         f"the model takes m = {m}")
-    return _as_float32(arr, path, "measurements")
+    return arr
 
 
 def load_images_npy(path: str | Path, image_shape: list[int] | tuple[int, ...],
@@ -123,16 +160,10 @@ def load_images_npy(path: str | Path, image_shape: list[int] | tuple[int, ...],
 
 
 def save_npy_atomic(path: str | Path, arr: np.ndarray) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+    """Write through a temporary file and rename, so a reader never sees half a file; a failed
+    write is one :class:`QgenError` line."""
+    write_atomic(path, lambda f: np.save(f, arr))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(text.encode()))

@@ -32,6 +32,10 @@ examples:
   qgen-reconstruct --model models/mnist-m25-1bit.qgen --measurements y.npy --out recon/
   qgen-reconstruct --model m.qgen --measurements y.npy --truth x.npy --restarts 4 --out recon/
 Ctrl-C keeps the batches already finished (readable files, metrics marked interrupted), exit 130.
+Under torchrun the images are split across the processes, in shards kept in OUT/shards (a rerun
+of the same command, without --force, skips the finished ones); the outputs are the same:
+  torchrun --nproc_per_node=2 $(which qgen-reconstruct) --model m.qgen --measurements y.npy \
+      --threads 1 --out recon/
 """
 
 OUTPUTS = ("x_hat.npy", "z.npy", "metrics.json", "grid.png")
@@ -113,7 +117,8 @@ def _commit(stage: Path, out: Path) -> None:
 
 
 def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
-                   settings: dict[str, Any], interrupted: bool) -> dict[str, Any]:
+                   settings: dict[str, Any], interrupted: bool,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from qgen_infer.arrays import save_npy_atomic, write_text_atomic
     from qgen_infer.metrics import psnr, ssim
     from qgen_infer.visual import save_grid
@@ -143,7 +148,7 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
         "summary": summary,
         "timing": {"seconds": secs, "images_per_second": n / secs if secs > 0 else None,
                    "batch_seconds": rec.batch_seconds},
-        "per_image": images,
+        "per_image": images, **(extra or {}),
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if n:
@@ -154,9 +159,8 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from qgen_infer.arrays import load_images_npy, load_measurements
-    from qgen_infer.engine import load
-    from qgen_infer.reconstruction import solver_options
+    from qgen_infer.arrays import load_measurements
+    from qgen_infer.distributed import launched
 
     args = build_parser().parse_args(argv)
     if args.threads is not None:
@@ -164,18 +168,47 @@ def _body(argv: Sequence[str] | None) -> int:
             raise QgenError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if launched():  # under torchrun: the images are split across its ranks
+        from qgen_infer.cli.reconstruct_sharded import reconstruct_sharded_main
+
+        return reconstruct_sharded_main(args, out)
     _check_out(out, args.force)
-    device = args.device
-    if device is None and args.backend in ("auto", "triton") and torch.cuda.is_available():
-        device = "cuda"
-    model = load(args.model, backend=args.backend, device=device)
+    model, opts, settings = _setup(args, _device(args))
     y = load_measurements(args.measurements, int(model.config["measurements"]))
-    truth = None
-    if args.truth:
-        truth = load_images_npy(args.truth, model.config["image_shape"], "truth images")
-        if truth.shape[0] != y.shape[0]:
-            raise QgenError(f"--truth has {truth.shape[0]} images but --measurements has "
-                            f"{y.shape[0]} rows")
+    truth = _load_truth(args, model, y.shape[0])
+    # Everything is validated; results go to a staging folder until they are complete.
+    stage = _make_stage(out)
+    try:
+        return _run(args, model, y, truth, opts, settings, stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already after a commit
+
+
+def _device(args: argparse.Namespace) -> str | None:
+    if args.device is None and args.backend in ("auto", "triton") and torch.cuda.is_available():
+        return "cuda"
+    return args.device
+
+
+def _load_truth(args: argparse.Namespace, model: Any, images: int) -> np.ndarray | None:
+    from qgen_infer.arrays import load_images_npy
+
+    if not args.truth:
+        return None
+    truth = load_images_npy(args.truth, model.config["image_shape"], "truth images")
+    if truth.shape[0] != images:
+        raise QgenError(f"--truth has {truth.shape[0]} images but --measurements has "
+                        f"{images} rows")
+    return truth
+
+
+def _setup(args: argparse.Namespace, device: str | None) -> tuple[Any, Any, dict[str, Any]]:
+    """The model on ``device`` and the validated solver options, with the settings
+    metrics.json records."""
+    from qgen_infer.engine import load
+    from qgen_infer.reconstruction import solver_options
+
+    model = load(args.model, backend=args.backend, device=device)
     opts = solver_options(model, sparsity=args.sparsity, steps=args.steps,
                           step_size=args.step_size, restarts=args.restarts,
                           batch_size=args.batch_size, seed=args.seed)
@@ -190,12 +223,7 @@ def _body(argv: Sequence[str] | None) -> int:
         raise QgenError(f"--precision {args.precision} needs a CUDA device; the model is on "
                         f"{model.device} (the CPU kernels compute in fp32)")
     settings["precision"] = args.precision
-    # Everything is validated; results go to a staging folder until they are complete.
-    stage = _make_stage(out)
-    try:
-        return _run(args, model, y, truth, opts, settings, stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # gone already after a commit
+    return model, opts, settings
 
 
 def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray | None,
@@ -231,6 +259,11 @@ def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray 
         bar.close()
     m = _write_results(stage, model, rec, truth, settings, interrupted=False)
     _commit(stage, out)
+    print(_summary_line(m, model, out))
+    return 0
+
+
+def _summary_line(m: dict[str, Any], model: Any, out: Path) -> str:
     s = m["summary"]
     line = (f"qgen-reconstruct: {s['images']} images with {model.backend.name} {model.bits}-bit "
             f"in {m['timing']['seconds']:.2f} s ({m['timing']['images_per_second']:.1f} img/s); "
@@ -239,8 +272,7 @@ def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray 
         line += f"; PSNR {s['psnr']:.2f} dB"
     if "ssim" in s:
         line += f", SSIM {s['ssim']:.4f}"
-    print(line + f" -> {out}")
-    return 0
+    return line + f" -> {out}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

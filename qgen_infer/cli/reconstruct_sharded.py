@@ -1,0 +1,110 @@
+"""``qgen-reconstruct`` under ``torchrun``: the images split across the ranks in resumable shards
+(:func:`qgen_infer.distributed.reconstruct_sharded`), then rank 0 writes the outputs a
+single-process run writes, from the merged shards.
+
+OUT/shards/ holds the manifest and the shard files and stays after the job, so that a rerun of
+the same command (without ``--force``, which starts over) skips the finished shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from qgen_infer.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from qgen_infer.distributed import DistEnv, JobFailed, check_all, join, leave, reconstruct_sharded
+from qgen_infer.distributed.env import device_for
+from qgen_infer.errors import QgenError
+
+EXIT_FAILED = 1  # a rank failed for a reason other than the input (a crash, a full disk)
+SHARDS = "shards"
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """An existing OUT is taken only when it holds shards (a rerun) or with ``--force``."""
+    if out.exists():
+        if not out.is_dir():
+            raise QgenError(f"{str(out)!r} exists and is not a folder")
+        if not (out / SHARDS).is_dir() and not force:
+            raise QgenError(f"output folder {str(out)!r} exists and holds no shards to resume; "
+                            f"pass --force to replace it")
+    elif not out.parent.is_dir():
+        raise QgenError(f"folder {str(out.parent)!r} does not exist")
+
+
+def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> int:
+    """The sharded run of ``qgen-reconstruct``'s parsed ``args``; its exit code. Only rank 0
+    prints: errors (one line naming the failed ranks), the progress bar and the summary."""
+    from qgen_infer.cli.reconstruct import _device
+
+    device = _device(args)
+    env = join("cuda" if device and device.startswith("cuda") else "cpu")
+    try:
+        return _sharded(args, out, env, device_for(env, device))
+    except JobFailed as exc:
+        if env.is_main:
+            print(f"qgen-reconstruct: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR if exc.user_error else EXIT_FAILED
+    except KeyboardInterrupt:
+        if env.is_main:
+            print(f"qgen-reconstruct: interrupted; finished shards are kept in {out / SHARDS}: "
+                  f"rerun the same command (without --force) to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        leave()
+
+
+def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None) -> int:
+    import tqdm
+
+    from qgen_infer.arrays import open_measurements
+    from qgen_infer.cli.reconstruct import (
+        _commit,
+        _load_truth,
+        _make_stage,
+        _setup,
+        _summary_line,
+        _write_results,
+    )
+
+    error: BaseException | None = None
+    truth = None
+    try:
+        model, opts, settings = _setup(args, device)
+        if env.is_main:
+            _check_out(out, args.force)
+            images = open_measurements(args.measurements, int(model.config["measurements"]))
+            truth = _load_truth(args, model, images.shape[0])
+    except Exception as exc:  # reported by every rank together
+        error = exc
+    check_all(env, error)
+    bar = None
+    if env.is_main and not args.quiet:
+        bar = tqdm.tqdm(unit="img", desc=f"rank 0 of {env.world_size}: {model.backend.name} "
+                                         f"{model.bits}-bit")
+    try:
+        run = reconstruct_sharded(model, args.measurements, out / SHARDS, opts, fresh=args.force,
+                                  env=env, on_images=bar.update if bar is not None else None,
+                                  cuda_graph=args.cuda_graph, precision=args.precision)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not env.is_main:
+        return 0
+    extra: dict[str, Any] = {"distributed": {
+        "world_size": env.world_size, "shards": run.plan.count,
+        "shard_images": run.plan.shard_images, "shards_skipped": run.skipped,
+        "wall_seconds": run.wall_seconds}}
+    stage = _make_stage(out)
+    try:
+        m = _write_results(stage, model, run.result, truth, settings, interrupted=False,
+                           extra=extra)
+        _commit(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(_summary_line(m, model, out) + f" ({env.world_size} processes, {run.skipped} of "
+          f"{run.plan.count} shards from an earlier run, {run.wall_seconds:.2f} s wall)")
+    return 0

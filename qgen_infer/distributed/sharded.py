@@ -1,0 +1,295 @@
+"""Reconstruction split across the ranks of a torch.distributed job, in resumable shards.
+
+The images are cut into shards of whole solver batches, at the batch boundaries a
+single-process run uses, and an image's random starts depend on the seed, the restarts and its
+index only (:class:`qgen_infer.reconstruction.StartLatents`): so every image is solved exactly
+as ``qgen_infer.reconstruct`` solves it in one process, and the merged result is the same, bit
+for bit, on the same backend and thread count. The shard folder::
+
+    DIR/manifest.json      the job (model file hash, input, solver settings, backend) and the
+                           shard size, written by rank 0 before any work
+    DIR/shard-00003.npz    images [start, stop) of shard 3: x_hat, z, loss, batch_seconds
+
+A shard file exists only once complete (written under a temporary name, flushed to disk,
+renamed), so a rank killed mid-shard leaves nothing that looks finished. A rerun of the same job
+reads the manifest, skips the finished shards and deals the rest out among its ranks (any
+number of them). Measurements given as a ``.npy`` path are memory-mapped and read one shard at
+a time. On several nodes DIR must be a folder they all share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qgen_infer.distributed.env import DistEnv, broadcast, check_all, join
+from qgen_infer.errors import QgenError
+from qgen_infer.reconstruction import Reconstruction, SolverOptions, reconstruct, solver_options
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "qgen-shards"
+MANIFEST_VERSION = 1
+# Shards per rank by default: several, so that a lost rank costs a fraction of its share and a
+# rerun on fewer ranks still balances; few, so that files stay large and the merge cheap.
+SHARDS_PER_RANK = 4
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """``images`` cut into shards of ``shard_images`` (the last one shorter)."""
+
+    images: int
+    shard_images: int
+
+    @property
+    def count(self) -> int:
+        return math.ceil(self.images / self.shard_images)
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        start = k * self.shard_images
+        return start, min(start + self.shard_images, self.images)
+
+
+def default_shard_images(images: int, batch_size: int, world_size: int) -> int:
+    """Whole batches, about :data:`SHARDS_PER_RANK` shards per rank."""
+    batches = math.ceil(images / batch_size)
+    return max(1, math.ceil(batches / (world_size * SHARDS_PER_RANK))) * batch_size
+
+
+@dataclass
+class ShardedRun:
+    """What :func:`reconstruct_sharded` did. ``result`` (rank 0 only; None elsewhere): the whole
+    reconstruction, merged from the shards, its ``batch_seconds`` every batch's compute time in
+    image order. ``skipped``: shards finished by an earlier run; ``solved_here``: shards this
+    rank solved."""
+
+    result: Reconstruction | None
+    plan: ShardPlan
+    skipped: int
+    solved_here: int
+    wall_seconds: float
+
+
+class _Measurements:
+    """The measurements ``[N, m]``: a memory-mapped ``.npy`` read a chunk of rows at a time, or
+    an array already in memory."""
+
+    def __init__(self, y: str | os.PathLike | np.ndarray, m: int) -> None:
+        from qgen_infer.arrays import open_measurements
+
+        self.path = Path(y) if isinstance(y, (str, os.PathLike)) else None
+        if self.path is not None:
+            self.array = open_measurements(self.path, m)
+            st = self.path.stat()
+            self.identity = {"path": str(self.path.resolve()), "bytes": st.st_size,
+                             "mtime_ns": st.st_mtime_ns}
+        else:
+            from qgen_infer.reconstruction import _measurements_tensor
+
+            self.array = _measurements_tensor(y, m).numpy()
+            self.identity = {"sha256": hashlib.sha256(self.array.tobytes()).hexdigest()}
+        self.images = int(self.array.shape[0])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self.path is None:
+            return self.array[start:stop]
+        from qgen_infer.arrays import measurement_rows
+
+        return measurement_rows(self.array, start, stop, self.path)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def job_identity(model: Any, source: _Measurements, opts: SolverOptions,
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    """Everything a shard's values depend on: a rerun resumes only when all of it is equal."""
+    return {"model_sha256": _file_sha256(model.path) if model.path else None,
+            "backend": model.backend.name, "device_type": model.device.type,
+            "input": source.identity, "images": source.images, "settings": asdict(opts),
+            **extra}
+
+
+def shard_path(folder: Path, k: int) -> Path:
+    return folder / f"shard-{k:05d}.npz"
+
+
+def _prepare(folder: Path, identity: dict[str, Any], plan: ShardPlan, fresh: bool
+             ) -> tuple[ShardPlan, list[int]]:
+    """Rank 0: the job's manifest (written, or read and held to ``identity``) and the finished
+    shards. ``fresh`` discards an earlier job's shards first."""
+    manifest = folder / MANIFEST
+    if fresh:
+        for old in [*folder.glob("shard-*.npz*"), manifest]:
+            old.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob("shard-*.tmp"):  # a rank stopped mid-write: never finished
+        tmp.unlink(missing_ok=True)
+    if manifest.is_file():
+        try:
+            saved = json.loads(manifest.read_text())
+            old_identity = saved["job"]
+            plan = ShardPlan(int(saved["images"]), int(saved["shard_images"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise QgenError(f"{manifest} is not a readable shard manifest ({exc}); remove the "
+                            f"folder or start over with --force") from None
+        differ = _differences(old_identity, identity)
+        if differ:
+            raise QgenError(f"{folder} holds shards of another job ({'; '.join(differ)}); rerun "
+                            f"the same command to resume it, or start over with --force")
+    else:
+        from qgen_infer.arrays import write_text_atomic
+
+        write_text_atomic(manifest, json.dumps({
+            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "images": plan.images,
+            "shard_images": plan.shard_images, "job": identity}, indent=2) + "\n")
+    finished = [k for k in range(plan.count) if shard_path(folder, k).is_file()]
+    return plan, finished
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[str]:
+    out = []
+    for key in sorted({*old, *new}):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{where}{key}.")
+        elif a != b:
+            out.append(f"{where}{key} was {a!r}, now {b!r}")
+    return out
+
+
+def _write_shard(folder: Path, k: int, start: int, rec: Reconstruction) -> None:
+    """Write shard ``k`` under a temporary name, flush it to disk, then rename: the final name
+    appears only for a complete file."""
+    tmp = folder / f"shard-{k:05d}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, start=np.int64(start), x_hat=rec.x_hat, z=rec.z, loss=rec.loss,
+                 batch_seconds=np.asarray(rec.batch_seconds, np.float64))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, shard_path(folder, k))
+
+
+def _read_shard(folder: Path, k: int, plan: ShardPlan, out: Reconstruction) -> list[float]:
+    """Shard ``k``'s values into ``out``; its batch times."""
+    path = shard_path(folder, k)
+    start, stop = plan.bounds(k)
+    if not path.is_file():
+        raise QgenError(f"shard {k} (images {start}..{stop - 1}) is missing from {folder} after "
+                        f"every rank finished; on several nodes the output folder must be one "
+                        f"they all share")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            parts = {name: data[name] for name in ("start", "x_hat", "z", "loss",
+                                                   "batch_seconds")}
+    except Exception as exc:  # np.load raises many types on a damaged zip
+        raise QgenError(f"shard file {path} is unreadable ({exc}); delete it and rerun to "
+                        f"solve it again") from None
+    n = stop - start
+    want = {"x_hat": out.x_hat.shape[1:], "z": out.z.shape[1:], "loss": ()}
+    if int(parts["start"]) != start or any(parts[name].shape != (n, *shape)
+                                           for name, shape in want.items()):
+        raise QgenError(f"shard file {path} does not hold images {start}..{stop - 1} of this "
+                        f"job; delete it and rerun to solve it again")
+    out.x_hat[start:stop], out.z[start:stop], out.loss[start:stop] = (
+        parts["x_hat"], parts["z"], parts["loss"])
+    return [float(t) for t in parts["batch_seconds"]]
+
+
+def _merge(folder: Path, plan: ShardPlan, model: Any, opts: SolverOptions) -> Reconstruction:
+    n, shape = plan.images, tuple(model.config["image_shape"])
+    out = Reconstruction(x_hat=np.zeros((n, *shape), np.float32),
+                         z=np.zeros((n, opts.latent_dim), np.float32),
+                         loss=np.full(n, np.nan, np.float32), done=n)
+    for k in range(plan.count):
+        out.batch_seconds += _read_shard(folder, k, plan, out)
+    return out
+
+
+def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: str | os.PathLike,
+                        options: SolverOptions | None = None, *, shard_images: int | None = None,
+                        fresh: bool = False, env: DistEnv | None = None,
+                        on_images: Callable[[int], None] | None = None,
+                        cuda_graph: bool | None = None, precision: str = "fp32",
+                        **overrides: Any) -> ShardedRun:
+    """:func:`qgen_infer.reconstruct` over the ranks of this process's torch.distributed job
+    (started by ``torchrun``; a job of one otherwise), resumable, with its shards in ``folder``.
+
+    Every rank calls it with the same arguments. ``y``: a ``.npy`` path (memory-mapped, read a
+    shard at a time) or an array ``[N, m]``. ``shard_images`` (rounded up to whole batches;
+    default :func:`default_shard_images`) applies to a new job; a rerun keeps its manifest's.
+    ``fresh`` discards the shards of an earlier job in ``folder``; without it a rerun with
+    other inputs or settings is refused, and one with the same skips the finished shards.
+    ``on_images(count)``: called as this rank finishes images. Rank 0 returns the merged
+    :class:`Reconstruction` in ``.result``. A failure on any rank raises
+    :class:`qgen_infer.distributed.JobFailed` on every rank, naming the ranks that failed.
+    """
+    t0 = time.perf_counter()
+    env = env or join(model.device.type)
+    folder = Path(folder)
+    error: BaseException | None = None
+    state = None
+    try:
+        if options is not None and overrides:
+            raise QgenError(f"pass either options or keyword overrides, not both "
+                            f"(got {', '.join(sorted(overrides))})")
+        opts = options or solver_options(model, **overrides)
+        source = _Measurements(y, int(model.config["measurements"]))
+        if env.is_main:
+            size = shard_images or default_shard_images(source.images, opts.batch_size,
+                                                        env.world_size)
+            if size < 1:
+                raise QgenError(f"shard size must be at least 1 image, got {size}")
+            size = math.ceil(size / opts.batch_size) * opts.batch_size
+            identity = job_identity(model, source, opts, {"cuda_graph": cuda_graph,
+                                                          "precision": precision})
+            state = _prepare(folder, identity, ShardPlan(source.images, size), fresh)
+    except Exception as exc:  # reported by every rank together, below
+        error = exc
+    check_all(env, error)
+    plan, finished = broadcast(env, state)
+    pending = [k for k in range(plan.count) if k not in set(finished)]
+    mine = pending[env.rank::env.world_size]
+
+    error = None
+    try:  # the input's values, checked a shard at a time before any rank starts solving
+        for k in mine:
+            source.rows(*plan.bounds(k))
+    except Exception as exc:
+        error = exc
+    check_all(env, error)
+
+    error = None
+    try:
+        for k in mine:
+            start, stop = plan.bounds(k)
+            seen = [0]
+
+            def progress(rec: Reconstruction, done: int, seen: list[int] = seen) -> None:
+                if on_images is not None:
+                    on_images(done - seen[0])
+                seen[0] = done
+
+            rec = reconstruct(model, source.rows(start, stop), opts, on_batch=progress,
+                              cuda_graph=cuda_graph, precision=precision, first_index=start)
+            _write_shard(folder, k, start, rec)
+    except Exception as exc:
+        error = exc
+    check_all(env, error)
+    result = _merge(folder, plan, model, opts) if env.is_main else None
+    return ShardedRun(result=result, plan=plan, skipped=len(finished), solved_here=len(mine),
+                      wall_seconds=time.perf_counter() - t0)
