@@ -13,13 +13,16 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from qgen_infer.errors import QgenError
 from qgen_infer.solve import reconstruct_latent, sample_latent
+
+if TYPE_CHECKING:
+    from qgen_infer.engine.loader import QgenModel
 
 SEED_STRIDE = 1_000_003  # chunk seeds: seed * SEED_STRIDE + chunk (distinct for chunk < it)
 START_CHUNK = 256  # images whose random starts are drawn together (see StartLatents)
@@ -59,19 +62,22 @@ class Reconstruction:
 
 
 def solver_options(model: Any, *, sparsity: int | None = None, steps: int | None = None,
-                   step_size: float | None = None, restarts: int = 1, batch_size: int = 256,
-                   seed: int = 0, project: bool | None = None) -> SolverOptions:
-    """The file's solver defaults, overridden by any argument that is not None; validated."""
+                   step_size: float | None = None, restarts: int | None = None,
+                   batch_size: int | None = None, seed: int | None = None,
+                   project: bool | None = None) -> SolverOptions:
+    """The file's solver defaults (and :class:`SolverOptions`' for ``restarts``, ``batch_size``
+    and ``seed``), overridden by any argument that is not None; validated."""
     sv = model.solver
     latent = int(model.config["latent_dim"])
     s = sparsity if sparsity is not None else sv.get("sparsity")
+    run = {k: int(v) for k, v in (("restarts", restarts), ("batch_size", batch_size),
+                                  ("seed", seed)) if v is not None}
     opts = SolverOptions(
         latent_dim=latent,
         sparsity=None if s is None else int(s),
         steps=int(steps if steps is not None else sv.get("steps", 3)),
         step_size=float(step_size if step_size is not None else sv.get("step_size", 0.01)),
-        project=bool(project if project is not None else sv.get("project", True)),
-        restarts=int(restarts), batch_size=int(batch_size), seed=int(seed))
+        project=bool(project if project is not None else sv.get("project", True)), **run)
     if opts.sparsity is not None and not 1 <= opts.sparsity <= latent:
         raise QgenError(f"sparsity must be between 1 and the latent dimension {latent}, "
                         f"got {opts.sparsity}")
@@ -190,32 +196,51 @@ def _graph_solver(model: Any, generator: Callable, sensing: Callable,
     return solvers[key]
 
 
-def reconstruct(model: Any, y: np.ndarray | torch.Tensor, options: SolverOptions | None = None,
-                *, on_batch: Callable[[Reconstruction, int], None] | None = None,
+def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
+                options: SolverOptions | None = None, *, steps: int | None = None,
+                restarts: int | None = None, sparsity: int | None = None,
+                step_size: float | None = None, batch_size: int | None = None,
+                seed: int | None = None, project: bool | None = None,
                 cuda_graph: bool | None = None, precision: str = "fp32",
-                first_index: int = 0, **overrides: Any) -> Reconstruction:
-    """Reconstruct images from measurements ``y`` ``[N, m]`` with a model from
-    :func:`qgen_infer.load`.
+                on_batch: Callable[[Reconstruction, int], None] | None = None,
+                first_index: int = 0) -> Reconstruction:
+    """Recover images from measurements ``y`` ``[N, m]`` (an array or a tensor, e.g. from
+    :func:`qgen_infer.measure`) with a model from :func:`qgen_infer.load`, by latent proximal
+    gradient descent through its packed generator:
+    ``z <- P_s(z - step_size * grad_z ||y - A(G(z))||^2)``.
 
-    ``options`` (or keyword overrides of the file's defaults: ``sparsity``, ``steps``,
-    ``step_size``, ``restarts``, ``batch_size``, ``seed``) set the solver.
-    ``on_batch(result, done)`` is called after each batch (progress, partial saves). An image's
-    random starts depend on ``seed``, ``restarts`` and its index only (:class:`StartLatents`):
-    ``batch_size`` changes speed and memory, not the result (beyond float rounding of
-    differently-sized products).
+    Solver settings; None takes the default named, which for the first four is the value stored
+    in the file (the one the model was trained with), as in ``qgen-reconstruct``:
+
+    * ``steps``: proximal steps T; ``sparsity``: latent non-zeros s kept by the hard threshold;
+      ``step_size``: beta (the learned one); ``project``: z projected to the unit sphere.
+    * ``restarts`` (default 1): random starts per image; the lowest measurement loss wins.
+    * ``batch_size`` (default 256): images solved together; speed and memory, not the result.
+    * ``seed`` (default 0): an image's random starts depend on ``seed``, ``restarts`` and its
+      index only (:class:`StartLatents`), never on ``batch_size`` or the other images (beyond
+      float rounding of differently-sized products).
+    * ``options``: a :class:`SolverOptions` from :func:`solver_options` instead of the six
+      keywords above (passing both is an error).
+
     ``cuda_graph`` (default: on when the model is on a CUDA device) replays each solver step
     from a captured CUDA graph (:mod:`qgen_infer.solve.cuda_graph`); same result, no per-step
-    launches.
-    ``precision``: ``fp32`` (default), or ``fp16`` / ``bf16`` activations for the networks on a
-    CUDA device (tensor cores; the latent, loss and update stay fp32).
+    launches. ``precision``: ``"fp32"`` (default), or ``"fp16"`` / ``"bf16"`` activations for
+    the networks on a CUDA device (tensor cores; the latent, loss and update stay fp32).
+    ``on_batch(result, done)`` is called after each batch (progress bars, partial saves).
     ``first_index``: the index of ``y``'s first row in a larger set that is solved in parts
     (a shard of :mod:`qgen_infer.distributed`): row ``i`` gets image ``first_index + i``'s starts.
-    On KeyboardInterrupt the partial result is attached to the exception as ``.partial``.
+
+    Returns a :class:`Reconstruction` (``x_hat`` ``[N, C, H, W]`` in [-1, 1], ``z``, per-image
+    measurement ``loss``, ``seconds``). On KeyboardInterrupt the partial result is attached to
+    the exception as ``.partial``.
     """
-    if options is not None and overrides:
-        raise QgenError(f"pass either options or keyword overrides, not both "
-                        f"(got {', '.join(sorted(overrides))})")
-    opts = options or solver_options(model, **overrides)
+    given = {k: v for k, v in (("steps", steps), ("restarts", restarts), ("sparsity", sparsity),
+                               ("step_size", step_size), ("batch_size", batch_size),
+                               ("seed", seed), ("project", project)) if v is not None}
+    if options is not None and given:
+        raise QgenError(f"pass either options or solver keywords, not both "
+                        f"(got {', '.join(sorted(given))})")
+    opts = options or solver_options(model, **given)
     y_t = _measurements_tensor(y, int(model.config["measurements"]))
     n = y_t.shape[0]
     shape = tuple(model.config["image_shape"])

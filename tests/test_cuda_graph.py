@@ -61,7 +61,7 @@ def test_graph_replay_equals_eager(qgen_files, backend: str, key, n: int, batch:
 def test_graph_is_captured_once_per_batch_shape(qgen_files) -> None:
     from qgen_infer.solve.cuda_graph import CudaGraphSolver
 
-    model = qgen_infer.load(qgen_files[("mlp", 4)], device="cuda")
+    model = qgen_infer.load(qgen_files[("mlp", 4)], backend="reference", device="cuda")
     solver = CudaGraphSolver(model.generator, model.sensing, step_size=0.01, sparsity=5,
                              project=True)
     d, m = model.config["latent_dim"], model.config["measurements"]
@@ -94,7 +94,7 @@ def test_triton_on_gpu_equals_reference_on_cpu(qgen_files, key, monkeypatch) -> 
 def test_later_calls_replay_the_captured_graphs(qgen_files) -> None:
     """The graphed solver is kept on the model: a second reconstruction with the same settings
     captures nothing new and gives the same result; other settings get their own solver."""
-    model = qgen_infer.load(qgen_files[("mlp", 4)], device="cuda")
+    model = qgen_infer.load(qgen_files[("mlp", 4)], backend="reference", device="cuda")
     y = _measure(model, 5, seed=2)
     first = qgen_infer.reconstruct(model, y, batch_size=5, steps=3, cuda_graph=True)
     (solver,) = model._graph_solvers.values()

@@ -389,7 +389,8 @@ def test_digits_default(offline):
     assert x.min() == -1.0 and x.max() <= 1.0 and x.max() > 0.9
     assert torch.equal(load_images("digits", limit=10), x[:10])
     assert load_images("digits", image_size=28).shape == (1797, 1, 28, 28)
-    assert load_split(None).shape == (1500, 1, 16, 16)
+    assert load_split(None, split="train").shape == (1500, 1, 16, 16)
+    assert torch.equal(load_split(None), x[1500:])  # the default split is eval, as qgen-measure's
     assert torch.equal(load_split("digits", split="eval"), x[1500:])
 
 

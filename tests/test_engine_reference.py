@@ -54,7 +54,7 @@ def _weighted_sum(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(("family", "bits", "granularity"), CASES)
 def test_generator_and_gradient_match_checkpoint(family, bits, granularity, exported) -> None:
     qgen_path, ckpt_path = exported(family, bits, granularity)
-    model = qgen_infer.load(qgen_path)
+    model = qgen_infer.load(qgen_path, backend="reference")
     gen, _ = build_from_checkpoint(load_checkpoint(ckpt_path))
     torch.manual_seed(bits)
     z = torch.randn(5, model.config["latent_dim"])
@@ -70,7 +70,7 @@ def test_generator_and_gradient_match_checkpoint(family, bits, granularity, expo
 @pytest.mark.parametrize("family", ["mlp", "dcgan"])
 def test_reference_weights_are_the_fake_quantized_ones(family, exported) -> None:
     qgen_path, ckpt_path = exported(family, 3, "channel")
-    model = qgen_infer.load(qgen_path)
+    model = qgen_infer.load(qgen_path, backend="reference")
     gen, _ = build_from_checkpoint(load_checkpoint(ckpt_path))
     for name, module in model.generator.named_children():
         if not isinstance(module, (PackedLinear, PackedConv2d, PackedConvTranspose2d)):

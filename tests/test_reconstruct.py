@@ -73,7 +73,7 @@ def _measure(model: Any, x: np.ndarray) -> np.ndarray:
 def problem(models, tmp_path_factory) -> dict[str, Any]:
     """The 4-bit tiny MLP, N_IMAGES truths and their measurements, also saved as .npy files."""
     ckpt, qgen = models("mlp", 4)
-    model = qgen_infer.load(qgen)
+    model = qgen_infer.load(qgen, backend="reference")
     x = _images(model.config["image_shape"])
     y = _measure(model, x)
     folder = tmp_path_factory.mktemp("inputs")
@@ -161,7 +161,7 @@ def test_triton_backend_equals_reference(models, tmp_path: Path, bits: int) -> N
     """The Triton kernels under the interpreter, in a subprocess: TRITON_INTERPRET must be set
     before Triton is imported, and must not leak into the rest of the test session."""
     _, qgen = models("mlp", bits)
-    ref = qgen_infer.load(qgen)
+    ref = qgen_infer.load(qgen, backend="reference")
     y = _measure(ref, _images(ref.config["image_shape"], 5))
     np.save(tmp_path / "y.npy", y)
     env = {**os.environ, "TRITON_INTERPRET": "1", "QGEN_TRITON_AUTOTUNE": "0",

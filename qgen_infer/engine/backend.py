@@ -147,6 +147,9 @@ class ReferenceBackend:
 
     name = "reference"
 
+    def __repr__(self) -> str:
+        return "ReferenceBackend()"
+
     def prepare(self, weight: MatrixWeight) -> torch.Tensor:
         return weight.dequantize()
 

@@ -145,6 +145,9 @@ class CpuBackend:
         self.threads = threads
         self.thread_pool = choose_thread_pool(ext)
 
+    def __repr__(self) -> str:
+        return f"CpuBackend(isa={self.isa!r}, threads={self.threads or 'torch'})"
+
     def _threads(self) -> int:
         """The kernels' thread count: the fixed one, else torch's at call time, so that
         ``torch.set_num_threads`` (qgen-reconstruct --threads) governs the whole solve."""

@@ -25,7 +25,7 @@ from qgen_infer.format.packing import shape_numel
 from qgen_infer.models import ConfigError, Reshape, build_sensing, complete_config
 
 
-@dataclass
+@dataclass(repr=False)  # the generated repr would print every packed layer and tensor
 class QgenModel:
     """A loaded ``.qgen`` model.
 
@@ -45,6 +45,15 @@ class QgenModel:
     device: torch.device
     path: Path | None = None
     layers: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        c = self.config
+        where = f"{str(self.path)!r}, " if self.path is not None else ""
+        return (f"QgenModel({where}bits={self.bits}, backend={self.backend.name!r}, "
+                f"device={str(self.device)!r}, network={c.get('family')!r}, "
+                f"latent_dim={c.get('latent_dim')}, image_shape={list(c['image_shape'])}, "
+                f"measurements={c.get('measurements')}, sparsity={self.solver.get('sparsity')}, "
+                f"steps={self.solver.get('steps')})")
 
 
 def _device(device: torch.device | str | None) -> torch.device:
@@ -121,13 +130,17 @@ def build_plain_sensing(config: dict[str, Any], state: dict[str, torch.Tensor],
     return sensing.to(device).eval().requires_grad_(False)
 
 
-def load(path: str | Path, backend: str = "reference",
+def load(path: str | Path, backend: str = "auto",
          device: torch.device | str | None = None) -> QgenModel:
-    """Load a ``.qgen`` file onto ``device`` (default CPU) with the named backend.
+    """Load a packed ``.qgen`` model file (written by ``qgen-export``) onto ``device``.
 
-    ``backend``: ``"reference"`` (dequantize once, plain torch; the oracle), ``"cpu"``,
-    ``"triton"``, or ``"auto"`` (triton on CUDA, else cpu when built, else reference).
-    Malformed files raise :class:`FormatError`; unknown or unavailable backends :class:`QgenError`.
+    ``backend``: ``"auto"`` (the default, as ``qgen-reconstruct --backend``: ``triton`` on a
+    CUDA device, else the C++ ``cpu`` kernels when built, else ``reference``), ``"cpu"``,
+    ``"triton"`` or ``"reference"`` (dequantize once, plain torch: the oracle the others are
+    tested against). ``device``: a torch device (default CPU).
+
+    Returns a :class:`QgenModel`. A malformed file raises :class:`FormatError`, an unknown or
+    unavailable backend :class:`QgenError`.
     """
     dev = _device(device)
     engine = get_backend(backend, dev)

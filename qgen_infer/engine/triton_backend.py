@@ -49,6 +49,9 @@ class TritonBackend:
 
         self.device = torch.device(device) if device is not None else _default_device()
 
+    def __repr__(self) -> str:
+        return f"TritonBackend(device={str(self.device)!r})"
+
     def prepare(self, weight: MatrixWeight):
         from qgen_infer.kernels.layout import PackedKWords
 
