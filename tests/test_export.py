@@ -147,7 +147,22 @@ def test_cli_export_default_output(tiny_checkpoint, tmp_path: Path) -> None:
     copy = tmp_path / "model.pt"
     copy.write_bytes(src.read_bytes())
     assert export_main([str(copy)]) == 0
-    assert read_qgen(tmp_path / "model.qgen").bits == 1
+    assert read_qgen(tmp_path / "model-w1.qgen").bits == 1
+    # another width from the same checkpoint gets its own default file, no "exists" collision
+    assert export_main([str(copy), "--bits", "2"]) == 0
+    assert read_qgen(tmp_path / "model-w2.qgen").bits == 2
+    assert read_qgen(tmp_path / "model-w1.qgen").bits == 1
+
+
+def test_cli_export_reports_missing_bits_before_the_output(
+        tiny_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 32-bit checkpoint without --bits: that is the error, even when the output exists."""
+    out = tmp_path / "m.qgen"
+    out.write_bytes(b"somebody's file")
+    assert export_main([str(tiny_checkpoint("mlp", 32, "tensor")), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--bits" in err and "exists" not in err and err.count("\n") == 1, err
+    assert out.read_bytes() == b"somebody's file"
 
 
 def test_cli_export_refuses_to_overwrite_without_force(

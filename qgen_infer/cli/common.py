@@ -1,4 +1,5 @@
-"""What every command-line tool shares: one-line errors, exit codes, Ctrl-C."""
+"""What every command-line tool shares: one-line errors, exit codes, Ctrl-C, help that states
+each default once, and the old spellings of renamed options."""
 
 from __future__ import annotations
 
@@ -12,18 +13,101 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each option; the description and the epilog's examples printed as
-    written (argparse would otherwise refill them into one paragraph)."""
+# The data set names of qgen_infer.data.DATASETS, here so that building a parser (and --help)
+# does not import torch; tests/test_cli_surface.py holds the two equal.
+DATASET_NAMES = ("mnist", "cifar10", "svhn", "stl10", "folder", "digits", "patches")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default stated once: appended as "(default: X)" unless the help text
+    already says what the default is (argparse's ArgumentDefaultsHelpFormatter appends it
+    regardless, which printed "(default: as trained) (default: None)"). A default of None or
+    False means "not given" and is not printed. The description and the epilog's examples are
+    printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower()
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _rewrite(argv: list[str], renamed: dict[str, str]) -> list[str]:
+    """``argv`` with each old option spelling replaced by its current one (``--out X`` and
+    ``--out=X`` alike); nothing after a bare ``--`` is touched."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        flag, eq, value = arg.partition("=")
+        out.append(renamed[flag] + eq + value if flag in renamed else arg)
+    return out
+
+
+def _take_option(argv: list[str], flag: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``, and the value (None when absent; the
+    last one wins, as with argparse)."""
+    rest: list[str] = []
+    value, i = None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return rest + argv[i:], value
+        if arg == flag and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, value
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error convention (one line, exit 2) and defaults shown."""
+    """argparse with the project's error convention (one line, exit 2), each default stated
+    once, and old option spellings kept working without being shown:
+
+    * ``add_input(dest, old_flag=...)``: a required input file, positional in the order the
+      data flows (the model first); ``old_flag`` (e.g. ``--model``) is still accepted.
+    * ``rename(old, new)``: ``old`` (e.g. ``--out`` where the option now is ``--out-dir``) is
+      read as ``new``.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._renamed: dict[str, str] = {}
+        self._input_flags: list[str | None] = []
+
+    def add_input(self, dest: str, *, help: str, metavar: str,
+                  old_flag: str | None = None) -> None:
+        self.add_argument(dest, metavar=metavar, help=help)
+        self._input_flags.append(old_flag)
+
+    def rename(self, old: str, new: str) -> None:
+        self._renamed[old] = new
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        argv = _rewrite(list(sys.argv[1:] if args is None else args), self._renamed)
+        # inputs given by their old flags become positionals again: those before the first
+        # input given positionally go in front, the others after everything (argparse fills
+        # positionals in order wherever they stand between options)
+        front: list[str] = []
+        back: list[str] = []
+        positional_seen = False
+        for flag in self._input_flags:
+            value = None
+            if flag is not None:
+                argv, value = _take_option(argv, flag)
+            if value is None:
+                positional_seen = True
+            else:
+                (back if positional_seen else front).append(value)
+        return super().parse_known_args(front + argv + back, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n"
@@ -54,3 +138,17 @@ def default_eval_size(dataset: str | None, count: int) -> int:
 
     default = dataset_info(dataset)["eval_size"]
     return int(default) if default is not None else max(1, round(0.1 * count))
+
+
+def check_data_flags(dataset: str | None, root: str | None) -> None:
+    """``--data`` / ``--data-root`` mistakes named by their flags, before a loader reports them
+    in the words of its Python arguments (``root=``)."""
+    from qgen_infer.data import dataset_info
+
+    info = dataset_info(dataset)  # an unknown name: argparse's choices caught it already
+    if info["embedded"] and root is not None:
+        raise QgenError(f"--data {info['name']} is embedded in the package and takes no "
+                        f"--data-root (got {root!r}); drop --data-root")
+    if not info["embedded"] and root is None:
+        raise QgenError(f"--data {info['name']} needs --data-root DIR, the folder holding its "
+                        f"files ({info['description']})")

@@ -22,22 +22,24 @@ quantization (allowed, with a warning, and recorded in the file).
 
 EPILOG = """\
 examples:
-  qgen-export runs/mnist/model.pt                 # at the trained width, to runs/mnist/model.qgen
-  qgen-export model.pt --bits 2 --out model-w2.qgen --granularity channel
-  qgen-export model.pt --force                    # replace an existing model.qgen
+  qgen-export runs/mnist/model.pt            # at the trained width K, to runs/mnist/model-wK.qgen
+  qgen-export model.pt --bits 2 --granularity channel      # to model-w2.qgen
+  qgen-export model.pt --bits 1 --out mnist-1bit.qgen --force   # replace an existing file
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="qgen-export", description=DESCRIPTION, epilog=EPILOG)
-    p.add_argument("model", help="training checkpoint (model.pt); read with "
-                   "torch.load(weights_only=True), no pickle code runs")
+    p.add_input("model", metavar="MODEL.pt", help="training checkpoint written by qgen-train; "
+                "read with torch.load(weights_only=True), no pickle code runs")
     p.add_argument("--bits", type=int, choices=(1, 2, 3, 4), default=None,
                    help="bits per weight (default: the trained width; required when the "
                    "checkpoint was trained at full precision)")
     p.add_argument("--granularity", choices=("tensor", "channel"), default=None,
                    help="one scale per tensor or per output channel (default: as trained)")
-    p.add_argument("--out", default=None, help="output file (default: MODEL with suffix .qgen)")
+    p.add_argument("--out", metavar="FILE.qgen", default=None,
+                   help="the packed model file to write (default: MODEL-wK.qgen beside the "
+                        "checkpoint, K the bit width)")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing output file (it is replaced atomically, only "
                         "after the new one is complete)")
@@ -45,14 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    from qgen_infer.checkpoint import load_checkpoint
     from qgen_infer.errors import QgenError
-    from qgen_infer.export import PostTrainingQuantizationWarning, export_checkpoint
-    from qgen_infer.export.exporter import default_output_path
+    from qgen_infer.export import PostTrainingQuantizationWarning
+    from qgen_infer.export.exporter import (
+        checkpoint_export_bits,
+        default_output_path,
+        write_export,
+    )
     from qgen_infer.format.summary import human_bytes
 
     args = build_parser().parse_args(argv)
     src = Path(args.model)
-    out = Path(args.out) if args.out is not None else default_output_path(src)
+    # the checkpoint and --bits first: a missing --bits is the error to report, not the output
+    ckpt = load_checkpoint(src)
+    bits = checkpoint_export_bits(ckpt, args.bits)
+    out = Path(args.out) if args.out is not None else default_output_path(src, bits)
     if out.is_dir():
         raise QgenError(f"--out {str(out)!r} is a folder; name the .qgen file to write")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
@@ -62,7 +72,7 @@ def _body(argv: Sequence[str] | None) -> int:
     with warnings.catch_warnings():
         # reported below as one readable line instead of Python's file:line warning format
         warnings.simplefilter("ignore", PostTrainingQuantizationWarning)
-        result = export_checkpoint(src, out, args.bits, args.granularity)
+        result = write_export(ckpt, out, bits, args.granularity)
     for note in result.warnings:
         print(f"qgen-export: warning: {note}", file=sys.stderr)
     ratio = 4 * result.weight_count / max(result.packed_bytes, 1)

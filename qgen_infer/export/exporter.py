@@ -109,6 +109,28 @@ def solver_defaults(ckpt: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def export_bits(trained_bits: int, bits: int | None) -> int:
+    """The width to export: ``bits``, else the trained one (a full-precision checkpoint has
+    none to give, so ``bits`` is then required)."""
+    if bits is None:
+        if trained_bits not in PACKED_BITS:
+            raise QgenError("the checkpoint was trained at full precision (32 bits); choose the "
+                            "export width with --bits 1..4")
+        bits = trained_bits
+    if bits not in PACKED_BITS:
+        raise QgenError(f"--bits must be one of {PACKED_BITS}, got {bits}")
+    return bits
+
+
+def checkpoint_export_bits(ckpt: dict[str, Any], bits: int | None = None) -> int:
+    """:func:`export_bits` for a loaded checkpoint (its config's trained width)."""
+    try:
+        trained_bits = int(ckpt["config"]["bits"])
+    except (KeyError, TypeError, ValueError):
+        raise QgenError("the checkpoint's network config has no valid 'bits'") from None
+    return export_bits(trained_bits, bits)
+
+
 def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
                     granularity: str | None = None) -> tuple[QgenFile, list[str]]:
     """Quantize and pack a loaded checkpoint; returns the file content and any warnings."""
@@ -117,13 +139,7 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise QgenError(f"the checkpoint's network config is invalid ({exc})") from None
     trained_bits, trained_granularity = int(config["bits"]), str(config["granularity"])
-    if bits is None:
-        if trained_bits not in PACKED_BITS:
-            raise QgenError("the checkpoint was trained at full precision (32 bits); choose the "
-                            "export width with --bits 1..4")
-        bits = trained_bits
-    if bits not in PACKED_BITS:
-        raise QgenError(f"--bits must be one of {PACKED_BITS}, got {bits}")
+    bits = export_bits(trained_bits, bits)
     granularity = granularity or trained_granularity
     if granularity not in GRANULARITIES:
         raise QgenError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
@@ -161,14 +177,16 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
     return qf, notes
 
 
-def default_output_path(checkpoint: Path) -> Path:
-    """``model.pt`` -> ``model.qgen`` beside it."""
-    return checkpoint.with_suffix(".qgen")
+def default_output_path(checkpoint: Path, bits: int) -> Path:
+    """``model.pt`` at ``bits`` -> ``model-w{bits}.qgen`` beside it: a second width exported from
+    the same checkpoint gets its own file."""
+    return checkpoint.with_name(f"{checkpoint.stem}-w{bits}.qgen")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
                       bits: int | None = None, granularity: str | None = None) -> ExportResult:
-    """Export ``checkpoint`` (a ``model.pt``) to a packed ``.qgen`` file.
+    """Export ``checkpoint`` (a ``model.pt``) to a packed ``.qgen`` file (default
+    :func:`default_output_path`).
 
     ``bits`` defaults to the trained width (required when the checkpoint is full precision),
     ``granularity`` to the trained one. A post-training re-quantization issues a
@@ -176,10 +194,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
     """
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)  # weights_only=True: no pickle code runs
+    bits = checkpoint_export_bits(ckpt, bits)
+    path = Path(out) if out is not None else default_output_path(checkpoint, bits)
+    return write_export(ckpt, path, bits, granularity)
+
+
+def write_export(ckpt: dict[str, Any], path: Path, bits: int | None = None,
+                 granularity: str | None = None) -> ExportResult:
+    """Quantize, pack and write a loaded checkpoint to ``path`` (see :func:`export_checkpoint`)."""
     qf, notes = build_qgen_file(ckpt, bits, granularity)
     for note in notes:
-        warnings.warn(note, PostTrainingQuantizationWarning, stacklevel=2)
-    path = Path(out) if out is not None else default_output_path(checkpoint)
+        warnings.warn(note, PostTrainingQuantizationWarning, stacklevel=3)
     if not path.parent.is_dir():
         raise QgenError(f"output folder {str(path.parent)!r} does not exist")
     size = write_qgen(path, qf)
