@@ -19,7 +19,7 @@ bytes with the compression ratio against fp32, and the size of the fp32 sensing 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="qgen-info", description=DESCRIPTION)
-    p.add_argument("file", help="packed model file written by qgen-export (FILE.qgen)")
+    p.add_input("model", metavar="MODEL.qgen", help="packed model file written by qgen-export")
     return p
 
 
@@ -28,8 +28,8 @@ def _body(argv: Sequence[str] | None) -> int:
     from qgen_infer.format.summary import render
 
     args = build_parser().parse_args(argv)
-    qf = read_qgen(args.file)
-    print(render(qf, Path(args.file).stat().st_size, args.file))
+    qf = read_qgen(args.model)
+    print(render(qf, Path(args.model).stat().st_size, args.model))
     return 0
 
 
