@@ -10,6 +10,7 @@ from the file's solver metadata (the settings the model was trained with).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from qgen_infer.engine.memory import FP32_BYTES, check_fits
 from qgen_infer.errors import QgenError
+from qgen_infer.limits import MAX_BATCH, MAX_RESTARTS, MAX_STEP_SIZE, MAX_STEPS
 from qgen_infer.solve import reconstruct_latent, sample_latent
 
 if TYPE_CHECKING:
@@ -81,14 +84,15 @@ def solver_options(model: Any, *, sparsity: int | None = None, steps: int | None
     if opts.sparsity is not None and not 1 <= opts.sparsity <= latent:
         raise QgenError(f"sparsity must be between 1 and the latent dimension {latent}, "
                         f"got {opts.sparsity}")
-    if opts.steps < 0:
-        raise QgenError(f"steps must be >= 0, got {opts.steps}")
-    if not (np.isfinite(opts.step_size) and opts.step_size > 0):
-        raise QgenError(f"step size must be a positive number, got {opts.step_size}")
-    if opts.restarts < 1:
-        raise QgenError(f"restarts must be >= 1, got {opts.restarts}")
-    if opts.batch_size < 1:
-        raise QgenError(f"batch size must be >= 1, got {opts.batch_size}")
+    if not 1 <= opts.steps <= MAX_STEPS:
+        raise QgenError(f"steps must be between 1 and {MAX_STEPS}, got {opts.steps}")
+    if not (np.isfinite(opts.step_size) and 0 < opts.step_size <= MAX_STEP_SIZE):
+        raise QgenError(f"step size must be a positive number up to {MAX_STEP_SIZE:g}, got "
+                        f"{opts.step_size}")
+    if not 1 <= opts.restarts <= MAX_RESTARTS:
+        raise QgenError(f"restarts must be between 1 and {MAX_RESTARTS}, got {opts.restarts}")
+    if not 1 <= opts.batch_size <= MAX_BATCH:
+        raise QgenError(f"batch size must be between 1 and {MAX_BATCH}, got {opts.batch_size}")
     # Each chunk seeds torch.Generator with seed * SEED_STRIDE + chunk, which must fit its
     # 64-bit seed (a larger value is a RuntimeError deep inside torch).
     if not 0 <= opts.seed <= MAX_SEED:
@@ -154,6 +158,38 @@ def _measurements_tensor(y: np.ndarray | torch.Tensor, m: int) -> torch.Tensor:
     if not bool(torch.isfinite(y_t).all()):
         raise QgenError("measurements contain NaN or infinite values")
     return y_t
+
+
+def _check_memory(model: Any, n: int, opts: SolverOptions) -> None:
+    """Refuse, before anything is allocated, a reconstruction whose batch (images x restarts
+    latent rows), random starts (two chunks) or result arrays exceed the machine's memory."""
+    plan = getattr(model, "memory", None)
+    if plan is None:  # a model assembled by hand, not by qgen_infer.load
+        return
+    fp32 = FP32_BYTES
+    rows = min(n, opts.batch_size) * opts.restarts
+    starts = 2 * opts.restarts * START_CHUNK * opts.latent_dim * fp32
+    results = n * (math.prod(model.config["image_shape"]) + opts.latent_dim + 1) * fp32
+    hint = "use a smaller batch size or fewer restarts"
+    cpu = torch.device("cpu")
+    if model.device.type == "cuda":
+        check_fits(plan.need(rows), model.device, f"a batch of {rows} latent rows", hint)
+        check_fits(starts + results, cpu, f"{n} results and the random starts", hint)
+    else:
+        check_fits(plan.need(rows) + starts + results, cpu,
+                   f"{n} images with a batch of {rows} latent rows", hint)
+
+
+def _check_finite(start: int, *arrays: np.ndarray) -> None:
+    """Results are finite or an error: weights or a step size that overflow float32 must not
+    end as NaN images with a success."""
+    for arr in arrays:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row = start + int(np.argwhere(bad)[0][0])
+            raise QgenError(f"the reconstruction of image {row} produced NaN or infinite "
+                            f"values (the model's weights or the step size overflow float32); "
+                            f"try a smaller step size")
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -244,6 +280,7 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
     y_t = _measurements_tensor(y, int(model.config["measurements"]))
     n = y_t.shape[0]
     shape = tuple(model.config["image_shape"])
+    _check_memory(model, n, opts)
     out = Reconstruction(x_hat=np.zeros((n, *shape), np.float32),
                          z=np.zeros((n, opts.latent_dim), np.float32),
                          loss=np.full(n, np.nan, np.float32))
@@ -267,6 +304,7 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
                 restarts=opts.restarts, graphed=graphed,
                 z0=starts.rows(first_index + start, yb.shape[0]))
             x_hat, z, loss = (t.detach().float().cpu().numpy() for t in (res.x, res.z, res.loss))
+            _check_finite(start, x_hat, z, loss)
             out.batch_seconds.append(time.perf_counter() - t0)
             end = start + yb.shape[0]
             out.x_hat[start:end], out.z[start:end], out.loss[start:end] = x_hat, z, loss

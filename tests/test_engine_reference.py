@@ -25,6 +25,7 @@ from qgen_infer.engine import (
 )
 from qgen_infer.errors import FormatError, QgenError
 from qgen_infer.export import export_checkpoint
+from qgen_infer.format import FORMAT_VERSION
 
 CASES = [(f, b, g) for f in ("mlp", "dcgan") for b in (1, 2, 3, 4) for g in ("tensor", "channel")]
 
@@ -90,7 +91,7 @@ def test_model_fields_and_sensing(exported) -> None:
     assert model.bits == 2 and model.backend.name == "reference"
     assert model.solver["method"] == "sdlss" and model.solver["steps"] == 3
     assert model.metadata["quantizer"]["trained_bits"] == 2
-    assert model.metadata["format_version"] == 1
+    assert model.metadata["format_version"] == FORMAT_VERSION
     _, sense = build_from_checkpoint(load_checkpoint(ckpt_path))
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
@@ -155,8 +156,11 @@ def test_unknown_and_unavailable_backends(monkeypatch, exported) -> None:
 
 
 def _rewrite_config(src: Path, dst: Path, **changes) -> None:
-    """Edit the config metadata (not covered by the data checksum) of a valid file."""
+    """Edit the config metadata of a valid file and re-sign it (a consistent checksum), so only
+    the edit is wrong."""
     import struct
+
+    from qgen_infer.format.writer import checksum
 
     blob = src.read_bytes()
     (n,) = struct.unpack_from("<Q", blob)
@@ -164,6 +168,7 @@ def _rewrite_config(src: Path, dst: Path, **changes) -> None:
     config = json.loads(header["__metadata__"]["config"])
     config.update(changes)
     header["__metadata__"]["config"] = json.dumps(config)
+    header["__metadata__"]["checksum"] = checksum(blob[8 + n:], header["__metadata__"])
     raw = json.dumps(header).encode()
     dst.write_bytes(struct.pack("<Q", len(raw)) + raw + blob[8 + n:])
 
@@ -172,7 +177,7 @@ def _rewrite_config(src: Path, dst: Path, **changes) -> None:
     ({"latent_dim": 11}, "expects 10 input features"),
     ({"image_shape": [1, 5, 5]}, "image_shape is [1, 5, 5]"),
     ({"measurements": 8}, "sensing tensors do not fit"),
-    ({"family": "vae"}, "invalid network config"),
+    ({"family": "vae"}, "family must be one of"),
     ({"bits": 2}, "disagree"),
 ])
 def test_inconsistent_files_are_format_errors(changes, words, exported, tmp_path: Path) -> None:

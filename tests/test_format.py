@@ -45,7 +45,7 @@ def split(blob: bytes) -> tuple[dict, bytes]:
 
 def join(header: dict | str, data: bytes, fix_checksum: bool = True) -> bytes:
     if isinstance(header, dict) and fix_checksum and "__metadata__" in header:
-        header["__metadata__"]["checksum"] = checksum(data)
+        header["__metadata__"]["checksum"] = checksum(data, header["__metadata__"])
     text = header if isinstance(header, str) else json.dumps(header)
     raw = text.encode()
     return struct.pack("<Q", len(raw)) + raw + data
@@ -76,7 +76,7 @@ def with_tensors(blob: bytes, edit: Callable[[dict], None]) -> bytes:
     edit(tensors)
     meta = dict(header["__metadata__"])
     draft = safetensors.torch.save(tensors, meta)
-    meta["checksum"] = checksum(bytes(data_region(draft)))
+    meta["checksum"] = checksum(bytes(data_region(draft)), meta)
     return safetensors.torch.save(tensors, meta)
 
 
@@ -170,8 +170,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "no metadata": (lambda b: with_metadata(b, **dict.fromkeys(split(b)[0]["__metadata__"])),
                     "no qgen metadata"),
     "foreign format": (lambda b: with_metadata(b, format="gguf"), "not 'qgen'"),
-    "unknown format version": (lambda b: with_metadata(b, format_version="2"),
-                               "unsupported format version '2'"),
+    "unknown format version": (lambda b: with_metadata(b, format_version="3"),
+                               "unsupported format version '3'"),
     "bits 5": (lambda b: with_metadata(b, bits="5"), "bits must be one of"),
     "bits 0": (lambda b: with_metadata(b, bits="0"), "bits must be one of"),
     "bits text": (lambda b: with_metadata(b, bits="three"), "bits must be one of"),

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from qgen_infer.engine.backend import Backend
+from qgen_infer.engine.memory import FP32_BYTES, MemoryPlan, check_fits, row_bytes
 from qgen_infer.engine.packed_modules import PACKED_MODULES
 from qgen_infer.engine.registry import get_backend
 from qgen_infer.errors import FormatError, QgenError
-from qgen_infer.format import PackedLayer, QgenFile, ReshapeLayer, read_qgen
-from qgen_infer.format.packing import shape_numel
+from qgen_infer.format import PackedLayer, QgenFile, read_qgen
+from qgen_infer.format.plan import ChainPlan, chain_plan
 from qgen_infer.models import ConfigError, Reshape, build_sensing, complete_config
 
 
@@ -45,6 +46,7 @@ class QgenModel:
     device: torch.device
     path: Path | None = None
     layers: list[str] = field(default_factory=list)
+    memory: MemoryPlan | None = None  # bytes for the weights and per latent row (engine.memory)
 
     def __repr__(self) -> str:
         c = self.config
@@ -61,49 +63,57 @@ def _device(device: torch.device | str | None) -> torch.device:
         dev = torch.device(device) if device is not None else torch.device("cpu")
     except (RuntimeError, TypeError) as exc:
         raise QgenError(f"unknown device {device!r} ({exc})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise QgenError(f"unsupported device {str(dev)!r}: use cpu or cuda[:N]")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise QgenError(f"device {str(dev)!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise QgenError(f"device {str(dev)!r} requested but this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
-def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+def check_layer_chain(qf: QgenFile, latent_dim: int, image_shape: list[int]) -> ChainPlan:
+    """Propagate a sample's shape through the layers (:func:`qgen_infer.format.plan.chain_plan`);
+    any mismatch is a :class:`FormatError`. Returns the chain's per-sample sizes."""
+    return chain_plan([layer.description() for layer in qf.layers], latent_dim, image_shape)
 
 
-def _convt_out(size: int, k: int, s: int, p: int, d: int, op: int) -> int:
-    return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+def check_sensing_shapes(config: dict[str, Any], state: dict[str, torch.Tensor],
+                         image_shape: list[int]) -> int:
+    """Build the config's plain sensing net on the ``meta`` device (no memory: a config asking
+    for 10**9 measurements allocates nothing), hold its parameter shapes to the file's tensors,
+    and return its activation elements per image."""
+    with torch.device("meta"):
+        net = build_sensing(config, spectral_norm=False)
+    expected = {k: list(v.shape) for k, v in net.state_dict().items()}
+    found = {k: list(v.shape) for k, v in state.items()}
+    for key in sorted(set(expected) | set(found)):
+        if expected.get(key) != found.get(key):
+            raise FormatError(f"the sensing tensors do not fit the config's network: {key!r} is "
+                              f"{found.get(key)} in the file, the config makes "
+                              f"{expected.get(key)}")
+    x, elements = torch.empty(1, *image_shape, device="meta"), 0
+    for module in net:
+        x = module(x)
+        elements += x.numel()
+    return elements
 
 
-def check_layer_chain(qf: QgenFile, latent_dim: int, image_shape: list[int]) -> None:
-    """Propagate a sample's shape through the layers; any mismatch is a :class:`FormatError`."""
-    shape: tuple[int, ...] = (latent_dim,)
-    for layer in qf.layers:
-        where = f"layer {layer.name!r}"
-        if isinstance(layer, ReshapeLayer):
-            if shape_numel(layer.shape) != shape_numel(shape):
-                raise FormatError(f"{where} reshapes {list(shape)} to {list(layer.shape)}")
-            shape = tuple(layer.shape)
-            continue
-        ws = layer.weight_shape
-        if layer.kind == "linear":
-            if shape != (ws[1],):
-                raise FormatError(f"{where} expects {ws[1]} input features, gets {list(shape)}")
-            shape = (ws[0],)
-            continue
-        c_in = ws[0] if layer.kind == "conv_transpose2d" else ws[1]
-        if len(shape) != 3 or shape[0] != c_in:
-            raise FormatError(f"{where} expects [{c_in}, H, W] inputs, gets {list(shape)}")
-        args = [(ws[2 + a], layer.stride[a], layer.padding[a], layer.dilation[a]) for a in (0, 1)]
-        if layer.kind == "conv2d":
-            hw = [_conv_out(shape[1 + a], *args[a]) for a in (0, 1)]
-        else:
-            hw = [_convt_out(shape[1 + a], *args[a], layer.output_padding[a]) for a in (0, 1)]
-        if min(hw) < 1:
-            raise FormatError(f"{where} produces an empty {hw} output from {list(shape)}")
-        shape = (layer.out_channels, *hw)
-    if list(shape) != list(image_shape):
-        raise FormatError(f"the generator makes {list(shape)} samples, but the config's "
-                          f"image_shape is {list(image_shape)}")
+def _memory_plan(qf: QgenFile, config: dict[str, Any], backend: Backend,
+                 sensing_elements: int) -> MemoryPlan:
+    """Weights as the backend holds them (the reference backend dequantizes to fp32; packed
+    backends keep the codes and may repack them once) and per-row activations."""
+    weights = sum(FP32_BYTES * (t.numel()) for t in qf.sensing.values())
+    for layer in qf.packed_layers:
+        codes = FP32_BYTES * layer.numel if backend.name == "reference" else \
+            2 * layer.codes.numel()
+        terms = sum(t.numel() for t in (layer.scale, layer.zero, layer.alpha, layer.beta))
+        weights += codes + FP32_BYTES * terms
+    plan = qf.plan or check_layer_chain(qf, config["latent_dim"], config["image_shape"])
+    per_row = row_bytes(config["latent_dim"], plan.activations + sensing_elements,
+                        plan.workspace)
+    return MemoryPlan(weight_bytes=weights, row_bytes=per_row)
 
 
 def build_generator(qf: QgenFile, backend: Backend, device: torch.device) -> nn.Sequential:
@@ -154,9 +164,13 @@ def load(path: str | Path, backend: str = "auto",
                           f"file's bits {qf.bits}")
     try:
         check_layer_chain(qf, config["latent_dim"], config["image_shape"])
-        sensing = build_plain_sensing(config, qf.sensing, dev)
+        sensing_elements = check_sensing_shapes(config, qf.sensing, config["image_shape"])
     except FormatError as exc:
         raise FormatError(f"{str(path)!r}: {exc}") from None
+    memory = _memory_plan(qf, config, engine, sensing_elements)
+    check_fits(memory.need(1), dev, f"{str(path)!r} (weights and one image)",
+               "this model cannot run on this machine")
+    sensing = build_plain_sensing(config, qf.sensing, dev)
     generator = build_generator(qf, engine, dev)
     metadata = {
         "format_version": qf.format_version,
@@ -169,6 +183,6 @@ def load(path: str | Path, backend: str = "auto",
     return QgenModel(
         generator=generator, sensing=sensing, config=config, solver=dict(qf.solver),
         metadata=metadata, bits=qf.bits, backend=engine, device=dev, path=Path(path),
-        layers=[layer.name for layer in qf.layers],
+        layers=[layer.name for layer in qf.layers], memory=memory,
     )
 

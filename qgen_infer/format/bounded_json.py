@@ -41,9 +41,17 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number literal as a float; ``1e400`` (which Python reads as infinity) is refused."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} overflows a float")
+    return value
+
+
 def loads(text: str, what: str) -> Any:
     """Parse the metadata value ``what`` after bounding its size and depth; ``FormatError`` on any
-    problem (too long, too deep, not JSON, NaN/Infinity)."""
+    problem (too long, too deep, not JSON, NaN/Infinity, a number beyond the float range)."""
     if len(text) > MAX_VALUE_CHARS:
         raise FormatError(f"metadata {what!r} is {len(text)} characters long "
                           f"(limit {MAX_VALUE_CHARS})")
@@ -51,7 +59,7 @@ def loads(text: str, what: str) -> Any:
     if depth > MAX_DEPTH:
         raise FormatError(f"metadata {what!r} is nested {depth} levels deep (limit {MAX_DEPTH})")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FormatError(f"metadata {what!r} is not valid JSON ({first})") from None

@@ -4,24 +4,30 @@ safetensors checks byte ranges (offsets inside the file, contiguous, sized by dt
 does not know what the tensors mean. Before any of them is used, this reader checks, in order:
 
 1. the 8-byte header length, read here first: within :data:`MAX_HEADER_BYTES` and the file;
-2. the container, parsed by safetensors itself (the header is never parsed by a second JSON parser);
-3. ``__metadata__``: exactly the known keys, format name and version, bits in 1..4, layout name;
-4. the sha256 checksum of the data region (a corrupted or edited file stops here);
-5. the JSON values qgen wrote (bounded size and depth, see :mod:`bounded_json`), layer by layer;
-6. the tensor names: none missing, none unknown;
-7. every tensor's dtype and shape against its description, the packed codes' length against
-   ``packed_nbytes(weight_shape, bits)`` -- all before a tensor is read;
-8. tensor values: scales positive and finite, zeros/alpha/beta/sensing finite, packing padding zero.
+2. one linear pass over the raw header (Python's C JSON scanner, keeping nothing but key sets):
+   no object names a key twice (serde_json, under safetensors, would silently keep the last) and
+   at most :data:`MAX_TENSORS` tensors;
+3. the container, parsed by safetensors itself (offsets, sizes, dtypes);
+4. ``__metadata__``: exactly the known keys, format name and version, bits in 1..4, layout name;
+5. the JSON values qgen wrote (bounded size and depth, finite numbers, see :mod:`bounded_json`),
+   each field against the model description's schema (:mod:`qgen_infer.format.metadata`), the
+   layers one by one;
+6. the tensor names: none missing, none unknown; every tensor's dtype and shape against its
+   description, the packed codes' length against ``packed_nbytes(weight_shape, bits)``;
+7. the sha256 checksum: version 2 over the metadata and the data region, version 1 over the data
+   region only (a corrupted or edited file stops here);
+8. tensor values: finite, scales positive, every value and every decoded weight within
+   :data:`MAX_ABS_VALUE`, packing padding zero.
 
 Sizes are bounded by the file: a declared shape must match bytes actually present, so no check
-allocates more than a small multiple of the file size.
+allocates more than a small multiple of the file size. The memory a *forward pass* needs is not
+bounded by the file (a 1x1 transposed convolution of stride 4096 is tiny on disk); the layer
+chain's shapes and bytes are checked statically by :mod:`qgen_infer.format.plan`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -30,19 +36,20 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from qgen_infer.errors import FormatError
-from qgen_infer.format import bounded_json
+from qgen_infer.format import bounded_json, metadata
+from qgen_infer.format.digest import file_checksum
 from qgen_infer.format.packing import PACKED_BITS, packed_nbytes, padding_is_zero, shape_numel
+from qgen_infer.format.plan import chain_plan
 from qgen_infer.format.schema import (
     ACTIVATIONS,
     CHECKSUM_PREFIX,
     FORMAT_NAME,
-    FORMAT_VERSION,
     GENERATOR_PREFIX,
-    GRANULARITIES,
     LAYER_NAME,
     LAYER_TENSOR_FIELDS,
     LAYOUT_NAME,
     METADATA_KEYS,
+    READABLE_VERSIONS,
     RESHAPE_KIND,
     SENSING_PREFIX,
     WEIGHT_KINDS,
@@ -57,9 +64,12 @@ MAX_HEADER_BYTES = 8 << 20  # a real header is a few KiB; this bounds safetensor
 MAX_DIM = 2**31 - 1
 MAX_NUMEL = 2**34
 MAX_CONV_PARAM = 1 << 16
-MAX_LAYERS = 4096
+MAX_LAYERS = 1024
+MAX_TENSORS = 8192  # 5 per layer and the sensing net's; a real file has 20-60
+# Every float in the file and every decoded weight scale * (code - zero) stays within this: real
+# weights are ~0.1 and a folded BatchNorm gain ~300, while 3e38 is finite yet overflows a forward.
+MAX_ABS_VALUE = float(2**20)
 _HEADER_LENGTH = struct.Struct("<Q")
-_CHUNK = 1 << 20
 
 
 def _fail(path: Path, message: str) -> FormatError:
@@ -90,31 +100,33 @@ def _check_header_length(path: Path) -> int:
     return _HEADER_LENGTH.size + header_len
 
 
-def _check_unique_keys(path: Path, data_start: int, names: list[str]) -> None:
-    """Reject a header that names a tensor or metadata key twice.
+def _unique_keys(pairs: list[tuple[str, Any]]) -> int:
+    """``object_pairs_hook``: refuse a repeated key; keep only the object's size (so the scan
+    holds no more than one object's pairs at a time)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise FormatError(f"duplicate name {key!r} in the header"[:300])
+        seen.add(key)
+    return len(pairs)
 
-    serde_json keeps the last of duplicate keys, so safetensors would silently see one of them.
-    This counts each *known* key's occurrences as a JSON object key in the raw header text (a
-    quote not escaped, the name, a colon); it is a byte search, not a second JSON parse. (A
-    duplicate spelled with unicode escapes evades the count, but then either its byte range is
-    left uncovered, which safetensors rejects, or it is an identical copy.)
-    """
+
+def _check_header_keys(path: Path, data_start: int) -> None:
+    """One linear pass over the raw header: no duplicate key in any object (escapes decoded, so
+    ``"\\u0062its"`` is ``"bits"``), at most :data:`MAX_TENSORS` tensors. safetensors parses the
+    header again; this pass only refuses, it never interprets."""
     with open(path, "rb") as fh:
         fh.seek(_HEADER_LENGTH.size)
         header = fh.read(data_start - _HEADER_LENGTH.size)
-    for name in names:
-        key = re.compile(rb'(?<!\\)' + re.escape(json.dumps(name).encode()) + rb"\s*:")
-        if len(key.findall(header)) > 1:
-            raise _fail(path, f"duplicate name {name!r} in the header")
-
-
-def _data_checksum(path: Path, data_start: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        fh.seek(data_start)
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return CHECKSUM_PREFIX + digest.hexdigest()
+    try:
+        entries = json.loads(header, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _fail(path, f"not a valid safetensors file (its header is not JSON: "
+                          f"{_first_line(exc)})"[:300]) from None
+    if not isinstance(entries, int):
+        raise _fail(path, "not a safetensors file (its header is not a JSON object)")
+    if entries - 1 > MAX_TENSORS:  # one entry is __metadata__
+        raise _fail(path, f"the header lists {entries - 1} tensors (limit {MAX_TENSORS})")
 
 
 # ---- metadata values --------------------------------------------------------------------------
@@ -132,12 +144,6 @@ def _int_list(value: Any, what: str, length: int | tuple[int, int], low: int, hi
     if not isinstance(value, list) or not lo_len <= len(value) <= hi_len:
         raise FormatError(f"{what} must be a list of {length} integers, got {value!r}"[:200])
     return tuple(_int(v, what, low, high) for v in value)
-
-
-def _dict(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise FormatError(f"metadata {what!r} must be a JSON object")
-    return value
 
 
 def _shape(value: Any, what: str, ndim: int | tuple[int, int]) -> tuple[int, ...]:
@@ -222,7 +228,7 @@ def _parse_layers(value: Any) -> list[dict[str, Any]]:
 
 
 def _parse_sensing(value: Any) -> dict[str, tuple[int, ...]]:
-    shapes = _dict(value, "sensing")
+    shapes = metadata.check_object(value, {}, "metadata sensing", allow_unknown=True)
     if not shapes:
         raise FormatError("metadata 'sensing' lists no tensors")
     return {str(k): _shape(v, f"sensing tensor {k!r} shape", (0, 4))
@@ -238,9 +244,10 @@ def _parse_metadata(meta: dict[str, str] | None) -> dict[str, Any]:
     if meta.get("format") != FORMAT_NAME:
         raise FormatError(f"format is {meta.get('format')!r}, not {FORMAT_NAME!r} "
                           "(not a .qgen file)"[:300])
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in {str(v) for v in READABLE_VERSIONS}:
         raise FormatError(f"unsupported format version {meta.get('format_version')!r}; this "
-                          f"qgen-infer reads version {FORMAT_VERSION}"[:300])
+                          f"qgen-infer reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+                          [:300])
     if missing:
         raise FormatError(f"metadata lacks {', '.join(missing)}")
     if unknown:
@@ -254,7 +261,8 @@ def _parse_metadata(meta: dict[str, str] | None) -> dict[str, Any]:
     if not (checksum.startswith(CHECKSUM_PREFIX) and len(checksum) == len(CHECKSUM_PREFIX) + 64):
         raise FormatError(f"checksum must be '{CHECKSUM_PREFIX}<64 hex digits>', "
                           f"got {checksum!r}"[:300])
-    return {"bits": int(meta["bits"]), "checksum": checksum}
+    return {"bits": int(meta["bits"]), "checksum": checksum,
+            "version": int(meta["format_version"])}
 
 
 # ---- tensors ----------------------------------------------------------------------------------
@@ -305,10 +313,26 @@ def _check_tensor_index(index: dict[str, tuple[str, list[int]]],
 
 
 def _check_values(name: str, value: torch.Tensor) -> None:
-    if value.dtype == torch.float32 and not bool(torch.isfinite(value).all()):
+    if value.dtype != torch.float32:
+        return
+    if not bool(torch.isfinite(value).all()):
         raise FormatError(f"tensor {name!r} holds non-finite values (NaN or infinity)")
     if name.endswith(".scale") and not bool((value > 0).all()):
         raise FormatError(f"tensor {name!r} holds non-positive scales")
+    biggest = float(value.abs().max()) if value.numel() else 0.0
+    if biggest > MAX_ABS_VALUE:
+        raise FormatError(f"tensor {name!r} holds a value of magnitude {biggest:.3g}, above the "
+                          f"{MAX_ABS_VALUE:.0f} limit")
+
+
+def _check_weight_range(layer: PackedLayer, bits: int) -> None:
+    """The largest decoded weight ``scale * |code - zero|`` over all codes ``0 .. 2^bits - 1``."""
+    top = float(2**bits - 1)
+    reach = torch.maximum(layer.zero.abs(), (top - layer.zero).abs())
+    biggest = float((layer.scale.double() * reach.double()).max())
+    if biggest > MAX_ABS_VALUE:
+        raise FormatError(f"layer {layer.name!r} decodes to weights of magnitude up to "
+                          f"{biggest:.3g}, above the {MAX_ABS_VALUE:.0f} limit")
 
 
 def _build_layers(layers: list[dict[str, Any]], tensors: dict[str, torch.Tensor], bits: int
@@ -322,6 +346,7 @@ def _build_layers(layers: list[dict[str, Any]], tensors: dict[str, torch.Tensor]
         layer = PackedLayer(**fields, **{f: tensors[prefix + f] for f in LAYER_TENSOR_FIELDS})
         if not padding_is_zero(layer.codes, layer.weight_shape, bits):
             raise FormatError(f"tensor {prefix + 'codes'!r} has non-zero padding bits")
+        _check_weight_range(layer, bits)
         built.append(layer)
     return built
 
@@ -343,8 +368,23 @@ def read_qgen(path: str | Path) -> QgenFile:
         raise _fail(path, message) from None
 
 
+def _parse_values(meta: dict[str, str], bits: int) -> dict[str, Any]:
+    """The JSON metadata values, each checked against the model description's schema."""
+    values = {k: bounded_json.loads(meta[k], k)
+              for k in ("quantizer", "config", "layers", "sensing", "solver", "training")}
+    metadata.check_object(values["quantizer"], metadata.QUANTIZER, "metadata quantizer")
+    metadata.check_model_description(values["config"], values["solver"])
+    metadata.check_object(values["training"], metadata.TRAINING, "metadata training",
+                          allow_unknown=True)
+    if values["config"]["bits"] != bits:
+        raise FormatError(f"metadata config bits {values['config']['bits']} disagree with the "
+                          f"file's bits {bits}")
+    return values
+
+
 def _read(path: Path) -> QgenFile:
     data_start = _check_header_length(path)
+    _check_header_keys(path, data_start)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as container:
             meta = container.metadata()
@@ -353,21 +393,19 @@ def _read(path: Path) -> QgenFile:
                 view = container.get_slice(name)
                 index[name] = (view.get_dtype(), list(view.get_shape()))
             simple = _parse_metadata(meta)
-            _check_unique_keys(path, data_start, [*index, *meta])
-            if _data_checksum(path, data_start) != simple["checksum"]:
-                raise FormatError("checksum mismatch: the tensor data is corrupt or was edited")
             bits = simple["bits"]
-            values = {k: bounded_json.loads(meta[k], k)
-                      for k in ("quantizer", "config", "layers", "sensing", "solver", "training")}
-            quantizer = _dict(values["quantizer"], "quantizer")
-            granularity = quantizer.get("granularity")
-            if granularity not in GRANULARITIES:
-                raise FormatError(f"quantizer granularity must be one of {GRANULARITIES}, got "
-                                  f"{granularity!r}"[:300])
+            values = _parse_values(meta, bits)
+            quantizer = values["quantizer"]
+            granularity = quantizer["granularity"]
             layers = _parse_layers(values["layers"])
             sensing_shapes = _parse_sensing(values["sensing"])
             _check_tensor_index(index, _expected_tensors(layers, sensing_shapes, bits,
                                                          granularity))
+            config = values["config"]
+            plan = chain_plan(layers, config["latent_dim"], config["image_shape"])
+            covered = meta if simple["version"] >= 2 else None
+            if file_checksum(path, data_start, covered) != simple["checksum"]:
+                raise FormatError("checksum mismatch: the file is corrupt or was edited")
             tensors = {}
             for name in index:
                 tensors[name] = container.get_tensor(name)
@@ -378,11 +416,12 @@ def _read(path: Path) -> QgenFile:
         bits=bits,
         layers=_build_layers(layers, tensors, bits),
         sensing={k: tensors[SENSING_PREFIX + k] for k in sensing_shapes},
-        config=_dict(values["config"], "config"),
+        config=values["config"],
         quantizer=quantizer,
-        solver=_dict(values["solver"], "solver"),
-        training=_dict(values["training"], "training"),
-        format_version=FORMAT_VERSION,
+        solver=values["solver"],
+        training=values["training"],
+        format_version=simple["version"],
+        plan=plan,
         layout=LAYOUT_NAME,
         writer=meta["writer"],
         metadata=dict(meta),

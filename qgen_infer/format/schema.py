@@ -22,8 +22,11 @@ from typing import Any
 
 import torch
 
+from qgen_infer.format.plan import ChainPlan
+
 FORMAT_NAME = "qgen"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the metadata too (qgen_infer.format.digest)
+READABLE_VERSIONS = (1, 2)
 LAYOUT_NAME = "lsb-bitstream-u32"  # see qgen_infer.format.packing and docs/FORMAT.md
 CHECKSUM_PREFIX = "sha256:"
 
@@ -41,7 +44,7 @@ SENSING_PREFIX = "sensing."
 # Every key of __metadata__, all required; values are strings (JSON where marked).
 METADATA_KEYS = (
     "format",          # "qgen"
-    "format_version",  # "1"
+    "format_version",  # "2" (version "1" files are read too)
     "bits",            # "1".."4"
     "layout",          # LAYOUT_NAME
     "quantizer",       # JSON object
@@ -51,7 +54,7 @@ METADATA_KEYS = (
     "solver",          # JSON object: the reconstruction defaults
     "training",        # JSON object: training metadata from the checkpoint
     "writer",          # free text, e.g. "qgen-infer 0.1.0"
-    "checksum",        # "sha256:<64 hex digits>" over the safetensors data region
+    "checksum",        # "sha256:<64 hex digits>" over the other metadata and the data region
 )
 
 LAYER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -153,6 +156,7 @@ class QgenFile:
     layout: str = LAYOUT_NAME
     writer: str = ""
     metadata: dict[str, str] = field(default_factory=dict)  # the raw __metadata__ strings
+    plan: ChainPlan | None = None  # the layer chain's per-sample sizes (set by the reader)
 
     @property
     def packed_layers(self) -> list[PackedLayer]:

@@ -1,22 +1,23 @@
 """Write a ``.qgen`` file: a safetensors container with qgen metadata and a sha256 checksum.
 
-The checksum covers the safetensors *data region* (every byte after the header), so it can live
-inside the header: the file is serialised once with a placeholder to learn the data bytes, then
-again with the real digest. safetensors lays tensors out by dtype and name only, so the data
-region does not depend on the metadata; the second pass is checked to reproduce it.
+The checksum covers the other metadata and the safetensors *data region* (every byte after the
+header; see :mod:`qgen_infer.format.digest`), so it can live inside the header: the file is
+serialised once with a placeholder to learn the data bytes, then again with the real digest.
+safetensors lays tensors out by dtype and name only, so the data region does not depend on the
+metadata; the second pass is checked to reproduce it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import struct
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
+from qgen_infer.atomic import write_atomic
 from qgen_infer.format import bounded_json
+from qgen_infer.format.digest import checksum
 from qgen_infer.format.packing import packed_nbytes
 from qgen_infer.format.schema import (
     CHECKSUM_PREFIX,
@@ -35,10 +36,6 @@ def data_region(blob: bytes) -> memoryview:
     """The bytes after the 8-byte length and the JSON header of a safetensors blob."""
     (header_len,) = _HEADER_LENGTH.unpack_from(blob)
     return memoryview(blob)[_HEADER_LENGTH.size + header_len:]
-
-
-def checksum(data: bytes | memoryview) -> str:
-    return CHECKSUM_PREFIX + hashlib.sha256(data).hexdigest()
 
 
 def file_metadata(qf: QgenFile, digest: str) -> dict[str, str]:
@@ -85,20 +82,18 @@ def _check_layer(layer: PackedLayer, bits: int) -> None:
 def serialize(qf: QgenFile) -> bytes:
     """The complete ``.qgen`` file as bytes."""
     tensors = file_tensors(qf)
-    draft = safetensors.torch.save(tensors, file_metadata(qf, CHECKSUM_PREFIX + "0" * 64))
+    draft_metadata = file_metadata(qf, CHECKSUM_PREFIX + "0" * 64)
+    draft = safetensors.torch.save(tensors, draft_metadata)
     data = bytes(data_region(draft))
-    blob = safetensors.torch.save(tensors, file_metadata(qf, checksum(data)))
+    blob = safetensors.torch.save(tensors, file_metadata(qf, checksum(data, draft_metadata)))
     if bytes(data_region(blob)) != data:  # would mean safetensors' layout depends on metadata
         raise RuntimeError("safetensors data region changed between passes; checksum invalid")
     return blob
 
 
 def write_qgen(path: str | Path, qf: QgenFile) -> int:
-    """Write ``qf`` to ``path`` atomically (temp file + rename); returns the file size in bytes."""
-    path = Path(path)
+    """Write ``qf`` to ``path`` atomically (temp file + rename); returns the file size in bytes.
+    A write that fails (no such folder, no permission, disk full) is one ``QgenError`` line."""
     blob = serialize(qf)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(blob)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: fh.write(blob))
     return len(blob)

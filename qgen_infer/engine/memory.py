@@ -1,0 +1,106 @@
+"""How much memory a model needs for a batch, and how much this machine can give it.
+
+A reconstruction batch of ``rows`` latent rows (images x restarts) holds, per row, every
+generator and sensing activation for the backward pass plus a gradient of each, the latent, and
+the largest unfolded convolution buffer, all fp32; the weights come once. The estimate is checked
+against a limit *before* anything is allocated, so a file or a flag that asks for 195 GB ends in
+one line instead of an allocator crash. The limit is the machine's: on the CPU the memory the
+kernel reports available (``MemAvailable``) and the address space left under ``ulimit -v``; on a
+CUDA device its free memory. ``QGEN_MEMORY_LIMIT`` (e.g. ``8G``, ``512M``, a byte count)
+overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qgen_infer.errors import QgenError
+
+ENV_LIMIT = "QGEN_MEMORY_LIMIT"
+FP32_BYTES = 4
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """``weight_bytes`` once, plus ``row_bytes`` per latent row of a batch."""
+
+    weight_bytes: int
+    row_bytes: int
+
+    def need(self, rows: int) -> int:
+        return self.weight_bytes + rows * self.row_bytes
+
+
+def row_bytes(latent_dim: int, activations: int, workspace: int) -> int:
+    """fp32 bytes per latent row: the latent and every activation, each with its gradient, and
+    one unfolded convolution buffer."""
+    return FP32_BYTES * (2 * (latent_dim + activations) + workspace)
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_size(text: str, what: str = ENV_LIMIT) -> int:
+    """``"8G"``, ``"512MiB"``, ``"1.5g"``, ``"1000000"`` -> bytes; anything else a QgenError."""
+    match = _SIZE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise QgenError(f"{what} must be a positive size such as 8G, 512M or 1000000, "
+                        f"got {text!r}"[:200])
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _mem_available() -> int | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _address_space_left() -> int | None:
+    """The room left under ``ulimit -v`` (RLIMIT_AS), or None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        status = Path("/proc/self/status").read_text()
+        used = int(re.search(r"^VmSize:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
+    except (OSError, AttributeError):
+        used = 0
+    return max(soft - used, 0)
+
+
+def memory_limit(device: torch.device) -> tuple[int, str]:
+    """(bytes, where the number comes from) for work on ``device``."""
+    override = os.environ.get(ENV_LIMIT)
+    if override:
+        return parse_size(override), ENV_LIMIT
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"free memory of {device}"
+    candidates = [(v, why) for v, why in ((_mem_available(), "available memory"),
+                                          (_address_space_left(), "ulimit -v")) if v is not None]
+    if not candidates:
+        return 1 << 62, "no known limit"
+    return min(candidates)
+
+
+def check_fits(need: int, device: torch.device, what: str, hint: str) -> None:
+    """A one-line :class:`QgenError` when ``need`` bytes exceed the limit for ``device``."""
+    limit, source = memory_limit(device)
+    if need > limit:
+        raise QgenError(f"{what} needs about {human_bytes(need)} but {human_bytes(limit)} is "
+                        f"available ({source}); {hint}, or set {ENV_LIMIT} to raise the limit")
