@@ -573,7 +573,7 @@ def test_api_interrupt_carries_the_partial_result(problem, monkeypatch) -> None:
 def test_cli_help_explains(capsys) -> None:
     assert reconstruct_main(["--help"]) == 0
     text = capsys.readouterr().out
-    for word in ("--measurements", "--truth", "--backend", "--restarts", "--force",
+    for word in ("Y.npy", "--out-dir", "--truth", "--backend", "--restarts", "--force",
                  "PACKED", "metrics.json", "Ctrl-C"):
         assert word in text
     assert reconstruct_main([]) == 2  # missing required flags: argparse's usage error

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from qgen_infer.cli.common import EXIT_INTERRUPTED, ArgumentParser, run_cli
 from qgen_infer.errors import QgenError
@@ -22,34 +21,42 @@ DESCRIPTION = """\
 Reconstruct images x from measurements y = A(x) by latent proximal gradient descent,
 z <- P_s(z - beta grad_z ||y - A(G(z))||^2), keeping the s largest latent entries, through the
 PACKED 1-4-bit generator of a .qgen file (forward and input-gradient run on the packed weights).
-Writes OUT/x_hat.npy, OUT/z.npy, OUT/metrics.json (per-image measurement loss; PSNR/SSIM with
---truth; backend, bits, timings) and OUT/grid.png (truth beside reconstruction with --truth).
+Writes DIR/x_hat.npy, DIR/z.npy, DIR/metrics.json (the input files, per-image measurement loss;
+PSNR/SSIM with --truth; backend, bits, timings) and DIR/grid.png (the first 64 images, truth
+beside reconstruction with --truth; its title and metrics.json say which).
 Solver defaults are the ones the model was trained with (stored in the file).
 """
 
 EPILOG = """\
 examples:
-  qgen-reconstruct --model models/mnist-m25-1bit.qgen --measurements y.npy --out recon/
-  qgen-reconstruct --model m.qgen --measurements y.npy --truth x.npy --restarts 4 --out recon/
+  qgen-reconstruct models/mnist-m25-1bit.qgen y.npy --out-dir recon/
+  qgen-reconstruct m.qgen y.npy --truth x.npy --restarts 4 --out-dir recon/
 Ctrl-C keeps the batches already finished (readable files, metrics marked interrupted), exit 130.
-Under torchrun the images are split across the processes, in shards kept in OUT/shards (a rerun
+Under torchrun the images are split across the processes, in shards kept in DIR/shards (a rerun
 of the same command, without --force, skips the finished ones); the outputs are the same:
-  torchrun --nproc_per_node=2 $(which qgen-reconstruct) --model m.qgen --measurements y.npy \
-      --threads 1 --out recon/
+  torchrun --nproc_per_node=2 $(which qgen-reconstruct) m.qgen y.npy --threads 1 \
+      --out-dir recon/
 """
 
 OUTPUTS = ("x_hat.npy", "z.npy", "metrics.json", "grid.png")
+GRID_IMAGES = 64  # grid.png shows the first GRID_IMAGES images
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="qgen-reconstruct", description=DESCRIPTION, epilog=EPILOG)
-    p.add_argument("--model", required=True, help="the .qgen file")
-    p.add_argument("--measurements", required=True, help="y.npy, float array of shape (N, m)")
-    p.add_argument("--out", required=True, help="output folder (must not exist, or --force)")
-    p.add_argument("--truth", default=None,
-                   help="x.npy (N, C, H, W) in [-1, 1]: adds PSNR/SSIM and the grid's truth column")
+    p.add_input("model", metavar="MODEL.qgen", old_flag="--model",
+                help="packed model file written by qgen-export")
+    p.add_input("measurements", metavar="Y.npy", old_flag="--measurements",
+                help="the measurements, a float array (N, m) written by qgen-measure")
+    p.add_argument("--out-dir", dest="out", metavar="DIR", required=True,
+                   help="folder to write the results to (must not exist, or --force)")
+    p.rename("--out", "--out-dir")
+    p.add_argument("--truth", metavar="X.npy", default=None,
+                   help="the true images (N, C, H, W) in [-1, 1] (qgen-measure --truth-out): "
+                        "adds PSNR/SSIM and the grid's truth column")
     p.add_argument("--backend", choices=("auto", "reference", "cpu", "triton"), default="auto",
-                   help="auto: triton on a CUDA device, else the C++ cpu kernels, else reference")
+                   help="auto: triton on a CUDA device, else the C++ cpu kernels, else "
+                        "reference (plain torch on dequantized weights)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available for "
                    "triton, else cpu)")
     p.add_argument("-s", "--sparsity", type=int, default=None,
@@ -63,16 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256,
                    help="images solved together: speed and memory, not the result (each "
                    "image's random starts depend on --seed, --restarts and its index only)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default="auto",
+    p.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each solver step from a captured CUDA graph (same result, one "
-                   "launch per step); auto: on for a CUDA device")
+                   "launch per step; default: on for a CUDA device)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="activations of the generator and sensing net; fp16/bf16 need a CUDA "
                         "device and use its tensor cores (the latent and its update stay fp32)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of torch and of the cpu backend's kernels (unset: torch's "
-                        "choice)")
+                   help="CPU threads of torch and of the cpu backend's kernels (default: "
+                        "torch's choice)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -119,6 +126,8 @@ def _commit(stage: Path, out: Path) -> None:
 def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
                    settings: dict[str, Any], interrupted: bool,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    import torch
+
     from qgen_infer.arrays import save_npy_atomic, write_text_atomic
     from qgen_infer.metrics import psnr, ssim
     from qgen_infer.visual import save_grid
@@ -142,25 +151,32 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
         if s is not None:
             summary["ssim"] = float(s.mean())
     secs = rec.seconds
+    labels = ["truth", "recon"] if truth is not None else ["recon"]
+    shown = min(n, GRID_IMAGES)
     metrics = {
         "model": str(model.path), "bits": model.bits, "backend": model.backend.name,
         "device": str(model.device), "interrupted": interrupted, "settings": settings,
         "summary": summary,
         "timing": {"seconds": secs, "images_per_second": n / secs if secs > 0 else None,
                    "batch_seconds": rec.batch_seconds},
-        "per_image": images, **(extra or {}),
+        "per_image": images,
+        "grid": {"file": "grid.png", "images": f"the first {shown} of {n} (indices 0-{shown - 1})"
+                 if n else "none", "columns": labels},
+        **(extra or {}),
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if n:
         cols = [truth[:n], x_hat] if truth is not None else [x_hat]
-        labels = ["truth", "recon"] if truth is not None else ["recon"]
-        save_grid(out / "grid.png", cols, labels=labels, count=64)
+        save_grid(out / "grid.png", cols, labels=labels, count=GRID_IMAGES,
+                  title=f"{model.bits}-bit {model.backend.name}: images 0-{shown - 1} of {n}")
     return metrics
 
 
 def _body(argv: Sequence[str] | None) -> int:
     from qgen_infer.arrays import load_measurements
     from qgen_infer.distributed import launched
+
+    import torch
 
     args = build_parser().parse_args(argv)
     if args.threads is not None:
@@ -185,6 +201,8 @@ def _body(argv: Sequence[str] | None) -> int:
 
 
 def _device(args: argparse.Namespace) -> str | None:
+    import torch
+
     if args.device is None and args.backend in ("auto", "triton") and torch.cuda.is_available():
         return "cuda"
     return args.device
@@ -197,8 +215,8 @@ def _load_truth(args: argparse.Namespace, model: Any, images: int) -> np.ndarray
         return None
     truth = load_images_npy(args.truth, model.config["image_shape"], "truth images")
     if truth.shape[0] != images:
-        raise QgenError(f"--truth has {truth.shape[0]} images but --measurements has "
-                        f"{images} rows")
+        raise QgenError(f"--truth has {truth.shape[0]} images but the measurements "
+                        f"{str(args.measurements)!r} have {images} rows")
     return truth
 
 
@@ -214,7 +232,10 @@ def _setup(args: argparse.Namespace, device: str | None) -> tuple[Any, Any, dict
                           batch_size=args.batch_size, seed=args.seed)
     settings = {k: getattr(opts, k) for k in ("latent_dim", "sparsity", "steps", "step_size",
                                              "project", "restarts", "batch_size", "seed")}
-    if args.cuda_graph == "auto":
+    # the files scored, so that a metrics.json says what it measured
+    settings["inputs"] = {"measurements": str(args.measurements),
+                          "truth": str(args.truth) if args.truth else None}
+    if args.cuda_graph is None:
         args.cuda_graph = model.device.type == "cuda"
     if args.cuda_graph and model.device.type != "cuda":
         raise QgenError(f"--cuda-graph needs a CUDA device; the model is on {model.device}")
