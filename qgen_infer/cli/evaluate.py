@@ -6,9 +6,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-import torch
-
-from qgen_infer.cli.common import ArgumentParser, run_cli
+from qgen_infer.cli.common import DATASET_NAMES, ArgumentParser, check_data_flags, run_cli
 from qgen_infer.errors import QgenError
 
 DESCRIPTION = """\
@@ -16,20 +14,22 @@ Measure the eval split with the checkpoint's sensing network A, reconstruct ever
 proximal gradient descent through the checkpoint's generator (its weights fake-quantized to the
 trained bit width, exactly as in training) and print the mean PSNR (peak 1) and SSIM.
 The data set defaults to the one the model was trained on (recorded in the checkpoint).
+A 32-bit checkpoint is scored here; a 1-4-bit one is also scored through the packed engine by
+qgen-export, qgen-measure and qgen-reconstruct.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qgen_infer.data import DATASETS
-
     p = ArgumentParser(prog="qgen-eval", description=DESCRIPTION)
-    p.add_argument("model", help="checkpoint written by qgen-train (model.pt)")
-    p.add_argument("--data", dest="dataset", choices=DATASETS, default=None,
+    p.add_input("model", metavar="MODEL.pt", help="training checkpoint written by qgen-train")
+    p.add_argument("--data", dest="dataset", choices=DATASET_NAMES, default=None,
                    help="data set (default: the checkpoint's)")
-    p.add_argument("--data-root", default=None, help="folder with the data set's files "
-                   "(default: the checkpoint's)")
-    p.add_argument("--eval-size", type=int, default=None, help="held-out images (default: the "
-                   "checkpoint's split)")
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder holding the data set's files (default: the checkpoint's)")
+    p.add_argument("--eval-size", type=int, default=None, help="images held out for "
+                   "evaluation, as in qgen-train (default: the checkpoint's split)")
+    p.add_argument("--count", type=int, default=None,
+                   help="score only the first COUNT held-out images (default: all)")
     p.add_argument("-T", "--steps", type=int, default=None,
                    help="latent steps (default: as trained)")
     p.add_argument("--step-size", type=float, default=None,
@@ -38,10 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latent non-zeros (default: as trained)")
     p.add_argument("--restarts", type=int, default=1, help="random restarts per image; the one "
                    "with the lowest measurement loss is kept")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--batch-size", type=int, default=250,
+                   help="images solved together: speed and memory, not the result")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the random starts")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", dest="json", metavar="FILE.json", default=None,
+                   help="also write the results to this JSON file")
+    p.rename("--json", "--out")
     return p
 
 
@@ -50,16 +54,22 @@ def _body(argv: Sequence[str] | None) -> int:
     from qgen_infer.train import SolverSettings, evaluate_reconstruction
     from qgen_infer.train.trainer import models_from_checkpoint_path
 
+    import torch
+
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.count is not None and args.count < 1:
+        raise QgenError("--count must be at least 1")
     if args.restarts < 1:
         raise QgenError("--restarts must be at least 1")
     gen, sense, ckpt = models_from_checkpoint_path(args.model)
     settings = ckpt["train"].get("settings", {})
     dataset = args.dataset if args.dataset is not None else settings.get("dataset")
     root = args.data_root if args.data_root is not None else settings.get("data_root")
+    check_data_flags(dataset, root)
     _, evals = load_train_eval(dataset, root, args.eval_size or settings.get("eval_size"))
+    evals = evals[:args.count]
     if list(evals.shape[1:]) != list(ckpt["config"]["image_shape"]):
         raise QgenError(f"the data's images are {list(evals.shape[1:])} but the model makes "
                         f"{ckpt['config']['image_shape']}")
