@@ -43,18 +43,19 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> int:
     device = _device(args)
     env = join("cuda" if device and device.startswith("cuda") else "cpu")
     try:
-        return _sharded(args, out, env, device_for(env, device))
+        code = _sharded(args, out, env, device_for(env, device))
     except JobFailed as exc:
         if env.is_main:
             print(f"qgen-reconstruct: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR if exc.user_error else EXIT_FAILED
+        code = EXIT_USER_ERROR if exc.user_error else EXIT_FAILED
     except KeyboardInterrupt:
         if env.is_main:
             print(f"qgen-reconstruct: interrupted; finished shards are kept in {out / SHARDS}: "
                   f"rerun the same command (without --force) to continue", file=sys.stderr)
+        leave(wait=False)
         return EXIT_INTERRUPTED
-    finally:
-        leave()
+    leave()
+    return code
 
 
 def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None) -> int:
@@ -92,19 +93,23 @@ def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | No
     finally:
         if bar is not None:
             bar.close()
-    if not env.is_main:
-        return 0
-    extra: dict[str, Any] = {"distributed": {
-        "world_size": env.world_size, "shards": run.plan.count,
-        "shard_images": run.plan.shard_images, "shards_skipped": run.skipped,
-        "wall_seconds": run.wall_seconds}}
-    stage = _make_stage(out)
-    try:
-        m = _write_results(stage, model, run.result, truth, settings, interrupted=False,
-                           extra=extra)
-        _commit(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    print(_summary_line(m, model, out) + f" ({env.world_size} processes, {run.skipped} of "
-          f"{run.plan.count} shards from an earlier run, {run.wall_seconds:.2f} s wall)")
+    error = None
+    if env.is_main:
+        extra: dict[str, Any] = {"distributed": {
+            "world_size": env.world_size, "shards": run.plan.count,
+            "shard_images": run.plan.shard_images, "shards_skipped": run.skipped,
+            "wall_seconds": run.wall_seconds}}
+        stage = _make_stage(out)
+        try:
+            m = _write_results(stage, model, run.result, truth, settings, interrupted=False,
+                               extra=extra)
+            _commit(stage, out)
+        except Exception as exc:
+            error = exc
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    check_all(env, error)  # the other ranks wait for the outputs, and fail if they did
+    if env.is_main:
+        print(_summary_line(m, model, out) + f" ({env.world_size} processes, {run.skipped} of "
+              f"{run.plan.count} shards from an earlier run, {run.wall_seconds:.2f} s wall)")
     return 0

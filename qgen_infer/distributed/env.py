@@ -77,9 +77,13 @@ def join(device_type: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist
     return env
 
 
-def leave() -> None:
-    """Leave the process group (when :func:`join` made one)."""
+def leave(wait: bool = True) -> None:
+    """Leave the process group (when :func:`join` made one), after the other ranks when
+    ``wait``: gloo aborts the process ("terminate called without an active exception") now and
+    then when a rank tears its group down while another is still working."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

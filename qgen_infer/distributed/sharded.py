@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -137,7 +137,7 @@ def _prepare(folder: Path, identity: dict[str, Any], plan: ShardPlan, fresh: boo
         for old in [*folder.glob("shard-*.npz*"), manifest]:
             old.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    for tmp in folder.glob("shard-*.tmp"):  # a rank stopped mid-write: never finished
+    for tmp in folder.glob(".shard-*.tmp"):  # a rank stopped mid-write: never finished
         tmp.unlink(missing_ok=True)
     if manifest.is_file():
         try:
@@ -173,15 +173,17 @@ def _differences(old: dict[str, Any], new: dict[str, Any], where: str = "") -> l
 
 
 def _write_shard(folder: Path, k: int, start: int, rec: Reconstruction) -> None:
-    """Write shard ``k`` under a temporary name, flush it to disk, then rename: the final name
-    appears only for a complete file."""
-    tmp = folder / f"shard-{k:05d}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    """Write shard ``k`` under a temporary name, flushed to disk before the rename: the final
+    name appears only for a complete file, even after a power cut."""
+    from qgen_infer.atomic import write_atomic
+
+    def write(f: IO[Any]) -> None:
         np.savez(f, start=np.int64(start), x_hat=rec.x_hat, z=rec.z, loss=rec.loss,
                  batch_seconds=np.asarray(rec.batch_seconds, np.float64))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, shard_path(folder, k))
+
+    write_atomic(shard_path(folder, k), write)
 
 
 def _read_shard(folder: Path, k: int, plan: ShardPlan, out: Reconstruction) -> list[float]:
@@ -290,6 +292,11 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     except Exception as exc:
         error = exc
     check_all(env, error)
-    result = _merge(folder, plan, model, opts) if env.is_main else None
+    error, result = None, None
+    try:
+        result = _merge(folder, plan, model, opts) if env.is_main else None
+    except Exception as exc:
+        error = exc
+    check_all(env, error)
     return ShardedRun(result=result, plan=plan, skipped=len(finished), solved_here=len(mine),
                       wall_seconds=time.perf_counter() - t0)

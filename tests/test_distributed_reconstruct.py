@@ -1,0 +1,261 @@
+"""Sharded reconstruction (``qgen_infer.distributed``): under ``torchrun --nproc_per_node=2``
+(gloo, CPU, one thread per rank) and as a job of one in this process.
+
+What is held here:
+
+* the merged outputs equal a single-process ``qgen-reconstruct`` run's bit for bit (x_hat.npy,
+  z.npy, grid.png; metrics.json but for its timings and the ``distributed`` block), with an
+  odd image count, a ragged last batch and two restarts;
+* a rank killed after its first shard fails the job, leaves no outputs and no shard that looks
+  finished but is not, and a rerun of the same command skips the finished shards and gives the
+  same outputs;
+* a rank that raises makes every rank stop, and exactly one line names it;
+* in one process: resume, refusal of a rerun with other settings, ``fresh``, input errors that
+  name the row in the whole file, a damaged shard file, the memory-mapped input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import qgen_infer
+from qgen_infer.arrays import measurement_rows, open_measurements
+from qgen_infer.cli.reconstruct import main as reconstruct_main
+from qgen_infer.distributed import reconstruct_sharded
+from qgen_infer.distributed.sharded import MANIFEST, shard_path
+from qgen_infer.errors import QgenError
+from qgen_infer.export import export_checkpoint
+
+# each torchrun launch costs 4-10 s here (interpreters, torch imports, the rendezvous)
+launched_by_torchrun = pytest.mark.slow
+N_IMAGES = 23  # with batch size 4: five full batches and a ragged one of 3
+SOLVER_ARGS = ["--batch-size", "4", "--restarts", "2", "--seed", "5", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def problem(tiny_checkpoint, tmp_path_factory) -> dict[str, Any]:
+    """The 4-bit tiny MLP as a .qgen, N_IMAGES truths and their measurements as .npy files."""
+    folder = tmp_path_factory.mktemp("sharded")
+    qgen = export_checkpoint(tiny_checkpoint("mlp", 4, "tensor"), folder / "m.qgen").path
+    model = qgen_infer.load(qgen, backend="cpu")
+    x = np.random.default_rng(3).uniform(-0.9, 0.9, (N_IMAGES, *model.config["image_shape"]))
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        y = model.sensing(torch.from_numpy(x)).numpy()
+    np.save(folder / "y.npy", y)
+    np.save(folder / "x.npy", x)
+    args = ["--model", str(qgen), "--measurements", str(folder / "y.npy"),
+            "--truth", str(folder / "x.npy"), "--backend", "cpu", *SOLVER_ARGS]
+    return {"folder": folder, "qgen": qgen, "model": model, "y": y, "args": args}
+
+
+@pytest.fixture(scope="module")
+def single(problem) -> Path:
+    """The outputs of a single-process ``qgen-reconstruct`` run (one thread)."""
+    out = problem["folder"] / "single"
+    threads = torch.get_num_threads()
+    try:
+        assert reconstruct_main([*problem["args"], "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _console_script() -> str:
+    return str(Path(sys.executable).with_name("qgen-reconstruct"))
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(program: str, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=nproc program args`` (a free port each time)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", program, *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+
+
+def _fault_script(tmp_path: Path, patch: str) -> str:
+    """A program that runs ``qgen-reconstruct`` after ``patch`` replaced a function of
+    :mod:`qgen_infer.distributed.sharded` (the faults are injected from outside the package)."""
+    script = tmp_path / "faulty_reconstruct.py"
+    script.write_text(textwrap.dedent("""\
+        import os, signal, sys
+        from qgen_infer.distributed import sharded
+        from qgen_infer.cli.reconstruct import main
+        """) + textwrap.dedent(patch) + "sys.exit(main())\n")
+    return str(script)
+
+
+def _metrics_without_timing(folder: Path) -> dict[str, Any]:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.pop("distributed", None)
+    metrics.pop("timing")
+    return metrics
+
+
+def _assert_same_outputs(single: Path, sharded: Path) -> None:
+    for name in ("x_hat.npy", "z.npy", "grid.png"):
+        assert (single / name).read_bytes() == (sharded / name).read_bytes(), name
+    assert _metrics_without_timing(single) == _metrics_without_timing(sharded)
+
+
+@launched_by_torchrun
+def test_two_ranks_equal_one_process_bit_for_bit(problem, single, tmp_path):
+    out = tmp_path / "out"
+    done = _torchrun(_console_script(), [*problem["args"], "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    _assert_same_outputs(single, out)
+    dist = json.loads((out / "metrics.json").read_text())["distributed"]
+    assert dist["world_size"] == 2 and dist["shards_skipped"] == 0
+    # whole batches of 4 per shard, so each batch is the one the single run solved
+    assert dist["shard_images"] % 4 == 0
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        MANIFEST, *(shard_path(out, k).name for k in range(dist["shards"]))]
+    assert "2 processes, 0 of" in done.stdout
+
+
+@launched_by_torchrun
+def test_resume_after_one_rank_is_killed(problem, single, tmp_path):
+    """Rank 1 is killed (SIGKILL, as a lost node) right after writing its first shard."""
+    out = tmp_path / "out"
+    killer = _fault_script(tmp_path, """\
+        real_write = sharded._write_shard
+        def write_then_die(*args, **kwargs):
+            real_write(*args, **kwargs)
+            if os.environ["RANK"] == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+        sharded._write_shard = write_then_die
+        """)
+    failed = _torchrun(killer, [*problem["args"], "--out", str(out)])
+    assert failed.returncode != 0
+    assert not (out / "x_hat.npy").exists() and not (out / "metrics.json").exists()
+    plan = json.loads((out / "shards" / MANIFEST).read_text())
+    count = -(-plan["images"] // plan["shard_images"])
+    finished = [k for k in range(count) if shard_path(out / "shards", k).is_file()]
+    assert 1 <= len(finished) < count  # rank 1's first shard at least, not rank 1's others
+    for k in finished:  # every file that looks finished is a whole, readable shard
+        with np.load(shard_path(out / "shards", k)) as shard:
+            assert shard["x_hat"].shape[0] == plan["shard_images"] or k == count - 1
+
+    rerun = _torchrun(_console_script(), [*problem["args"], "--out", str(out)])
+    assert rerun.returncode == 0, rerun.stderr
+    dist = json.loads((out / "metrics.json").read_text())["distributed"]
+    assert dist["shards_skipped"] == len(finished)
+    _assert_same_outputs(single, out)
+    assert not list((out / "shards").glob(".*.tmp"))
+
+
+@launched_by_torchrun
+def test_a_failing_rank_fails_the_job_with_one_line_naming_it(problem, tmp_path):
+    out = tmp_path / "out"
+    faulty = _fault_script(tmp_path, """\
+        real_reconstruct = sharded.reconstruct
+        def fail_on_rank_1(*args, **kwargs):
+            if os.environ["RANK"] == "1":
+                raise OSError("disk on fire")
+            return real_reconstruct(*args, **kwargs)
+        sharded.reconstruct = fail_on_rank_1
+        """)
+    done = _torchrun(faulty, [*problem["args"], "--out", str(out)])
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("qgen-reconstruct")]
+    assert ours == ["qgen-reconstruct: error: rank 1 of 2 failed: OSError: disk on fire"]
+    # torchrun adds its own report; no rank printed a traceback of ours
+    assert not [line for line in done.stderr.splitlines()
+                if line.strip().startswith("File ") and "qgen_infer" in line]
+    assert not (out / "x_hat.npy").exists()
+    # rank 0's shards are finished and kept; none of rank 1's is there
+    plan = json.loads((out / "shards" / MANIFEST).read_text())
+    count = -(-plan["images"] // plan["shard_images"])
+    finished = [k for k in range(count) if shard_path(out / "shards", k).is_file()]
+    assert finished == list(range(0, count, 2))
+
+
+@launched_by_torchrun
+def test_the_same_input_error_on_every_rank_is_one_line(problem, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()  # an existing folder without shards, and no --force
+    done = _torchrun(_console_script(), [*problem["args"], "--out", str(out)])
+    ours = [line for line in done.stderr.splitlines() if line.startswith("qgen-reconstruct")]
+    assert len(ours) == 1 and "exists and holds no shards" in ours[0], done.stderr
+    assert done.returncode != 0 and list(out.iterdir()) == []
+
+
+# -- a job of one, in this process ---------------------------------------------------------------
+
+def test_one_process_job_equals_reconstruct_and_resumes(problem, tmp_path):
+    model, y = problem["model"], problem["folder"] / "y.npy"
+    want = qgen_infer.reconstruct(model, problem["y"], batch_size=4, restarts=2, seed=5)
+    first = reconstruct_sharded(model, y, tmp_path, batch_size=4, restarts=2, seed=5,
+                                shard_images=7)  # rounded up to whole batches: 8
+    assert first.plan.shard_images == 8 and first.plan.count == 3 and first.skipped == 0
+    for name in ("x_hat", "z", "loss"):
+        assert np.array_equal(getattr(first.result, name), getattr(want, name)), name
+    shard_path(tmp_path, 1).unlink()  # as if its rank had been lost
+    (tmp_path / ".shard-00001.npz.x1y2.tmp").write_bytes(b"half a shard")
+    again = reconstruct_sharded(model, y, tmp_path, batch_size=4, restarts=2, seed=5)
+    assert again.skipped == 2 and again.solved_here == 1
+    assert np.array_equal(again.result.x_hat, want.x_hat)
+    assert not (tmp_path / ".shard-00001.npz.x1y2.tmp").exists()
+
+
+def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(problem, tmp_path):
+    model, y = problem["model"], problem["folder"] / "y.npy"
+    reconstruct_sharded(model, y, tmp_path, batch_size=4, seed=5)
+    with pytest.raises(QgenError, match=r"another job \(settings\.seed was 5, now 6\)"):
+        reconstruct_sharded(model, y, tmp_path, batch_size=4, seed=6)
+    run = reconstruct_sharded(model, y, tmp_path, batch_size=4, seed=6, fresh=True)
+    assert run.skipped == 0
+    want = qgen_infer.reconstruct(model, problem["y"], batch_size=4, seed=6)
+    assert np.array_equal(run.result.z, want.z)
+
+
+def test_an_array_input_and_a_single_image(problem, tmp_path):
+    model = problem["model"]
+    one = problem["y"][5:6]
+    run = reconstruct_sharded(model, one, tmp_path, seed=2)
+    want = qgen_infer.reconstruct(model, one, seed=2)
+    assert run.plan.count == 1 and np.array_equal(run.result.x_hat, want.x_hat)
+
+
+def test_a_non_finite_row_is_named_by_its_index_in_the_file(problem, tmp_path):
+    y = problem["y"].copy()
+    y[17, 2] = np.nan
+    np.save(tmp_path / "bad.npy", y)
+    with pytest.raises(QgenError, match=r"first at index \(17, 2\)"):
+        reconstruct_sharded(problem["model"], tmp_path / "bad.npy", tmp_path / "shards",
+                            batch_size=4)
+    assert not list((tmp_path / "shards").glob("shard-*"))  # checked before any solving
+
+
+def test_a_damaged_shard_file_is_reported_at_the_merge(problem, tmp_path, monkeypatch):
+    model, y = problem["model"], problem["folder"] / "y.npy"
+    reconstruct_sharded(model, y, tmp_path, batch_size=4)
+    shard_path(tmp_path, 0).write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(QgenError, match="shard file .*shard-00000.npz is unreadable"):
+        reconstruct_sharded(model, y, tmp_path, batch_size=4)
+
+
+def test_measurements_are_memory_mapped_and_read_in_rows(problem):
+    path = problem["folder"] / "y.npy"
+    arr = open_measurements(path, problem["y"].shape[1])
+    assert isinstance(arr, np.memmap) and not arr.flags.writeable
+    rows = measurement_rows(arr, 4, 9, path)
+    assert rows.flags.writeable and rows.dtype == np.float32
+    assert np.array_equal(rows, problem["y"][4:9])
+    with pytest.raises(QgenError, match="values per image"):
+        open_measurements(path, problem["y"].shape[1] + 1)
