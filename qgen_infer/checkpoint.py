@@ -18,13 +18,16 @@ Layout (a plain dict of tensors, numbers, strings, lists and dicts, so that
 
 from __future__ import annotations
 
-import os
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qgen_infer.atomic import write_atomic
 from qgen_infer.errors import FormatError
+from qgen_infer.format.metadata import TRAINING, check_model_description, check_object
+from qgen_infer.limits import MAX_STEP_SIZE
 
 CHECKPOINT_FORMAT = "qgen-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -33,11 +36,8 @@ REQUIRED_KEYS = ("config", "solver", "generator", "sensing", "log_step_size", "t
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     """Write atomically (temp file + rename): an interrupted save never leaves a broken file."""
-    path = Path(path)
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **ckpt}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: torch.save(data, fh))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -58,7 +58,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise FormatError(f"{str(path)!r} lacks {', '.join(missing)}")
+    try:
+        check_checkpoint(data)
+    except FormatError as exc:
+        raise FormatError(f"{str(path)!r}: {exc}") from None
     return data
+
+
+def _check_state(state: Any, what: str) -> None:
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise FormatError(f"checkpoint {what} must map names to tensors")
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FormatError(f"checkpoint {what} tensor {name!r} holds NaN or infinite values")
+
+
+def check_checkpoint(data: dict[str, Any]) -> None:
+    """Every entry a tool reads, checked before use: the config and solver against the model
+    description's schema (as in a ``.qgen`` file), the learned step size, the training record,
+    and every weight finite."""
+    check_model_description(data["config"], data["solver"], "checkpoint")
+    log_step = data["log_step_size"]
+    if not isinstance(log_step, torch.Tensor) or log_step.numel() != 1 \
+            or not log_step.is_floating_point():
+        raise FormatError("checkpoint log_step_size must be a one-element float tensor, got "
+                          f"{type(log_step).__name__}")
+    step = float(log_step.double().exp())
+    if not (math.isfinite(step) and 0 < step <= MAX_STEP_SIZE):
+        raise FormatError(f"checkpoint step size exp({float(log_step)}) must be a positive "
+                          f"number up to {MAX_STEP_SIZE:g}")
+    check_object(data["train"], TRAINING, "checkpoint train", allow_unknown=True)
+    _check_state(data["generator"], "generator")
+    _check_state(data["sensing"], "sensing")
 
 
 def build_from_checkpoint(ckpt: dict[str, Any]) -> tuple[torch.nn.Module, torch.nn.Module]:

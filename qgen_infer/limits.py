@@ -15,6 +15,7 @@ MAX_RESTARTS = 10_000  # random starts per image
 MAX_BATCH = 1 << 20  # images solved together
 MAX_STEP_SIZE = 1e6  # latent step beta
 MAX_COUNT = 1 << 40  # images asked for (--count, --eval-size)
+MAX_NOISE = 1e6  # measurement noise sigma: far above any y, far below float32 overflow
 
 
 def max_threads() -> int:

@@ -110,24 +110,75 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(front + argv + back, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n"
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {' '.join(message.split())} "
                                    f"(run '{self.prog} --help' for the options)\n")
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]``, else argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, {high}]")
+        return value
+    parse.__name__ = "integer"  # named in argparse's messages
+    return parse
+
+
+def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``[low, high]`` (``(low, high]`` if
+    ``low_open``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value > low if low_open else value >= low
+        if not (above and value <= high):  # NaN fails both comparisons
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"{value} is outside {bracket}{low:g}, {high:g}]")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _resource_error(exc: BaseException) -> str | None:
+    """The one-line message for a failure of the machine rather than of the code: a file that
+    cannot be read or written, or memory that ran out (numpy's and torch's allocators)."""
+    if isinstance(exc, OSError):
+        where = f" {str(exc.filename)!r}" if exc.filename is not None else ""
+        return f"cannot access{where} ({exc.strerror or type(exc).__name__})"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+            isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return f"out of memory ({first}); use a smaller batch or fewer images"
+    return None
 
 
 def run_cli(prog: str, body: Callable[[Sequence[str] | None], int | None],
             argv: Sequence[str] | None = None) -> int:
-    """Run ``body(argv)`` and return its exit code: a :class:`QgenError` becomes one line and
-    code 2, Ctrl-C 130, argparse's own exits keep their codes (so ``main()`` always returns)."""
+    """Run ``body(argv)`` and return its exit code: a :class:`QgenError`, a file the system
+    refuses (``OSError``) or exhausted memory becomes one line and code 2, Ctrl-C 130,
+    argparse's own exits keep their codes (so ``main()`` always returns)."""
     try:
         code = body(argv)
     except SystemExit as exc:  # argparse's --help and usage errors: keep their codes
         return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
     except QgenError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (OSError, MemoryError, RuntimeError) as exc:
+        message = _resource_error(exc)
+        if message is None:  # a bug, not the user's input: keep the traceback
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return int(code or 0)
 
 

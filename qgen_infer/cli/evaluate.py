@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 
-from qgen_infer.cli.common import DATASET_NAMES, ArgumentParser, check_data_flags, run_cli
+from qgen_infer.cli.common import (
+    DATASET_NAMES,
+    ArgumentParser,
+    check_data_flags,
+    float_in,
+    int_in,
+    run_cli,
+)
 from qgen_infer.errors import QgenError
+from qgen_infer.limits import (
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_RESTARTS,
+    MAX_STEP_SIZE,
+    MAX_STEPS,
+    max_threads,
+)
 
 DESCRIPTION = """\
 Measure the eval split with the checkpoint's sensing network A, reconstruct every image by latent
@@ -26,22 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data set (default: the checkpoint's)")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder holding the data set's files (default: the checkpoint's)")
-    p.add_argument("--eval-size", type=int, default=None, help="images held out for "
-                   "evaluation, as in qgen-train (default: the checkpoint's split)")
-    p.add_argument("--count", type=int, default=None,
+    p.add_argument("--eval-size", type=int_in(1, MAX_COUNT), default=None,
+                   help="images held out for evaluation, as in qgen-train (default: the "
+                        "checkpoint's split)")
+    p.add_argument("--count", type=int_in(1, MAX_COUNT), default=None,
                    help="score only the first COUNT held-out images (default: all)")
-    p.add_argument("-T", "--steps", type=int, default=None,
+    p.add_argument("-T", "--steps", type=int_in(1, MAX_STEPS), default=None,
                    help="latent steps (default: as trained)")
-    p.add_argument("--step-size", type=float, default=None,
+    p.add_argument("--step-size", type=float_in(0, MAX_STEP_SIZE, low_open=True), default=None,
                    help="latent step size (default: the learned one)")
-    p.add_argument("-s", "--sparsity", type=int, default=None,
+    p.add_argument("-s", "--sparsity", type=int_in(1, 1 << 20), default=None,
                    help="latent non-zeros (default: as trained)")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts per image; the one "
-                   "with the lowest measurement loss is kept")
-    p.add_argument("--batch-size", type=int, default=250,
+    p.add_argument("--restarts", type=int_in(1, MAX_RESTARTS), default=1,
+                   help="random restarts per image; the one with the lowest measurement loss "
+                        "is kept")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=250,
                    help="images solved together: speed and memory, not the result")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the random starts")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--seed", type=int_in(0, 2**62), default=1234, help="seed of the random starts")
+    p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", dest="json", metavar="FILE.json", default=None,
                    help="also write the results to this JSON file")
@@ -50,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    import torch
+
+    from qgen_infer.arrays import write_text_atomic
     from qgen_infer.data import load_train_eval
     from qgen_infer.train import SolverSettings, evaluate_reconstruction
     from qgen_infer.train.trainer import models_from_checkpoint_path
-
-    import torch
 
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -74,7 +93,8 @@ def _body(argv: Sequence[str] | None) -> int:
         raise QgenError(f"the data's images are {list(evals.shape[1:])} but the model makes "
                         f"{ckpt['config']['image_shape']}")
     sv = ckpt["solver"]
-    solver = SolverSettings(sv["method"], int(sv["latent_dim"]),
+    latent_dim = sv.get("latent_dim", ckpt["config"]["latent_dim"])  # schema-checked equal
+    solver = SolverSettings(sv["method"], latent_dim,
                             args.sparsity if args.sparsity is not None else sv["sparsity"],
                             args.steps if args.steps is not None else int(sv["steps"]),
                             bool(sv["project"]))
@@ -83,17 +103,19 @@ def _body(argv: Sequence[str] | None) -> int:
     step = args.step_size if args.step_size is not None else float(ckpt["log_step_size"].exp())
     res = evaluate_reconstruction(gen, sense, evals, solver, step, batch_size=args.batch_size,
                                   restarts=args.restarts, seed=args.seed)
+    if not all(math.isfinite(res[k]) for k in ("psnr", "ssim")):
+        raise QgenError(f"the reconstructions are not finite (PSNR {res['psnr']}, SSIM "
+                        f"{res['ssim']}): the step size {step:g} or the weights overflow float32")
     bits = ckpt["config"]["bits"]
     out = {"model": args.model, "bits": bits, "method": sv["method"],
-           "epochs": ckpt["train"]["epochs"], "images": int(evals.shape[0]),
+           "epochs": ckpt["train"].get("epochs"), "images": int(evals.shape[0]),
            "steps": solver.steps, "sparsity": solver.sparsity, "restarts": args.restarts,
            "step_size": step, "psnr": res["psnr"], "ssim": res["ssim"]}
     print(f"{args.model}: {sv['method']} {bits}-bit, {out['epochs']} epochs, {out['images']} "
           f"images, T={solver.steps}, s={solver.sparsity}, restarts={args.restarts}: "
           f"PSNR {res['psnr']:.2f} dB  SSIM {res['ssim']:.4f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        write_text_atomic(args.json, json.dumps(out, indent=2) + "\n")
     return 0
 
 

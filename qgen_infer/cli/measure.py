@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from qgen_infer.cli.common import DATASET_NAMES, ArgumentParser, check_data_flags, run_cli
+from qgen_infer.cli.common import (
+    DATASET_NAMES,
+    ArgumentParser,
+    check_data_flags,
+    float_in,
+    int_in,
+    run_cli,
+)
 from qgen_infer.errors import QgenError
+from qgen_infer.limits import MAX_COUNT, MAX_NOISE, max_threads
 
 DESCRIPTION = """\
 Measure images with the sensing network A stored in a .qgen file: y = A(x) (+ Gaussian noise of
@@ -41,18 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "eval", "all"), default="eval",
                    help="which part of the data set (eval: the held-out images, as qgen-eval "
                         "scores them)")
-    p.add_argument("--eval-size", type=int, default=None,
+    p.add_argument("--eval-size", type=int_in(1, MAX_COUNT), default=None,
                    help="images held out for evaluation, as in qgen-train (default: the data "
                         "set's; MNIST: the last 1,000)")
-    p.add_argument("--count", type=int, default=None,
+    p.add_argument("--count", type=int_in(1, MAX_COUNT), default=None,
                    help="measure only the first COUNT images of the selection (default: all)")
-    p.add_argument("--noise-std", type=float, default=0.0,
+    p.add_argument("--noise-std", type=float_in(0, MAX_NOISE), default=0.0,
                    help="standard deviation sigma of Gaussian noise added to every measurement, "
                         "in the units of y (A's outputs are not normalised: y's own standard "
                         "deviation, printed at the end, is about 5.5 for the shipped 1-bit MNIST "
                         "model)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the noise")
+    p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", metavar="FILE.npy", required=True,
                    help="the measurements y (N, m) to write")
@@ -84,16 +91,15 @@ def _images(args: argparse.Namespace, image_shape: list[int]) -> np.ndarray:
 def save_all_atomic(paths: list[Path], arrays: list[np.ndarray]) -> None:
     """Write every array to a temporary file first and rename them only when all are written,
     so a failure or a Ctrl-C leaves either all outputs or none (never y without its x)."""
-    tmps = [p.with_name(p.name + ".tmp") for p in paths]
-    try:
-        for tmp, arr in zip(tmps, arrays, strict=True):
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-        for tmp, p in zip(tmps, paths, strict=True):
-            os.replace(tmp, p)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+    from qgen_infer.atomic import staged, write_error
+
+    with staged(paths) as tmps:
+        for tmp, path, arr in zip(tmps, paths, arrays, strict=True):
+            try:
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+            except OSError as exc:  # e.g. the disk filled up
+                raise write_error(path, exc) from None
 
 
 def _body(argv: Sequence[str] | None) -> int:

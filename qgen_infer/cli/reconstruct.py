@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from qgen_infer.cli.common import EXIT_INTERRUPTED, ArgumentParser, run_cli
+from qgen_infer.cli.common import EXIT_INTERRUPTED, ArgumentParser, int_in, run_cli
 from qgen_infer.errors import QgenError
+from qgen_infer.limits import max_threads
 
 DESCRIPTION = """\
 Reconstruct images x from measurements y = A(x) by latent proximal gradient descent,
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="activations of the generator and sensing net; fp16/bf16 need a CUDA "
                         "device and use its tensor cores (the latent and its update stay fp32)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="CPU threads of torch and of the cpu backend's kernels (default: "
                         "torch's choice)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
