@@ -20,10 +20,11 @@ import typing as _typing
 from qgen_infer.errors import DataError, FormatError, QgenError
 
 if _typing.TYPE_CHECKING:
-    from qgen_infer.engine.loader import load
-    from qgen_infer.measurement import measure
-    from qgen_infer.metrics import psnr, ssim
-    from qgen_infer.reconstruction import reconstruct
+    from qgen_infer.engine.loader import load as load
+    from qgen_infer.measurement import measure as measure
+    from qgen_infer.metrics import psnr as psnr
+    from qgen_infer.metrics import ssim as ssim
+    from qgen_infer.reconstruction import reconstruct as reconstruct
 
 __version__ = "0.1.0"
 
