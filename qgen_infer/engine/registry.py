@@ -67,6 +67,7 @@ def get_backend(name: str = "reference", device: torch.device | str | None = Non
         hint = ("it needs a CUDA device and the 'triton' package" if name == "triton"
                 else "it needs the compiled extension qgen_infer._cpu")
         detail = f"; {reason}" if reason else ""
+        others = ", ".join(repr(b) for b in BACKEND_NAMES if b != name)
         raise QgenError(f"backend {name!r} is not available on this machine ({hint}{detail}); "
-                        "use backend 'reference' or 'auto'")
+                        f"use {others} (auto picks the fastest one available)")
     return module.create_backend()
