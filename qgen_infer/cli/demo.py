@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    # first: --help and usage errors return before the imports below (torch)
+    args = build_parser().parse_args(argv)
+
     import torch
     import tqdm
 
@@ -62,7 +65,6 @@ def _body(argv: Sequence[str] | None) -> int:
     from qgen_infer.train import TrainConfig, Trainer
     from qgen_infer.visual import save_grid
 
-    args = build_parser().parse_args(argv)
     if args.epochs < 1:
         raise QgenError("--epochs must be at least 1")
     if args.threads is not None:

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    # first: --help and usage errors return before the imports below (torch)
+    args = build_parser().parse_args(argv)
+
     from qgen_infer.checkpoint import load_checkpoint
     from qgen_infer.errors import QgenError
     from qgen_infer.export import PostTrainingQuantizationWarning
@@ -57,7 +60,6 @@ def _body(argv: Sequence[str] | None) -> int:
     )
     from qgen_infer.format.summary import human_bytes
 
-    args = build_parser().parse_args(argv)
     src = Path(args.model)
     # the checkpoint and --bits first: a missing --bits is the error to report, not the output
     ckpt = load_checkpoint(src)

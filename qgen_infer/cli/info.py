@@ -24,10 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    # first: --help and usage errors return before the imports below (torch)
+    args = build_parser().parse_args(argv)
+
     from qgen_infer.format import read_qgen
     from qgen_infer.format.summary import render
 
-    args = build_parser().parse_args(argv)
     qf = read_qgen(args.model)
     print(render(qf, Path(args.model).stat().st_size, args.model))
     return 0
