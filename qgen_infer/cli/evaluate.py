@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    # first: --help and usage errors return before the imports below (torch)
+    args = build_parser().parse_args(argv)
+
     import torch
 
     from qgen_infer.arrays import write_text_atomic
@@ -75,7 +78,6 @@ def _body(argv: Sequence[str] | None) -> int:
     from qgen_infer.train import SolverSettings, evaluate_reconstruction
     from qgen_infer.train.trainer import models_from_checkpoint_path
 
-    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.count is not None and args.count < 1:

@@ -103,12 +103,14 @@ def save_all_atomic(paths: list[Path], arrays: list[np.ndarray]) -> None:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    # first: --help and usage errors return before the imports below (torch)
+    args = build_parser().parse_args(argv)
+
     import torch
 
     from qgen_infer.engine import load
     from qgen_infer.measurement import measure
 
-    args = build_parser().parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
             raise QgenError(f"--threads must be at least 1, got {args.threads}")

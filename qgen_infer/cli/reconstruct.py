@@ -174,12 +174,14 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
 
 
 def _body(argv: Sequence[str] | None) -> int:
-    from qgen_infer.arrays import load_measurements
-    from qgen_infer.distributed import launched
+    # first: --help and usage errors return before the imports below (torch)
+    args = build_parser().parse_args(argv)
 
     import torch
 
-    args = build_parser().parse_args(argv)
+    from qgen_infer.arrays import load_measurements
+    from qgen_infer.distributed import launched
+
     if args.threads is not None:
         if args.threads < 1:
             raise QgenError(f"--threads must be at least 1, got {args.threads}")
