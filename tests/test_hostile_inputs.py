@@ -642,3 +642,12 @@ def test_fuzz_reconstruct_arguments(problem: dict[str, Path], capsys, data) -> N
 @given(data=st.data())
 def test_fuzz_reconstruct_arguments_long(problem: dict[str, Path], capsys, data) -> None:
     _fuzz_arguments(problem, capsys, data)
+
+
+def test_every_schema_field_is_documented() -> None:
+    from qgen_infer.format import metadata
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md").read_text()
+    for table in (metadata.CONFIG, metadata.SOLVER, metadata.QUANTIZER, metadata.TRAINING):
+        for name in table:
+            assert f"`{name}`" in doc, name
