@@ -12,6 +12,7 @@ Both map images to [0, 1] (``(x + 1) / 2``, clipped) and use peak value 1.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,15 +25,19 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def psnr(x: torch.Tensor, x_hat: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """PSNR in dB per image, ``[B]``, for images in [-1, 1]."""
+def psnr(x: torch.Tensor | np.ndarray, x_hat: torch.Tensor | np.ndarray,
+         eps: float = 1e-12) -> torch.Tensor:
+    """PSNR in dB per image, ``[B]``, for images in [-1, 1] (tensors or arrays, e.g. a
+    reconstruction's ``x_hat``)."""
+    x, x_hat = torch.as_tensor(x), torch.as_tensor(x_hat)
     a, b = to_unit_range(x.double()), to_unit_range(x_hat.double())
     mse = (a - b).pow(2).flatten(1).mean(dim=1)
     return (-10 * torch.log10(mse.clamp_min(eps))).float()
 
 
-def ssim(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """SSIM per image, ``[B]``, for NCHW images in [-1, 1] with H, W >= 7."""
+def ssim(x: torch.Tensor | np.ndarray, x_hat: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """SSIM per image, ``[B]``, for NCHW images in [-1, 1] with H, W >= 7 (tensors or arrays)."""
+    x, x_hat = torch.as_tensor(x), torch.as_tensor(x_hat)
     if x.shape != x_hat.shape or x.ndim != 4:
         raise ValueError(f"ssim needs two NCHW batches of one shape, got {tuple(x.shape)} and "
                          f"{tuple(x_hat.shape)}")
