@@ -12,11 +12,11 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from qgen_infer.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from qgen_infer.distributed import DistEnv, JobFailed, check_all, join, leave, reconstruct_sharded
-from qgen_infer.distributed.env import device_for
+from qgen_infer.distributed.env import device_for, exit_process
 from qgen_infer.errors import QgenError
 
 EXIT_FAILED = 1  # a rank failed for a reason other than the input (a crash, a full disk)
@@ -35,9 +35,10 @@ def _check_out(out: Path, force: bool) -> None:
         raise QgenError(f"folder {str(out.parent)!r} does not exist")
 
 
-def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> int:
-    """The sharded run of ``qgen-reconstruct``'s parsed ``args``; its exit code. Only rank 0
-    prints: errors (one line naming the failed ranks), the progress bar and the summary."""
+def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
+    """The sharded run of ``qgen-reconstruct``'s parsed ``args``; ends the process with its
+    exit code. Only rank 0 prints: errors (one line naming the failed ranks), the progress bar
+    and the summary."""
     from qgen_infer.cli.reconstruct import _device
 
     device = _device(args)
@@ -53,9 +54,9 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> int:
             print(f"qgen-reconstruct: interrupted; finished shards are kept in {out / SHARDS}: "
                   f"rerun the same command (without --force) to continue", file=sys.stderr)
         leave(wait=False)
-        return EXIT_INTERRUPTED
+        exit_process(EXIT_INTERRUPTED)
     leave()
-    return code
+    exit_process(code)
 
 
 def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None) -> int:
