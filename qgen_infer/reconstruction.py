@@ -255,8 +255,8 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
     * ``seed`` (default 0): an image's random starts depend on ``seed``, ``restarts`` and its
       index only (:class:`StartLatents`), never on ``batch_size`` or the other images (beyond
       float rounding of differently-sized products).
-    * ``options``: a :class:`SolverOptions` from :func:`solver_options` instead of the six
-      keywords above (passing both is an error).
+    * ``options``: a :class:`SolverOptions` from :func:`solver_options` instead of the seven
+      solver keywords above (passing both is an error).
 
     ``cuda_graph`` (default: on when the model is on a CUDA device) replays each solver step
     from a captured CUDA graph (:mod:`qgen_infer.solve.cuda_graph`); same result, no per-step
