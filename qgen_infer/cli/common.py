@@ -27,7 +27,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower()
+        unset = action.default is None or action.default is False  # not 0 or 0.0, which == False
+        if (unset or action.default == argparse.SUPPRESS or "default" in text.lower()
                 or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)"
