@@ -160,17 +160,20 @@ def _measurements_tensor(y: np.ndarray | torch.Tensor, m: int) -> torch.Tensor:
     return y_t
 
 
-def _check_memory(model: Any, n: int, opts: SolverOptions) -> None:
+def _check_memory(model: Any, n: int, opts: SolverOptions, results_in_memory: bool) -> None:
     """Refuse, before anything is allocated, a reconstruction whose batch (images x restarts
-    latent rows), random starts (two chunks) or result arrays exceed the machine's memory."""
+    latent rows), random starts (two chunks) or result arrays (unless the caller provides them)
+    exceed the machine's memory."""
     plan = getattr(model, "memory", None)
     if plan is None:  # a model assembled by hand, not by qgen_infer.load
         return
     fp32 = FP32_BYTES
     rows = min(n, opts.batch_size) * opts.restarts
     starts = 2 * opts.restarts * START_CHUNK * opts.latent_dim * fp32
-    results = n * (math.prod(model.config["image_shape"]) + opts.latent_dim + 1) * fp32
-    hint = "use a smaller batch size or fewer restarts"
+    results = n * (math.prod(model.config["image_shape"]) + opts.latent_dim + 1) * fp32 \
+        if results_in_memory else 0
+    hint = "use a smaller batch size or fewer restarts" + (
+        ", or pass result arrays (into=) that live on disk" if results_in_memory else "")
     cpu = torch.device("cpu")
     if model.device.type == "cuda":
         check_fits(plan.need(rows), model.device, f"a batch of {rows} latent rows", hint)
@@ -239,7 +242,7 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
                 seed: int | None = None, project: bool | None = None,
                 cuda_graph: bool | None = None, precision: str = "fp32",
                 on_batch: Callable[[Reconstruction, int], None] | None = None,
-                first_index: int = 0) -> Reconstruction:
+                first_index: int = 0, into: Reconstruction | None = None) -> Reconstruction:
     """Recover images from measurements ``y`` ``[N, m]`` (an array or a tensor, e.g. from
     :func:`qgen_infer.measure`) with a model from :func:`qgen_infer.load`, by latent proximal
     gradient descent through its packed generator:
@@ -265,6 +268,8 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
     ``on_batch(result, done)`` is called after each batch (progress bars, partial saves).
     ``first_index``: the index of ``y``'s first row in a larger set that is solved in parts
     (a shard of :mod:`qgen_infer.distributed`): row ``i`` gets image ``first_index + i``'s starts.
+    ``into``: result arrays to fill instead of new ones, e.g. ``.npy`` files memory-mapped with
+    ``numpy.lib.format.open_memmap``, so that the results of a large ``y`` need no memory.
 
     Returns a :class:`Reconstruction` (``x_hat`` ``[N, C, H, W]`` in [-1, 1], ``z``, per-image
     measurement ``loss``, ``seconds``). On KeyboardInterrupt the partial result is attached to
@@ -280,10 +285,15 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
     y_t = _measurements_tensor(y, int(model.config["measurements"]))
     n = y_t.shape[0]
     shape = tuple(model.config["image_shape"])
-    _check_memory(model, n, opts)
-    out = Reconstruction(x_hat=np.zeros((n, *shape), np.float32),
-                         z=np.zeros((n, opts.latent_dim), np.float32),
-                         loss=np.full(n, np.nan, np.float32))
+    _check_memory(model, n, opts, results_in_memory=into is None)
+    out = into if into is not None else Reconstruction(
+        x_hat=np.zeros((n, *shape), np.float32), z=np.zeros((n, opts.latent_dim), np.float32),
+        loss=np.full(n, np.nan, np.float32))
+    expected = {"x_hat": (n, *shape), "z": (n, opts.latent_dim), "loss": (n,)}
+    for name, want in expected.items():
+        if tuple(getattr(out, name).shape) != want:
+            raise QgenError(f"into.{name} has shape {tuple(getattr(out, name).shape)}, "
+                            f"expected {want}")
     dev = model.device
     generator, sensing = _networks(model, precision)
     if cuda_graph is None:

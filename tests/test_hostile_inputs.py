@@ -277,6 +277,33 @@ def test_memory_limit_refuses_load_and_batches(problem: dict[str, Path], tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_cli_results_go_to_disk_not_memory(problem: dict[str, Path], tmp_path: Path, capsys,
+                                           monkeypatch) -> None:
+    """Under a limit that holds a batch but not N results, the API (results in memory) refuses
+    and the CLI (results memory-mapped in the output folder, filled batch by batch) succeeds,
+    with the API's numbers."""
+    from qgen_infer.reconstruction import START_CHUNK
+
+    model = qgen_infer.load(problem["model"], backend="reference")
+    n = 1200
+    y = np.random.default_rng(1).standard_normal((n, int(model.config["measurements"])))
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    batch, latent = 256, int(model.config["latent_dim"])
+    working = model.memory.need(batch) + 2 * START_CHUNK * latent * 4
+    results = n * (int(np.prod(model.config["image_shape"])) + latent + 1) * 4
+    monkeypatch.setenv("QGEN_MEMORY_LIMIT", str(working + results // 2))
+    with pytest.raises(QgenError, match="into="):
+        qgen_infer.reconstruct(model, y.astype(np.float32), steps=1)
+    code, _, err = run(reconstruct_main, [problem["model"], tmp_path / "y.npy", "--out-dir",
+                                          tmp_path / "r", "--quiet", "--backend", "reference",
+                                          "--steps", "1"], capsys)
+    assert code == 0, err
+    monkeypatch.delenv("QGEN_MEMORY_LIMIT")
+    expected = qgen_infer.reconstruct(model, y.astype(np.float32), steps=1)
+    np.testing.assert_array_equal(np.load(tmp_path / "r" / "x_hat.npy"), expected.x_hat)
+    np.testing.assert_array_equal(np.load(tmp_path / "r" / "z.npy"), expected.z)
+
+
 @pytest.mark.parametrize("text,expected", [("8G", 8 << 30), ("512MiB", 512 << 20),
                                            ("1.5k", 1536), ("1000", 1000)])
 def test_memory_limit_sizes(text: str, expected: int) -> None:
@@ -561,7 +588,7 @@ def _fuzz_header(mlp_blob: bytes, fuzz_dir: Path, data: st.DataObject) -> None:
     for _ in range(data.draw(st.integers(1, 3))):
         name = data.draw(st.sampled_from(names))
         how = data.draw(st.sampled_from(["value", "offsets", "shape", "dtype"]))
-        if how == "value" or name == "__metadata__":
+        if how == "value" or name == "__metadata__" or not isinstance(header[name], dict):
             header[name] = data.draw(_json_values())
         elif how == "offsets":
             header[name]["data_offsets"] = data.draw(st.lists(st.integers(-5, 2**65),

@@ -124,26 +124,67 @@ def _commit(stage: Path, out: Path) -> None:
     stage.rmdir()
 
 
+def _results_on_disk(stage: Path, n: int, image_shape: list[int], latent_dim: int) -> Any:
+    """x_hat and z as ``.npy`` files in the staging folder, memory-mapped and filled batch by
+    batch, so N images need disk, not memory. The files' blocks are reserved up front: a full
+    disk is then one error line now, not a SIGBUS when a page of the mapping is written."""
+    from numpy.lib.format import open_memmap
+
+    from qgen_infer.atomic import write_error
+    from qgen_infer.reconstruction import Reconstruction
+
+    arrays = {}
+    for name, shape in (("x_hat", (n, *image_shape)), ("z", (n, latent_dim))):
+        path = stage / f"{name}.npy"
+        try:
+            arrays[name] = open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            with open(path, "rb+") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+    return Reconstruction(x_hat=arrays["x_hat"], z=arrays["z"],
+                          loss=np.full(n, np.nan, np.float32))
+
+
+def _image_scores(truth: np.ndarray, x_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-image PSNR and SSIM (None for images under 7 pixels a side), a chunk at a time so
+    that scoring N images needs no N-sized temporaries."""
+    import torch
+
+    from qgen_infer.metrics import psnr, ssim
+
+    chunk, ps, ss = 1024, [], []
+    with_ssim = min(truth.shape[-2:]) >= 7
+    for i in range(0, truth.shape[0], chunk):
+        t = torch.from_numpy(np.ascontiguousarray(truth[i:i + chunk]))
+        r = torch.from_numpy(np.ascontiguousarray(x_hat[i:i + chunk]))
+        ps.append(psnr(t, r).numpy())
+        if with_ssim:
+            ss.append(ssim(t, r).numpy())
+    return np.concatenate(ps), np.concatenate(ss) if with_ssim else None
+
+
 def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
                    settings: dict[str, Any], interrupted: bool,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    import torch
-
     from qgen_infer.arrays import save_npy_atomic, write_text_atomic
-    from qgen_infer.metrics import psnr, ssim
     from qgen_infer.visual import save_grid
 
     n = rec.done
     x_hat = rec.x_hat[:n]
-    save_npy_atomic(out / "x_hat.npy", x_hat)
-    save_npy_atomic(out / "z.npy", rec.z[:n])
+    for name, arr in (("x_hat.npy", rec.x_hat), ("z.npy", rec.z)):
+        in_place = isinstance(arr, np.memmap) and arr.filename is not None and \
+            Path(arr.filename).resolve() == (out / name).resolve()
+        if in_place and n == arr.shape[0]:
+            arr.flush()  # filled in place (_results_on_disk): already the output file
+        else:  # an interrupted run keeps its first n rows
+            save_npy_atomic(out / name, arr[:n])
     images: list[dict[str, float]] = [{"measurement_loss": float(v)} for v in rec.loss[:n]]
     summary: dict[str, Any] = {"images": n, "images_requested": int(rec.x_hat.shape[0]),
                                "mean_measurement_loss": float(rec.loss[:n].mean())
                                if n else None}
     if truth is not None and n:
-        t, r = torch.from_numpy(truth[:n]), torch.from_numpy(x_hat)
-        p, s = psnr(t, r).numpy(), ssim(t, r).numpy() if min(t.shape[-2:]) >= 7 else None
+        p, s = _image_scores(truth[:n], x_hat)
         for i in range(n):
             images[i]["psnr"] = float(p[i])
             if s is not None:
@@ -167,7 +208,8 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if n:
-        cols = [truth[:n], x_hat] if truth is not None else [x_hat]
+        cols = [truth[:GRID_IMAGES], x_hat[:GRID_IMAGES]] if truth is not None else \
+            [x_hat[:GRID_IMAGES]]
         save_grid(out / "grid.png", cols, labels=labels, count=GRID_IMAGES,
                   title=f"{model.bits}-bit {model.backend.name}: images 0-{shown - 1} of {n}")
     return metrics
@@ -263,9 +305,10 @@ def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray 
         if bar is not None:
             bar.update(done - bar.n)
 
+    into = _results_on_disk(stage, y.shape[0], model.config["image_shape"], opts.latent_dim)
     try:
         rec = reconstruct(model, y, opts, on_batch=on_batch, cuda_graph=args.cuda_graph,
-                          precision=args.precision)
+                          precision=args.precision, into=into)
     except KeyboardInterrupt as exc:
         if bar is not None:
             bar.close()
