@@ -9,8 +9,8 @@
 
 ``load``, ``measure``, ``reconstruct``, ``psnr`` and ``ssim`` are the functions of
 :mod:`qgen_infer.engine.loader`, :mod:`qgen_infer.measurement`, :mod:`qgen_infer.reconstruction`
-and :mod:`qgen_infer.metrics`, imported on first use, so that ``import qgen_infer`` (and every
-command's ``--help``) does not import torch.
+and :mod:`qgen_infer.metrics`, imported on first use, so that ``import qgen_infer`` (and the
+commands' ``--help``, but for qgen-train's) does not import torch.
 """
 
 # No ``from __future__ import annotations`` here: it would add ``annotations`` to this namespace.
