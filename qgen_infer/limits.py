@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 
 MAX_STEPS = 10_000  # proximal steps T
+MAX_LATENT = 1 << 20  # latent entries d (and so the sparsity s)
+MAX_MEASUREMENTS = 1 << 24  # values per image m
 MAX_RESTARTS = 10_000  # random starts per image
 MAX_BATCH = 1 << 20  # images solved together
 MAX_STEP_SIZE = 1e6  # latent step beta
 MAX_COUNT = 1 << 40  # images asked for (--count, --eval-size)
+MAX_EPOCHS = 1_000_000  # training passes
+MAX_LOSS_WEIGHT = 1e6  # weights of loss terms
 MAX_NOISE = 1e6  # measurement noise sigma: far above any y, far below float32 overflow
 
 

@@ -480,14 +480,21 @@ def test_console_scripts_print_one_line(problem: dict[str, Path], tmp_path: Path
 # ---- property-based fuzzing ----------------------------------------------------------------
 
 
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.lists(inner, max_size=4),
+                     st.dictionaries(st.text(max_size=6), inner, max_size=3))
+
+
+# Hostile JSON: huge and negative integers, tiny and huge floats, text, null, nesting.
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.integers(-3, 40),
+              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+              st.sampled_from(["mlp", "dcgan", "tensor", "dcs"])),
+    _containers, max_leaves=8)
+
+
 def _json_values() -> st.SearchStrategy[Any]:
-    """Hostile JSON: huge and negative integers, tiny and huge floats, text, null, nesting."""
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                        st.integers(-3, 40), st.floats(allow_nan=False, allow_infinity=False),
-                        st.text(max_size=8), st.sampled_from(["mlp", "dcgan", "tensor", "dcs"]))
-    return st.recursive(scalars, lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-        max_leaves=8)
+    return JSON_VALUES
 
 
 FIELDS = {"config": ["family", "image_shape", "latent_dim", "measurements", "hidden",

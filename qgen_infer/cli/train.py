@@ -9,8 +9,25 @@ from pathlib import Path
 
 import torch
 
-from qgen_infer.cli.common import DATASET_NAMES, ArgumentParser, check_data_flags, run_cli
+from qgen_infer.cli.common import (
+    DATASET_NAMES,
+    ArgumentParser,
+    check_data_flags,
+    float_in,
+    int_in,
+    run_cli,
+)
 from qgen_infer.errors import QgenError
+from qgen_infer.limits import (
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_LATENT,
+    MAX_LOSS_WEIGHT,
+    MAX_RESTARTS,
+    MAX_STEPS,
+    max_threads,
+)
 from qgen_infer.train import METHODS, TrainConfig
 
 DESCRIPTION = """\
@@ -45,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder (or file) holding the data set's files; for cifar10 the binary "
                         "release or the JPEG copy's zip (decoded in memory, never extracted)")
-    p.add_argument("--eval-size", type=int, default=None,
+    p.add_argument("--eval-size", type=int_in(1, MAX_COUNT), default=None,
                    help="images held out for evaluation (default per data set; MNIST: the last "
                         "1,000 of the 10,000-image test split; CIFAR-10's JPEG copy "
                         "(cifar10-jpeg-27k.zip): trains on train/ and evaluates on the first "
@@ -63,18 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "2 bits rounds most weights to zero")
     p.add_argument("-m", "--measurements", type=int, default=d.measurements,
                    help="number of measurements m (output size of A)")
-    p.add_argument("-s", "--sparsity", type=int, default=None,
+    p.add_argument("-s", "--sparsity", type=int_in(1, MAX_LATENT), default=None,
                    help="non-zeros kept in the latent (default 100 for SDLSS; none for DCS)")
-    p.add_argument("--latent-dim", type=int, default=None,
+    p.add_argument("--latent-dim", type=int_in(1, MAX_LATENT), default=None,
                    help="latent size (default: image size for SDLSS on MLPs, 512 on DCGAN, "
                         "100 for DCS)")
-    p.add_argument("-T", "--steps", type=int, default=d.steps, help="unrolled latent steps")
+    p.add_argument("-T", "--steps", type=int_in(1, MAX_STEPS), default=d.steps,
+                   help="unrolled latent steps")
     p.add_argument("--project", action=argparse.BooleanOptionalAction, default=d.project,
                    help="project the latent to the unit sphere after each step")
-    p.add_argument("--epochs", type=int, default=d.epochs,
+    p.add_argument("--epochs", type=int_in(0, MAX_EPOCHS), default=d.epochs,
                    help="passes over the training images (MNIST's 9,000 took 13-36 s per epoch "
                         "on one thread of a busy 2-vCPU machine: the default 100 is 20-60 min)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=d.batch_size,
                    help="training images per Adam step")
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: 1e-3 for the MLP networks, 2e-4 for the "
@@ -96,13 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "among data, reconstructed and generated images, so that A also keeps "
                         "data images apart (not in the paper or DCS; default: on for the DCGAN "
                         "networks, where it trained better, off for the MLP ones)")
-    p.add_argument("--gdl-weight", type=float, default=d.gdl_weight,
+    p.add_argument("--gdl-weight", type=float_in(0, MAX_LOSS_WEIGHT), default=d.gdl_weight,
                    help="weight of the gradient-difference loss (0 disables it)")
     p.add_argument("--initial-step-size", type=float, default=d.initial_step_size,
                    help="latent step size beta to start from (learned from there, in log space)")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=int_in(0, 2**62), default=d.seed,
                    help="seed of the initial weights, the batch order and the latent starts")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=d.device,
                    help="where to train: cpu, cuda (or cuda:N), or auto (cuda when a CUDA GPU "
@@ -111,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None,
                    help="warm start from another checkpoint of the same network (e.g. a 32-bit "
                         "model before 1-bit training)")
-    p.add_argument("--eval-restarts", type=int, default=d.eval_restarts,
+    p.add_argument("--eval-restarts", type=int_in(1, MAX_RESTARTS), default=d.eval_restarts,
                    help="random restarts per image in the per-epoch evaluation")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its last checkpoint, with the "

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qgen_infer.errors import FormatError
-from qgen_infer.limits import MAX_STEP_SIZE, MAX_STEPS
+from qgen_infer.limits import MAX_LATENT, MAX_MEASUREMENTS, MAX_STEP_SIZE, MAX_STEPS
 
-MAX_LATENT = 1 << 20
 MAX_SIDE = 1 << 14  # image height/width in pixels
 MAX_CHANNELS = 1 << 12
 
@@ -35,20 +34,22 @@ class Field:
     required: bool = True
     nullable: bool = False
     low_open: bool = False  # low is excluded (a step size must be > 0)
+    high_open: bool = False  # high is excluded (an overflow rate must be < 1)
 
 
 CONFIG: dict[str, Field] = {
     "family": Field("choice", choices=("mlp", "dcgan")),
     "image_shape": Field("ints", "[channels, pixels, pixels]", 1, MAX_SIDE, length=3),
     "latent_dim": Field("int", "latent entries", 1, MAX_LATENT),
-    "measurements": Field("int", "values per image", 1, 1 << 24),
+    "measurements": Field("int", "values per image", 1, MAX_MEASUREMENTS),
     "hidden": Field("int", "features", 1, 1 << 16, required=False),
     "negative_slope": Field("number", "LeakyReLU slope", 0, 1, required=False),
     "width": Field("int", "channels", 1, MAX_CHANNELS, required=False),
     "sensing_slope": Field("number", "LeakyReLU slope", 0, 1, required=False),
     "bits": Field("choice", "bits per weight", choices=(1, 2, 3, 4, 32)),
     "granularity": Field("choice", choices=("tensor", "channel")),
-    "overflow_rate": Field("number", "fraction of weights", 0, 0.5, required=False),
+    "overflow_rate": Field("number", "fraction of weights", 0, 1, required=False,
+                           high_open=True),
 }
 
 SOLVER: dict[str, Field] = {
@@ -63,7 +64,8 @@ SOLVER: dict[str, Field] = {
 QUANTIZER: dict[str, Field] = {
     "granularity": Field("choice", choices=("tensor", "channel")),
     "scheme": Field("choice", choices=("linear_quantize",), required=False),
-    "overflow_rate": Field("number", "fraction of weights", 0, 0.5, required=False),
+    "overflow_rate": Field("number", "fraction of weights", 0, 1, required=False,
+                           high_open=True),
     "trained_bits": Field("choice", "bits per weight", choices=(1, 2, 3, 4, 32), required=False),
     "trained_granularity": Field("choice", choices=("tensor", "channel"), required=False),
     "post_training": Field("bool", required=False),
@@ -88,7 +90,8 @@ def _describe(spec: Field) -> str:
     low = "(" if spec.low_open else "["
     what = {"int": "an integer", "number": "a number", "ints": f"a list of {spec.length} "
             "integers each"}.get(spec.kind, f"a {spec.kind}")
-    span = f" in {low}{spec.low:g}, {spec.high:g}]" if spec.low is not None else ""
+    high = ")" if spec.high_open else "]"
+    span = f" in {low}{spec.low:g}, {spec.high:g}{high}" if spec.low is not None else ""
     return what + span + (f" ({spec.unit})" if spec.unit else "")
 
 
@@ -96,7 +99,8 @@ def _in_range(value: float, spec: Field) -> bool:
     if spec.low is None:
         return True
     above = value > spec.low if spec.low_open else value >= spec.low
-    return above and value <= spec.high  # type: ignore[operator]
+    below = value < spec.high if spec.high_open else value <= spec.high  # type: ignore[operator]
+    return above and below
 
 
 def _is_int(value: Any) -> bool:
