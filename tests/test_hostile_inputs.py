@@ -304,6 +304,27 @@ def test_cli_results_go_to_disk_not_memory(problem: dict[str, Path], tmp_path: P
     np.testing.assert_array_equal(np.load(tmp_path / "r" / "z.npy"), expected.z)
 
 
+def test_npy_row_writer_round_trip_and_cut(tmp_path: Path) -> None:
+    from qgen_infer.npy_rows import NpyRowWriter
+
+    rows = np.random.default_rng(0).standard_normal((7, 2, 3)).astype(np.float32)
+    full = NpyRowWriter(tmp_path / "full.npy", rows.shape)
+    full[0:3], full[3:7] = rows[:3], rows[3:]
+    np.testing.assert_array_equal(full[2:5], rows[2:5])
+    with pytest.raises(QgenError, match="in order"):
+        full[1:2] = rows[1:2]
+    full.finish()
+    np.testing.assert_array_equal(np.load(tmp_path / "full.npy"), rows)
+    # interrupted after 3 rows: the file holds exactly those (a header declaring 100,000 rows
+    # is rewritten for 3, padded to its old length)
+    for shape in [(10, 2, 3), (100_000, 3)]:
+        cut = NpyRowWriter(tmp_path / "cut.npy", shape)
+        part = np.arange(3 * int(np.prod(shape[1:])), dtype=np.float32).reshape(3, *shape[1:])
+        cut[0:3] = part
+        cut.finish()
+        np.testing.assert_array_equal(np.load(tmp_path / "cut.npy"), part)
+
+
 @pytest.mark.parametrize("text,expected", [("8G", 8 << 30), ("512MiB", 512 << 20),
                                            ("1.5k", 1536), ("1000", 1000)])
 def test_memory_limit_sizes(text: str, expected: int) -> None:

@@ -125,30 +125,20 @@ def _commit(stage: Path, out: Path) -> None:
 
 
 def _results_on_disk(stage: Path, n: int, image_shape: list[int], latent_dim: int) -> Any:
-    """x_hat and z as ``.npy`` files in the staging folder, memory-mapped and filled batch by
-    batch, so N images need disk, not memory. The files' blocks are reserved up front: a full
-    disk is then one error line now, not a SIGBUS when a page of the mapping is written."""
-    from numpy.lib.format import open_memmap
-
-    from qgen_infer.atomic import write_error
+    """x_hat and z as ``.npy`` files in the staging folder, written batch by batch
+    (:class:`~qgen_infer.npy_rows.NpyRowWriter`), so N images need disk, not memory."""
+    from qgen_infer.npy_rows import NpyRowWriter
     from qgen_infer.reconstruction import Reconstruction
 
-    arrays = {}
-    for name, shape in (("x_hat", (n, *image_shape)), ("z", (n, latent_dim))):
-        path = stage / f"{name}.npy"
-        try:
-            arrays[name] = open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-            with open(path, "rb+") as fh:
-                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
-        except OSError as exc:
-            raise write_error(path, exc) from None
-    return Reconstruction(x_hat=arrays["x_hat"], z=arrays["z"],
+    return Reconstruction(x_hat=NpyRowWriter(stage / "x_hat.npy", (n, *image_shape)),
+                          z=NpyRowWriter(stage / "z.npy", (n, latent_dim)),
                           loss=np.full(n, np.nan, np.float32))
 
 
-def _image_scores(truth: np.ndarray, x_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-image PSNR and SSIM (None for images under 7 pixels a side), a chunk at a time so
-    that scoring N images needs no N-sized temporaries."""
+def _image_scores(truth: np.ndarray, x_hat: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-image PSNR and SSIM (None for images under 7 pixels a side) of the first
+    ``len(truth)`` rows of ``x_hat`` (an array or a row file), a chunk at a time so that scoring
+    N images needs no N-sized temporaries."""
     import torch
 
     from qgen_infer.metrics import psnr, ssim
@@ -156,8 +146,9 @@ def _image_scores(truth: np.ndarray, x_hat: np.ndarray) -> tuple[np.ndarray, np.
     chunk, ps, ss = 1024, [], []
     with_ssim = min(truth.shape[-2:]) >= 7
     for i in range(0, truth.shape[0], chunk):
-        t = torch.from_numpy(np.ascontiguousarray(truth[i:i + chunk]))
-        r = torch.from_numpy(np.ascontiguousarray(x_hat[i:i + chunk]))
+        stop = min(i + chunk, truth.shape[0])
+        t = torch.from_numpy(np.ascontiguousarray(truth[i:stop]))
+        r = torch.from_numpy(np.ascontiguousarray(x_hat[i:stop]))
         ps.append(psnr(t, r).numpy())
         if with_ssim:
             ss.append(ssim(t, r).numpy())
@@ -168,23 +159,17 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
                    settings: dict[str, Any], interrupted: bool,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from qgen_infer.arrays import save_npy_atomic, write_text_atomic
+    from qgen_infer.npy_rows import NpyRowWriter
     from qgen_infer.visual import save_grid
 
     n = rec.done
-    x_hat = rec.x_hat[:n]
-    for name, arr in (("x_hat.npy", rec.x_hat), ("z.npy", rec.z)):
-        in_place = isinstance(arr, np.memmap) and arr.filename is not None and \
-            Path(arr.filename).resolve() == (out / name).resolve()
-        if in_place and n == arr.shape[0]:
-            arr.flush()  # filled in place (_results_on_disk): already the output file
-        else:  # an interrupted run keeps its first n rows
-            save_npy_atomic(out / name, arr[:n])
+    x_hat = rec.x_hat  # an array, or a row file in ``out`` (_results_on_disk) read in slices
     images: list[dict[str, float]] = [{"measurement_loss": float(v)} for v in rec.loss[:n]]
     summary: dict[str, Any] = {"images": n, "images_requested": int(rec.x_hat.shape[0]),
                                "mean_measurement_loss": float(rec.loss[:n].mean())
                                if n else None}
     if truth is not None and n:
-        p, s = _image_scores(truth[:n], x_hat)
+        p, s = _image_scores(truth[:n], x_hat)  # before the files are finished
         for i in range(n):
             images[i]["psnr"] = float(p[i])
             if s is not None:
@@ -207,9 +192,14 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
         **(extra or {}),
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    shown_x = x_hat[:min(n, GRID_IMAGES)]
+    for name, arr in (("x_hat.npy", rec.x_hat), ("z.npy", rec.z)):
+        if isinstance(arr, NpyRowWriter):
+            arr.finish()  # written in place; an interrupted run's file is cut to its n rows
+        else:
+            save_npy_atomic(out / name, arr[:n])
     if n:
-        cols = [truth[:GRID_IMAGES], x_hat[:GRID_IMAGES]] if truth is not None else \
-            [x_hat[:GRID_IMAGES]]
+        cols = [truth[:GRID_IMAGES], shown_x] if truth is not None else [shown_x]
         save_grid(out / "grid.png", cols, labels=labels, count=GRID_IMAGES,
                   title=f"{model.bits}-bit {model.backend.name}: images 0-{shown - 1} of {n}")
     return metrics
