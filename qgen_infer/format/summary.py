@@ -132,4 +132,7 @@ def render(qf: QgenFile, file_bytes: int, path: str) -> str:
         f"{s.generator_ratio:.1f}x smaller than the fp32 generator",
         f"sensing     {human_bytes(s.sensing_bytes)} fp32 in {s.sensing_tensors} tensors",
     ]
+    if qf.plan is not None:  # the reader's static walk of the layer chain
+        lines.append(f"activations {human_bytes(FP32_BYTES * qf.plan.activations)} fp32 per "
+                     f"image through the generator (widest layer {qf.plan.widest:,} values)")
     return "\n".join(lines)
