@@ -67,6 +67,8 @@ setup(
     packages=PACKAGES,
     package_dir={"qgen_infer.kernels": "kernels"},
     include_package_data=True,
+    # the Triton launch-config tables (kernels/configs.py reads them from beside itself)
+    package_data={"qgen_infer.kernels": ["tuned/*.json"]},
     ext_modules=cpu_extension(),
     install_requires=[
         "torch>=2.4",
@@ -93,6 +95,7 @@ setup(
             "qgen-measure=qgen_infer.cli.measure:main",
             "qgen-reconstruct=qgen_infer.cli.reconstruct:main",
             "qgen-demo=qgen_infer.cli.demo:main",
+            "qgen-tune=qgen_infer.cli.tune:main",
         ]
     },
 )

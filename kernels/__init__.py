@@ -8,8 +8,9 @@ Modules (import them explicitly; importing this package imports neither triton n
 * ``common``  -- the Triton helpers every kernel shares: the two decodes of ``kpack``
   (``load_codes``, one load per code; ``load_code_tile``, one load per word, split in
   registers) and ``apply_epilogue`` (alpha, beta, activation).
-* ``configs`` -- launch configs, the interpreter's fixed config, the JSON tuning cache and the
-  autotuner (written once, used by every launcher).
+* ``configs`` -- launch configs: the interpreter's fixed config, the deterministic rule, the
+  tables shipped in ``tuned/`` (``sm_90.json`` for Hopper), the user's JSON cache and the
+  autotuner, which runs only when asked (``qgen-tune``, ``--autotune``).
 * ``gemm``    -- ``y = act(alpha * (x Wᵀ) + beta)``: tensor-core tile kernel and GEMV kernel.
 * ``gemm_t``  -- ``g' = g W`` (the input gradient): tensor-core tile kernel and GEMV kernel.
 * ``splitk``  -- the split-K reduction with the forward epilogue.

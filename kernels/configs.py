@@ -4,15 +4,20 @@ Selection for a call (``select``), in order:
 
 1. under ``TRITON_INTERPRET=1``: one fixed small config per path (autotuning the interpreter is
    pointless and slow);
-2. a tuned entry for the key ``(device, op, bits, dtype, m_bucket, n, k)`` from the cache;
-3. on a miss, when autotuning is allowed (``QGEN_TRITON_AUTOTUNE`` is not ``0`` and the stream is
-   not being captured into a CUDA graph), time the candidates with ``triton.testing.do_bench``, keep
-   the fastest and write it to the user cache;
-4. otherwise the first entry of a shape heuristic's ladder that fits in shared memory.
+2. a tuned entry for the key ``(device, op, bits, dtype, m_bucket, n, k)`` from the tables, looked
+   up under the device's name (``NVIDIA H200``: the user's own tuning) and then under its
+   architecture (``sm_90``: the tables shipped in ``kernels/tuned/``);
+3. on a miss, only when autotuning was asked for (``QGEN_TRITON_AUTOTUNE=1``, which
+   ``qgen-tune`` and ``--autotune`` set) and the stream is not being captured into a CUDA graph:
+   time the candidates with ``triton.testing.do_bench``, keep the fastest and write it to the
+   user cache;
+4. otherwise (the default) the deterministic rule :func:`heuristic_ladder`: its first entry, or
+   the next one down when a tile does not fit in shared memory (one compile per key).
 
-Cache files (read lazily on the first GPU call, never at import): every ``kernels/tuned/*.json``
-shipped with the package, then the user file ``$QGEN_TRITON_CONFIGS`` (default
-``~/.cache/qgen_infer/triton-configs.json``), whose entries win. Format::
+By default nothing is timed at run time: a run compiles exactly the kernels it launches, once
+each. Cache files (read lazily on the first GPU call, never at import): every
+``kernels/tuned/*.json`` shipped with the package, then the user file ``$QGEN_TRITON_CONFIGS``
+(default ``~/.cache/qgen_infer/triton-configs.json``), whose entries win. Format::
 
     {"format": "qgen-triton-configs", "version": 1,
      "entries": [{"device": "NVIDIA H100 80GB HBM3", "op": "gemm", "bits": 4, "dtype": "float16",
@@ -20,8 +25,10 @@ shipped with the package, then the user file ``$QGEN_TRITON_CONFIGS`` (default
                   "config": {"path": "dot", "block_m": 16, "block_n": 64, "block_k": 128,
                              "split": 4, "num_warps": 4, "num_stages": 3}}]}
 
-``n`` is always the weight's N (output width of ``gemm``, reduction length of ``gemm_t``) and ``k``
-its K; ``m_bucket`` is M rounded up to a power of two (capped at 8192).
+``device`` is a name as ``torch.cuda.get_device_name`` gives it or an architecture ``sm_XY``;
+``n`` is always the weight's N (output width of ``gemm``, reduction length of ``gemm_t``) and
+``k`` its K; ``m_bucket`` is M rounded up to a power of two (capped at 8192); ``time_us`` is the
+measured time or null, and an optional ``source`` says where the entry comes from.
 """
 
 from __future__ import annotations
@@ -201,20 +208,22 @@ def fill_split(cfg: KernelConfig, m: int, out_dim: int, red_dim: int, op: str,
 
 
 def heuristic_ladder(m: int, out_dim: int, red_dim: int, op: str,
-                     sms: int | None = None) -> list[KernelConfig]:
-    """Untuned GPU defaults, best first. For M > 16 the largest tile that fills three quarters
-    of the SMs on its own, else the smallest with a split reduction that fills one wave; for
-    M <= 16 a 16-row (or GEMV) tile split to fill ~2 waves. The later entries need less shared
-    memory: fp32 activations (4-byte tiles) or 3-bit words (two planes) can overflow a large
-    tile (seen on an H200: 128x128x64, 3 stages, fp32 asked for 296 KB of 227), and the first
-    entry that launches is kept (``select``).
+                     sms: int | None = None, act_bytes: int = 2) -> list[KernelConfig]:
+    """Untuned GPU defaults, best first: a pure function of its arguments (``select`` passes M
+    rounded up to its bucket, so every batch of a bucket shares one compiled kernel). For
+    M > 16 the largest tile that fills three quarters of the SMs on its own, else the smallest
+    with a split reduction that fills one wave; for M <= 16 a 16-row (or GEMV) tile split to
+    fill ~2 waves. The 128x128 tile is offered to 2-byte activations only: with fp32 ones
+    (``act_bytes`` 4) it asked an H200 for 296 KB of shared memory of 227 (2026-11-30,
+    ``bench/results/gpu-kernels.md``). The later entries need less shared memory still (3-bit
+    words have two planes), and the first entry that launches is kept (``select``).
 
     Every entry decodes whole words (``word_decode``): compiled for sm_90, a 64x64x64 1-bit tile
     has 10 async-copy instructions instead of 134 and needs 18 KB of shared memory instead of
     64 KB (``bench/kernel_resources.py``)."""
     sms = sms or sm_count()
     if m > 16:
-        tiles = [(128, 128, 64, 8, 3)] if m >= 128 else []
+        tiles = [(128, 128, 64, 8, 3)] if m >= 128 and act_bytes <= 2 else []
         tiles += list(_FILL_TILES)
         first = next((t for t in tiles
                       if programs(_tile(op, *t[:3], 1, *t[3:]), m, out_dim, op) * 4 >= sms * 3),
@@ -239,9 +248,9 @@ def heuristic_ladder(m: int, out_dim: int, red_dim: int, op: str,
     return [replace(c, word_decode=c.block_k >= 32) for c in ladder]
 
 
-def heuristic(m: int, out_dim: int, red_dim: int, op: str) -> KernelConfig:
+def heuristic(m: int, out_dim: int, red_dim: int, op: str, act_bytes: int = 2) -> KernelConfig:
     """The first (largest) entry of :func:`heuristic_ladder`."""
-    return heuristic_ladder(m, out_dim, red_dim, op)[0]
+    return heuristic_ladder(m, out_dim, red_dim, op, act_bytes=act_bytes)[0]
 
 
 # --- the cache ------
@@ -277,18 +286,82 @@ def _entry_key(e: dict) -> TuneKey:
                    int(e["m_bucket"]), int(e["n"]), int(e["k"]))
 
 
+def parse_entry(e: object) -> tuple[TuneKey, KernelConfig]:
+    """One table entry checked field by field; ValueError naming the bad field otherwise."""
+    if not isinstance(e, dict):
+        raise ValueError(f"an entry must be an object, got {type(e).__name__}")
+    missing = [f for f in (*TuneKey.__dataclass_fields__, "config") if f not in e]
+    if missing:
+        raise ValueError(f"entry lacks {', '.join(missing)}")
+    for f in ("bits", "m_bucket", "n", "k"):
+        if isinstance(e[f], bool) or not isinstance(e[f], int) or e[f] < 1:
+            raise ValueError(f"{f} must be a positive integer, got {e[f]!r}")
+    key = _entry_key(e)
+    if key.op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {key.op!r}")
+    if key.bits not in (1, 2, 3, 4):
+        raise ValueError(f"bits must be 1..4, got {key.bits}")
+    if key.dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {key.dtype!r}")
+    if bucket_m(key.m_bucket) != key.m_bucket:
+        raise ValueError(f"m_bucket must be a power of two <= 8192, got {key.m_bucket}")
+    if e.get("time_us") is not None and not isinstance(e["time_us"], (int, float)):
+        raise ValueError(f"time_us must be a number or null, got {e['time_us']!r}")
+    cfg = e["config"]
+    if not isinstance(cfg, dict) or set(cfg) - set(KernelConfig.__dataclass_fields__):
+        raise ValueError(f"config must be an object with fields of KernelConfig, got {cfg!r}")
+    try:
+        config = KernelConfig.from_dict(cfg)
+    except TypeError as err:  # a missing required field
+        raise ValueError(f"config {cfg!r}: {err}") from None
+    for f in ("split", "num_warps", "num_stages"):
+        v = getattr(config, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"config {f} must be a positive integer, got {v!r}")
+    if config.path == "gemv" and config.block_m != 1:
+        raise ValueError(f"a gemv config has block_m 1, got {config.block_m}")
+    return key, config
+
+
+def read_table(path: Path) -> dict[TuneKey, KernelConfig]:
+    """Every entry of a config file, strictly: ValueError on any malformed entry (the shipped
+    tables are held to this by the tests; at run time ``_loaded`` skips bad entries instead)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ValueError(f"{path}: not a {FORMAT} version {VERSION} file")
+    if not isinstance(data.get("entries"), list):
+        raise ValueError(f"{path}: 'entries' must be a list")
+    table: dict[TuneKey, KernelConfig] = {}
+    for i, e in enumerate(data["entries"]):
+        try:
+            key, cfg = parse_entry(e)
+        except ValueError as err:
+            raise ValueError(f"{path}: entry {i}: {err}") from None
+        if key in table:
+            raise ValueError(f"{path}: entry {i} repeats the key {key}")
+        table[key] = cfg
+    return table
+
+
+def shipped_tables() -> list[Path]:
+    """The config tables that ship inside the package (``kernels/tuned/*.json``)."""
+    return sorted(_TUNED_DIR.glob("*.json"))
+
+
 def _loaded() -> dict[TuneKey, KernelConfig]:
     global _cache
     with _lock:
         if _cache is None:
-            files = sorted(_TUNED_DIR.glob("*.json")) + [user_cache_path()]
+            files = shipped_tables() + [user_cache_path()]
             cache: dict[TuneKey, KernelConfig] = {}
             for f in files:
                 for e in _read_entries(f):
                     try:
-                        cache[_entry_key(e)] = KernelConfig.from_dict(e["config"])
-                    except (KeyError, TypeError, ValueError) as err:
+                        key, cfg = parse_entry(e)
+                    except ValueError as err:
                         log.warning("skipping bad entry in %s: %s", f, err)
+                        continue
+                    cache[key] = cfg
             _cache = cache
         return _cache
 
@@ -324,10 +397,17 @@ def store(key: TuneKey, config: KernelConfig, time_us: float) -> None:
             log.warning("could not write Triton config cache %s: %s", path, e)
 
 
+AUTOTUNE_ENV = "QGEN_TRITON_AUTOTUNE"
+
+
+def autotune_requested() -> bool:
+    """Whether the user asked for run-time tuning (``QGEN_TRITON_AUTOTUNE=1``; off by default:
+    tuning a reconstruction's products took minutes of compiles on a fresh H200)."""
+    return os.environ.get(AUTOTUNE_ENV, "0") == "1"
+
+
 def _autotune_allowed() -> bool:
-    if os.environ.get("QGEN_TRITON_AUTOTUNE", "1") == "0":
-        return False
-    return not torch.cuda.is_current_stream_capturing()
+    return autotune_requested() and not torch.cuda.is_current_stream_capturing()
 
 
 def _agrees(out: torch.Tensor, ref: torch.Tensor) -> bool:
@@ -389,6 +469,12 @@ def _first_that_launches(key: TuneKey, ladder: list[KernelConfig],
     return cfg
 
 
+def device_arch(device: torch.device) -> str:
+    """``sm_XY`` of a CUDA device (``sm_90`` for H100 and H200): the shipped tables' key."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
 def select(op: str, x: torch.Tensor, bits: int, m: int, n: int, k: int,
            run: Callable[[KernelConfig], object]) -> KernelConfig:
     """The config for one call (module docstring); ``run(cfg)`` launches a candidate when
@@ -397,12 +483,14 @@ def select(op: str, x: torch.Tensor, bits: int, m: int, n: int, k: int,
         return interpreter_config(m)
     key = TuneKey(torch.cuda.get_device_name(x.device), op, bits, dtype_name(x.dtype),
                   bucket_m(m), n, k)
-    cfg = lookup(key)
+    cfg = lookup(key) or lookup(replace(key, device=device_arch(x.device)))
     if cfg is not None:
         return cfg
     out_dim, red_dim = (n, k) if op == "gemm" else (k, n)
     found = autotune(run, candidates(m, out_dim, red_dim, op)) if _autotune_allowed() else None
     if found is None:
-        return _first_that_launches(key, heuristic_ladder(m, out_dim, red_dim, op), run)
+        ladder = heuristic_ladder(key.m_bucket, out_dim, red_dim, op,
+                                  act_bytes=x.element_size())
+        return _first_that_launches(key, ladder, run)
     store(key, *found)
     return found[0]

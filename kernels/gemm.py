@@ -43,7 +43,8 @@ from qgen_infer.kernels.splitk import splitk_reduce
 GROUP_M = 8
 
 
-@triton.jit
+# M is not specialised on (divisible by 16 or not): every batch size shares one compile.
+@triton.jit(do_not_specialize=["M"])
 def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr, out_ptr,
                           M, N, K, ldw, stride_xm, stride_xk, k_per_split, negative_slope,
                           BITS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
@@ -76,7 +77,7 @@ def gemm_kpack_dot_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr
                negative_slope, HAS_ALPHA, HAS_BETA, ACT, PARTIAL)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def gemm_kpack_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr, out_ptr,
                            M, N, K, ldw, stride_xm, stride_xk, k_per_split, negative_slope,
                            BITS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,

@@ -51,7 +51,8 @@ from qgen_infer.kernels.splitk import splitk_reduce
 GROUP_M = 8
 
 
-@triton.jit
+# M is not specialised on (divisible by 16 or not): every batch size shares one compile.
+@triton.jit(do_not_specialize=["M"])
 def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, y_ptr, alpha_ptr,
                             M, N, K, ldw, stride_gm, stride_gn, stride_ym, stride_yn, n_per_split,
                             negative_slope, BITS: tl.constexpr, ACT: tl.constexpr,
@@ -88,7 +89,7 @@ def gemm_t_kpack_dot_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, y_ptr, a
                False, False, 0, PARTIAL)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def gemm_t_kpack_gemv_kernel(g_ptr, w_ptr, scale_ptr, zero_ptr, out_ptr, y_ptr, alpha_ptr,
                              M, N, K, ldw, stride_gm, stride_gn, stride_ym, stride_yn,
                              n_per_split, negative_slope, BITS: tl.constexpr, ACT: tl.constexpr,

@@ -18,7 +18,8 @@ from qgen_infer.kernels.common import apply_epilogue
 BLOCK = 1024
 
 
-@triton.jit
+# MN changes with the batch: not specialised on, so every batch size shares one compile.
+@triton.jit(do_not_specialize=["MN"])
 def splitk_reduce_kernel(part_ptr, alpha_ptr, beta_ptr, out_ptr, MN, N, S, negative_slope,
                          HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr, ACT: tl.constexpr,
                          BLOCK: tl.constexpr):

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="activations of the generator and sensing net; fp16/bf16 need a CUDA "
                         "device and use its tensor cores (the latent and its update stay fp32)")
+    p.add_argument("--autotune", action="store_true",
+                   help="time the Triton kernels' launch configs on first use and cache the "
+                        "best (minutes of compiles; by default a fixed rule and the shipped "
+                        "tables pick them: see qgen-tune)")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="CPU threads of torch and of the cpu backend's kernels (default: "
                         "torch's choice)")
@@ -218,6 +222,8 @@ def _body(argv: Sequence[str] | None) -> int:
         if args.threads < 1:
             raise QgenError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.autotune:  # read by qgen_infer.kernels.configs at the first launch
+        os.environ["QGEN_TRITON_AUTOTUNE"] = "1"
     out = Path(args.out)
     if launched():  # under torchrun: the images are split across its ranks
         from qgen_infer.cli.reconstruct_sharded import reconstruct_sharded_main
