@@ -11,6 +11,9 @@ Variants (``--variants``; each on the shipped MNIST models, ``models/mnist-m25-{
   the dense fp16 baseline with only the generator's products swapped for the packed kernels;
 * ``+graph``: every solver step replayed from a CUDA graph (``qgen-reconstruct``'s default on a
   GPU, and the strongest baseline).
+* ``packed-fused`` / ``packed-fused-fp16``: every step one Triton kernel
+  (``reconstruct(..., fused_step=True)``, ``qgen_infer.engine.fused_step``), fp32 or fp16
+  products (activations, latent and update fp32 either way).
 
 Measurements are ``y = A(G(z))`` for random sparse latents, with ``x = G(z)`` (reference
 backend, fp32) as the truth for the PSNR column: the GPU machine has no MNIST files, throughput
@@ -43,15 +46,22 @@ from qgen_infer.reconstruction import reconstruct
 from qgen_infer.solve import sample_latent
 
 REPO = Path(__file__).resolve().parents[1]
-# name -> (generator, precision, CUDA graph)
+# name -> (generator, precision, CUDA graph, fused step)
 VARIANTS = {
-    "torch-fp32": ("dense", "fp32", False), "torch-fp32+graph": ("dense", "fp32", True),
-    "torch-fp16": ("dense", "fp16", False), "torch-fp16+graph": ("dense", "fp16", True),
-    "packed": ("packed", "fp32", False), "packed+graph": ("packed", "fp32", True),
-    "packed-fp16": ("packed", "fp16", False), "packed-fp16+graph": ("packed", "fp16", True),
+    "torch-fp32": ("dense", "fp32", False, False),
+    "torch-fp32+graph": ("dense", "fp32", True, False),
+    "torch-fp16": ("dense", "fp16", False, False),
+    "torch-fp16+graph": ("dense", "fp16", True, False),
+    "packed": ("packed", "fp32", False, False), "packed+graph": ("packed", "fp32", True, False),
+    "packed-fp16": ("packed", "fp16", False, False),
+    "packed-fp16+graph": ("packed", "fp16", True, False),
+    "packed-fused": ("packed", "fp32", False, True),
+    "packed-fused+graph": ("packed", "fp32", True, True),
+    "packed-fused-fp16+graph": ("packed", "fp16", True, True),
 }
 TRUTH_SEED = 20261204
-SUITE_VARIANTS = ["torch-fp32+graph", "torch-fp16+graph", "packed+graph", "packed-fp16+graph"]
+SUITE_VARIANTS = ["torch-fp32+graph", "torch-fp16+graph", "packed+graph", "packed-fp16+graph",
+                  "packed-fused+graph", "packed-fused-fp16+graph"]
 
 
 def dense(model: Any, dtype: torch.dtype) -> Any:
@@ -63,8 +73,9 @@ def dense(model: Any, dtype: torch.dtype) -> Any:
 
 
 def timed(model: Any, y: np.ndarray, truth: torch.Tensor, steps: int, graph: bool, batch: int,
-          precision: str) -> dict[str, float]:
-    kw = dict(steps=steps, batch_size=batch, cuda_graph=graph, precision=precision)
+          precision: str, fused: bool = False) -> dict[str, float]:
+    kw = dict(steps=steps, batch_size=batch, cuda_graph=graph, precision=precision,
+              fused_step=fused)
     cuda = model.device.type == "cuda"
     t0 = time.perf_counter()
     reconstruct(model, y, **kw)  # warm-up: compilation, graph capture
@@ -157,11 +168,11 @@ def main() -> int:
         models[("packed", "fp16")] = models[("packed", "fp32")]
         for steps in args.steps:
             for variant in args.variants:
-                kind, precision, graph = VARIANTS[variant]
+                kind, precision, graph, fused = VARIANTS[variant]
                 if dev.type != "cuda" and (graph or precision != "fp32"):
                     continue  # CPU smoke test: no graphs, no half precision
                 r = timed(models[(kind, precision)], y, truth, steps, graph, args.batch_size,
-                          precision)
+                          precision, fused)
                 rows.append((bits, steps, variant, r))
                 print(bits, steps, variant, f"{r['img_s']:.0f} img/s, first call "
                       f"{r['first_s']:.1f} s, PSNR {r['psnr']:.2f} dB", flush=True)

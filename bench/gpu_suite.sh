@@ -13,8 +13,9 @@
 #   cold-w1/-w4    qgen-reconstruct of 1,000 images, 1 and 4 bits, fp32 (the default), on an
 #                  EMPTY Triton cache and no tuned configs of the user's: the first-call time,
 #                  compilation included (issue 23's target: <= 60 s)
-#   reconstruct    end to end, batch 256, T = 3 and 20, 1 and 4 bits: packed fp32 / fp16 vs
-#                  dense torch fp32 / fp16, all CUDA-graph replayed (bench_reconstruct_gpu.py)
+#   reconstruct    end to end, batch 256, T = 3 and 20, 1 and 4 bits: packed fp32 / fp16 (and
+#                  the fused one-kernel step, fp32 / fp16) vs dense torch fp32 / fp16, all
+#                  CUDA-graph replayed (bench_reconstruct_gpu.py)
 #   kernels        bench/test_bench_gpu.py (kernels vs cuBLAS) in whatever time is left
 # Output: OUTDIR/gpu-suite.tar.gz (every log, table and JSON line), OUTDIR/headline.md (also
 # printed) and OUTDIR/steps.txt: three files, nothing deeper.
@@ -95,8 +96,11 @@ fi
 # 1 and 4 bits), a CUDA-graph capture of the kernels, full-size products at the solver's batch.
 G=tests/test_cuda_graph.py
 K=tests/test_triton_kernels.py
+F=tests/test_fused_step.py
 if [ "$CPU" = 1 ]; then
-  SMOKE=(tests/test_triton_configs.py -k "deterministic or shipped or autotune")
+  SMOKE=(tests/test_triton_configs.py::test_shipped_hopper_table_is_valid_and_used
+         tests/test_triton_configs.py::test_autotune_is_off_by_default
+         tests/test_fused_step.py::test_fused_threshold_keeps_ties_as_the_solver_does)
 else
   SMOKE=("$G::test_graph_replay_equals_eager[300-256-1-10-key0-triton]"
          "$G::test_graph_replay_equals_eager[7-3-2-5-key1-triton]"
@@ -105,7 +109,9 @@ else
          "$G::test_half_precision_tracks_fp32[triton]"
          "$K::test_gpu_cuda_graph_capture" "$K::test_gpu_full_size[1-256-f32]"
          "$K::test_gpu_full_size[4-256-f16]" "$K::test_gpu_full_size[1-1-f16]"
-         tests/test_triton_configs.py)
+         tests/test_triton_configs.py "$F::test_fused_step_fp16_products"
+         "$F::test_fused_step_matches_reference[37x13x21x33x20x17x5-19-1]"
+         "$F::test_fused_reconstruction_equals_reference[1]")
 fi
 step tests 75 env TRITON_CACHE_DIR="$WORK/cache-tests" "$PY" -m pytest -q -m "" -p no:cacheprovider \
   --junitxml="$WORK/tests-junit.xml" "${SMOKE[@]}"
@@ -121,8 +127,8 @@ for b in $BITS; do
 done
 
 # End to end, all variants graph-replayed (eager ones only on the CPU).
-VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32+graph torch-fp16+graph packed+graph packed-fp16+graph}
-[ "$CPU" = 1 ] && VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32 packed}
+VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32+graph torch-fp16+graph packed+graph packed-fp16+graph packed-fused+graph packed-fused-fp16+graph}
+[ "$CPU" = 1 ] && VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32 packed packed-fused}
 # shellcheck disable=SC2086
 step reconstruct 150 "$PY" bench/bench_reconstruct_gpu.py --device "$DEVICE" --models "$MODELS" \
   --bits $BITS --steps $STEPS --images "$IMAGES" --batch-size "$BATCH" --variants $VARIANTS \

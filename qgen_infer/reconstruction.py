@@ -235,6 +235,20 @@ def _graph_solver(model: Any, generator: Callable, sensing: Callable,
     return solvers[key]
 
 
+def _fused_solver(model: Any, opts: SolverOptions, precision: str, cuda_graph: bool,
+                  rows: int) -> Any:
+    """The model's fused-step solver for these settings, kept on the model like the graphs."""
+    from qgen_infer.engine.fused_step import FusedStepSolver
+
+    solvers = model.__dict__.setdefault("_fused_solvers", {})
+    key = (opts.step_size, opts.sparsity, opts.project, precision, cuda_graph, rows)
+    if key not in solvers:
+        solvers[key] = FusedStepSolver(model, step_size=opts.step_size, sparsity=opts.sparsity,
+                                       project=opts.project, precision=precision,
+                                       cuda_graph=cuda_graph, rows_per_program=rows)
+    return solvers[key]
+
+
 def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
                 options: SolverOptions | None = None, *, steps: int | None = None,
                 restarts: int | None = None, sparsity: int | None = None,
@@ -242,7 +256,8 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
                 seed: int | None = None, project: bool | None = None,
                 cuda_graph: bool | None = None, precision: str = "fp32",
                 on_batch: Callable[[Reconstruction, int], None] | None = None,
-                first_index: int = 0, into: Reconstruction | None = None) -> Reconstruction:
+                first_index: int = 0, into: Reconstruction | None = None,
+                fused_step: bool | int = False) -> Reconstruction:
     """Recover images from measurements ``y`` ``[N, m]`` (an array or a tensor, e.g. from
     :func:`qgen_infer.measure`) with a model from :func:`qgen_infer.load`, by latent proximal
     gradient descent through its packed generator:
@@ -270,6 +285,9 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
     (a shard of :mod:`qgen_infer.distributed`): row ``i`` gets image ``first_index + i``'s starts.
     ``into``: result arrays to fill instead of new ones, e.g. ``.npy`` files memory-mapped with
     ``numpy.lib.format.open_memmap``, so that the results of a large ``y`` need no memory.
+    ``fused_step``: run each step as one Triton kernel (MLP models on the triton backend;
+    :mod:`qgen_infer.engine.fused_step`), 16 batch rows per program, or as many as an int
+    says; off by default until GPU timing decides.
 
     Returns a :class:`Reconstruction` (``x_hat`` ``[N, C, H, W]`` in [-1, 1], ``z``, per-image
     measurement ``loss``, ``seconds``). On KeyboardInterrupt the partial result is attached to
@@ -299,9 +317,12 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda"
     graphed = None
-    if cuda_graph:
-        if dev.type != "cuda":
-            raise QgenError(f"CUDA graphs need the model on a CUDA device, not {dev}")
+    if cuda_graph and dev.type != "cuda":
+        raise QgenError(f"CUDA graphs need the model on a CUDA device, not {dev}")
+    if fused_step:
+        rows = 16 if fused_step is True else int(fused_step)
+        graphed = _fused_solver(model, opts, precision, cuda_graph, rows)
+    elif cuda_graph:
         graphed = _graph_solver(model, generator, sensing, opts)
     starts = StartLatents(opts)
     try:
