@@ -13,7 +13,8 @@ Variants (``--variants``; each on the shipped MNIST models, ``models/mnist-m25-{
   GPU, and the strongest baseline).
 * ``packed-fused`` / ``packed-fused-fp16``: every step one Triton kernel
   (``reconstruct(..., fused_step=True)``, ``qgen_infer.engine.fused_step``), fp32 or fp16
-  products (activations, latent and update fp32 either way).
+  products (activations, latent and update fp32 either way), 16 rows per program on
+  ``tl.dot``; ``packed-fused-r4``: 4 rows per program on FMA (4x the programs).
 
 Measurements are ``y = A(G(z))`` for random sparse latents, with ``x = G(z)`` (reference
 backend, fp32) as the truth for the PSNR column: the GPU machine has no MNIST files, throughput
@@ -58,10 +59,11 @@ VARIANTS = {
     "packed-fused": ("packed", "fp32", False, True),
     "packed-fused+graph": ("packed", "fp32", True, True),
     "packed-fused-fp16+graph": ("packed", "fp16", True, True),
+    "packed-fused-r4+graph": ("packed", "fp32", True, 4),  # 4 rows per program, FMA
 }
 TRUTH_SEED = 20261204
 SUITE_VARIANTS = ["torch-fp32+graph", "torch-fp16+graph", "packed+graph", "packed-fp16+graph",
-                  "packed-fused+graph", "packed-fused-fp16+graph"]
+                  "packed-fused+graph", "packed-fused-fp16+graph", "packed-fused-r4+graph"]
 
 
 def dense(model: Any, dtype: torch.dtype) -> Any:
@@ -73,7 +75,7 @@ def dense(model: Any, dtype: torch.dtype) -> Any:
 
 
 def timed(model: Any, y: np.ndarray, truth: torch.Tensor, steps: int, graph: bool, batch: int,
-          precision: str, fused: bool = False) -> dict[str, float]:
+          precision: str, fused: bool | int = False) -> dict[str, float]:
     kw = dict(steps=steps, batch_size=batch, cuda_graph=graph, precision=precision,
               fused_step=fused)
     cuda = model.device.type == "cuda"

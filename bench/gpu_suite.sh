@@ -127,7 +127,7 @@ for b in $BITS; do
 done
 
 # End to end, all variants graph-replayed (eager ones only on the CPU).
-VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32+graph torch-fp16+graph packed+graph packed-fp16+graph packed-fused+graph packed-fused-fp16+graph}
+VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32+graph torch-fp16+graph packed+graph packed-fp16+graph packed-fused+graph packed-fused-fp16+graph packed-fused-r4+graph}
 [ "$CPU" = 1 ] && VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32 packed packed-fused}
 # shellcheck disable=SC2086
 step reconstruct 150 "$PY" bench/bench_reconstruct_gpu.py --device "$DEVICE" --models "$MODELS" \

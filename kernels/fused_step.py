@@ -13,11 +13,12 @@ patterns of ``|v|`` (monotone for non-negative floats; 31 halvings of [0, 2³¹)
 set is the one ``qgen_infer.solve.hard_threshold`` keeps (ties at ``t_s`` included).
 
 Launch: one program per ``BLOCK_M`` rows of the batch; each walks the twelve products in order,
-tile by tile (``[BLOCK_M, BLOCK_N]`` outputs, ``BLOCK_K`` reduction steps, ``tl.dot`` on fp32 or
-fp16 operands, fp32 accumulation), with the packed weights decoded from their ``kpack`` words in
-registers (``common.code_tile``). Activations live in a per-row fp32 scratch in global memory
-(``[B, scratch_width(...)]``, L2-resident at MNIST sizes), one barrier between layers. No other
-kernel runs during the step; ``loss`` gets each row's ``‖A(G(z)) - y‖²`` before the update.
+tile by tile (``[BLOCK_M, BLOCK_N]`` outputs, ``BLOCK_K`` reduction steps; ``tl.dot`` on fp32 or
+fp16 operands when ``BLOCK_M >= 16``, FMA below; fp32 accumulation), with the packed weights
+decoded from their ``kpack`` words in registers (``common.code_tile``). Activations live in a
+per-row fp32 scratch in global memory (``[B, scratch_width(...)]``, L2-resident at MNIST sizes),
+one barrier between layers. No other kernel runs during the step; ``loss`` gets each row's
+``‖A(G(z)) - y‖²`` before the update.
 
 Tensors: ``z`` fp32 ``[B, D]`` contiguous; ``y`` fp32 ``[B, M]`` contiguous; packed layers as
 ``PackedKWords`` (``layout``) with fp32 ``alpha``/``beta`` ``[N]`` or None; dense weights
@@ -91,12 +92,25 @@ def scratch_width(step: MlpStep) -> int:
 # --- device functions -------------------------------------------------------------------------
 
 @triton.jit
+def _mm(a, b, acc, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        USE_DOT: tl.constexpr):
+    # acc + a @ b on operands rounded to DOT_DTYPE: tl.dot (BLOCK_M >= 16), else FMA and a sum
+    if USE_DOT:
+        acc = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+    else:
+        a32 = a.to(DOT_DTYPE).to(tl.float32)
+        b32 = b.to(DOT_DTYPE).to(tl.float32)
+        acc += tl.sum(a32[:, :, None] * b32[None, :, :], axis=1)
+    return acc
+
+
+@triton.jit
 def _layer_forward(in_ptr, in_ld, out_ptr, out_ld, rows, row_mask, w_ptr, ldw, scale_ptr,
                    zero_ptr, alpha_ptr, beta_ptr, N, K, negative_slope,
                    PACKED: tl.constexpr, BITS: tl.constexpr, HAS_ALPHA: tl.constexpr,
                    HAS_BETA: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr):
     # out[rows, :N] = act(alpha * (in[rows, :K] Wᵀ) + beta), N tile by N tile
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -111,14 +125,12 @@ def _layer_forward(in_ptr, in_ld, out_ptr, out_ld, rows, row_mask, w_ptr, ldw, s
             if PACKED:
                 c = code_tile(w_ptr, k0, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS, BLOCK_K,
                               BLOCK_N, True, False)
-                acc = tl.dot(x.to(DOT_DTYPE), c.to(DOT_DTYPE), acc,
-                             input_precision=DOT_PRECISION)
+                acc = _mm(x, c, acc, DOT_DTYPE, DOT_PRECISION, USE_DOT)
                 xsum += tl.sum(x, axis=1)
             else:
                 w = tl.load(w_ptr + offs_n[None, :] * ldw + offs_k[:, None],
                             mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-                acc = tl.dot(x.to(DOT_DTYPE), w.to(DOT_DTYPE), acc,
-                             input_precision=DOT_PRECISION)
+                acc = _mm(x, w, acc, DOT_DTYPE, DOT_PRECISION, USE_DOT)
         if PACKED:
             scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
             zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
@@ -134,7 +146,8 @@ def _layer_backward(g_ptr, y_ptr, act_ld, out_ptr, out_ld, rows, row_mask, w_ptr
                     scale_ptr, zero_ptr, alpha_ptr, N, K, negative_slope,
                     PACKED: tl.constexpr, BITS: tl.constexpr, HAS_ALPHA: tl.constexpr,
                     ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    USE_DOT: tl.constexpr):
     # out[rows, :K] = (g ⊙ act'(y) ⊙ alpha)[rows, :N] W, K tile by K tile; g and y (the layer's
     # output) share the row stride act_ld
     for k0 in range(0, K, BLOCK_K):
@@ -159,7 +172,7 @@ def _layer_backward(g_ptr, y_ptr, act_ld, out_ptr, out_ld, rows, row_mask, w_ptr
             else:
                 w = tl.load(w_ptr + offs_n[:, None] * ldw + offs_k[None, :],
                             mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            acc = tl.dot(g.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+            acc = _mm(g, w, acc, DOT_DTYPE, DOT_PRECISION, USE_DOT)
         tl.store(out_ptr + rows[:, None] * out_ld + offs_k[None, :], acc - corr[:, None],
                  mask=row_mask[:, None] & k_mask[None, :])
 
@@ -208,7 +221,7 @@ def mlp_step_kernel(
         SPARSE: tl.constexpr, PROJECT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-        DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_DOT: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rm = rows < B
     h1 = scr_ptr + o_h1
@@ -222,27 +235,27 @@ def mlp_step_kernel(
     # forward: G (packed), then A (dense)
     _layer_forward(z_ptr, D, h1, scr_ld, rows, rm, w1, ldw1, sc1, ze1, al1, be1, H1, D, sl1,
                    True, BITS, HA1, HB1, ACT1, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                   DOT_PRECISION)
+                   DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_forward(h1, scr_ld, h2, scr_ld, rows, rm, w2, ldw2, sc2, ze2, al2, be2, H2, H1, sl2,
                    True, BITS, HA2, HB2, ACT2, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                   DOT_PRECISION)
+                   DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_forward(h2, scr_ld, x, scr_ld, rows, rm, w3, ldw3, sc3, ze3, al3, be3, P, H2, sl3,
                    True, BITS, HA3, HB3, ACT3, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                   DOT_PRECISION)
+                   DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_forward(x, scr_ld, a1, scr_ld, rows, rm, v1, P, v1, v1, v1, b1, S1, P, t1,
                    False, BITS, False, SB1, SACT1, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                   DOT_PRECISION)
+                   DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_forward(a1, scr_ld, a2, scr_ld, rows, rm, v2, S1, v2, v2, v2, b2, S2, S1, t2,
                    False, BITS, False, SB2, SACT2, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                   DOT_PRECISION)
+                   DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_forward(a2, scr_ld, r, scr_ld, rows, rm, v3, S2, v3, v3, v3, b3, M, S2, t3,
                    False, BITS, False, SB3, SACT3, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                   DOT_PRECISION)
+                   DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     # residual: loss = |A(x) - y|^2 per row, d loss / d A(x) = 2 (A(x) - y) into ga
     offs_r = tl.arange(0, BLOCK_R)
@@ -255,24 +268,27 @@ def mlp_step_kernel(
     # backward: A's layers, then G's, ping-ponging between the two gradient buffers
     _layer_backward(ga, r, scr_ld, gb, scr_ld, rows, rm, v3, S2, v3, v3, v3, M, S2, t3,
                     False, BITS, False, SACT3, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                    DOT_PRECISION)
+                    DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_backward(gb, a2, scr_ld, ga, scr_ld, rows, rm, v2, S1, v2, v2, v2, S2, S1, t2,
                     False, BITS, False, SACT2, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                    DOT_PRECISION)
+                    DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_backward(ga, a1, scr_ld, gb, scr_ld, rows, rm, v1, P, v1, v1, v1, S1, P, t1,
                     False, BITS, False, SACT1, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE,
-                    DOT_PRECISION)
+                    DOT_PRECISION, USE_DOT)
     tl.debug_barrier()
     _layer_backward(gb, x, scr_ld, ga, scr_ld, rows, rm, w3, ldw3, sc3, ze3, al3, P, H2, sl3,
-                    True, BITS, HA3, ACT3, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
+                    True, BITS, HA3, ACT3, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, DOT_PRECISION,
+                    USE_DOT)
     tl.debug_barrier()
     _layer_backward(ga, h2, scr_ld, gb, scr_ld, rows, rm, w2, ldw2, sc2, ze2, al2, H2, H1, sl2,
-                    True, BITS, HA2, ACT2, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
+                    True, BITS, HA2, ACT2, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, DOT_PRECISION,
+                    USE_DOT)
     tl.debug_barrier()
     _layer_backward(gb, h1, scr_ld, ga, scr_ld, rows, rm, w1, ldw1, sc1, ze1, al1, H1, D, sl1,
-                    True, BITS, HA1, ACT1, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
+                    True, BITS, HA1, ACT1, BLOCK_M, BLOCK_N, BLOCK_K, DOT_DTYPE, DOT_PRECISION,
+                    USE_DOT)
     tl.debug_barrier()
     _proximal_update(z_ptr, ga, scr_ld, out_ptr, rows, rm, D, step_size, sparsity, eps, SPARSE,
                      PROJECT, BLOCK_D)
@@ -280,9 +296,12 @@ def mlp_step_kernel(
 
 # --- launcher and reference -------------------------------------------------------------------
 
-BLOCK_M = 16  # the smallest tl.dot tile: rows of the batch per program
+BLOCK_M = 16  # rows of the batch per program by default: the smallest tl.dot tile
 BLOCK_N = 32
 BLOCK_K = 32  # whole words of every width per column (the word decode needs >= 32)
+# 8 warps: with 4, the [16, 1024] tile of the update spilled ~300 B per thread when compiled for
+# sm_90 (bench/fused_step_resources.py); with 8 none spill
+NUM_WARPS = 8
 
 
 def _check(step: MlpStep, z: torch.Tensor, y: torch.Tensor, dot_dtype: torch.dtype) -> None:
@@ -313,15 +332,20 @@ def _check(step: MlpStep, z: torch.Tensor, y: torch.Tensor, dot_dtype: torch.dty
 
 def mlp_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep, *,
              scratch: torch.Tensor | None = None, out: torch.Tensor | None = None,
-             loss: torch.Tensor | None = None, dot_dtype: torch.dtype = torch.float32
+             loss: torch.Tensor | None = None, dot_dtype: torch.dtype = torch.float32,
+             block_m: int = BLOCK_M, num_warps: int = NUM_WARPS
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """One fused step: ``(z', loss)`` with ``loss[b] = ‖A(G(z_b)) - y_b‖²`` before the update.
 
     ``scratch`` (fp32 ``[B, scratch_width(step)]``), ``out`` and ``loss`` may be given to reuse
     buffers (a CUDA graph needs fixed addresses). ``dot_dtype``: the products' operand type,
     float32 (IEEE, or TF32 where torch allows it) or float16 (tensor cores; the dense weights
-    must then be fp16).
+    must then be fp16). ``block_m``: batch rows per program, a power of two; 16 or more run
+    the products on ``tl.dot`` (tensor cores), fewer on FMA, which launches more programs for
+    the same batch (256 rows: 16 programs of 16 rows, or 64 of 4, on a 132-SM GPU).
     """
+    if block_m < 1 or block_m & (block_m - 1):
+        raise ValueError(f"block_m must be a power of two, got {block_m}")
     _check(step, z, y, dot_dtype)
     d, h1, h2, p, s1, s2, m = step.widths()
     b = z.shape[0]
@@ -352,7 +376,7 @@ def mlp_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep, *,
         dot = tl.float32
         precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
     sparse = step.sparsity is not None and step.sparsity < d
-    grid = (triton.cdiv(b, BLOCK_M),)
+    grid = (triton.cdiv(b, block_m),)
     mlp_step_kernel[grid](
         z, y, out, loss, scratch, scratch.stride(0), b, float(step.step_size),
         int(step.sparsity or 0), float(step.eps), *gen_args, *sense_args,
@@ -365,10 +389,10 @@ def mlp_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep, *,
         SACT1=activation_id(s[0].activation), SACT2=activation_id(s[1].activation),
         SACT3=activation_id(s[2].activation),
         SB1=s[0].bias is not None, SB2=s[1].bias is not None, SB3=s[2].bias is not None,
-        SPARSE=sparse, PROJECT=bool(step.project), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        SPARSE=sparse, PROJECT=bool(step.project), BLOCK_M=block_m, BLOCK_N=BLOCK_N,
         BLOCK_K=BLOCK_K, BLOCK_D=triton.next_power_of_2(d),
         BLOCK_R=max(16, triton.next_power_of_2(m)), DOT_DTYPE=dot, DOT_PRECISION=precision,
-        num_warps=4)
+        USE_DOT=block_m >= 16, num_warps=num_warps)
     return out, loss
 
 

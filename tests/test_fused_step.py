@@ -82,6 +82,23 @@ def test_fused_step_matches_reference(bits: int, batch: int, widths) -> None:
     assert ((z_new != 0).sum(dim=1) == sparsity).all()  # exactly s kept (no ties here)
 
 
+@pytest.mark.parametrize("block_m", [pytest.param(1, marks=pytest.mark.slow), 4, 32])
+@pytest.mark.parametrize("bits", [1, 3])
+def test_fused_step_rows_per_program(block_m: int, bits: int) -> None:
+    """Fewer than 16 rows per program (FMA products) and more (a 32-row tl.dot tile): the
+    same step."""
+    widths = WIDTHS[0]
+    step = _step(bits, widths, seed=11, sparsity=6, project=True)
+    z = torch.randn(19, widths[0]).to(DEVICE)
+    y = torch.randn(19, widths[-1]).to(DEVICE)
+    z_new, loss = mlp_step(z, y, step, block_m=block_m)
+    z_ref, loss_ref = reference_step(z, y, step)
+    torch.testing.assert_close(loss.cpu().double(), loss_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z_new.cpu().double(), z_ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="power of two"):
+        mlp_step(z, y, step, block_m=6)
+
+
 @pytest.mark.parametrize("sparsity,project", [(None, False), (None, True), (4, False)])
 def test_fused_step_without_threshold_or_projection(sparsity, project: bool) -> None:
     widths = WIDTHS[0]
@@ -145,15 +162,15 @@ def mlp_files(tiny_checkpoint, tmp_path_factory):
                                  folder / f"mlp-{b}.qgen").path for b in (1, 3)}
 
 
-@pytest.mark.parametrize("bits", [1, pytest.param(3, marks=pytest.mark.slow)])
-def test_fused_reconstruction_equals_reference(mlp_files, bits: int) -> None:
+@pytest.mark.parametrize("bits,rows", [(1, True), pytest.param(3, 4, marks=pytest.mark.slow)])
+def test_fused_reconstruction_equals_reference(mlp_files, bits: int, rows) -> None:
     """``reconstruct(..., fused_step=True)`` on the triton backend against the eager solver on
     the reference backend: restarts, a partial last batch, T = 3."""
     packed = qgen_infer.load(mlp_files[bits], backend="triton", device=DEVICE)
     ref = qgen_infer.load(mlp_files[bits], backend="reference")
     y = np.random.default_rng(bits).normal(size=(19, ref.config["measurements"])) * 0.5
     kw = dict(steps=3, batch_size=16, restarts=2, seed=5, sparsity=4)
-    fused = qgen_infer.reconstruct(packed, y.astype(np.float32), fused_step=True,
+    fused = qgen_infer.reconstruct(packed, y.astype(np.float32), fused_step=rows,
                                    cuda_graph=DEVICE.type == "cuda", **kw)
     eager = qgen_infer.reconstruct(ref, y.astype(np.float32), **kw)
     for name in ("z", "x_hat", "loss"):

@@ -87,10 +87,13 @@ class FusedStepSolver:
     ``precision``: ``fp32`` (products in fp32; TF32 where torch allows it) or ``fp16`` (tensor-core
     products on fp16-rounded operands; activations, latent, loss and update stay fp32).
     ``cuda_graph``: replay the step's launch from a CUDA graph (CUDA devices only).
+    ``rows_per_program``: batch rows each program solves (a power of two; 16 and more use the
+    tensor cores, fewer launch more programs on FMA: which pays is for the GPU to say).
     """
 
     def __init__(self, model: Any, *, step_size: float, sparsity: int | None, project: bool,
-                 precision: str = "fp32", cuda_graph: bool = False) -> None:
+                 precision: str = "fp32", cuda_graph: bool = False,
+                 rows_per_program: int = 16) -> None:
         from qgen_infer.kernels.fused_step import scratch_width
 
         self.model = model
@@ -100,6 +103,9 @@ class FusedStepSolver:
         if cuda_graph and model.device.type != "cuda":
             raise QgenError(f"CUDA graphs need the model on a CUDA device, not {model.device}")
         self.cuda_graph = cuda_graph
+        if rows_per_program < 1 or rows_per_program & (rows_per_program - 1):
+            raise QgenError(f"rows per program must be a power of two, got {rows_per_program}")
+        self.rows_per_program = rows_per_program
         self.width = scratch_width(self.op)
         self._buffers: dict[tuple, _Buffers] = {}
 
@@ -107,7 +113,7 @@ class FusedStepSolver:
         from qgen_infer.kernels.fused_step import mlp_step
 
         mlp_step(buf.z, buf.y, self.op, scratch=buf.scratch, out=buf.z_next, loss=buf.loss,
-                 dot_dtype=self.dot_dtype)
+                 dot_dtype=self.dot_dtype, block_m=self.rows_per_program)
         buf.z.copy_(buf.z_next)
 
     def _step(self, buf: _Buffers) -> None:
