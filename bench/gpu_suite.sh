@@ -121,9 +121,8 @@ for b in $BITS; do
   step "data-w$b" 30 "$PY" bench/bench_reconstruct_gpu.py --device "$DEVICE" --models "$MODELS" \
     --bits "$b" --images "$IMAGES" --save-measurements "$WORK/data-w$b"
   step "cold-w$b" 90 env TRITON_CACHE_DIR="$WORK/cache-cold-w$b" "$PY" -m qgen_infer.cli.reconstruct \
-    --model "$MODELS/mnist-m25-${b}bit.qgen" --measurements "$WORK/data-w$b/y.npy" \
-    --truth "$WORK/data-w$b/x.npy" --backend triton --device "$DEVICE" --batch-size "$BATCH" \
-    --out "$WORK/cold-w$b" --quiet
+    "$MODELS/mnist-m25-${b}bit.qgen" "$WORK/data-w$b/y.npy" --truth "$WORK/data-w$b/x.npy" \
+    --backend triton --device "$DEVICE" --batch-size "$BATCH" --out-dir "$WORK/cold-w$b" --quiet
 done
 
 # End to end, all variants graph-replayed (eager ones only on the CPU).

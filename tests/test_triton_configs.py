@@ -219,11 +219,11 @@ def test_qgen_tune_without_gpu_is_one_line(tmp_path) -> None:
     if torch.cuda.is_available() and not INTERPRET:
         pytest.skip("a GPU is here: qgen-tune would run")
     model = ROOT / "models" / "mnist-m25-1bit.qgen"
-    proc = subprocess.run([sys.executable, "-m", "qgen_infer.cli.tune", "--model", str(model)],
+    proc = subprocess.run([sys.executable, "-m", "qgen_infer.cli.tune", str(model)],
                           capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "CUDA device" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "qgen_infer.cli.tune", "--model",
+    proc = subprocess.run([sys.executable, "-m", "qgen_infer.cli.tune",
                            str(tmp_path / "none.qgen")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no such file" in proc.stderr
 

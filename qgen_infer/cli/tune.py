@@ -13,9 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from qgen_infer.cli.common import ArgumentParser, run_cli
+from qgen_infer.cli.common import ArgumentParser, int_in, run_cli
 from qgen_infer.errors import QgenError
 
 DESCRIPTION = """\
@@ -28,32 +26,32 @@ use those configs instead of the built-in rule; nothing is tuned at run time oth
 
 EPILOG = """\
 examples:
-  qgen-tune --model models/mnist-m25-1bit.qgen
-  qgen-tune --model m.qgen --batch-size 256 1 --precision fp32 fp16 --out tuned.json
+  qgen-tune models/mnist-m25-1bit.qgen
+  qgen-tune m.qgen --batch-size 256 1 --precision fp32 fp16 --out tuned.json
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qgen_infer.kernels.configs import user_cache_path
-
     p = ArgumentParser(prog="qgen-tune", description=DESCRIPTION, epilog=EPILOG)
-    p.add_argument("--model", required=True, help="the .qgen file whose products are tuned")
-    p.add_argument("--batch-size", type=int, nargs="+", default=[256],
+    p.add_input("model", metavar="MODEL.qgen", old_flag="--model",
+                help="packed model file whose products are tuned")
+    p.add_argument("--batch-size", type=int_in(1, 65535), nargs="+", default=[256],
                    help="batch sizes to tune for (configs are kept per power-of-two bucket)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), nargs="+",
                    default=["fp32", "fp16"], help="activation precisions to tune for")
-    p.add_argument("--out", default=None,
-                   help=f"config file to write (default: the user cache, {user_cache_path()}; "
-                        "or $QGEN_TRITON_CONFIGS)")
+    p.add_argument("--out", metavar="FILE.json", default=None,
+                   help="config file to write (default: $QGEN_TRITON_CONFIGS, else "
+                        "~/.cache/qgen_infer/triton-configs.json, which every run reads)")
     return p
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    # first: --help and usage errors return before torch is imported
     args = build_parser().parse_args(argv)
-    if any(b < 1 for b in args.batch_size):
-        raise QgenError(f"--batch-size must be at least 1, got {args.batch_size}")
+    import torch
+
     if not Path(args.model).is_file():
-        raise QgenError(f"--model {args.model}: no such file")
+        raise QgenError(f"{args.model}: no such file")
     if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
         raise QgenError("qgen-tune times kernels on a CUDA device, and this machine has none "
                         "(or TRITON_INTERPRET=1 is set)")
