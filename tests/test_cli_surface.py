@@ -7,6 +7,7 @@ API (``__all__``, signatures, reprs, ``qgen_infer.measure``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import re
@@ -21,20 +22,25 @@ import pytest
 import torch
 
 import qgen_infer
-from qgen_infer.cli import common, demo, evaluate, export, info, measure, reconstruct, train
+from qgen_infer.cli import common, measure, reconstruct
 from qgen_infer.errors import QgenError
 from qgen_infer.export import export_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = {"qgen-train": train, "qgen-eval": evaluate, "qgen-export": export,
-            "qgen-info": info, "qgen-measure": measure, "qgen-reconstruct": reconstruct,
-            "qgen-demo": demo}
+# every console script setup.py installs, so that a new command is held to the scheme too
+COMMANDS = {name: importlib.import_module(f"qgen_infer.cli.{module}") for name, module in
+            re.findall(r'"(qgen-[a-z]+)=qgen_infer\.cli\.(\w+):main"',
+                       (REPO / "setup.py").read_text())}
 # one spelling per meaning: an option with any of these strings has exactly these, wherever
 # it appears (so -s is always the sparsity, -m always the number of measurements)
 SHARED_FLAGS = [["-T", "--steps"], ["-s", "--sparsity"], ["-m", "--measurements"]]
 COMPUTING = ("qgen-train", "qgen-eval", "qgen-measure", "qgen-reconstruct", "qgen-demo")
 MODEL_INPUT = {"qgen-eval": "MODEL.pt", "qgen-export": "MODEL.pt", "qgen-info": "MODEL.qgen",
                "qgen-measure": "MODEL.qgen", "qgen-reconstruct": "MODEL.qgen"}
+
+
+def test_the_seven_commands_and_any_later_one_are_walked() -> None:
+    assert set(COMMANDS) >= {"qgen-train", "qgen-demo", *MODEL_INPUT}
 
 
 def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -72,6 +78,9 @@ def test_one_name_per_meaning(prog: str) -> None:
     if prog in MODEL_INPUT:  # the model is the first positional, named by its file type
         first = next(a for a in _options(parser) if not a.option_strings)
         assert (first.dest, first.metavar) == ("model", MODEL_INPUT[prog])
+    for action in _options(parser):  # a model input, in any command, says which kind of file
+        if action.dest == "model" and not action.option_strings:
+            assert action.metavar in ("MODEL.pt", "MODEL.qgen"), prog
     for action in _options(parser):
         if "--out" in action.option_strings:  # --out names a file, --out-dir a folder
             assert action.metavar.startswith("FILE"), prog
