@@ -66,3 +66,23 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def packed_blob(tiny_checkpoint):
+    """``packed_blob(family, bits, granularity)`` -> the bytes of that tiny checkpoint exported
+    to a ``.qgen`` file (cached for the session; corrupt copies, never the cached bytes)."""
+    from qgen_infer.checkpoint import load_checkpoint
+    from qgen_infer.export import build_qgen_file
+    from qgen_infer.format import serialize
+
+    cache: dict[tuple[str, int, str], bytes] = {}
+
+    def get(family: str = "mlp", bits: int = 4, granularity: str = "tensor") -> bytes:
+        key = (family, bits, granularity)
+        if key not in cache:
+            qf, _ = build_qgen_file(load_checkpoint(tiny_checkpoint(family, bits, granularity)))
+            cache[key] = serialize(qf)
+        return cache[key]
+
+    return get

@@ -21,21 +21,19 @@ from qgen_infer.cli.info import main as info_main
 from qgen_infer.engine.backend import ACTIVATIONS as ENGINE_ACTIVATIONS
 from qgen_infer.errors import FormatError
 from qgen_infer.export import build_qgen_file
-from qgen_infer.format import FORMAT_VERSION, bounded_json, read_qgen, serialize, write_qgen
+from qgen_infer.format import FORMAT_VERSION, bounded_json, read_qgen, write_qgen
 from qgen_infer.format.schema import ACTIVATIONS
 from qgen_infer.format.writer import checksum, data_region
 
 
 @pytest.fixture(scope="module")
-def valid_blob(tiny_checkpoint) -> bytes:
-    qf, _ = build_qgen_file(load_checkpoint(tiny_checkpoint("mlp", 3, "channel")))
-    return serialize(qf)
+def valid_blob(packed_blob) -> bytes:
+    return packed_blob("mlp", 3, "channel")
 
 
 @pytest.fixture(scope="module")
-def valid_dcgan_blob(tiny_checkpoint) -> bytes:
-    qf, _ = build_qgen_file(load_checkpoint(tiny_checkpoint("dcgan", 2, "tensor")))
-    return serialize(qf)
+def valid_dcgan_blob(packed_blob) -> bytes:
+    return packed_blob("dcgan", 2, "tensor")
 
 
 def split(blob: bytes) -> tuple[dict, bytes]:

@@ -33,21 +33,19 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import qgen_infer
-from qgen_infer.checkpoint import load_checkpoint, save_checkpoint
+from qgen_infer.checkpoint import save_checkpoint
 from qgen_infer.cli.evaluate import main as eval_main
 from qgen_infer.cli.export import main as export_main
 from qgen_infer.cli.info import main as info_main
 from qgen_infer.cli.measure import main as measure_main
 from qgen_infer.cli.reconstruct import main as reconstruct_main
 from qgen_infer.errors import FormatError, QgenError
-from qgen_infer.export import build_qgen_file
-from qgen_infer.format import read_qgen, serialize
+from qgen_infer.format import read_qgen
 from qgen_infer.format.writer import checksum, data_region
 
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
-FUZZ_LONG = settings(FUZZ, max_examples=400)
+FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+# examples per fuzz test: 25 in the default run, 400 under -m slow
+FUZZ_EXAMPLES = [25, pytest.param(400, marks=pytest.mark.slow)]
 SECONDS_PER_CASE = 10.0  # a generous bound on a shared 2-core machine; real cases take < 1 s
 
 
@@ -98,15 +96,13 @@ def with_tensor(blob: bytes, name: str, change: Callable[[torch.Tensor], None]) 
 
 
 @pytest.fixture(scope="module")
-def mlp_blob(tiny_checkpoint) -> bytes:
-    qf, _ = build_qgen_file(load_checkpoint(tiny_checkpoint("mlp", 2, "tensor")))
-    return serialize(qf)
+def mlp_blob(packed_blob) -> bytes:
+    return packed_blob("mlp", 2, "tensor")
 
 
 @pytest.fixture(scope="module")
-def dcgan_blob(tiny_checkpoint) -> bytes:
-    qf, _ = build_qgen_file(load_checkpoint(tiny_checkpoint("dcgan", 1, "channel")))
-    return serialize(qf)
+def dcgan_blob(packed_blob) -> bytes:
+    return packed_blob("dcgan", 1, "channel")
 
 
 @pytest.fixture(scope="module")
@@ -528,7 +524,14 @@ FIELDS = {"config": ["family", "image_shape", "latent_dim", "measurements", "hid
 
 def _check_outcome(path: Path, capsys) -> None:
     """The property: ``qgen-info`` refuses in one line with exit 2, or the file loads and a
-    reconstruction of two images is finite (or refused in one line as a user error)."""
+    reconstruction of two images is finite (or refused in one line as a user error); in
+    bounded time (:func:`run`) and memory (the peak resident size grows by under 1 GiB)."""
+    before = _rss()
+    _outcome(path, capsys)
+    assert _rss() - before < 1 << 30
+
+
+def _outcome(path: Path, capsys) -> None:
     code, _, err = run(info_main, [path], capsys)
     if code != 0:
         assert_refused(code, err, "qgen-info")
@@ -561,22 +564,17 @@ def _fuzz_metadata(mlp_blob: bytes, fuzz_dir: Path, capsys, data: st.DataObject)
     value = data.draw(_json_values())
     path = fuzz_dir / "meta.qgen"
     path.write_bytes(edit_value(mlp_blob, key, setting(field, value)))
-    before = _rss()
     _check_outcome(path, capsys)
-    assert _rss() - before < 1 << 30
 
 
-@FUZZ
-@given(data=st.data())
-def test_fuzz_metadata_values(mlp_blob: bytes, fuzz_dir: Path, capsys, data) -> None:
-    _fuzz_metadata(mlp_blob, fuzz_dir, capsys, data)
+@pytest.mark.parametrize("examples", FUZZ_EXAMPLES)
+def test_fuzz_metadata_values(examples: int, mlp_blob: bytes, fuzz_dir: Path, capsys) -> None:
+    @settings(FUZZ, max_examples=examples)
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        _fuzz_metadata(mlp_blob, fuzz_dir, capsys, data)
 
-
-@pytest.mark.slow
-@FUZZ_LONG
-@given(data=st.data())
-def test_fuzz_metadata_values_long(mlp_blob: bytes, fuzz_dir: Path, capsys, data) -> None:
-    _fuzz_metadata(mlp_blob, fuzz_dir, capsys, data)
+    check()
 
 
 def _fuzz_layers(dcgan_blob: bytes, fuzz_dir: Path, capsys, data: st.DataObject) -> None:
@@ -590,22 +588,17 @@ def _fuzz_layers(dcgan_blob: bytes, fuzz_dir: Path, capsys, data: st.DataObject)
         entries[data.draw(st.integers(0, len(entries) - 1))] = data.draw(numbers)
     path = fuzz_dir / "layers.qgen"
     path.write_bytes(edit_value(dcgan_blob, "layers", lambda _: layers))
-    before = _rss()
     _check_outcome(path, capsys)
-    assert _rss() - before < 1 << 30
 
 
-@FUZZ
-@given(data=st.data())
-def test_fuzz_layer_chain(dcgan_blob: bytes, fuzz_dir: Path, capsys, data) -> None:
-    _fuzz_layers(dcgan_blob, fuzz_dir, capsys, data)
+@pytest.mark.parametrize("examples", FUZZ_EXAMPLES)
+def test_fuzz_layer_chain(examples: int, dcgan_blob: bytes, fuzz_dir: Path, capsys) -> None:
+    @settings(FUZZ, max_examples=examples)
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        _fuzz_layers(dcgan_blob, fuzz_dir, capsys, data)
 
-
-@pytest.mark.slow
-@FUZZ_LONG
-@given(data=st.data())
-def test_fuzz_layer_chain_long(dcgan_blob: bytes, fuzz_dir: Path, capsys, data) -> None:
-    _fuzz_layers(dcgan_blob, fuzz_dir, capsys, data)
+    check()
 
 
 def _fuzz_header(mlp_blob: bytes, fuzz_dir: Path, data: st.DataObject) -> None:
@@ -643,17 +636,14 @@ def _fuzz_header(mlp_blob: bytes, fuzz_dir: Path, data: st.DataObject) -> None:
     assert time.perf_counter() - start < SECONDS_PER_CASE
 
 
-@FUZZ
-@given(data=st.data())
-def test_fuzz_header_json(mlp_blob: bytes, fuzz_dir: Path, data) -> None:
-    _fuzz_header(mlp_blob, fuzz_dir, data)
+@pytest.mark.parametrize("examples", FUZZ_EXAMPLES)
+def test_fuzz_header_json(examples: int, mlp_blob: bytes, fuzz_dir: Path) -> None:
+    @settings(FUZZ, max_examples=examples)
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        _fuzz_header(mlp_blob, fuzz_dir, data)
 
-
-@pytest.mark.slow
-@FUZZ_LONG
-@given(data=st.data())
-def test_fuzz_header_json_long(mlp_blob: bytes, fuzz_dir: Path, data) -> None:
-    _fuzz_header(mlp_blob, fuzz_dir, data)
+    check()
 
 
 def _number_text() -> st.SearchStrategy[str]:
@@ -686,17 +676,14 @@ def _fuzz_arguments(problem: dict[str, Path], capsys, data: st.DataObject) -> No
     event("finite reconstruction")
 
 
-@FUZZ
-@given(data=st.data())
-def test_fuzz_reconstruct_arguments(problem: dict[str, Path], capsys, data) -> None:
-    _fuzz_arguments(problem, capsys, data)
+@pytest.mark.parametrize("examples", FUZZ_EXAMPLES)
+def test_fuzz_reconstruct_arguments(examples: int, problem: dict[str, Path], capsys) -> None:
+    @settings(FUZZ, max_examples=examples)
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        _fuzz_arguments(problem, capsys, data)
 
-
-@pytest.mark.slow
-@FUZZ_LONG
-@given(data=st.data())
-def test_fuzz_reconstruct_arguments_long(problem: dict[str, Path], capsys, data) -> None:
-    _fuzz_arguments(problem, capsys, data)
+    check()
 
 
 def test_every_schema_field_is_documented() -> None:
