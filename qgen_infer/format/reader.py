@@ -14,15 +14,16 @@ does not know what the tensors mean. Before any of them is used, this reader che
    layers one by one;
 6. the tensor names: none missing, none unknown; every tensor's dtype and shape against its
    description, the packed codes' length against ``packed_nbytes(weight_shape, bits)``;
-7. the sha256 checksum: version 2 over the metadata and the data region, version 1 over the data
+7. the layer chain, statically (:mod:`qgen_infer.format.plan`): one sample's shape from
+   ``latent_dim`` to ``image_shape``, every activation bounded; the memory a forward pass needs
+   is not bounded by the file (a 1x1 transposed convolution of stride 4096 is tiny on disk);
+8. the sha256 checksum: version 2 over the metadata and the data region, version 1 over the data
    region only (a corrupted or edited file stops here);
-8. tensor values: finite, scales positive, every value and every decoded weight within
+9. tensor values: finite, scales positive, every value and every decoded weight within
    :data:`MAX_ABS_VALUE`, packing padding zero.
 
 Sizes are bounded by the file: a declared shape must match bytes actually present, so no check
-allocates more than a small multiple of the file size. The memory a *forward pass* needs is not
-bounded by the file (a 1x1 transposed convolution of stride 4096 is tiny on disk); the layer
-chain's shapes and bytes are checked statically by :mod:`qgen_infer.format.plan`.
+allocates more than a small multiple of the file size.
 """
 
 from __future__ import annotations
