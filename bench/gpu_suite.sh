@@ -111,7 +111,7 @@ else
          "$K::test_gpu_full_size[4-256-f16]" "$K::test_gpu_full_size[1-1-f16]"
          tests/test_triton_configs.py "$F::test_fused_step_fp16_products"
          "$F::test_fused_step_matches_reference[37x13x21x33x20x17x5-19-1]"
-         "$F::test_fused_reconstruction_equals_reference[1]")
+         "$F::test_fused_reconstruction_equals_reference[1-True]")
 fi
 step tests 75 env TRITON_CACHE_DIR="$WORK/cache-tests" "$PY" -m pytest -q -m "" -p no:cacheprovider \
   --junitxml="$WORK/tests-junit.xml" "${SMOKE[@]}"

@@ -5,6 +5,7 @@ headline, the three-file output, and the time box that skips what the budget can
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -15,7 +16,22 @@ import pytest
 from qgen_infer.export import export_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+SUITE = ROOT / "bench" / "gpu_suite.sh"
+
+
+@pytest.mark.slow
+def test_smoke_test_ids_exist() -> None:
+    """Every GPU smoke test the suite names by id is collected (a stale id would fail the whole
+    pytest call on the GPU, where a slot is short)."""
+    text = SUITE.read_text()
+    files = dict(re.findall(r"^([A-Z])=(tests/\S+\.py)$", text, flags=re.M))
+    ids = [files[v] + rest for v, rest in re.findall(r'"\$([A-Z])(::[^"]+)"', text)]
+    assert len(ids) >= 10
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "",
+                           "-p", "no:cacheprovider", *ids], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{len(ids)} tests collected" in proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +47,11 @@ def tiny_models(tiny_checkpoint, tmp_path_factory) -> Path:
 def _suite(out: Path, models: Path, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "QGEN_SUITE_MODELS": str(models), "QGEN_SUITE_STEPS": "1",
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_suite.sh"), "--cpu", str(out)],
+    return subprocess.run(["bash", str(SUITE), "--cpu", str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_suite_runs_every_step_on_the_cpu(tiny_models, tmp_path) -> None:
     out = tmp_path / "out"
     proc = _suite(out, tiny_models)
@@ -55,6 +72,7 @@ def test_suite_runs_every_step_on_the_cpu(tiny_models, tmp_path) -> None:
     assert not any("cache" in n or n.endswith(".npy") for n in names)
 
 
+@pytest.mark.slow
 def test_suite_time_box_skips_what_does_not_fit(tiny_models, tmp_path) -> None:
     """With a budget that holds only the first steps, the rest are skipped, not started, and
     the headline and archive are still written."""
