@@ -362,6 +362,20 @@ def test_non_finite_results_are_an_error_not_a_success(problem: dict[str, Path],
     assert not (tmp_path / "r").exists()
 
 
+def test_non_finite_measurements_are_an_error(problem: dict[str, Path], tmp_path: Path, capsys,
+                                              monkeypatch) -> None:
+    import qgen_infer.measurement
+
+    monkeypatch.setattr(qgen_infer.measurement, "measure",
+                        lambda model, x, **kw: torch.full((x.shape[0], 7), float("inf")))
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 1, 6, 6), np.float32))
+    code, _, err = run(measure_main, [problem["model"], "--images", x, "--out",
+                                      tmp_path / "y.npy"], capsys)
+    assert_refused(code, err, "qgen-measure", "NaN or infinite measurements")
+    assert not (tmp_path / "y.npy").exists()
+
+
 # ---- 5. write failures ---------------------------------------------------------------------
 
 

@@ -138,6 +138,9 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.count is not None:
         x = x[: args.count]
     y = measure(model, x, noise_std=args.noise_std, seed=args.seed)
+    if not bool(torch.isfinite(y).all()):  # a sensing net whose weights overflow float32
+        raise QgenError(f"the model's sensing network produced NaN or infinite measurements "
+                        f"from {str(args.model)!r}; nothing written")
     arrays = [y.numpy().astype(np.float32)]
     if args.truth_out:
         arrays.append(x.astype(np.float32))
