@@ -12,8 +12,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from qgen_infer.cli.common import ArgumentParser, run_cli
+from qgen_infer.cli.common import ArgumentParser, int_in, run_cli
 from qgen_infer.errors import QgenError
+from qgen_infer.limits import MAX_BATCH, MAX_EPOCHS, MAX_LATENT, MAX_RESTARTS, max_threads
 
 DESCRIPTION = """\
 Run the full qgen-infer pipeline on the embedded default data (scikit-learn's 8x8 handwritten
@@ -33,21 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.rename("--out", "--out-dir")
     p.add_argument("--bits", type=int, nargs="+", default=[32, 4, 2, 1],
                    choices=(1, 2, 3, 4, 32), help="bit widths to run")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs per model")
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=30,
+                   help="training epochs per model")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32,
                    help="training batch (small: more Adam steps on the small data set)")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("-m", "--measurements", type=int, default=25,
                    help="number of measurements m per image")
-    p.add_argument("-s", "--sparsity", type=int, default=50,
+    p.add_argument("-s", "--sparsity", type=int_in(1, MAX_LATENT), default=50,
                    help="non-zeros kept in the latent")
     p.add_argument("--backend", choices=("auto", "reference", "cpu", "triton"), default="auto",
                    help="engine backend of the reconstructions (auto: the C++ cpu kernels when "
                         "built, else reference)")
-    p.add_argument("--restarts", type=int, default=2, help="reconstruction restarts per image")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--restarts", type=int_in(1, MAX_RESTARTS), default=2,
+                   help="reconstruction restarts per image")
+    p.add_argument("--seed", type=int_in(0, 2**62), default=0,
                    help="seed of the training and of the reconstructions' random starts")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="torch CPU threads (default: torch's choice)")
     return p
 
