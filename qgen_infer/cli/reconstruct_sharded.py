@@ -99,7 +99,8 @@ def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | No
         extra: dict[str, Any] = {"distributed": {
             "world_size": env.world_size, "shards": run.plan.count,
             "shard_images": run.plan.shard_images, "shards_skipped": run.skipped,
-            "wall_seconds": run.wall_seconds}}
+            "wall_seconds": run.wall_seconds, "rank_solve_seconds": run.solve_seconds,
+            "rank_solve_cpu_seconds": run.solve_cpu_seconds}}
         stage = _make_stage(out)
         try:
             m = _write_results(stage, model, run.result, truth, settings, interrupted=False,

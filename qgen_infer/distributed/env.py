@@ -153,3 +153,12 @@ def broadcast(env: DistEnv, value: Any) -> Any:
     box = [value if env.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(env: DistEnv, value: Any) -> list[Any] | None:
+    """Every rank's ``value`` on rank 0, in rank order (None on the other ranks)."""
+    if not env.distributed:
+        return [value]
+    everyone: list[Any] = [None] * env.world_size
+    dist.gather_object(value, everyone if env.is_main else None, dst=0)
+    return everyone if env.is_main else None

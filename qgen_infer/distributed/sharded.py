@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from qgen_infer.distributed.env import DistEnv, broadcast, check_all, join
+from qgen_infer.distributed.env import DistEnv, broadcast, check_all, gather, join
 from qgen_infer.errors import QgenError
 from qgen_infer.reconstruction import Reconstruction, SolverOptions, reconstruct, solver_options
 
@@ -70,13 +70,16 @@ class ShardedRun:
     """What :func:`reconstruct_sharded` did. ``result`` (rank 0 only; None elsewhere): the whole
     reconstruction, merged from the shards, its ``batch_seconds`` every batch's compute time in
     image order. ``skipped``: shards finished by an earlier run; ``solved_here``: shards this
-    rank solved."""
+    rank solved. ``solve_seconds`` / ``solve_cpu_seconds``: each rank's wall and CPU time in
+    its shards (rank 0 only; the CPU time shows how the work split on a busy machine)."""
 
     result: Reconstruction | None
     plan: ShardPlan
     skipped: int
     solved_here: int
     wall_seconds: float
+    solve_seconds: list[float] | None = None
+    solve_cpu_seconds: list[float] | None = None
 
 
 class _Measurements:
@@ -276,6 +279,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     check_all(env, error)
 
     error = None
+    t_solve, cpu_solve = time.perf_counter(), time.process_time()
     try:
         for k in mine:
             start, stop = plan.bounds(k)
@@ -292,6 +296,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     except Exception as exc:
         error = exc
     check_all(env, error)
+    times = gather(env, (time.perf_counter() - t_solve, time.process_time() - cpu_solve))
     error, result = None, None
     try:
         result = _merge(folder, plan, model, opts) if env.is_main else None
@@ -299,4 +304,6 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
         error = exc
     check_all(env, error)
     return ShardedRun(result=result, plan=plan, skipped=len(finished), solved_here=len(mine),
-                      wall_seconds=time.perf_counter() - t0)
+                      wall_seconds=time.perf_counter() - t0,
+                      solve_seconds=[w for w, _ in times] if times else None,
+                      solve_cpu_seconds=[c for _, c in times] if times else None)
