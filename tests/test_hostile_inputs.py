@@ -408,6 +408,33 @@ def test_write_failures_are_one_line(problem: dict[str, Path], tiny_checkpoint,
     assert sorted(os.listdir(tmp_path)) == before  # no temporary file left behind
 
 
+@pytest.mark.parametrize("exc,fragment", [
+    (MemoryError("Unable to allocate 195. GiB"), "out of memory (Unable to allocate 195. GiB)"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1e11 "
+                  "bytes"), "out of memory (DefaultCPUAllocator"),
+    (PermissionError(errno.EACCES, "Permission denied", "/root/y.npy"),
+     "cannot access '/root/y.npy' (Permission denied)"),
+])
+def test_machine_failures_are_one_line(exc: BaseException, fragment: str, capsys) -> None:
+    from qgen_infer.cli.common import run_cli
+
+    def body(argv: Any) -> int:
+        raise exc
+
+    assert run_cli("qgen-x", body, []) == 2
+    assert_refused(2, capsys.readouterr().err, "qgen-x", fragment)
+
+
+def test_bugs_keep_their_traceback() -> None:
+    from qgen_infer.cli.common import run_cli
+
+    def body(argv: Any) -> int:
+        raise RuntimeError("shape mismatch in a kernel")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_cli("qgen-x", body, [])
+
+
 # ---- 6. checkpoints ------------------------------------------------------------------------
 
 
