@@ -539,15 +539,17 @@ def test_console_scripts_print_one_line(problem: dict[str, Path], tmp_path: Path
 
 
 def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.lists(inner, max_size=4),
-                     st.dictionaries(st.text(max_size=6), inner, max_size=3))
+    return st.one_of(st.lists(inner, min_size=1, max_size=4),
+                     st.dictionaries(st.text(max_size=6), inner, min_size=1, max_size=3))
 
 
-# Hostile JSON: huge and negative integers, tiny and huge floats, text, null, nesting.
+# Hostile JSON: huge and negative integers, tiny and huge floats, text, null, empty and nested
+# containers.
 JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.integers(-3, 40),
               st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
-              st.sampled_from(["mlp", "dcgan", "tensor", "dcs"])),
+              st.sampled_from(["mlp", "dcgan", "tensor", "dcs"]), st.builds(list),
+              st.builds(dict)),
     _containers, max_leaves=8)
 
 
