@@ -376,6 +376,17 @@ def test_non_finite_measurements_are_an_error(problem: dict[str, Path], tmp_path
     assert not (tmp_path / "y.npy").exists()
 
 
+def test_decompression_bomb_png_is_one_line(problem: dict[str, Path], tmp_path: Path,
+                                            capsys) -> None:
+    from PIL import Image
+
+    (tmp_path / "bomb").mkdir()
+    Image.new("L", (9500, 9500)).save(tmp_path / "bomb" / "a.png")  # 90 M pixels in ~90 KB
+    code, _, err = run(measure_main, [problem["model"], "--images", tmp_path / "bomb", "--out",
+                                      tmp_path / "y.npy"], capsys)
+    assert_refused(code, err, "qgen-measure", "decompression bomb")
+
+
 # ---- 5. write failures ---------------------------------------------------------------------
 
 

@@ -12,12 +12,13 @@ With ``image_size`` each image is centre-cropped to its largest square and resiz
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from PIL.Image import DecompressionBombError
+from PIL.Image import DecompressionBombError, DecompressionBombWarning
 
 from qgen_infer.data.convert import resize_square, uint8_to_unit
 from qgen_infer.data.files import one_line, require_root
@@ -87,12 +88,16 @@ def _open(path: Path, decode: bool) -> Image.Image:
     """``path`` opened with Pillow (decoded when ``decode``, so a truncated file fails here and
     names itself); without ``decode`` the file is closed again after its header is read."""
     try:
-        image = Image.open(path)
-        if decode:
-            image.load()
-        else:
-            image.close()  # mode and size stay readable after close
-    except (UnidentifiedImageError, DecompressionBombError, OSError, ValueError,
-            SyntaxError) as exc:
+        with warnings.catch_warnings():
+            # Pillow only warns between 89M and 179M pixels (a 97 KB PNG can decode to 100 MB):
+            # refused here in one line, not a warning on stderr followed by the allocation
+            warnings.simplefilter("error", DecompressionBombWarning)
+            image = Image.open(path)
+            if decode:
+                image.load()
+            else:
+                image.close()  # mode and size stay readable after close
+    except (UnidentifiedImageError, DecompressionBombError, DecompressionBombWarning, OSError,
+            ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: unreadable image ({one_line(exc)})") from None
     return image
