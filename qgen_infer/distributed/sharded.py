@@ -267,7 +267,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
         error = exc
     check_all(env, error)
     plan, finished = broadcast(env, state)
-    pending = [k for k in range(plan.count) if k not in set(finished)]
+    pending = sorted(set(range(plan.count)) - set(finished))
     mine = pending[env.rank::env.world_size]
 
     error = None
