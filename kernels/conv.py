@@ -1,0 +1,219 @@
+"""Packed 2-D convolution and transposed convolution as implicit GEMM (no im2col, no col2im).
+
+Math (NCHW; ``V[n, c, ky, kx] = s (code - z)`` with the scale on the output channel ``n`` or on
+the input channel ``c``; ``TRANSPOSED`` picks the tap map)::
+
+    out[b, n, oy, ox] = act(alpha[n] Σ_{c, ky, kx} x[b, c, iy, ix] V[n, c, ky, kx] + beta[n])
+    conv2d:            iy = oy·s - p + ky·d                      (taps outside x are 0)
+    conv_transpose2d:  iy = (oy + p - ky·d) / s, when s divides it   (likewise for x)
+
+As a GEMM: rows M = B·OH·OW output pixels, columns N output channels, reduction
+K = C·kh·kw with ``k = (c·kh + ky)·kw + kx``. Each ``[BLOCK_M, BLOCK_K]`` tile of x is gathered
+from the input by that index map (masked taps load 0), the ``[BLOCK_K, BLOCK_N]`` tile of codes
+is decoded from ``kpack`` words in registers (``common.code_tile``), and the scale/zero
+correction and the epilogue run after the K loop, as in ``gemm``:
+
+    scale on n:  y = s[n] (Σ_k x c - z[n] Σ_k x)
+    scale on c:  y = Σ_k (x s[c]) c - Σ_k x s[c] z[c]
+
+The two directions serve each other's input gradient (DESIGN.md): the input gradient of
+``conv_transpose2d`` with weight ``W[ci, co, ky, kx]`` is ``conv2d`` of the output gradient with
+``V = W`` (``n = ci``, ``c = co``; a per-``co`` scale is then on ``c``), and that of ``conv2d`` is
+``conv_transpose2d`` with ``V = W.permute(1, 0, 2, 3)``.
+
+Tensors: ``x`` ``[B, C, H, W]`` float32/float16/bfloat16, any strides; weight words int32
+``[kpack_rows(K, bits), N]`` (``layout``); ``scale``/``zero`` float32 ``[N]`` or ``[C]``;
+``alpha``/``beta`` float32 ``[N]``; ``out`` ``[B, N, OH, OW]`` contiguous in x's dtype.
+Launch: one program per ``[BLOCK_M, BLOCK_N]`` output tile; fixed tiles (no tuning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from qgen_infer.kernels.common import (
+    INT32_MAX,
+    activation_id,
+    apply_epilogue,
+    code_tile,
+    dot_types,
+)
+from qgen_infer.kernels.configs import interpreting
+from qgen_infer.kernels.layout import PackedKWords
+
+
+@dataclass(frozen=True)
+class PackedConvWeight:
+    """``V[n, c, ky, kx] = scale (code - zero)`` as ``kpack`` words of the ``[N, C·kh·kw]``
+    matrix; ``scale``/``zero`` float32 ``[N]`` (``scale_on_k`` false) or ``[C]`` (true)."""
+
+    words: PackedKWords
+    scale: torch.Tensor
+    zero: torch.Tensor
+    scale_on_k: bool
+    channels: int
+    kernel_size: tuple[int, int]
+
+    @property
+    def out_channels(self) -> int:
+        return self.words.n
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                   scale_on_k: bool = False, device: torch.device | str | None = None
+                   ) -> PackedConvWeight:
+        """From canonical uint8 codes ``[N, C, kh, kw]``; ``scale``/``zero``: ``[1]`` (one per
+        tensor), ``[N]`` or, with ``scale_on_k``, ``[C]``."""
+        if codes.ndim != 4:
+            raise ValueError(f"codes must be [N, C, kh, kw], got shape {tuple(codes.shape)}")
+        n, c, kh, kw = codes.shape
+        length = c if scale_on_k else n
+        scale, zero = (v.reshape(-1).float() for v in (scale, zero))
+        if scale.numel() == 1:
+            scale, zero = scale.expand(length), zero.expand(length)
+        if scale.shape != (length,) or zero.shape != (length,):
+            raise ValueError(f"scale and zero must have 1 or {length} values")
+        ones = torch.ones(n)  # the words' own scale/zero are not read (ours are above)
+        words = PackedKWords.from_codes(codes.reshape(n, -1), ones, ones * 0, bits, device)
+        dev = words.words.device
+        return cls(words, scale.to(dev).contiguous(), zero.to(dev).contiguous(), scale_on_k,
+                   c, (kh, kw))
+
+
+@triton.jit(do_not_specialize=["B"])
+def conv_kpack_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, alpha_ptr, beta_ptr, out_ptr,
+                      B, C, H, W, N, OH, OW, ldw, KH, KW, SH, SW, PH, PW, DH, DW,
+                      sxb, sxc, sxh, sxw, negative_slope,
+                      BITS: tl.constexpr, TRANSPOSED: tl.constexpr, SCALE_ON_K: tl.constexpr,
+                      HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr, ACT: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < B * OH * OW
+    n_mask = offs_n < N
+    b = offs_m // (OH * OW)
+    oy = (offs_m // OW) % OH
+    ox = offs_m % OW
+    K = C * KH * KW
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        c = offs_k // (KH * KW)
+        ky = (offs_k // KW) % KH
+        kx = offs_k % KW
+        if TRANSPOSED:
+            ty = oy[:, None] + PH - ky[None, :] * DH
+            tx = ox[:, None] + PW - kx[None, :] * DW
+            ty = tl.where(ty >= 0, ty, SH * H)  # negative taps: out of range, never divided
+            tx = tl.where(tx >= 0, tx, SW * W)
+            iy = ty // SH
+            ix = tx // SW
+            valid = (ty % SH == 0) & (tx % SW == 0) & (iy < H) & (ix < W)
+        else:
+            iy = oy[:, None] * SH - PH + ky[None, :] * DH
+            ix = ox[:, None] * SW - PW + kx[None, :] * DW
+            valid = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        mask = m_mask[:, None] & k_mask[None, :] & valid
+        x = tl.load(x_ptr + b[:, None] * sxb + c[None, :] * sxc + iy * sxh + ix * sxw,
+                    mask=mask, other=0.0).to(tl.float32)
+        if SCALE_ON_K:
+            s = tl.load(scale_ptr + c, mask=k_mask, other=0.0)
+            z = tl.load(zero_ptr + c, mask=k_mask, other=0.0)
+            x = x * s[None, :]
+            xsum += tl.sum(x * z[None, :], axis=1)
+        else:
+            xsum += tl.sum(x, axis=1)
+        codes = code_tile(w_ptr, k0, offs_k, k_mask, offs_n, n_mask, ldw, K, BITS, BLOCK_K,
+                          BLOCK_N, True, False)
+        acc = tl.dot(x.to(DOT_DTYPE), codes.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+    if SCALE_ON_K:
+        y = acc - xsum[:, None]
+    else:
+        scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
+        zero = tl.load(zero_ptr + offs_n, mask=n_mask, other=0.0)
+        y = scale[None, :] * (acc - zero[None, :] * xsum[:, None])
+    y = apply_epilogue(y, offs_n[None, :], n_mask[None, :], alpha_ptr, beta_ptr, negative_slope,
+                       HAS_ALPHA, HAS_BETA, ACT)
+    pixel = oy * OW + ox
+    out = out_ptr + (b * N * OH * OW + pixel)[:, None] + (offs_n * OH * OW)[None, :]
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _tiles() -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, warps)``: small under the interpreter, 64x64x32 compiled
+    (BLOCK_K 32: whole words of every width, which the word decode needs)."""
+    return (16, 32, 32, 4) if interpreting() else (64, 64, 32, 4)
+
+
+def _launch(x: torch.Tensor, w: PackedConvWeight, transposed: bool, out_hw: tuple[int, int],
+            stride, padding, dilation, alpha, beta, activation: str, negative_slope: float
+            ) -> torch.Tensor:
+    if x.ndim != 4 or x.shape[1] != w.channels:
+        raise ValueError(f"x must be [B, {w.channels}, H, W], got shape {tuple(x.shape)}")
+    if x.device != w.words.words.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {w.words.words.device}")
+    b, c, h, wd = x.shape
+    n = w.out_channels
+    oh, ow = out_hw
+    if min(oh, ow) < 1:
+        raise ValueError(f"the output would be {oh}x{ow}")
+    out = torch.empty((b, n, oh, ow), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    if max(out.numel(), x.numel()) > INT32_MAX:
+        raise ValueError("tensors with more than 2**31 - 1 elements are not supported")
+    vec = [None if v is None else v.to(x.device, torch.float32).contiguous() for v in (alpha, beta)]
+    for v, name in zip(vec, ("alpha", "beta"), strict=True):
+        if v is not None and v.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},), got {tuple(v.shape)}")
+    bm, bn, bk, warps = _tiles()
+    dot_dtype, precision = dot_types(x.dtype)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    grid = (triton.cdiv(b * oh * ow, bm), triton.cdiv(n, bn))
+    conv_kpack_kernel[grid](
+        x, w.words.words, w.scale, w.zero, vec[0] if vec[0] is not None else w.scale,
+        vec[1] if vec[1] is not None else w.scale, out, b, c, h, wd, n, oh, ow,
+        w.words.words.stride(0), *w.kernel_size, sh, sw, ph, pw, dh, dw, *x.stride(),
+        float(negative_slope), BITS=w.words.bits, TRANSPOSED=transposed,
+        SCALE_ON_K=w.scale_on_k, HAS_ALPHA=vec[0] is not None, HAS_BETA=vec[1] is not None,
+        ACT=activation_id(activation), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_DTYPE=dot_dtype,
+        DOT_PRECISION=precision, num_warps=warps)
+    return out
+
+
+def conv2d(x: torch.Tensor, w: PackedConvWeight, stride=1, padding=0, dilation=1,
+           alpha: torch.Tensor | None = None, beta: torch.Tensor | None = None,
+           activation: str = "none", negative_slope: float = 0.01) -> torch.Tensor:
+    """``act(alpha * conv2d(x, V) + beta)`` as ``F.conv2d`` computes it (no groups)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (w.kernel_size, _pair(stride), _pair(padding),
+                                              _pair(dilation))
+    oh = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return _launch(x, w, False, (oh, ow), stride, padding, dilation, alpha, beta, activation,
+                   negative_slope)
+
+
+def conv_transpose2d(x: torch.Tensor, w: PackedConvWeight, stride=1, padding=0, dilation=1,
+                     output_padding=0, alpha: torch.Tensor | None = None,
+                     beta: torch.Tensor | None = None, activation: str = "none",
+                     negative_slope: float = 0.01) -> torch.Tensor:
+    """``act(alpha * conv_transpose2d(x, W) + beta)`` as ``F.conv_transpose2d`` computes it,
+    with ``w`` holding ``V = W.permute(1, 0, 2, 3)`` (``[C_out, C_in, kh, kw]``)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (w.kernel_size, _pair(stride), _pair(padding),
+                                              _pair(dilation))
+    oph, opw = _pair(output_padding)
+    oh = (x.shape[-2] - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    ow = (x.shape[-1] - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    return _launch(x, w, True, (oh, ow), stride, padding, dilation, alpha, beta, activation,
+                   negative_slope)
