@@ -111,6 +111,11 @@ def main(argv: list[str]) -> int:
     lines += first_call_lines(work, steps) + [""]
     rows = read_rows(work / "reconstruct.jsonl")
     lines += throughput_lines(rows) if rows else ["## Throughput: no rows (see reconstruct.log)"]
+    for name in (n for n in steps if n.startswith("dcgan")):
+        log = work / f"{name}.log"
+        tail = log.read_text(errors="replace").strip().splitlines()[-4:] if log.exists() else []
+        lines += ["", f"## {name} (bench/time_dcgan_reconstruct.py, last lines)", "", "```",
+                  *tail, "```"]
     print("\n".join(lines))
     return 0
 

@@ -16,6 +16,8 @@
 #   reconstruct    end to end, batch 256, T = 3 and 20, 1 and 4 bits: packed fp32 / fp16 (and
 #                  the fused one-kernel step, fp32 / fp16) vs dense torch fp32 / fp16, all
 #                  CUDA-graph replayed (bench_reconstruct_gpu.py)
+#   dcgan-w1(-implicit)  the DCGAN generator's reconstruction, 1 bit: packed (unfold/col2im
+#                  around the GEMM, then the implicit-GEMM convolutions) vs dense fp32
 #   kernels        bench/test_bench_gpu.py (kernels vs cuBLAS) in whatever time is left
 # Output: OUTDIR/gpu-suite.tar.gz (every log, table and JSON line), OUTDIR/headline.md (also
 # printed) and OUTDIR/steps.txt: three files, nothing deeper.
@@ -97,6 +99,7 @@ fi
 G=tests/test_cuda_graph.py
 K=tests/test_triton_kernels.py
 F=tests/test_fused_step.py
+C=tests/test_triton_conv.py
 if [ "$CPU" = 1 ]; then
   SMOKE=(tests/test_triton_configs.py::test_shipped_hopper_table_is_valid_and_used
          tests/test_triton_configs.py::test_autotune_is_off_by_default
@@ -111,7 +114,9 @@ else
          "$K::test_gpu_full_size[4-256-f16]" "$K::test_gpu_full_size[1-1-f16]"
          tests/test_triton_configs.py "$F::test_fused_step_fp16_products"
          "$F::test_fused_step_matches_reference[37x13x21x33x20x17x5-19-1]"
-         "$F::test_fused_reconstruction_equals_reference[1-True]")
+         "$F::test_fused_reconstruction_equals_reference[1-True]"
+         "$C::test_dcgan_generator_on_implicit_conv[1-tensor]"
+         "$C::test_each_direction_is_the_others_input_gradient")
 fi
 step tests 75 env TRITON_CACHE_DIR="$WORK/cache-tests" "$PY" -m pytest -q -m "" -p no:cacheprovider \
   --junitxml="$WORK/tests-junit.xml" "${SMOKE[@]}"
@@ -132,6 +137,15 @@ VARIANTS=${QGEN_SUITE_VARIANTS:-torch-fp32+graph torch-fp16+graph packed+graph p
 step reconstruct 150 "$PY" bench/bench_reconstruct_gpu.py --device "$DEVICE" --models "$MODELS" \
   --bits $BITS --steps $STEPS --images "$IMAGES" --batch-size "$BATCH" --variants $VARIANTS \
   --out "$WORK/reconstruct-gpu.md" --jsonl "$WORK/reconstruct.jsonl"
+
+# The paper's DCGAN generator (1 bit): the packed layers through unfold/col2im around the GEMM,
+# then as implicit-GEMM convolutions (QGEN_TRITON_IMPLICIT_CONV=1), each against dense fp32.
+if [ "$CPU" = 0 ]; then
+  step dcgan-w1 45 "$PY" bench/time_dcgan_reconstruct.py --device cuda --bits 1 \
+    --backends fp32 triton --images 256
+  step dcgan-w1-implicit 45 env QGEN_TRITON_IMPLICIT_CONV=1 "$PY" bench/time_dcgan_reconstruct.py \
+    --device cuda --bits 1 --backends triton --images 256
+fi
 
 # Kernels against cuBLAS, cases in priority order until the time is up.
 if [ "$CPU" = 0 ]; then

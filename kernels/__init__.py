@@ -14,6 +14,10 @@ Modules (import them explicitly; importing this package imports neither triton n
 * ``gemm``    -- ``y = act(alpha * (x Wᵀ) + beta)``: tensor-core tile kernel and GEMV kernel.
 * ``gemm_t``  -- ``g' = g W`` (the input gradient): tensor-core tile kernel and GEMV kernel.
 * ``splitk``  -- the split-K reduction with the forward epilogue.
+* ``conv``    -- packed conv2d / conv_transpose2d as implicit GEMM (each the other's input
+  gradient), fused epilogue.
+* ``fused_step`` -- one whole solver step of the MLP model (generator and sensing net forward and
+  back, residual, proximal update, hard threshold, projection) in one launch.
 * ``ops``     -- ``torch.library`` custom ops ``qgen_infer::packed_gemm`` / ``packed_gemm_t`` with
   fake (meta) kernels and autograd, so the solver loop can be compiled or graph-captured.
 * ``registry``-- every kernel path with its torch reference; the tests walk it.

@@ -116,6 +116,16 @@ class _ConvParams:
         self.padding = tuple(layer.padding)
         self.dilation = tuple(layer.dilation)
 
+    def _implicit_conv(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The backend's own convolution of ``x`` (epilogue fused), or None when it has none:
+        the triton backend's implicit GEMM, planned on first use (``triton_conv``)."""
+        if not hasattr(self, "_conv_plan"):
+            prepare = getattr(self.backend, "prepare_conv", None)
+            self._conv_plan = prepare(self) if prepare is not None else None
+        if self._conv_plan is None:
+            return None
+        return self.backend.conv(x, self._conv_plan, self.epilogue)
+
     def _conv_output_size(self, size: int, axis: int) -> int:
         k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
                       self.dilation[axis])
@@ -153,6 +163,8 @@ class PackedConv2d(PackedModule, _ConvParams):
         return "conv2d"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (y := self._implicit_conv(x)) is not None:
+            return y
         b, _, h, w = x.shape
         h_out, w_out = self._conv_output_size(h, 0), self._conv_output_size(w, 1)
         if self.view_kind == "conv2d_per_pixel":
@@ -184,6 +196,8 @@ class PackedConvTranspose2d(PackedModule, _ConvParams):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (y := self._implicit_conv(x)) is not None:
+            return y
         _, _, h, w = x.shape
         return self._fold_pixels(x, self.output_size(h, w), self.padding, self.stride)
 

@@ -7,6 +7,10 @@ to the backend's device. ``gemm``, ``gemm_t`` and ``gemm_t_through_epilogue`` ca
 ``torch.ops.qgen_infer.packed_gemm`` / ``packed_gemm_t`` / ``packed_gemm_t_act`` custom ops, so
 the solver loop can be compiled or captured in a CUDA graph.
 
+``prepare_conv`` / ``conv`` run Conv2d and ConvTranspose2d layers as implicit GEMM
+(``triton_conv``) when ``implicit_conv`` is on (``QGEN_TRITON_IMPLICIT_CONV=1``); otherwise the
+layers go through ``gemm`` with unfold / col2im around it, as on every backend.
+
 Outputs are in the activation dtype (float32, float16 or bfloat16) with fp32 accumulation.
 ``TRITON_INTERPRET=1`` must be set before this module (or any kernel module) is first imported:
 Triton decides at decoration time whether a kernel is compiled or interpreted.
@@ -41,13 +45,18 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
+    def __init__(self, device: torch.device | str | None = None,
+                 implicit_conv: bool | None = None) -> None:
         if not is_available():
             raise RuntimeError("the triton backend needs triton and a CUDA device (or "
                                "TRITON_INTERPRET=1 to run the kernels on the CPU)")
         import qgen_infer.kernels.ops  # noqa: F401  (registers torch.ops.qgen_infer.*)
 
         self.device = torch.device(device) if device is not None else _default_device()
+        from qgen_infer.engine.triton_conv import ENV
+
+        self.implicit_conv = (os.environ.get(ENV, "0") == "1" if implicit_conv is None
+                              else implicit_conv)
 
     def __repr__(self) -> str:
         return f"TritonBackend(device={str(self.device)!r})"
@@ -75,6 +84,22 @@ class TritonBackend:
         return torch.ops.qgen_infer.packed_gemm_t_act(
             grad_y, y, prepared.words, prepared.scale, prepared.zero, epilogue.alpha,
             prepared.bits, prepared.k, epilogue.activation, float(epilogue.negative_slope))
+
+
+    def prepare_conv(self, module):
+        """A conv layer's :class:`~qgen_infer.engine.triton_conv.ConvPlan`, or None when the
+        implicit-GEMM convolutions are off."""
+        if not self.implicit_conv:
+            return None
+        from qgen_infer.engine.triton_conv import plan_conv
+
+        return plan_conv(module, self.device)
+
+    def conv(self, x: torch.Tensor, plan, epilogue: Epilogue) -> torch.Tensor:
+        """``act(alpha * conv(x) + beta)`` of the layer ``plan`` describes, with autograd."""
+        from qgen_infer.engine.triton_conv import packed_conv
+
+        return packed_conv(x, plan, epilogue)
 
 
 def create_backend(device: torch.device | str | None = None) -> TritonBackend:
