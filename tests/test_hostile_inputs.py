@@ -501,6 +501,25 @@ def test_unbounded_arguments_are_refused(case: str, problem: dict[str, Path], tm
     assert not (tmp_path / "r").exists()
 
 
+def test_eval_batch_memory_is_checked(tmp_path: Path, capsys, monkeypatch) -> None:
+    from qgen_infer.models import build_generator, build_sensing
+
+    config = {"family": "mlp", "image_shape": [1, 16, 16], "latent_dim": 10,
+              "measurements": 7, "hidden": 12, "negative_slope": 0.2, "bits": 2,
+              "granularity": "tensor"}  # the embedded digits' shape
+    save_checkpoint(tmp_path / "model.pt", {
+        "config": config, "generator": build_generator(config).state_dict(),
+        "sensing": build_sensing(config).state_dict(), "log_step_size": torch.tensor(-2.0),
+        "solver": {"method": "sdlss", "sparsity": 5, "steps": 2, "project": True,
+                   "step_size": 0.1},
+        "train": {"epochs": 0, "settings": {"dataset": "digits"}}})
+    monkeypatch.setenv("QGEN_MEMORY_LIMIT", "20M")
+    code, _, err = run(eval_main, [tmp_path / "model.pt", "--restarts", "10000"], capsys)
+    assert_refused(code, err, "qgen-eval", "latent rows (images x restarts) needs about")
+    code, out, err = run(eval_main, [tmp_path / "model.pt", "--count", "4"], capsys)
+    assert code == 0 and "PSNR" in out, err
+
+
 @pytest.mark.parametrize("argv,fragment", [
     (["--eval-size", "0"], "--eval-size"), (["--steps", "0"], "--steps"),
     (["--restarts", "100000000"], "--restarts"), (["--threads", "100000"], "--threads"),

@@ -75,6 +75,7 @@ def _body(argv: Sequence[str] | None) -> int:
 
     from qgen_infer.arrays import write_text_atomic
     from qgen_infer.data import load_train_eval
+    from qgen_infer.engine.memory import check_fits, network_plan
     from qgen_infer.train import SolverSettings, evaluate_reconstruction
     from qgen_infer.train.trainer import models_from_checkpoint_path
 
@@ -103,6 +104,10 @@ def _body(argv: Sequence[str] | None) -> int:
     if solver.sparsity is not None and not 1 <= solver.sparsity <= solver.latent_dim:
         raise QgenError(f"--sparsity must be between 1 and {solver.latent_dim}")
     step = args.step_size if args.step_size is not None else float(ckpt["log_step_size"].exp())
+    rows = min(args.batch_size, evals.shape[0]) * args.restarts
+    check_fits(network_plan(ckpt["config"]).need(rows), torch.device("cpu"),
+               f"a batch of {rows} latent rows (images x restarts)",
+               "use a smaller --batch-size or fewer --restarts")
     res = evaluate_reconstruction(gen, sense, evals, solver, step, batch_size=args.batch_size,
                                   restarts=args.restarts, seed=args.seed)
     if not all(math.isfinite(res[k]) for k in ("psnr", "ssim")):

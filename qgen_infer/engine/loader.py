@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from qgen_infer.engine.backend import Backend
-from qgen_infer.engine.memory import FP32_BYTES, MemoryPlan, check_fits, row_bytes
+from qgen_infer.engine.memory import (
+    FP32_BYTES,
+    MemoryPlan,
+    check_fits,
+    row_bytes,
+    sequential_elements,
+)
 from qgen_infer.engine.packed_modules import PACKED_MODULES
 from qgen_infer.engine.registry import get_backend
 from qgen_infer.errors import FormatError, QgenError
@@ -93,11 +99,7 @@ def check_sensing_shapes(config: dict[str, Any], state: dict[str, torch.Tensor],
             raise FormatError(f"the sensing tensors do not fit the config's network: {key!r} is "
                               f"{found.get(key)} in the file, the config makes "
                               f"{expected.get(key)}")
-    x, elements = torch.empty(1, *image_shape, device="meta"), 0
-    for module in net:
-        x = module(x)
-        elements += x.numel()
-    return elements
+    return sequential_elements(net, image_shape)
 
 
 def _memory_plan(qf: QgenFile, config: dict[str, Any], backend: Backend,

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import re
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,6 +45,31 @@ def row_bytes(latent_dim: int, activations: int, workspace: int) -> int:
     """fp32 bytes per latent row: the latent and every activation, each with its gradient, and
     one unfolded convolution buffer."""
     return FP32_BYTES * (2 * (latent_dim + activations) + workspace)
+
+
+def sequential_elements(net: torch.nn.Sequential, sample_shape: Sequence[int]) -> int:
+    """Activation elements per sample of ``net`` (built on the ``meta`` device): the sum of its
+    layers' outputs, from a forward pass that allocates nothing."""
+    x, elements = torch.empty(1, *sample_shape, device="meta"), 0
+    for module in net:
+        x = module(x)
+        elements += x.numel()
+    return elements
+
+
+def network_plan(config: dict[str, Any]) -> MemoryPlan:
+    """The memory of the fp32 networks ``config`` describes, as ``qgen-eval`` runs them: the
+    weights twice (fp32 master weights and their fake-quantized copy) and per latent row the
+    generator's and sensing net's activations, counted on the ``meta`` device."""
+    from qgen_infer.models import build_generator, build_sensing
+
+    with torch.device("meta"):
+        generator, sensing = build_generator(config), build_sensing(config)
+    weights = sum(p.numel() for net in (generator, sensing) for p in net.parameters())
+    activations = sequential_elements(generator, [config["latent_dim"]]) + \
+        sequential_elements(sensing, config["image_shape"])
+    return MemoryPlan(weight_bytes=2 * FP32_BYTES * weights,
+                      row_bytes=row_bytes(config["latent_dim"], activations, 0))
 
 
 def human_bytes(n: float) -> str:
