@@ -406,3 +406,22 @@ def test_colour_diagnose_measures_distances_on_the_eval_patches(tmp_path, monkey
         want = (a(patches) - a(patches.mean(0, keepdim=True).expand_as(patches))).norm(dim=1)
     assert float(rows["x, mean patch"][0]) == pytest.approx(float(want.mean()), abs=0.006)
     assert sum(line.lstrip().startswith("beta ") for line in out.splitlines()) == 2
+
+
+def test_colour_precision_names_commands_and_note(tmp_path: Path) -> None:
+    sets = [plan.ColourSet("CIFAR10", "cifar10", "/c")]
+    default = plan.colour_plan(sets, epochs=2, m=100, s=100)
+    assert default[0].name == "cifar10-m100-sdlss-1" and default[0].precision is None
+    assert "--precision" not in commands.train_command(
+        default[0], commands.paths_for(tmp_path, default[0]), threads=1, resume=False)
+    assert "Training precision: fp32." in tables.colour_report(
+        tables.Results(default, {}, {}), [], [])
+    specs = plan.colour_plan(sets, epochs=2, m=100, s=100, precision="bf16")
+    assert [specs[0].name, specs[-1].name] == ["cifar10-m100-sdlss-1-bf16",
+                                               "cifar10-m100-dcs-32-bf16"]
+    for spec in specs:
+        train = commands.train_command(spec, commands.paths_for(tmp_path, spec), threads=1,
+                                       resume=True)
+        assert train[train.index("--precision") + 1] == "bf16" and train[-1] == "--resume"
+    assert "Training precision: bf16 (--precision bf16" in tables.colour_report(
+        tables.Results(specs, {}, {}), [], [])

@@ -80,6 +80,8 @@ def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool,
         cmd += ["--lr", repr(spec.lr)]
     if spec.srec_data_pairs is not None:
         cmd += ["--srec-data-pairs" if spec.srec_data_pairs else "--no-srec-data-pairs"]
+    if spec.precision is not None:
+        cmd += ["--precision", spec.precision]
     cmd += ["--epochs", str(spec.epochs), "--threads", str(threads)]
     if device != "cpu":
         cmd += ["--device", device]

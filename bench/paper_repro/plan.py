@@ -34,6 +34,7 @@ class RunSpec:
     overflow_rate: float = 0.0  # qgen-train --overflow-rate (0: the paper's max|w| range)
     lr: float | None = None  # qgen-train --lr (None: qgen-train's default)
     srec_data_pairs: bool | None = None  # qgen-train --[no-]srec-data-pairs (None: its default)
+    precision: str | None = None  # qgen-train --precision (None: its default, fp32)
 
     @property
     def packed(self) -> bool:
@@ -48,12 +49,13 @@ class RunSpec:
 
 def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
              overflow_rate: float = 0.0, lr: float | None = None,
-             srec_data_pairs: bool | None = None) -> str:
+             srec_data_pairs: bool | None = None, precision: str | None = None) -> str:
     """``{prefix}-m{m}-{method}-{bits}``, with ``-s{s}`` after m when s is not the default 100
     (DCS has no s), ``-ovf{100 r}`` for a nonzero overflow rate r (``-ovf05`` for 0.05) and
     ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``), ``-dp`` /
     ``-nodp`` for data-data pairs in the S-REC loss forced on / off (None: qgen-train's default
-    for the network). Keeps the names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
+    for the network), ``-{precision}`` for a training precision other than fp32 (``-bf16``).
+    Keeps the names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
     if method == DCS or s is None or s == DEFAULT_SPARSITY:
         name = f"{prefix}-m{m}-{method}-{bits}"
     else:
@@ -64,6 +66,8 @@ def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
         name += f"-lr{lr:g}"
     if srec_data_pairs is not None:
         name += "-dp" if srec_data_pairs else "-nodp"
+    if precision not in (None, "fp32"):
+        name += f"-{precision}"
     return name
 
 
@@ -126,24 +130,27 @@ def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
                 bits: Sequence[int] = BITS,
                 overflow_rates: Mapping[int, float] | None = None,
                 lr: float | None = None,
-                srec_data_pairs: bool | None = None) -> list[RunSpec]:
+                srec_data_pairs: bool | None = None,
+                precision: str | None = None) -> list[RunSpec]:
     """Table 1's grid: every bit width of SDLSS and 32-bit DCS per data set. Tier = data set
     order, so a whole row of the table is finished before the next starts. ``lr``: Adam's rate
-    of every run, ``srec_data_pairs``: qgen-train --[no-]srec-data-pairs for every run (None
-    for either: qgen-train's default); both part of the run names."""
+    of every run, ``srec_data_pairs``: qgen-train --[no-]srec-data-pairs for every run,
+    ``precision``: qgen-train --precision (None for any: qgen-train's default); all part of the
+    run names."""
     rates = dict(overflow_rates or {})
     specs = []
     for tier, cs in enumerate(sets):
         prefix = cs.label.split()[0].lower()
         for b in bits:
             rate = rates.get(b, 0.0)
-            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate, lr, srec_data_pairs),
+            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate, lr, srec_data_pairs,
+                                          precision),
                                  cs.label, cs.dataset, cs.data_root, SDLSS, b, m, s, epochs,
-                                 tier, rate, lr, srec_data_pairs))
+                                 tier, rate, lr, srec_data_pairs, precision))
         specs.append(RunSpec(run_name(prefix, DCS, 32, m, None, lr=lr,
-                                      srec_data_pairs=srec_data_pairs), cs.label, cs.dataset,
-                             cs.data_root, DCS, 32, m, None, epochs, tier, lr=lr,
-                             srec_data_pairs=srec_data_pairs))
+                                      srec_data_pairs=srec_data_pairs, precision=precision),
+                             cs.label, cs.dataset, cs.data_root, DCS, 32, m, None, epochs, tier,
+                             lr=lr, srec_data_pairs=srec_data_pairs, precision=precision))
     return ordered(dedupe(specs))
 
 

@@ -307,6 +307,14 @@ def learning_rate_note(lr: float | None, family: str = "dcgan") -> str:
     return f"qgen-train's default ({DEFAULT_LR[family]:g})" if lr is None else f"{lr:g}"
 
 
+def precision_note(precision: str | None) -> str:
+    """What a run's networks computed in while training (qgen-train --precision)."""
+    if precision in (None, "fp32"):
+        return "fp32"
+    return (f"{precision} (--precision {precision}: networks under autocast; weights, optimizer, "
+            f"latent and losses fp32; evaluation fp32)")
+
+
 def curve_table(results: Results) -> list[str]:
     """Each run's eval PSNR after every epoch, as its training log records it: how far from
     converged the final numbers are, which one cell per run cannot show."""
@@ -334,6 +342,8 @@ def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[s
               + f"learning rate {', '.join(rates)}; S-REC loss: "
               + ", ".join(sorted({srec_pairs_note(s.srec_data_pairs, network_family(s))
                               for s in results.specs}))
+              + ". Training precision: "
+              + ", ".join(sorted({precision_note(s.precision) for s in results.specs}))
               + ".", ""]
     lines += ["## Table 1, measured (PSNR dB, SSIM)", ""]
     rows = []

@@ -30,7 +30,9 @@ from qgen_infer.errors import QgenError
 from qgen_infer.metrics import psnr, ssim
 from qgen_infer.models import build_generator, build_sensing, complete_config
 from qgen_infer.solve import reconstruct_latent
+from qgen_infer.train.allocator import keep_freed_memory
 from qgen_infer.train.objective import SolverSettings, StepLosses, meta_learning_losses
+from qgen_infer.train.precision import PRECISIONS, in_precision
 
 METHODS = ("sdlss", "dcs")
 # What trains A_φ. "total": the whole loss of Eq. (3), as DCS's code does (its measurement term
@@ -100,6 +102,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_restarts: int = 1
     device: str = "cpu"  # where θ, φ, β and the images live ("cpu", "cuda", "cuda:1", ...)
+    precision: str = "fp32"  # what the networks compute in while training: "fp32" or "bf16"
 
 
 def resolve_solver(cfg: TrainConfig, net: dict[str, Any]) -> SolverSettings:
@@ -182,7 +185,7 @@ def saved_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
         return {}
     known = {f.name for f in fields(TrainConfig)}
     before_option = {"overflow_rate": 0.0, "sensing_loss": "total", "srec_data_pairs": False,
-                     "step_size_lr": saved.get("lr")}
+                     "step_size_lr": saved.get("lr"), "precision": "fp32"}
     return {k: saved.get(k, before_option.get(k)) for k in known
             if k in saved or k in before_option}
 
@@ -212,6 +215,9 @@ class Trainer:
         if cfg.sensing_loss not in SENSING_LOSSES:
             raise QgenError(f"sensing_loss must be one of {', '.join(SENSING_LOSSES)}, got "
                             f"{cfg.sensing_loss!r}")
+        if cfg.precision not in PRECISIONS:
+            raise QgenError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                            f"{cfg.precision!r}")
         if cfg.lr_schedule not in ("cosine", "constant"):
             raise QgenError(f"lr_schedule must be 'cosine' or 'constant', got {cfg.lr_schedule!r}")
         if not cfg.initial_step_size > 0 or not math.isfinite(cfg.initial_step_size):
@@ -219,6 +225,7 @@ class Trainer:
                             f"{cfg.initial_step_size}")
         self.cfg = cfg
         self.device = torch.device(cfg.device)
+        keep_freed_memory()  # reuse freed activations instead of page-faulting new ones
         # on the device once: batches are then index gathers there, no per-step copies
         self.train_images = train_images.to(self.device)
         self.eval_images = eval_images.to(self.device)
@@ -341,6 +348,20 @@ class Trainer:
                               retain_graph=True)
         losses.isometry.backward(inputs=list(self.sensing.parameters()))
 
+    def train_step(self, x: torch.Tensor) -> torch.Tensor:
+        """One Algorithm-1 update of θ, φ and β on the batch ``x``; returns the detached losses
+        [total, measurement, isometry, gdl]."""
+        losses = meta_learning_losses(
+            x, in_precision(self.generator, self.cfg.precision),
+            in_precision(self.sensing, self.cfg.precision), self.log_step_size, self.solver,
+            gdl_weight=self.cfg.gdl_weight, rng=self.rng, data_pairs=self.cfg.srec_data_pairs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward(losses)
+        self.optimizer.step()
+        self.step += 1
+        return torch.stack([losses.total, losses.measurement, losses.isometry,
+                            losses.gdl]).detach()
+
     def evaluate(self) -> dict[str, Any]:
         return evaluate_reconstruction(
             self.generator, self.sensing, self.eval_images, self.solver,
@@ -368,17 +389,7 @@ class Trainer:
             bar = progress(total=batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            leave=False) if progress else None
             for i in range(batches):
-                x = self.train_images[order[i * bs:(i + 1) * bs]]
-                losses = meta_learning_losses(
-                    x, self.generator, self.sensing, self.log_step_size, self.solver,
-                    gdl_weight=self.cfg.gdl_weight, rng=self.rng,
-                    data_pairs=self.cfg.srec_data_pairs)
-                self.optimizer.zero_grad(set_to_none=True)
-                self._backward(losses)
-                self.optimizer.step()
-                self.step += 1
-                parts = torch.stack([losses.total, losses.measurement, losses.isometry,
-                                     losses.gdl]).detach()
+                parts = self.train_step(self.train_images[order[i * bs:(i + 1) * bs]])
                 if not torch.isfinite(parts).all():
                     raise QgenError(f"training diverged at step {self.step} (loss {parts.tolist()})"
                                     f"; lower --lr or the initial step size")

@@ -1,0 +1,38 @@
+"""Freed tensor memory kept inside the process, so that training does not pay a page fault per
+page of every large tensor it allocates.
+
+glibc's malloc serves blocks above its mmap threshold (128 KiB, rising adaptively) with fresh
+``mmap`` calls and returns them to the kernel on ``free``; a DCGAN training step allocates and
+frees hundreds of 4-16 MiB activations, and the kernel zero-fills every page of each one again
+(a [64, 64, 32, 32] float product took 13.4 ms with a fresh output against 5.9 ms into an
+existing one; measured 2026-12-04 on the 2-vCPU development machine). Raising the mmap
+threshold to glibc's 64-bit ceiling and the trim threshold out of reach makes ``free`` keep
+those blocks for the next allocation. The arithmetic is unchanged: only where memory comes from.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+# glibc caps M_MMAP_THRESHOLD at 4 MiB * sizeof(long): 32 MiB on 64-bit (larger values are refused)
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+TRIM_THRESHOLD = 2**31 - 1  # the largest int mallopt takes: the heap is never trimmed below 2 GiB
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc to keep freed blocks of up to 32 MiB for reuse; True when it took both
+    settings, False where there is no glibc (other C libraries, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
