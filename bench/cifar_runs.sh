@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Start, or resume, the CIFAR-10 Table-1 runs in the background: bench/reproduce_colour.py's queue
+# (train, then export -> qgen-measure -> qgen-reconstruct through the packed engine, 32-bit
+# models by qgen-eval) under `nice -n 15`, so the runs take only CPU time nobody else wants, one
+# torch thread per run. Run folders (model.pt after every epoch, log.jsonl, config.json) live
+# outside the repository; a run with a checkpoint resumes from it (qgen-train --resume), and a
+# run another process is training is left alone, so calling this again is always safe.
+#
+#   bench/cifar_runs.sh                  # 32-bit and 1-bit SDLSS (the first two of the grid)
+#   bench/cifar_runs.sh all              # the whole row: 1/2/3/4/32-bit SDLSS, 32-bit DCS
+#   bench/cifar_runs.sh 'cifar10-m100-sdlss-4*' ...    # runs whose names match the patterns
+#
+# Knobs (environment):
+#   CIFAR_RUNS=/work/cifar-runs          run folders, queue logs (queue-*.log), the report
+#   CIFAR_DATA=<repo>/../shared/data/cifar10   the JPEG copy's folder (or the binary release)
+#   CIFAR_EPOCHS=12                      epochs per model (390 steps each at batch 64)
+#   CIFAR_PRECISION=bf16                 qgen-train --precision (run names end in -bf16)
+#   CIFAR_LANES=2                        runs trained side by side (one per core)
+#   CIFAR_NICE=15                        scheduling niceness of the queue and its runs
+#   PYTHON=<repo>/.venv/bin/python       the interpreter whose environment has torch and qgen-*
+# Prints the queue's PID and log; `tail -f` the log, or each run's RUNS/NAME.log for its epochs.
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${CIFAR_RUNS:-/work/cifar-runs}
+DATA=${CIFAR_DATA:-$ROOT/../shared/data/cifar10}
+EPOCHS=${CIFAR_EPOCHS:-12}
+PRECISION=${CIFAR_PRECISION:-bf16}
+LANES=${CIFAR_LANES:-2}
+NICENESS=${CIFAR_NICE:-15}
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PY" ] || PY=$(command -v python3)
+[ -d "$DATA" ] || { echo "cifar_runs.sh: no data folder $DATA (set CIFAR_DATA)" >&2; exit 2; }
+if [ $# -eq 0 ]; then
+  set -- 'cifar10-m100-sdlss-32*' 'cifar10-m100-sdlss-1' 'cifar10-m100-sdlss-1-*'
+elif [ "$1" = all ]; then
+  set -- 'cifar10-m100-*'
+fi
+ONLY=()
+for pattern in "$@"; do ONLY+=(--only "$pattern"); done
+mkdir -p "$RUNS"
+LOG="$RUNS/queue-$(date -u +%Y%m%dT%H%M%SZ).log"
+# the queue calls the qgen-* commands by name, from $PY's environment, and they import the
+# qgen_infer of the tree this script lives in (so a snapshot of a commit runs that commit's code
+# while the working tree changes under it)
+export PATH="$(dirname "$PY"):$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+  OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+nohup nice -n "$NICENESS" "$PY" "$ROOT/bench/reproduce_colour.py" --cifar10 "$DATA" \
+  --runs "$RUNS" --results "$RUNS/results" --epochs "$EPOCHS" --precision "$PRECISION" \
+  --lanes "$LANES" --threads 1 "${ONLY[@]}" > "$LOG" 2>&1 < /dev/null &
+echo "cifar_runs.sh: queue PID $! (nice $NICENESS, $LANES lanes, 1 thread each), log $LOG"
