@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes over the training images (MNIST's 9,000 took 13-36 s per epoch "
                         "on one thread of a busy 2-vCPU machine: the default 100 is 20-60 min)")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=d.batch_size,
-                   help="training images per Adam step")
+                   help="training images per Adam step (under torchrun: the global batch, "
+                        "split evenly across the processes)")
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: 1e-3 for the MLP networks, 2e-4 for the "
                         "DCGAN ones)")
@@ -191,6 +192,7 @@ def _body(argv: Sequence[str] | None) -> int:
     import tqdm
 
     from qgen_infer.data import load_train_eval
+    from qgen_infer.distributed import launched
     from qgen_infer.train import Trainer
 
     args = build_parser().parse_args(argv)
@@ -210,11 +212,18 @@ def _body(argv: Sequence[str] | None) -> int:
     train, evals = load_train_eval(cfg.dataset, cfg.data_root, cfg.eval_size)
     desc = (f"{cfg.dataset or 'digits (embedded)'}: {train.shape[0]} train / {evals.shape[0]} "
             f"eval images of {list(train.shape[1:])}")
-    trainer = Trainer(cfg, train, evals, resume=args.resume, data_description=desc)
+    trainer_type = Trainer
+    if launched():  # under torchrun: DistributedDataParallel, --batch-size split across ranks
+        from qgen_infer.distributed.training import DistributedTrainer as trainer_type
+    trainer = trainer_type(cfg, train, evals, resume=args.resume, data_description=desc)
+    if not trainer.writes_files:  # a torchrun rank other than 0: rank 0 reports
+        trainer.run()
+        return _end(0)
     s = trainer.solver
     print(f"qgen-train: {desc}; {cfg.method} at {cfg.bits} bits, m={cfg.measurements}, "
           f"latent {s.latent_dim}, s={s.sparsity}, T={s.steps}; epochs {trainer.epoch + 1}.."
-          f"{cfg.epochs} on {cfg.device}, Adam lr {trainer.cfg.lr:g} -> {cfg.out}/model.pt")
+          f"{cfg.epochs} on {trainer.device}, Adam lr {trainer.cfg.lr:g} -> {cfg.out}/model.pt"
+          + (f" ({trainer.env.world_size} processes)" if launched() else ""))
     rec = trainer.run(progress=tqdm.tqdm)
     if rec:
         print(f"qgen-train: done after {rec['epoch']} epochs ({rec['wall_time_s']:.0f} s): eval "
@@ -222,7 +231,19 @@ def _body(argv: Sequence[str] | None) -> int:
     else:
         print(f"qgen-train: {cfg.out}/model.pt already has {trainer.epoch} epochs; nothing to do "
               f"(raise --epochs to train further)")
-    return 0
+    return _end(0)
+
+
+def _end(code: int) -> int:
+    """``code``; under torchrun the process ends here, after the others (env.exit_process)."""
+    from qgen_infer.distributed import launched
+
+    if launched():
+        from qgen_infer.distributed.env import exit_process, leave
+
+        leave()
+        exit_process(code)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,12 +69,16 @@ def meta_learning_losses(
     gdl_weight: float,
     rng: torch.Generator,
     data_pairs: bool = False,
+    z0: torch.Tensor | None = None,
 ) -> StepLosses:
-    """The losses of one Algorithm-1 iteration on the batch ``x`` (graph kept for backward)."""
+    """The losses of one Algorithm-1 iteration on the batch ``x`` (graph kept for backward).
+    ``z0``: the random starts, ``[B, latent]``; drawn from ``rng`` when None (a data-parallel
+    rank passes its rows of the whole batch's draw)."""
     b = x.shape[0]
     y = sensing(x)
-    z0 = sample_latent(b, solver.latent_dim, solver.sparsity, project=solver.project,
-                       generator=rng, device=x.device, dtype=x.dtype)
+    if z0 is None:
+        z0 = sample_latent(b, solver.latent_dim, solver.sparsity, project=solver.project,
+                           generator=rng, device=x.device, dtype=x.dtype)
     res = proximal_gradient_descent(
         y, generator, sensing, z0, steps=solver.steps, step_size=log_step_size.exp(),
         sparsity=solver.sparsity, project=solver.project, differentiable=True, final_loss=False,

@@ -210,6 +210,10 @@ def _on_cpu(obj: Any) -> Any:
 class Trainer:
     """Runs Algorithm 1 on ``train_images`` and scores ``eval_images`` after each epoch."""
 
+    # whether this process evaluates and writes the run folder (a data-parallel rank other
+    # than 0 does neither: qgen_infer.distributed.training)
+    writes_files = True
+
     def __init__(self, cfg: TrainConfig, train_images: torch.Tensor, eval_images: torch.Tensor,
                  *, resume: bool = False, data_description: str = "") -> None:
         if cfg.sensing_loss not in SENSING_LOSSES:
@@ -369,8 +373,9 @@ class Trainer:
 
     def run(self, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
         """Train until ``cfg.epochs``; returns the last log record."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+        if self.writes_files:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
         n = self.train_images.shape[0]
         bs = min(self.cfg.batch_size, n)
         batches = n // bs
@@ -409,6 +414,8 @@ class Trainer:
                       "measurement": mean[1], "isometry": mean[2], "gdl": mean[3],
                       "step_size": float(self.log_step_size.detach().exp()),
                       "steps_per_s": batches / dt, "wall_time_s": self.wall_time}
+            if not self.writes_files:
+                continue
             if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
                 ev = self.evaluate()
                 record.update(eval_psnr=ev["psnr"], eval_ssim=ev["ssim"])

@@ -1,0 +1,191 @@
+"""Training under DistributedDataParallel (``qgen_infer.distributed.training``).
+
+What is held here:
+
+* ``torchrun --nproc_per_node=2 qgen-train --batch-size 8`` follows the 1-process run with the
+  same global batch: every epoch's logged losses and the final weights agree to float tolerance
+  (the two differ only in the order of the sums), and only rank 0 writes the run folder;
+* ``--resume`` at another world size: 1 epoch on one process, resumed for a 2nd on two, ends
+  where the 2-epoch one-process run ends;
+* in this process (a gloo group of one): the DDP trainer equals the plain trainer; a global
+  batch that does not split evenly and ``--sensing-loss srec`` are refused in one line; the
+  random starts a rank is given are its rows of the whole batch's draw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
+from qgen_infer.distributed import DistEnv
+from qgen_infer.distributed.training import DistributedTrainer
+from qgen_infer.errors import QgenError
+from qgen_infer.solve import sample_latent
+from qgen_infer.train import TrainConfig, Trainer
+from qgen_infer.train.objective import SolverSettings, meta_learning_losses
+
+# each torchrun launch costs 5-10 s here (interpreters, torch imports, the rendezvous)
+launched_by_torchrun = pytest.mark.slow
+TRAIN_ARGS = ["--data", "folder", "--eval-size", "8", "-m", "8", "--latent-dim", "20", "-s", "5",
+              "--batch-size", "8", "--steps", "2", "--threads", "1", "--seed", "3"]
+
+
+def _blobs(n: int = 40, size: int = 12, seed: int = 0) -> np.ndarray:
+    """Smooth greyscale blobs in [0, 1]: something a tiny MLP learns a little of in a step."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    centres = rng.uniform(0, size, (n, 2))
+    return np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 8)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("blobs")
+    for i, img in enumerate(_blobs()):
+        Image.fromarray((img * 255).astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
+    return folder
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def _train(image_folder: Path, out: Path, nproc: int, *extra: str) -> None:
+    script = str(Path(sys.executable).with_name("qgen-train"))
+    args = [*TRAIN_ARGS, "--data-root", str(image_folder), "--out", str(out), *extra]
+    cmd = [script, *args] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", script, *args]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _log(out: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _assert_same_trajectory(a: Path, b: Path) -> None:
+    la, lb = _log(a), _log(b)
+    assert [r["epoch"] for r in la] == [r["epoch"] for r in lb]
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    for ra, rb in zip(la, lb, strict=True):
+        for key in ("loss", "measurement", "isometry", "gdl", "step_size", "eval_psnr"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (ra["epoch"], key)
+    ca, cb = load_checkpoint(a / "model.pt"), load_checkpoint(b / "model.pt")
+    assert torch.equal(ca["rng_state"], cb["rng_state"])  # the same draws, in the same order
+    # Adam divides by the gradient's running RMS, so rounding differences grow over the steps:
+    # one process run twice, its initial weights scaled by 1 + 1e-7 noise the second time,
+    # ended 1.9e-4 apart in G's weights and 7.5e-4 in the measurement differences below (of
+    # size 0.85; A's output bias, whose gradient is ~1e-7 because it cancels in every loss
+    # term, 5e-3 apart). The tolerances are a few times those.
+    for name, value in ca["generator"].items():
+        torch.testing.assert_close(cb["generator"][name], value, rtol=1e-4, atol=5e-4)
+    x = torch.from_numpy(2 * _blobs(16, seed=1) - 1).float().unsqueeze(1)
+    ya, yb = (build_from_checkpoint(c)[1].eval()(x).detach() for c in (ca, cb))
+    torch.testing.assert_close(yb - yb[:1], ya - ya[:1], rtol=1e-3, atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(image_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    _train(image_folder, out, 1, "--epochs", "2")
+    return out
+
+
+@launched_by_torchrun
+def test_two_ranks_follow_one_process_with_the_same_global_batch(image_folder, one_process_run,
+                                                                 tmp_path):
+    out = tmp_path / "run"
+    _train(image_folder, out, 2, "--epochs", "2")
+    _assert_same_trajectory(one_process_run, out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "log.jsonl", "model.pt"]
+    assert len(_log(out)) == 2  # written once, by rank 0
+
+
+@launched_by_torchrun
+def test_resume_on_two_ranks_from_a_one_process_checkpoint(image_folder, one_process_run,
+                                                           tmp_path):
+    out = tmp_path / "run"
+    _train(image_folder, out, 1, "--epochs", "1")
+    _train(image_folder, out, 2, "--epochs", "2", "--resume")
+    _assert_same_trajectory(one_process_run, out)
+
+
+# -- in this process ------------------------------------------------------------------------------
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.from_numpy(2 * _blobs(40) - 1).float().unsqueeze(1)
+
+
+def _cfg(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(out=str(tmp_path / "run"), measurements=8, latent_dim=20, sparsity=5, epochs=2,
+                batch_size=8, steps=2, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def group_of_one():
+    """A gloo process group of one rank, in this process."""
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield DistEnv(rank=0, world_size=1)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_trainer_of_one_rank_equals_the_plain_trainer(tmp_path, images, group_of_one):
+    plain = Trainer(_cfg(tmp_path / "a"), images[:32], images[32:])
+    plain.run()
+    ddp = DistributedTrainer(_cfg(tmp_path / "b"), images[:32], images[32:], env=group_of_one)
+    ddp.run()
+    assert _log(tmp_path / "a" / "run") and ddp.step == plain.step == 8
+    for p, q in zip([*plain.generator.parameters(), *plain.sensing.parameters()],
+                    [*ddp.generator.parameters(), *ddp.sensing.parameters()], strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+def test_uneven_global_batch_and_srec_are_refused(tmp_path, images):
+    two = DistEnv(rank=0, world_size=2)
+    with pytest.raises(QgenError, match="global batch 7 .* split evenly across the 2 processes"):
+        DistributedTrainer(_cfg(tmp_path, batch_size=7), images[:32], images[32:], env=two)
+    with pytest.raises(QgenError, match="srec is not supported under torchrun"):
+        DistributedTrainer(_cfg(tmp_path, sensing_loss="srec"), images[:32], images[32:],
+                           env=two)
+
+
+def test_given_starts_are_the_rows_of_the_whole_batch_draw(images):
+    """meta_learning_losses with z0 = rows of one draw equals drawing those rows itself."""
+    from qgen_infer.models import build_generator, build_sensing
+
+    torch.manual_seed(0)
+    cfg = {"family": "mlp", "image_shape": [1, 12, 12], "latent_dim": 20, "measurements": 8,
+           "hidden": 16, "negative_slope": 0.2, "bits": 32}
+    gen, sense = build_generator(cfg), build_sensing(cfg)
+    solver = SolverSettings("sdlss", 20, 5, steps=2)
+    beta = torch.tensor(-4.0)
+    x = images[:6]
+    drawn = meta_learning_losses(x, gen, sense, beta, solver, gdl_weight=0.1,
+                                 rng=torch.Generator().manual_seed(9))
+    z0 = sample_latent(6, 20, 5, generator=torch.Generator().manual_seed(9))
+    given = meta_learning_losses(x, gen, sense, beta, solver, gdl_weight=0.1,
+                                 rng=torch.Generator(), z0=z0)
+    assert torch.equal(drawn.total, given.total)
+    # a rank's half of the batch with its rows of the starts: the same per-image losses
+    half = meta_learning_losses(x[3:], gen, sense, beta, solver, gdl_weight=0.1,
+                                rng=torch.Generator(), z0=z0[3:])
+    first = meta_learning_losses(x[:3], gen, sense, beta, solver, gdl_weight=0.1,
+                                 rng=torch.Generator(), z0=z0[:3])
+    torch.testing.assert_close((half.total + first.total) / 2, drawn.total)
