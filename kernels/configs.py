@@ -471,7 +471,13 @@ def _first_that_launches(key: TuneKey, ladder: list[KernelConfig],
 
 def device_arch(device: torch.device) -> str:
     """``sm_XY`` of a CUDA device (``sm_90`` for H100 and H200): the shipped tables' key."""
-    major, minor = torch.cuda.get_device_capability(device)
+    return _device_arch(device.index if device.index is not None else
+                        torch.cuda.current_device())
+
+
+@functools.cache
+def _device_arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
     return f"sm_{major}{minor}"
 
 
