@@ -8,8 +8,8 @@ forward and ``autograd.grad`` as the eager loop, on static input/output buffers:
 computes what the eager loop computes (tests hold the two to each other on a GPU).
 
 Capture needs: a CUDA device; ``G`` and ``A`` whose kernels are graph-safe (the packed Triton
-ops and plain torch layers are; kernels are compiled and autotuned during the warm-up, before
-capture); no host synchronisation inside a step (the solver has none).
+ops and plain torch layers are; kernels are compiled, and tuned when asked, during the warm-up,
+before capture); no host synchronisation inside a step (the solver has none).
 """
 
 from __future__ import annotations
