@@ -125,7 +125,9 @@ def open_measurements(path: str | Path, m: int) -> np.ndarray:
 def measurement_rows(arr: np.ndarray, start: int, stop: int, path: str | Path) -> np.ndarray:
     """Rows ``[start, stop)`` of :func:`open_measurements`'s array as float32, checked finite
     (an error names the row's index in the whole file)."""
-    out = np.array(arr[start:stop], dtype=np.float32, order="C")  # a copy: the map is read-only
+    # a copy (the map is read-only); float32 overflow is _check_finite's one line, not a warning
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.array(arr[start:stop], dtype=np.float32, order="C")
     _check_finite(out, path, "measurements", first_row=start)
     return out
 
