@@ -28,7 +28,7 @@ from PIL import Image
 
 from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
 from qgen_infer.distributed import DistEnv
-from qgen_infer.distributed.training import DistributedTrainer
+from qgen_infer.distributed.training import DistributedTrainer, local_batch
 from qgen_infer.errors import QgenError
 from qgen_infer.solve import sample_latent
 from qgen_infer.train import TrainConfig, Trainer
@@ -62,14 +62,16 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
-def _train(image_folder: Path, out: Path, nproc: int, *extra: str) -> None:
+def _train(image_folder: Path, out: Path, nproc: int, *extra: str, expect: int = 0
+           ) -> subprocess.CompletedProcess:
     script = str(Path(sys.executable).with_name("qgen-train"))
     args = [*TRAIN_ARGS, "--data-root", str(image_folder), "--out", str(out), *extra]
     cmd = [script, *args] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={nproc}", script, *args]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == (expect == 0), done.stderr[-3000:]
+    return done
 
 
 def _log(out: Path) -> list[dict[str, float]]:
@@ -157,13 +159,23 @@ def test_ddp_trainer_of_one_rank_equals_the_plain_trainer(tmp_path, images, grou
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
 
 
-def test_uneven_global_batch_and_srec_are_refused(tmp_path, images):
-    two = DistEnv(rank=0, world_size=2)
+def test_uneven_global_batch_and_srec_are_refused(tmp_path):
+    assert local_batch(_cfg(tmp_path, batch_size=8), 32, 2) == 4
+    assert local_batch(_cfg(tmp_path, batch_size=64), 6, 3) == 2  # the batch is at most the data
     with pytest.raises(QgenError, match="global batch 7 .* split evenly across the 2 processes"):
-        DistributedTrainer(_cfg(tmp_path, batch_size=7), images[:32], images[32:], env=two)
+        local_batch(_cfg(tmp_path, batch_size=7), 32, 2)
     with pytest.raises(QgenError, match="srec is not supported under torchrun"):
-        DistributedTrainer(_cfg(tmp_path, sensing_loss="srec"), images[:32], images[32:],
-                           env=two)
+        local_batch(_cfg(tmp_path, sensing_loss="srec"), 32, 2)
+
+
+@launched_by_torchrun
+def test_a_setting_error_is_one_line_from_rank_0(image_folder, tmp_path):
+    done = _train(image_folder, tmp_path / "run", 2, "--epochs", "1", "--batch-size", "7",
+                  expect=2)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("qgen-train")]
+    assert ours == ["qgen-train: error: the global batch 7 (--batch-size) must split evenly "
+                    "across the 2 processes"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_given_starts_are_the_rows_of_the_whole_batch_draw(images):

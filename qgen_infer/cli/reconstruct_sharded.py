@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from qgen_infer.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR
+from qgen_infer.cli.common import EXIT_INTERRUPTED
 from qgen_infer.distributed import DistEnv, JobFailed, check_all, join, leave, reconstruct_sharded
 from qgen_infer.distributed.env import device_for, exit_process
 from qgen_infer.errors import QgenError
 
-EXIT_FAILED = 1  # a rank failed for a reason other than the input (a crash, a full disk)
 SHARDS = "shards"
 
 
@@ -46,9 +45,9 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
     try:
         code = _sharded(args, out, env, device_for(env, device))
     except JobFailed as exc:
-        if env.is_main:
+        if exc.report_here:
             print(f"qgen-reconstruct: error: {exc}", file=sys.stderr)
-        code = EXIT_USER_ERROR if exc.user_error else EXIT_FAILED
+        code = exc.exit_code
     except KeyboardInterrupt:
         if env.is_main:
             print(f"qgen-reconstruct: interrupted; finished shards are kept in {out / SHARDS}: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -192,7 +193,7 @@ def _body(argv: Sequence[str] | None) -> int:
     import tqdm
 
     from qgen_infer.data import load_train_eval
-    from qgen_infer.distributed import launched
+    from qgen_infer.distributed import JobFailed, launched
     from qgen_infer.train import Trainer
 
     args = build_parser().parse_args(argv)
@@ -215,7 +216,12 @@ def _body(argv: Sequence[str] | None) -> int:
     trainer_type = Trainer
     if launched():  # under torchrun: DistributedDataParallel, --batch-size split across ranks
         from qgen_infer.distributed.training import DistributedTrainer as trainer_type
-    trainer = trainer_type(cfg, train, evals, resume=args.resume, data_description=desc)
+    try:
+        trainer = trainer_type(cfg, train, evals, resume=args.resume, data_description=desc)
+    except JobFailed as exc:  # raised on every rank; rank 0 says it
+        if exc.report_here:
+            print(f"qgen-train: error: {exc}", file=sys.stderr)
+        return _end(exc.exit_code)
     if not trainer.writes_files:  # a torchrun rank other than 0: rank 0 reports
         trainer.run()
         return _end(0)

@@ -106,12 +106,18 @@ def device_for(env: DistEnv, device: str | None) -> str | None:
 
 
 class JobFailed(QgenError):
-    """One or more ranks failed; every rank raises it, with the same message. ``user_error``:
-    every failure was a :class:`QgenError` (a problem with the input, exit code 2)."""
+    """One or more ranks failed; every rank raises it, with the same message, which rank 0
+    alone prints (``report_here``). ``user_error``: every failure was a :class:`QgenError` (a
+    problem with the input: exit code 2, else 1)."""
 
-    def __init__(self, message: str, user_error: bool) -> None:
+    def __init__(self, message: str, user_error: bool, report_here: bool) -> None:
         super().__init__(message)
         self.user_error = user_error
+        self.report_here = report_here
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.user_error else 1
 
 
 def _describe(exc: BaseException) -> tuple[str, bool]:
@@ -138,11 +144,11 @@ def check_all(env: DistEnv, error: BaseException | None) -> None:
     user_error = all(is_user for _, (_, is_user) in failed)
     texts = {text for _, (text, _) in failed}
     if len(failed) == env.world_size and len(texts) == 1:  # the same input error everywhere
-        raise JobFailed(texts.pop(), user_error)
+        raise JobFailed(texts.pop(), user_error, env.is_main)
     rank, (text, _) = failed[0]
     more = f" (and {len(failed) - 1} more rank(s): {', '.join(str(r) for r, _ in failed[1:])})"
     raise JobFailed(f"rank {rank} of {env.world_size} failed: {text}"
-                    f"{more if len(failed) > 1 else ''}", user_error)
+                    f"{more if len(failed) > 1 else ''}", user_error, env.is_main)
 
 
 def broadcast(env: DistEnv, value: Any) -> Any:

@@ -24,12 +24,24 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from qgen_infer.distributed.env import DistEnv, device_for, join
+from qgen_infer.distributed.env import DistEnv, check_all, device_for, join
 from qgen_infer.errors import QgenError
 from qgen_infer.solve import sample_latent
 from qgen_infer.train.objective import meta_learning_losses
 from qgen_infer.train.precision import in_precision
 from qgen_infer.train.trainer import TrainConfig, Trainer
+
+
+def local_batch(cfg: TrainConfig, train_images: int, world_size: int) -> int:
+    """Each rank's share of the global batch; refuses what DDP cannot run as one process does."""
+    if cfg.sensing_loss != "total":
+        raise QgenError("--sensing-loss srec is not supported under torchrun yet (its two "
+                        "backward passes per step do not fit DDP's one gradient reduction)")
+    global_batch = min(cfg.batch_size, train_images)
+    if global_batch % world_size:
+        raise QgenError(f"the global batch {global_batch} (--batch-size) must split evenly "
+                        f"across the {world_size} processes")
+    return global_batch // world_size
 
 
 class _AlgorithmOneStep(nn.Module):
@@ -59,18 +71,15 @@ class DistributedTrainer(Trainer):
                  *, env: DistEnv | None = None, **kwargs: Any) -> None:
         device = torch.device(cfg.device)
         self.env = env or join(device.type)
-        cfg = replace(cfg, device=device_for(self.env, cfg.device))
-        if cfg.sensing_loss != "total":
-            raise QgenError("--sensing-loss srec is not supported under torchrun yet (its two "
-                            "backward passes per step do not fit DDP's one gradient reduction)")
-        world = self.env.world_size
-        global_batch = min(cfg.batch_size, train_images.shape[0])
-        if global_batch % world:
-            raise QgenError(f"the global batch {global_batch} (--batch-size) must split evenly "
-                            f"across the {world} processes")
-        super().__init__(cfg, train_images, eval_images, **kwargs)
+        error: BaseException | None = None
+        try:  # a setting, the checkpoint to resume: agreed on before DDP's first collective
+            cfg = replace(cfg, device=device_for(self.env, cfg.device))
+            self.local_batch = local_batch(cfg, train_images.shape[0], self.env.world_size)
+            super().__init__(cfg, train_images, eval_images, **kwargs)
+        except Exception as exc:
+            error = exc
+        check_all(self.env, error)
         self.writes_files = self.env.is_main
-        self.local_batch = global_batch // world
         step = _AlgorithmOneStep(self)
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # DDP broadcasts rank 0's weights and buffers here: every rank starts from one state
