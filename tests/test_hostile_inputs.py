@@ -206,6 +206,17 @@ def test_metadata_is_validated_before_use(case: str, mlp_blob: bytes, tmp_path: 
     assert_refused(code, err, "qgen-info", fragment)
 
 
+@pytest.mark.parametrize("writer", ["\x1b]0;owned\x07qgen", "x" * 201, "two\nlines"])
+def test_writer_text_cannot_reach_the_terminal(writer: str, mlp_blob: bytes,
+                                               tmp_path: Path) -> None:
+    header, data = split(mlp_blob)
+    header["__metadata__"]["writer"] = writer
+    path = tmp_path / "writer.qgen"
+    path.write_bytes(resign(header, data))
+    with pytest.raises(FormatError, match="writer must be at most 200 printable characters"):
+        read_qgen(path)
+
+
 def test_metadata_edit_without_resigning_is_a_checksum_mismatch(mlp_blob: bytes,
                                                                 tmp_path: Path) -> None:
     header, data = split(mlp_blob)

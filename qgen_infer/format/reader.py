@@ -67,6 +67,7 @@ MAX_NUMEL = 2**34
 MAX_CONV_PARAM = 1 << 16
 MAX_LAYERS = 1024
 MAX_TENSORS = 8192  # 5 per layer and the sensing net's; a real file has 20-60
+MAX_WRITER_CHARS = 200
 # Every float in the file and every decoded weight scale * (code - zero) stays within this: real
 # weights are ~0.1 and a folded BatchNorm gain ~300, while 3e38 is finite yet overflows a forward.
 MAX_ABS_VALUE = float(2**20)
@@ -262,6 +263,11 @@ def _parse_metadata(meta: dict[str, str] | None) -> dict[str, Any]:
     if not (checksum.startswith(CHECKSUM_PREFIX) and len(checksum) == len(CHECKSUM_PREFIX) + 64):
         raise FormatError(f"checksum must be '{CHECKSUM_PREFIX}<64 hex digits>', "
                           f"got {checksum!r}"[:300])
+    writer = meta["writer"]
+    # the one free text qgen-info prints: no terminal escape sequences, no screenfuls
+    if len(writer) > MAX_WRITER_CHARS or not writer.isprintable():
+        raise FormatError(f"writer must be at most {MAX_WRITER_CHARS} printable characters, "
+                          f"got {writer[:40]!r}{'...' if len(writer) > 40 else ''}")
     return {"bits": int(meta["bits"]), "checksum": checksum,
             "version": int(meta["format_version"])}
 
