@@ -18,11 +18,12 @@ from typing import IO, Any
 from qgen_infer.errors import QgenError
 
 
-def _file_mode() -> int:
-    """The mode ``open()`` would give a new file (mkstemp's are owner-only)."""
+def default_mode(folder: bool = False) -> int:
+    """The mode ``open()`` (or ``mkdir``) would give a new file (folder) under the umask;
+    ``mkstemp``'s files and ``mkdtemp``'s folders are owner-only."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if folder else 0o666) & ~umask
 
 
 def write_error(path: str | Path, exc: OSError) -> QgenError:
@@ -47,7 +48,7 @@ def staged(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
                                         dir=target.parent)
             os.close(fd)
             tmps.append(Path(name))
-            os.chmod(name, _file_mode())
+            os.chmod(name, default_mode())
         yield tmps
         for tmp, target in zip(tmps, targets, strict=True):
             current = target

@@ -306,6 +306,11 @@ def test_cli_results_go_to_disk_not_memory(problem: dict[str, Path], tmp_path: P
                                           "--steps", "1"], capsys)
     assert code == 0, err
     monkeypatch.delenv("QGEN_MEMORY_LIMIT")
+    from qgen_infer.atomic import default_mode
+
+    # the staging folder (mkdtemp: owner-only) and files (mkstemp) get the umask's modes
+    assert (tmp_path / "r").stat().st_mode & 0o777 == default_mode(folder=True)
+    assert (tmp_path / "r" / "metrics.json").stat().st_mode & 0o777 == default_mode()
     expected = qgen_infer.reconstruct(model, y.astype(np.float32), steps=1)
     np.testing.assert_array_equal(np.load(tmp_path / "r" / "x_hat.npy"), expected.x_hat)
     np.testing.assert_array_equal(np.load(tmp_path / "r" / "z.npy"), expected.z)

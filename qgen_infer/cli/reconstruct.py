@@ -105,9 +105,13 @@ def _make_stage(out: Path) -> Path:
     """A fresh hidden folder beside ``out`` (same file system, so moves are renames). Results
     are written there and moved into ``out`` only once complete: an error or a Ctrl-C never
     leaves ``out`` half-written, and an existing ``out`` stays as it was until then."""
+    from qgen_infer.atomic import default_mode
+
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.", suffix=".partial",
-                                     dir=out.parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.", suffix=".partial",
+                                      dir=out.parent))
+        stage.chmod(default_mode(folder=True))  # it becomes the user's output folder
+        return stage
     except OSError as exc:
         raise QgenError(f"cannot write in folder {str(out.parent)!r} ({exc.strerror})") from None
 
