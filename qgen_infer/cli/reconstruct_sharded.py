@@ -59,26 +59,42 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
 
 
 def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None) -> int:
+    from qgen_infer.cli.reconstruct import _make_stage
+
+    stage = None
+    try:
+        if env.is_main:  # the merged x_hat and z go to row files there, as one process's do
+            _check_out(out, args.force)
+            stage = _make_stage(out)
+        return _run(args, out, env, device, stage)
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)  # gone already after a commit
+
+
+def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
+         stage: Path | None) -> int:
     import tqdm
 
     from qgen_infer.arrays import open_measurements
     from qgen_infer.cli.reconstruct import (
         _commit,
         _load_truth,
-        _make_stage,
+        _results_on_disk,
         _setup,
         _summary_line,
         _write_results,
     )
 
     error: BaseException | None = None
-    truth = None
+    truth = into = None
     try:
         model, opts, settings = _setup(args, device)
-        if env.is_main:
-            _check_out(out, args.force)
+        if stage is not None:
             images = open_measurements(args.measurements, int(model.config["measurements"]))
             truth = _load_truth(args, model, images.shape[0])
+            into = _results_on_disk(stage, images.shape[0], model.config["image_shape"],
+                                    opts.latent_dim)
     except Exception as exc:  # reported by every rank together
         error = exc
     check_all(env, error)
@@ -89,26 +105,24 @@ def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | No
     try:
         run = reconstruct_sharded(model, args.measurements, out / SHARDS, opts, fresh=args.force,
                                   env=env, on_images=bar.update if bar is not None else None,
-                                  cuda_graph=args.cuda_graph, precision=args.precision)
+                                  cuda_graph=args.cuda_graph, precision=args.precision,
+                                  into=into)
     finally:
         if bar is not None:
             bar.close()
     error = None
-    if env.is_main:
+    if stage is not None:
         extra: dict[str, Any] = {"distributed": {
             "world_size": env.world_size, "shards": run.plan.count,
             "shard_images": run.plan.shard_images, "shards_skipped": run.skipped,
             "wall_seconds": run.wall_seconds, "rank_solve_seconds": run.solve_seconds,
             "rank_solve_cpu_seconds": run.solve_cpu_seconds}}
-        stage = _make_stage(out)
         try:
             m = _write_results(stage, model, run.result, truth, settings, interrupted=False,
                                extra=extra)
             _commit(stage, out)
         except Exception as exc:
             error = exc
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
     check_all(env, error)  # the other ranks wait for the outputs, and fail if they did
     if env.is_main:
         print(_summary_line(m, model, out) + f" ({env.world_size} processes, {run.skipped} of "

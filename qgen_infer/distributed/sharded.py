@@ -215,11 +215,15 @@ def _read_shard(folder: Path, k: int, plan: ShardPlan, out: Reconstruction) -> l
     return [float(t) for t in parts["batch_seconds"]]
 
 
-def _merge(folder: Path, plan: ShardPlan, model: Any, opts: SolverOptions) -> Reconstruction:
+def _merge(folder: Path, plan: ShardPlan, model: Any, opts: SolverOptions,
+           into: Reconstruction | None) -> Reconstruction:
+    """The shards, in order, into ``into`` (arrays, or row files written in order) or into new
+    arrays."""
     n, shape = plan.images, tuple(model.config["image_shape"])
-    out = Reconstruction(x_hat=np.zeros((n, *shape), np.float32),
-                         z=np.zeros((n, opts.latent_dim), np.float32),
-                         loss=np.full(n, np.nan, np.float32), done=n)
+    out = into or Reconstruction(x_hat=np.zeros((n, *shape), np.float32),
+                                 z=np.zeros((n, opts.latent_dim), np.float32),
+                                 loss=np.full(n, np.nan, np.float32))
+    out.done = n
     for k in range(plan.count):
         out.batch_seconds += _read_shard(folder, k, plan, out)
     return out
@@ -230,7 +234,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
                         fresh: bool = False, env: DistEnv | None = None,
                         on_images: Callable[[int], None] | None = None,
                         cuda_graph: bool | None = None, precision: str = "fp32",
-                        **overrides: Any) -> ShardedRun:
+                        into: Reconstruction | None = None, **overrides: Any) -> ShardedRun:
     """:func:`qgen_infer.reconstruct` over the ranks of this process's torch.distributed job
     (started by ``torchrun``; a job of one otherwise), resumable, with its shards in ``folder``.
 
@@ -240,8 +244,10 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     ``fresh`` discards the shards of an earlier job in ``folder``; without it a rerun with
     other inputs or settings is refused, and one with the same skips the finished shards.
     ``on_images(count)``: called as this rank finishes images. Rank 0 returns the merged
-    :class:`Reconstruction` in ``.result``. A failure on any rank raises
-    :class:`qgen_infer.distributed.JobFailed` on every rank, naming the ranks that failed.
+    :class:`Reconstruction` in ``.result``: ``into`` when given (rank 0's; its arrays or
+    :class:`qgen_infer.npy_rows.NpyRowWriter` files are filled in image order), else new
+    arrays. A failure on any rank raises :class:`qgen_infer.distributed.JobFailed` on every
+    rank, naming the ranks that failed.
     """
     t0 = time.perf_counter()
     env = env or join(model.device.type)
@@ -299,7 +305,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     times = gather(env, (time.perf_counter() - t_solve, time.process_time() - cpu_solve))
     error, result = None, None
     try:
-        result = _merge(folder, plan, model, opts) if env.is_main else None
+        result = _merge(folder, plan, model, opts, into) if env.is_main else None
     except Exception as exc:
         error = exc
     check_all(env, error)
