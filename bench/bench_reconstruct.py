@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="benchmark a packed file as it is (e.g. models/mnist-m25-1bit.qgen); "
                    "repeatable, takes precedence over --checkpoint and --bits")
     p.add_argument("--backends", nargs="+", default=["reference", "cpu"],
-                   choices=["reference", "cpu", "triton"])
+                   choices=["reference", "cpu", "auto", "triton"])
     p.add_argument("--steps", type=int, nargs="+", default=[3, 20])
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--count", type=int, default=1000, help="evaluation images")

@@ -52,6 +52,12 @@ def make_checkpoint(path: Path, family: str = "mlp", bits: int = 4,
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_dispatch_cost_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write the user's cpu dispatch cost table (~/.cache/qgen-infer)."""
+    monkeypatch.setenv("QGEN_CPU_DISPATCH_CACHE", "off")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """``tiny_checkpoint(family, bits, granularity)`` -> path of a cached tiny ``model.pt``

@@ -347,8 +347,12 @@ def test_cli_auto_backend_picks_cpu_when_built(problem, tmp_path: Path, capsys) 
     args[args.index("--backend") + 1] = "auto"
     code, _, err = _run(args, capsys)
     assert code == 0, err
-    backend = json.loads((tmp_path / "rec" / "metrics.json").read_text())["backend"]
-    assert backend == ("cpu" if backend_available("cpu") else "reference")
+    metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
+    assert metrics["backend"] == ("cpu" if backend_available("cpu") else "reference")
+    if backend_available("cpu"):  # which path (kernels or dense fp32) ran each product
+        dispatch = metrics["dispatch"]
+        assert dispatch["mode"] == "measured" and dispatch["choices"]
+        assert {c["path"] for c in dispatch["choices"]} <= {"packed", "dense"}
 
 
 def test_cli_big_endian_is_converted_with_a_note(problem, tmp_path: Path, capsys) -> None:

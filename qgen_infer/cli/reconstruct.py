@@ -199,6 +199,9 @@ def _write_results(out: Path, model: Any, rec: Any, truth: np.ndarray | None,
                  if n else "none", "columns": labels},
         **(extra or {}),
     }
+    dispatch_report = getattr(model.backend, "dispatch_report", None)
+    if dispatch_report is not None:  # the cpu backend: which path ran each layer's products
+        metrics["dispatch"] = dispatch_report()
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     shown_x = x_hat[:min(n, GRID_IMAGES)]
     for name, arr in (("x_hat.npy", rec.x_hat), ("z.npy", rec.z)):

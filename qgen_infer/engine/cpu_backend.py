@@ -18,18 +18,35 @@ items run on an OpenMP team when the extension shares torch's OpenMP runtime (to
 which spin between the sensing net's operators, then do them), else on the extension's own
 workers (``csrc/thread_pool.h``); ``QGEN_CPU_POOL=own|openmp`` overrides the choice. Tensors
 cross into C++ as numpy views of CPU tensors: the extension does not link libtorch.
+
+Dispatch: ``dispatch="packed"`` (``--backend cpu``) always runs the kernels; ``"measured"``
+(``--backend auto``) runs each layer's product, per batch bucket, on whichever of the kernels and
+a dense fp32 ``torch`` matmul on weights dequantized once (lazily, the first time a layer needs
+them) measured faster here (:mod:`qgen_infer.engine.cpu_dispatch`); ``"dense"`` always the latter.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from qgen_infer.engine.backend import ACTIVATIONS, Epilogue, MatrixWeight
+from qgen_infer.engine.cpu_dispatch import (
+    CostTable,
+    Dispatcher,
+    ProductKey,
+    default_cache_path,
+    dispatch_mode,
+    is_sparse_input,
+    m_bucket,
+    machine_context,
+)
 
 _ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # must match csrc/module.cpp Act
 
@@ -87,7 +104,8 @@ class CpuPrepared:
 
     ``words``: uint32 bit planes with columns ``n`` (for ``gemm``); ``words_t``: with columns
     ``k`` (for ``gemm_t``); each ``ceil(cols/16) * ceil(red/32) * bits * 16`` words.
-    ``scale``, ``zero``: float32 ``[N]``.
+    ``scale``, ``zero``: float32 ``[N]``. With a dispatching backend, ``source`` keeps the
+    codes until :meth:`dense` first dequantizes them to the fp32 ``[N, K]`` matrix.
     """
 
     words: np.ndarray
@@ -96,6 +114,19 @@ class CpuPrepared:
     zero: np.ndarray
     bits: int
     shape: tuple[int, int]
+    source: MatrixWeight | None = field(default=None, repr=False)
+    _dense: torch.Tensor | None = field(default=None, repr=False)
+    # (op, batch bucket, threads) -> "packed" | "dense": the dispatcher's choice for this layer
+    routes: dict[tuple[str, int, int], str] = field(default_factory=dict, repr=False)
+
+    def dense(self) -> torch.Tensor:
+        """The fp32 weight ``scale[n] * (c[n, k] - zero[n])``, dequantized once on first use."""
+        if self._dense is None:
+            if self.source is None:
+                raise RuntimeError("this weight was prepared without its codes for a dense path")
+            self._dense = self.source.dequantize().contiguous()
+            self.source = None
+        return self._dense
 
     @property
     def nbytes(self) -> int:
@@ -130,12 +161,47 @@ def _check_matrix(t: torch.Tensor, name: str, cols: int, cols_name: str) -> np.n
     return t.detach().numpy()
 
 
+def dense_gemm(x: torch.Tensor, w: torch.Tensor, ep: Epilogue) -> torch.Tensor:
+    """``act(alpha * (x @ wᵀ) + beta)`` in fp32 torch, the epilogue in place on the product
+    (the reference's out-of-place epilogue costs 3 passes over [M, N] with allocations)."""
+    if ep.alpha is None and ep.beta is not None:
+        y = torch.addmm(ep.beta, x, w.t())
+    else:
+        y = F.linear(x, w)
+        if ep.alpha is not None:
+            y.mul_(ep.alpha)
+        if ep.beta is not None:
+            y.add_(ep.beta)
+    if ep.activation == "relu":
+        y.relu_()
+    elif ep.activation == "leaky_relu":
+        F.leaky_relu_(y, ep.negative_slope)
+    elif ep.activation == "tanh":
+        y.tanh_()
+    return y
+
+
+def dense_grad_through_epilogue(g: torch.Tensor, y: torch.Tensor, ep: Epilogue) -> torch.Tensor:
+    """``g ⊙ act'(y) ⊙ alpha`` (act' from the output, as ``activation_grad_from_output``)."""
+    if ep.activation in ("relu", "leaky_relu"):
+        slope = ep.negative_slope if ep.activation == "leaky_relu" else 0.0
+        h = torch.where(y > 0, g, g * slope)
+    elif ep.activation == "tanh":
+        h = g * (1 - y * y)
+    else:
+        h = g.clone() if ep.alpha is not None else g
+    if ep.alpha is not None:
+        h.mul_(ep.alpha)
+    return h
+
+
 class CpuBackend:
     """Packed-weight CPU backend (see the module docstring)."""
 
     name = "cpu"
 
-    def __init__(self, isa: str | None = None, threads: int = 0) -> None:
+    def __init__(self, isa: str | None = None, threads: int = 0, dispatch: str = "packed",
+                 cost_table: CostTable | None = None) -> None:
         ext = _load()
         if ext is None:
             raise RuntimeError("the CPU kernels (qgen_infer._cpu) are not built; reinstall with "
@@ -144,6 +210,9 @@ class CpuBackend:
         self.isa: str = ext.resolve_isa(isa or "")  # raises ValueError if unsupported
         self.threads = threads
         self.thread_pool = choose_thread_pool(ext)
+        self.dispatch = dispatch_mode(dispatch)
+        self.dispatcher = Dispatcher(cost_table if cost_table is not None
+                                     else CostTable(default_cache_path()))
 
     def __repr__(self) -> str:
         return f"CpuBackend(isa={self.isa!r}, threads={self.threads or 'torch'})"
@@ -163,26 +232,70 @@ class CpuBackend:
         zero = _as_f32_vector(weight.zero, n, "zero")
         words = self._ext.repack_planes(codes, weight.bits, False, self._threads())
         words_t = self._ext.repack_planes(codes, weight.bits, True, self._threads())
-        return CpuPrepared(words, words_t, scale, zero, weight.bits, weight.shape)
+        source = weight if self.dispatch != "packed" else None
+        return CpuPrepared(words, words_t, scale, zero, weight.bits, weight.shape, source)
+
+    def _route(self, op: str, rows: torch.Tensor, prepared: CpuPrepared,
+               run_packed: Callable[[], torch.Tensor], run_dense: Callable[[], torch.Tensor]
+               ) -> torch.Tensor:
+        """Run the product on the path this backend's dispatch mode picks for it."""
+        if self.dispatch == "packed":
+            return run_packed()
+        if self.dispatch == "dense":
+            return run_dense()
+        threads, bucket = self._threads(), m_bucket(rows.shape[0])
+        route = prepared.routes.get((op, bucket, threads))
+        if route is not None:  # the common case: one dict look-up per product
+            return run_packed() if route == "packed" else run_dense()
+        # First product of this layer at this batch bucket: its input decides the sparse flag
+        # (the generator's first layer always reads the s-sparse latent).
+        n, k = prepared.shape
+        key = ProductKey(op, prepared.bits, n, k, bucket,
+                         op == "gemm" and rows.numel() > 0 and is_sparse_input(rows))
+        context = machine_context(self.isa, threads)
+        if self.dispatcher.known(context, key) is None:
+            prepared.dense()  # dequantize before, not inside, the timed calls
+        out = self.dispatcher.run(context, key, run_packed, run_dense)
+        prepared.routes[(op, bucket, threads)] = self.dispatcher.choices[(context, key)].path
+        return out
+
+    def dispatch_report(self) -> dict[str, object]:
+        """What the dispatcher chose in this process, for metrics.json."""
+        table = self.dispatcher.table
+        return {"mode": self.dispatch, "isa": self.isa, "threads": self._threads(),
+                "cost_table": str(table.path) if table.path is not None else None,
+                "choices": self.dispatcher.report()}
 
     def gemm(self, x: torch.Tensor, prepared: CpuPrepared, epilogue: Epilogue | None = None
              ) -> torch.Tensor:
         n, k = prepared.shape
         xa = _check_matrix(x, "x", k, "K")
         ep = epilogue if epilogue is not None else Epilogue()
-        y = self._ext.gemm_planes_f32(
-            xa, prepared.words, n, prepared.bits, prepared.scale, prepared.zero,
-            _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
-            _ACT_CODES[ep.activation], float(ep.negative_slope), self.isa, self._threads())
-        return torch.from_numpy(y)
+
+        def packed() -> torch.Tensor:
+            return torch.from_numpy(self._ext.gemm_planes_f32(
+                xa, prepared.words, n, prepared.bits, prepared.scale, prepared.zero,
+                _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
+                _ACT_CODES[ep.activation], float(ep.negative_slope), self.isa, self._threads()))
+
+        def dense() -> torch.Tensor:
+            return dense_gemm(x.detach(), prepared.dense(), ep)
+
+        return self._route("gemm", x, prepared, packed, dense)
 
     def gemm_t(self, g: torch.Tensor, prepared: CpuPrepared) -> torch.Tensor:
         n, k = prepared.shape
         ga = _check_matrix(g, "g", n, "N")
-        out = self._ext.gemm_t_planes_f32(ga, prepared.words_t, k, prepared.bits,
-                                          prepared.scale, prepared.zero, self.isa,
-                                          self._threads())
-        return torch.from_numpy(out)
+
+        def packed() -> torch.Tensor:
+            return torch.from_numpy(self._ext.gemm_t_planes_f32(
+                ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero,
+                self.isa, self._threads()))
+
+        def dense() -> torch.Tensor:
+            return g.detach() @ prepared.dense()
+
+        return self._route("gemm_t", g, prepared, packed, dense)
 
     def gemm_t_through_epilogue(self, grad_y: torch.Tensor, y: torch.Tensor,
                                 prepared: CpuPrepared, epilogue: Epilogue) -> torch.Tensor:
@@ -194,18 +307,27 @@ class CpuBackend:
         if ya.shape != ga.shape:
             raise ValueError(f"y must have the shape of grad_y {tuple(ga.shape)}, got "
                              f"{tuple(ya.shape)}")
-        out = self._ext.gemm_t_planes_f32(
-            ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero, self.isa,
-            self._threads(), ya, _as_f32_vector(epilogue.alpha, n, "alpha"),
-            _ACT_CODES[epilogue.activation], float(epilogue.negative_slope))
-        return torch.from_numpy(out)
+        def packed() -> torch.Tensor:
+            return torch.from_numpy(self._ext.gemm_t_planes_f32(
+                ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero, self.isa,
+                self._threads(), ya, _as_f32_vector(epilogue.alpha, n, "alpha"),
+                _ACT_CODES[epilogue.activation], float(epilogue.negative_slope)))
+
+        def dense() -> torch.Tensor:
+            return dense_grad_through_epilogue(grad_y.detach(), y.detach(), epilogue) \
+                @ prepared.dense()
+
+        return self._route("gemm_t_epi", grad_y, prepared, packed, dense)
 
 
-def create_backend(isa: str | None = None, threads: int = 0) -> CpuBackend:
+def create_backend(isa: str | None = None, threads: int = 0, dispatch: str = "packed"
+                   ) -> CpuBackend:
     """The CPU backend; ``isa`` (``"portable"``, ``"avx2"``, ``"avx512"``) overrides the run-time
     choice and ``QGEN_CPU_ISA``; ``threads = 0`` follows ``torch.get_num_threads()`` at each call
-    (so ``torch.set_num_threads`` sets the kernels' threads too)."""
-    return CpuBackend(isa, threads)
+    (so ``torch.set_num_threads`` sets the kernels' threads too); ``dispatch``: ``"packed"``
+    (always the kernels), ``"measured"`` (per product, the faster of the kernels and a dense
+    fp32 matmul) or ``"dense"``."""
+    return CpuBackend(isa, threads, dispatch)
 
 
 __all__ = ["CpuBackend", "CpuPrepared", "create_backend", "is_available", "supported_isas"]

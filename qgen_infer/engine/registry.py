@@ -55,8 +55,11 @@ def auto_backend_name(device: torch.device | str | None = None) -> str:
 
 
 def get_backend(name: str = "reference", device: torch.device | str | None = None) -> Backend:
-    """A fresh backend instance by name; unknown or unavailable names are a :class:`QgenError`."""
-    if name == "auto":
+    """A fresh backend instance by name; unknown or unavailable names are a :class:`QgenError`.
+    ``auto`` on the CPU is the ``cpu`` backend choosing per product between its kernels and a
+    dense fp32 matmul by measured cost (``engine/cpu_dispatch.py``)."""
+    auto = name == "auto"
+    if auto:
         name = auto_backend_name(device)
     if name == "reference":
         return ReferenceBackend()
@@ -70,4 +73,6 @@ def get_backend(name: str = "reference", device: torch.device | str | None = Non
         others = ", ".join(repr(b) for b in BACKEND_NAMES if b != name)
         raise QgenError(f"backend {name!r} is not available on this machine ({hint}{detail}); "
                         f"use {others} (auto picks the fastest one available)")
+    if auto and name == "cpu":
+        return module.create_backend(dispatch="auto")
     return module.create_backend()
