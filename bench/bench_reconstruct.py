@@ -98,7 +98,17 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "images": int(y.shape[0]),
                       "peak_mib": peak, "rss_before_mib": rss_before,
                       "backend": model.backend.name,
-                      "thread_pool": getattr(model.backend, "thread_pool", None)}))
+                      "thread_pool": getattr(model.backend, "thread_pool", None),
+                      "dense_products": dense_products(model.backend)}))
+
+
+def dense_products(backend: Any) -> str | None:
+    """For ``auto``: how many of the products its dispatcher chose the dense fp32 path for."""
+    report = getattr(backend, "dispatch_report", None)
+    if report is None or backend.dispatch != "measured":
+        return None
+    choices = report()["choices"]
+    return f"{sum(c['path'] == 'dense' for c in choices)}/{len(choices)}"
 
 
 # --- parent: models, runs, table ------------------------------------------------------------
@@ -234,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from qgen_infer.engine import backend_available
 
-    backends = [b for b in args.backends if backend_available(b)]
+    backends = [b for b in args.backends
+                if backend_available("cpu" if b == "auto" else b)]  # auto: cpu's dispatcher
     skipped = sorted(set(args.backends) - set(backends))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-reconstruct-") as tmp:
@@ -261,14 +272,17 @@ def main(argv: list[str] | None = None) -> None:
                         row = {**r, "bits": model["bits"], "variant": variant, "steps": steps,
                                "threads": threads, "ips": r["images"] / r["seconds"],
                                "speedup": base["seconds"] / r["seconds"],
+                               "vs_reference": best["reference"]["seconds"] / r["seconds"]
+                               if "reference" in best else None,
                                "max_dx": float(np.abs(x_hat - base_x).max()),
                                "g_bytes": 4 * model["weights"] if variant == "fp32"
                                else model["packed_bytes"], "source": model["source"]}
                         rows.append(row)
                         print(f"{model['bits']}-bit T={steps:<3} threads={threads} "
                               f"{variant:<9} {row['ips']:9.1f} img/s  x{row['speedup']:.2f}  "
-                              f"peak {r['peak_mib']:.0f} MiB  max|dx| {row['max_dx']:.2e}",
-                              flush=True)
+                              f"peak {r['peak_mib']:.0f} MiB  max|dx| {row['max_dx']:.2e}"
+                              + (f"  dense products {r['dense_products']}"
+                                 if r.get("dense_products") else ""), flush=True)
     pools = sorted({r["thread_pool"] for r in rows if r.get("thread_pool")})
     if pools:
         args.note = "; ".join(filter(None, [args.note, "cpu backend threads: "
@@ -299,7 +313,10 @@ def render(rows: list[dict[str, Any]], models: list[dict[str, Any]], args: argpa
         "file's dequantized weights as dense torch nn.Linear, run through the same "
         "qgen_infer.reconstruct with the same seeds",
         "- img/s: images / wall time of the solve (load excluded); speedup: over fp32 at the "
-        "same bits, T and threads; peak: ru_maxrss of the run's process; Δ peak: peak minus "
+        "same bits, T and threads (vs reference: over the reference backend); auto: the cpu "
+        "backend choosing per product between its kernels and dense fp32 (N/M: products it ran "
+        "dense; cost table: QGEN_CPU_DISPATCH_CACHE or ~/.cache); peak: ru_maxrss of the run's "
+        "process; Δ peak: peak minus "
         "RSS after loading; max |Δx̂|: largest difference from the fp32 reconstruction; "
         "G weight bytes: the generator's weights as stored (fp32 dense, or packed codes in the "
         ".qgen; the cpu backend holds two repacked bit-plane copies in memory)",
@@ -308,12 +325,15 @@ def render(rows: list[dict[str, Any]], models: list[dict[str, Any]], args: argpa
         lines.append(f"- backends not available here, not run: {', '.join(skipped)}")
     if args.note:
         lines.append(f"- note: {args.note}")
-    lines += ["", "| bits | T | threads | variant | img/s | speedup | peak MiB | Δ peak MiB "
-              "| max abs Δx̂ | G weight bytes |",
-              "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| bits | T | threads | variant | img/s | speedup | vs reference | peak MiB "
+              "| Δ peak MiB | max abs Δx̂ | G weight bytes |",
+              "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['bits']} | {r['steps']} | {r['threads']} | {r['variant']} | "
-                     f"{r['ips']:.1f} | {r['speedup']:.2f}x | {r['peak_mib']:.0f} | "
+        variant = r["variant"] + (f" ({r['dense_products']} products dense)"
+                                  if r.get("dense_products") else "")
+        vs_ref = f"{r['vs_reference']:.2f}x" if r.get("vs_reference") else "–"
+        lines.append(f"| {r['bits']} | {r['steps']} | {r['threads']} | {variant} | "
+                     f"{r['ips']:.1f} | {r['speedup']:.2f}x | {vs_ref} | {r['peak_mib']:.0f} | "
                      f"{max(r['peak_mib'] - r['rss_before_mib'], 0):.0f} | {r['max_dx']:.1e} | "
                      f"{r['g_bytes']:,} |")
     return "\n".join(lines) + "\n"

@@ -349,6 +349,9 @@ def test_cli_auto_backend_picks_cpu_when_built(problem, tmp_path: Path, capsys) 
     assert code == 0, err
     metrics = json.loads((tmp_path / "rec" / "metrics.json").read_text())
     assert metrics["backend"] == ("cpu" if backend_available("cpu") else "reference")
+    # no --threads: counts from the idle cores, each within 1 .. the cores
+    assert metrics["settings"]["threads"] is None
+    assert all(1 <= t <= os.cpu_count() for t in metrics["settings"]["threads_used"])
     if backend_available("cpu"):  # which path (kernels or dense fp32) ran each product
         dispatch = metrics["dispatch"]
         assert dispatch["mode"] == "measured" and dispatch["choices"]

@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "best (minutes of compiles; by default a fixed rule and the shipped "
                         "tables pick them: see qgen-tune)")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
-                   help="CPU threads of torch and of the cpu backend's kernels (default: "
-                        "torch's choice)")
+                   help="CPU threads of torch and of the cpu backend's kernels (default: the "
+                        "cores other processes leave idle, re-checked after every batch; "
+                        "metrics.json lists the counts used)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -237,7 +238,13 @@ def _body(argv: Sequence[str] | None) -> int:
 
         return reconstruct_sharded_main(args, out)
     _check_out(out, args.force)
+    monitor = None
+    if args.threads is None:  # the cores other processes leave idle, measured over the load
+        from qgen_infer.engine.cpu_threads import IdleCoreMonitor
+
+        monitor = IdleCoreMonitor()
     model, opts, settings = _setup(args, _device(args))
+    _start_threads(args, model, settings, monitor)
     y = load_measurements(args.measurements, int(model.config["measurements"]))
     truth = _load_truth(args, model, y.shape[0])
     # Everything is validated; results go to a staging folder until they are complete.
@@ -246,6 +253,19 @@ def _body(argv: Sequence[str] | None) -> int:
         return _run(args, model, y, truth, opts, settings, stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone already after a commit
+
+
+def _start_threads(args: argparse.Namespace, model: Any, settings: dict[str, Any],
+                   monitor: Any) -> None:
+    """Without --threads on the CPU: as many threads as the monitor found idle cores (the
+    batches re-check, see _run); metrics.json records every count used."""
+    import torch
+
+    args.monitor = monitor if model.device.type == "cpu" else None
+    if args.monitor is not None:
+        torch.set_num_threads(args.monitor.threads(torch.get_num_threads()))
+    settings["threads"] = args.threads  # None: chosen from the idle cores, as threads_used says
+    settings["threads_used"] = [torch.get_num_threads()]
 
 
 def _device(args: argparse.Namespace) -> str | None:
@@ -297,6 +317,7 @@ def _setup(args: argparse.Namespace, device: str | None) -> tuple[Any, Any, dict
 
 def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray | None,
          opts: Any, settings: dict[str, Any], stage: Path, out: Path) -> int:
+    import torch
     import tqdm
 
     from qgen_infer.reconstruction import reconstruct
@@ -307,6 +328,12 @@ def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray 
     def on_batch(rec: Any, done: int) -> None:
         if bar is not None:
             bar.update(done - bar.n)
+        monitor = getattr(args, "monitor", None)
+        if monitor is not None:  # follow the load: other processes start and stop
+            threads = monitor.threads(torch.get_num_threads())
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+                settings["threads_used"].append(threads)
 
     into = _results_on_disk(stage, y.shape[0], model.config["image_shape"], opts.latent_dim)
     try:

@@ -1,0 +1,79 @@
+"""How many CPU threads a solve should use when the user did not say: the cores other processes
+leave idle, measured from ``/proc/stat`` over a window, re-checked as the load changes.
+
+Why: torch's operators (and the kernels' OpenMP team) split each product evenly over their
+threads and wait for the slowest, so one thread sharing its core with a busy process holds every
+product back by its time slices. Measured on the 2-vCPU development machine beside one
+``python -c 'while True: pass'``: ``qgen-reconstruct`` at torch's default 2 threads ran several
+times slower than at ``--threads 1`` (``bench/results/threads-under-load.md``).
+
+The busy cores of *other* processes over a window are
+``(busy jiffies of the machine) / CLK_TCK - (this process's CPU seconds)``, divided by the wall
+time; busy = user + nice + system + irq + softirq + steal (a hypervisor's steal is a core we do
+not get either). Linux only; elsewhere the count stays torch's default.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask; container CPU limits are not read)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine since boot, or None where /proc/stat is absent."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def threads_for(others_busy: float, cores: int, cap: int) -> int:
+    """Threads that fit beside ``others_busy`` cores of other work: the idle cores, counting a
+    core three-quarters idle as free, at least 1 and at most ``cap``."""
+    return max(1, min(cap, int(cores - others_busy + 0.25)))
+
+
+class IdleCoreMonitor:
+    """Measures the cores other processes keep busy between calls of :meth:`threads`."""
+
+    def __init__(self, cap: int | None = None) -> None:
+        self.cores = usable_cores()
+        self.cap = min(cap or torch.get_num_threads(), self.cores)
+        self._mark = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float | None]:
+        return time.monotonic(), time.process_time(), _busy_seconds()
+
+    def others_busy(self) -> float | None:
+        """Cores busy with other processes since the last call (None: not measurable, or a
+        window under 50 ms, too short for the 10 ms jiffies)."""
+        now = self._sample()
+        (t0, own0, busy0), (t1, own1, busy1) = self._mark, now
+        if busy0 is None or busy1 is None or t1 - t0 < 0.05:
+            return None
+        self._mark = now
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+
+    def threads(self, current: int) -> int:
+        """The thread count for the next stretch of work (``current`` when not measurable)."""
+        busy = self.others_busy()
+        return current if busy is None else threads_for(busy, self.cores, self.cap)
+
+
+__all__ = ["IdleCoreMonitor", "threads_for", "usable_cores"]
