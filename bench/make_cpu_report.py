@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 
 IMPLS = ["cpu-planes", "cpu-planes-gemm_t", "torch-fp32", "torch-fp32-gemm_t", "torch-bf16",
-         "reference", "ggml"]
+         "reference", "ggml", "ggml-alt"]
 SPARSE_IMPLS = ["cpu-planes", "torch-fp32", "torch-fp32-csr"]
 
 
@@ -39,9 +39,9 @@ def report(data: dict, stat: str = "min") -> str:
         out.append(f"### {shape} (K={any_b['K']}, N={any_b['N']}), M={m}\n")
         out.append(f"{stat} µs per call; speed-up = other / cpu-planes "
                    "(>1: packed kernel faster)\n")
-        out.append("| bits | " + " | ".join(IMPLS) + " | ggml type | ×fp32 | ×bf16 | ×ggml "
-                   "| planes GB/s | planes GFLOP/s |")
-        out.append("|" + "---|" * (len(IMPLS) + 7))
+        out.append("| bits | " + " | ".join(IMPLS) + " | ggml types | ×fp32 | ×bf16 | ×ggml "
+                   "| ×ggml-alt | planes GB/s | planes GFLOP/s |")
+        out.append("|" + "---|" * (len(IMPLS) + 8))
         for bits in sorted(per_bits):
             row = per_bits[bits]
             med = {i: row[i]["stats"][stat] if i in row else None for i in IMPLS}
@@ -53,10 +53,11 @@ def report(data: dict, stat: str = "min") -> str:
             info = row["cpu-planes"]["extra_info"] if "cpu-planes" in row else {}
             gbs = info.get("weight_bytes", 0) / mine / 1e9 if mine else 0.0
             gfs = info.get("flops", 0) / mine / 1e9 if mine else 0.0
-            gtype = row["ggml"]["extra_info"].get("ggml_type", "-") if "ggml" in row else "-"
+            gtype = " / ".join(row[i]["extra_info"].get("ggml_type", "-")
+                               for i in ("ggml", "ggml-alt") if i in row) or "-"
             out.append(f"| {bits} | " + " | ".join(_us(med[i]) for i in IMPLS) + f" | {gtype} | "
                        f"{ratio('torch-fp32')} | {ratio('torch-bf16')} | {ratio('ggml')} | "
-                       f"{gbs:.1f} | {gfs:.1f} |")
+                       f"{ratio('ggml-alt')} | {gbs:.1f} | {gfs:.1f} |")
         out.append("")
     if sparse:
         any_b = next(iter(next(iter(sparse.values())).values()))["extra_info"]

@@ -42,9 +42,12 @@ SHAPES = {
 }
 CASES = [(s, m) for s in ("mnist784x500", "mnist500x500", "mnist500x784") for m in (1, 64, 1024)]
 CASES += [("dcgan512x4096", 16 * 16), ("sq4096", 1), ("sq4096", 16)]
+# ggml's block types per width: "ggml" the closest, "ggml-alt" the ternary one ggml has for
+# 1-2 bits (TQ1_0 stores our 1-bit codes exactly; TQ2_0 is a speed reference for 2 bits)
 GGML_TYPE = {1: "Q1_0", 2: "Q2_K", 3: "Q3_K", 4: "Q4_0"}
+GGML_ALT_TYPE = {1: "TQ1_0", 2: "TQ2_0"}
 IMPLS = ["cpu-planes", "cpu-planes-gemm_t", "torch-fp32", "torch-fp32-gemm_t", "torch-bf16",
-         "reference", "ggml"]
+         "reference", "ggml", "ggml-alt"]
 
 
 def _weight(bits: int, n: int, k: int) -> MatrixWeight:
@@ -111,10 +114,11 @@ def test_gemm(benchmark, impl: str, bits: int, shape: str, M: int) -> None:
         wb, xb = w.dequantize().bfloat16(), x.bfloat16()
         info.update(weight_bytes=wb.numel() * 2)
         benchmark(F.linear, xb, wb)
-    elif impl == "ggml":
-        qt = ggml_ref.qtype(GGML_TYPE[bits])
+    elif impl in ("ggml", "ggml-alt"):
+        name = (GGML_TYPE if impl == "ggml" else GGML_ALT_TYPE).get(bits)
+        qt = ggml_ref.qtype(name) if name else None
         if qt is None:
-            pytest.skip(f"ggml-python not installed or lacks {GGML_TYPE[bits]}")
+            pytest.skip(f"ggml-python not installed, or no {impl} type for {bits} bits")
         # ggml blocks run along K (32 or 256 values): pad K with zeros in W and x.
         blk = int(ggml_ref.ggml.ggml_blck_size(qt))
         kp = -(-k // blk) * blk
@@ -123,7 +127,7 @@ def test_gemm(benchmark, impl: str, bits: int, shape: str, M: int) -> None:
         xp = np.zeros((M, kp), np.float32)
         xp[:, :k] = x.numpy()
         mm = ggml_ref.GgmlMatmul(wd, xp, qt, THREADS)
-        info.update(weight_bytes=mm.wbytes, ggml_type=GGML_TYPE[bits], padded_K=kp)
+        info.update(weight_bytes=mm.wbytes, ggml_type=name, padded_K=kp)
         benchmark(mm.run)
         ref = xp @ wd.T
         info["max_rel_err"] = float(np.abs(mm.result() - ref).max() / np.abs(ref).max())

@@ -97,6 +97,25 @@ def test_dispatcher_picks_the_measured_faster_path_once(packed_s: float, dense_s
     assert row["packed_ms"] == pytest.approx(packed_s * 1e3)
 
 
+def test_single_threaded_products_are_timed_in_thread_cpu_time() -> None:
+    """A path that waits (as a descheduled one does) costs wall time but no CPU time."""
+    import time
+
+    def waits() -> str:
+        time.sleep(0.1)
+        return "waited"
+
+    def computes() -> str:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.002:
+            pass
+        return "computed"
+
+    assert Dispatcher(CostTable(None)).run("ctx", KEY, waits, computes,
+                                           single_thread=True) == "waited"
+    assert Dispatcher(CostTable(None)).run("ctx", KEY, waits, computes) == "computed"
+
+
 def test_each_bucket_and_context_gets_its_own_choice() -> None:
     d = Dispatcher(CostTable(None), measure=FakeClock(1.0, 3.0))
     assert d.run("ctx", KEY, *paths()) == "packed"

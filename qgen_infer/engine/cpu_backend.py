@@ -255,7 +255,8 @@ class CpuBackend:
         context = machine_context(self.isa, threads)
         if self.dispatcher.known(context, key) is None:
             prepared.dense()  # dequantize before, not inside, the timed calls
-        out = self.dispatcher.run(context, key, run_packed, run_dense)
+        single = threads == 1 and torch.get_num_threads() == 1  # both paths on this thread
+        out = self.dispatcher.run(context, key, run_packed, run_dense, single_thread=single)
         prepared.routes[(op, bucket, threads)] = self.dispatcher.choices[(context, key)].path
         return out
 

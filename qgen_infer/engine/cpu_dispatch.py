@@ -10,7 +10,8 @@ seen before, which is faster *here*: the cost model is a table of measured secon
 
 filled at first use by timing both paths on the product's real input (one untimed warm-up call
 each, then interleaved rounds, best of up to 3, stopping early when one path is more than 2x
-faster: a few ms per product), and kept on
+faster: a few ms per product; in thread CPU time when the product runs on one thread, so that a
+busy machine's time slices do not enter), and kept on
 disk per machine context ``CPU model | ISA | threads | torch version`` so that later processes
 skip the measurement. ``M bucket`` is the next power of two of the batch rows, so the last,
 smaller batch of a reconstruction reuses the full batches' choice.
@@ -168,6 +169,15 @@ def time_call(path: str, run: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def thread_time_call(path: str, run: Callable[[], Any]) -> tuple[float, Any]:
+    """CPU seconds of the calling thread during one call: for single-threaded products, the
+    time a busy machine's other processes do not add to (a wall-clock time that includes being
+    descheduled for a few ms can reverse a 0.5 ms comparison)."""
+    t0 = time.thread_time()
+    out = run()
+    return time.thread_time() - t0, out
+
+
 @dataclass
 class Choice:
     key: ProductKey
@@ -180,10 +190,11 @@ class Choice:
 class Dispatcher:
     """Chooses and remembers a path per product key (see the module docstring).
 
-    ``measure(path, run) -> (seconds, result)`` times one call; tests inject fixed times."""
+    ``measure(path, run) -> (seconds, result)`` times one call; tests inject fixed times. By
+    default single-threaded products are timed in thread CPU time, others in wall time."""
 
     def __init__(self, table: CostTable,
-                 measure: Callable[[str, Callable[[], Any]], tuple[float, Any]] = time_call
+                 measure: Callable[[str, Callable[[], Any]], tuple[float, Any]] | None = None
                  ) -> None:
         self.table = table
         self.measure = measure
@@ -200,18 +211,19 @@ class Dispatcher:
         return choice
 
     def run(self, context: str, key: ProductKey, run_packed: Callable[[], Any],
-            run_dense: Callable[[], Any]) -> Any:
+            run_dense: Callable[[], Any], single_thread: bool = False) -> Any:
         """The product by the chosen path; the first time a key is seen here and not in the
         table, both paths are timed and the winner's result returned."""
         choice = self.known(context, key)
         if choice is not None:
             return run_packed() if choice.path == "packed" else run_dense()
+        measure = self.measure or (thread_time_call if single_thread else time_call)
         best = {"packed": float("inf"), "dense": float("inf")}
         runs = {"packed": run_packed, "dense": run_dense}
         results = {path: run() for path, run in runs.items()}  # warm-up: caches, scratch, JIT
         for round_ in range(MAX_ROUNDS):  # alternating order: a disturbance hits both alike
             for path in PATHS if round_ % 2 == 0 else PATHS[::-1]:
-                seconds, results[path] = self.measure(path, runs[path])
+                seconds, results[path] = measure(path, runs[path])
                 best[path] = min(best[path], seconds)
             lo, hi = sorted(best.values())
             if hi > DECISIVE_RATIO * lo:
