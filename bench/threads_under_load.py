@@ -30,9 +30,8 @@ SETTINGS = {"default": [], "--threads 1": ["--threads", "1"], "--threads 2": ["-
 
 
 def run_cli(model: str, y: Path, out: Path, extra: list[str], backend: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "qgen_infer.cli.reconstruct", "--model", model,
-           "--measurements", str(y), "--out", str(out), "--force", "--quiet",
-           "--backend", backend, *extra]
+    cmd = [sys.executable, "-m", "qgen_infer.cli.reconstruct", model, str(y),
+           "--out-dir", str(out), "--force", "--quiet", "--backend", backend, *extra]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
