@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     from qgen_infer.metrics import psnr
     from qgen_infer.reconstruction import solver_options
 
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_reconstruct import write_report
+
     torch.set_num_threads(args.threads)
     models = args.model or [str(REPO / "models" / f"mnist-m25-{b}bit.qgen") for b in (1, 2, 3, 4)]
     _, evals = split_train_eval(load_images("mnist", args.data_root), 1000)
@@ -116,12 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         vs = f"{r['vs_ref']:.2f}x" if r["vs_ref"] else "–"
         lines.append(f"| {r['bits']} | {r['backend']} | {r['best']:.1f} | {r['median']:.1f} | "
                      f"{vs} | {r['psnr']:.4f} | {r['dense'] or '–'} |")
-    report = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.write_text(report)
-        print(f"wrote {args.out}")
-    else:
-        print(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 def _cpu_model() -> str:

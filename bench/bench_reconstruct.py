@@ -287,11 +287,15 @@ def main(argv: list[str] | None = None) -> None:
     if pools:
         args.note = "; ".join(filter(None, [args.note, "cpu backend threads: "
                                             + "/".join(pools) + " (csrc/README.md, Threads)"]))
-    report = render(rows, models, args, skipped, argv)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-        print(f"wrote {args.out}")
+    write_report(render(rows, models, args, skipped, argv), args.out)
+
+
+def write_report(report: str, out: Path | None) -> None:
+    """The markdown report to ``out`` (its folder made), or to stdout without one."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        print(f"wrote {out}")
     else:
         print(report)
 

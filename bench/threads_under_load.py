@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_reconstruct import DEFAULT_DATA, code_version, cpu_model, measurements
+from bench_reconstruct import DEFAULT_DATA, code_version, cpu_model, measurements, write_report
 
 SETTINGS = {"default": [], "--threads 1": ["--threads", "1"], "--threads 2": ["--threads", "2"]}
 
@@ -98,12 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {Path(r['model']).name} | {r['setting']} | {r['best']:.1f} | "
                      f"{r['median']:.1f} | {r['vs_best_fixed']:.2f} | "
                      f"{', '.join(map(str, r['threads_used']))} |")
-    report = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.write_text(report)
-        print(f"wrote {args.out}")
-    else:
-        print(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

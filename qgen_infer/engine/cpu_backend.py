@@ -182,12 +182,14 @@ def dense_gemm(x: torch.Tensor, w: torch.Tensor, ep: Epilogue) -> torch.Tensor:
 
 
 def dense_grad_through_epilogue(g: torch.Tensor, y: torch.Tensor, ep: Epilogue) -> torch.Tensor:
-    """``g ⊙ act'(y) ⊙ alpha`` (act' from the output, as ``activation_grad_from_output``)."""
-    if ep.activation in ("relu", "leaky_relu"):
-        slope = ep.negative_slope if ep.activation == "leaky_relu" else 0.0
-        h = torch.where(y > 0, g, g * slope)
+    """``g ⊙ act'(y) ⊙ alpha`` (act' from the output, as ``activation_grad_from_output``), the
+    derivative by aten's one-pass backward kernels (what autograd runs for a dense layer)."""
+    if ep.activation == "relu":
+        h = torch.ops.aten.threshold_backward(g, y, 0.0)
+    elif ep.activation == "leaky_relu":
+        h = torch.ops.aten.leaky_relu_backward(g, y, ep.negative_slope, True)
     elif ep.activation == "tanh":
-        h = g * (1 - y * y)
+        h = torch.ops.aten.tanh_backward(g, y)
     else:
         h = g.clone() if ep.alpha is not None else g
     if ep.alpha is not None:
