@@ -13,7 +13,10 @@ DESCRIPTION = """\
 Read a .qgen file (fully validated: structure, metadata, checksum, tensor shapes and values) and
 print its format version, network, quantizer and solver defaults, then one row per generator layer
 (kind, weight shape, weights, packed bytes, fp32 per-channel bytes, activation), the total generator
-bytes with the compression ratio against fp32, and the size of the fp32 sensing network.
+bytes with the compression ratio against fp32, and the size of the fp32 sensing network; last,
+what --backend auto chose on this machine for each layer's products (packed kernels or dense
+fp32, with both measured times), read from its cost table (~/.cache/qgen-infer/cpu-dispatch.json,
+QGEN_CPU_DISPATCH_CACHE), or that nothing was measured yet.
 """
 
 
@@ -32,7 +35,40 @@ def _body(argv: Sequence[str] | None) -> int:
 
     qf = read_qgen(args.model)
     print(render(qf, Path(args.model).stat().st_size, args.model))
+    print("\n".join(_dispatch_lines(args.model)))
     return 0
+
+
+def _dispatch_lines(model_path: str) -> list[str]:
+    """The cpu dispatcher's recorded choices for this file's layer products, per machine
+    context (engine/cpu_dispatch.py): ``auto`` measures them at first use."""
+    from qgen_infer.engine import PackedModule, load
+    from qgen_infer.engine.cpu_dispatch import CostTable, default_cache_path
+
+    path = default_cache_path()
+    table = CostTable(path).entries()
+    model = load(model_path, backend="reference")  # for the layers' matrix views [N, K]
+    found: dict[str, list[str]] = {}
+    for layer in model.generator.modules():
+        if not isinstance(layer, PackedModule):
+            continue
+        n, k = layer.matrix_shape
+        for context, products in table.items():
+            for product, (packed_s, dense_s) in sorted(products.items()):
+                op, bits, shape, *rest = product.split()
+                if (bits, shape) == (f"w{layer.bits}", f"{n}x{k}"):
+                    path_taken = "packed" if packed_s <= dense_s else "dense"
+                    found.setdefault(context, []).append(
+                        f"  {layer.name}: {op} {' '.join(rest)} -> {path_taken} (packed "
+                        f"{packed_s * 1e3:.3f} ms, dense {dense_s * 1e3:.3f} ms)")
+    where = str(path) if path is not None else "off (QGEN_CPU_DISPATCH_CACHE)"
+    if not found:
+        return [f"cpu dispatch (--backend auto): nothing measured yet for these layers on this "
+                f"machine (cost table: {where}); the first reconstruction measures them"]
+    lines = [f"cpu dispatch (--backend auto), from the cost table {where}:"]
+    for context, rows in found.items():
+        lines += [f" {context}", *rows]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,6 +132,12 @@ class CostTable:
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             return {}
 
+    def entries(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """Everything in the table: context -> product (``ProductKey.text``) -> seconds."""
+        if self._entries is None:
+            self._entries = self._read()
+        return {c: {k: (v[0], v[1]) for k, v in e.items()} for c, e in self._entries.items()}
+
     def get(self, context: str, key: ProductKey) -> tuple[float, float] | None:
         if self._entries is None:
             self._entries = self._read()
