@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     env = dict(AVX2_ENV) if args.emulate_avx2 else {}
-    if args.ggml_path:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.ggml_path,
-                                                          os.environ.get("PYTHONPATH")]))
-    if any(os.environ.get(k) != v for k, v in env.items()):
+    path = os.environ.get("PYTHONPATH", "")
+    if args.ggml_path and path.split(os.pathsep)[0] != args.ggml_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.ggml_path, path]))
+    if any(os.environ.get(k) != v for k, v in env.items()):  # once: then they are set
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
 
     import numpy as np
