@@ -201,6 +201,20 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 INT32_MAX = 2**31 - 1
 
 
+def activate(y, activation: str, negative_slope: float):
+    """The epilogue's activation on a torch tensor (references; the kernels' host fills)."""
+    import torch
+
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "leaky_relu":
+        return torch.where(y > 0, y, y * negative_slope)
+    if activation == "tanh":
+        return torch.tanh(y)
+    activation_id(activation)  # unknown names raise
+    return y
+
+
 def dot_types(dtype) -> tuple[tl.dtype, str]:
     """``(operand dtype, input precision)`` for ``tl.dot`` on activations of torch ``dtype``.
 

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from qgen_infer.kernels.common import (
+    activate,
     activation_id,
     apply_epilogue,
     check_words,
@@ -396,16 +397,6 @@ def mlp_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep, *,
     return out, loss
 
 
-def _act64(y: torch.Tensor, activation: str, slope: float) -> torch.Tensor:
-    if activation == "relu":
-        return torch.relu(y)
-    if activation == "leaky_relu":
-        return torch.where(y > 0, y, y * slope)
-    if activation == "tanh":
-        return torch.tanh(y)
-    return y
-
-
 def reference_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same step in plain torch, fp64 on the CPU, gradient by autograd: ``(z', loss)``."""
@@ -419,12 +410,12 @@ def reference_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep
             h = h * lay.alpha.cpu().double()
         if lay.beta is not None:
             h = h + lay.beta.cpu().double()
-        h = _act64(h, lay.activation, lay.negative_slope)
+        h = activate(h, lay.activation, lay.negative_slope)
     for lay in step.sensing:
         h = h @ lay.weight.cpu().double().t()
         if lay.bias is not None:
             h = h + lay.bias.cpu().double()
-        h = _act64(h, lay.activation, lay.negative_slope)
+        h = activate(h, lay.activation, lay.negative_slope)
     loss = (h - y.cpu().double()).pow(2).sum(dim=1)
     (grad,) = torch.autograd.grad(loss.sum(), zz)
     v = zz.detach() - step.step_size * grad

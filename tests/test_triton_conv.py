@@ -71,7 +71,8 @@ CONVT_CASES = [  # (C_out, C_in, kh, kw) of V, (B, H, W), stride, padding, outpu
     ((6, 5, 4, 4), (3, 4, 5), 2, 1, 1, 1),
     ((3, 8, 3, 3), (2, 5, 3), 1, 1, 0, 1),
     ((4, 3, 3, 2), (1, 3, 4), (1, 3), (2, 0), 0, (2, 1)),
-    ((5, 2, 1, 1), (2, 3, 3), 2, 0, 1, 1),
+    ((5, 2, 1, 1), (2, 3, 3), 2, 0, 1, 1),   # phases no tap reaches
+    ((4, 3, 3, 3), (1, 4, 5), 2, 1, 1, 2),   # gcd(stride, dilation) = 2
 ]
 
 
@@ -101,6 +102,20 @@ def test_epilogue(activation: str) -> None:
     ref = {"relu": F.relu, "tanh": torch.tanh,
            "leaky_relu": lambda t: F.leaky_relu(t, 0.2)}[activation](pre)
     torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_phases_without_taps_hold_the_epilogue_of_zero() -> None:
+    """A 1x1 kernel at stride 2 reaches one output phase of four; the others are act(beta)."""
+    w, v = _weight((3, 2, 1, 1), 4, False, True, seed=6)
+    x = torch.randn(2, 2, 3, 4).to(DEVICE)
+    beta = torch.tensor([0.5, -0.25, 2.0])
+    out = conv_transpose2d(x, w, 2, 0, output_padding=1, beta=beta.to(DEVICE),
+                           activation="tanh")
+    ref = torch.tanh(F.conv_transpose2d(x.cpu().double(), v.permute(1, 0, 2, 3),
+                                        beta.double(), stride=2, output_padding=1))
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[:, :, 1::2, 1::2].cpu(),
+                       torch.tanh(beta).reshape(1, 3, 1, 1).expand(2, 3, 3, 4))
 
 
 def test_each_direction_is_the_others_input_gradient() -> None:
