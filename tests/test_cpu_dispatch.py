@@ -200,6 +200,24 @@ def test_every_path_matches_the_reference(dispatch: str, bits: int,
     assert be.gemm(x[:0], p).shape == (0, n)
 
 
+def test_dense_and_packed_paths_agree_for_a_negative_leaky_slope() -> None:
+    """act' from the output (the engine's convention) on both paths, also where aten's in-place
+    leaky_relu_backward would refuse the slope."""
+    gen = torch.Generator().manual_seed(11)
+    w = make_weight(2, 24, 40, gen)
+    ep = Epilogue(torch.randn(24, generator=gen), torch.randn(24, generator=gen), "leaky_relu",
+                  -0.3)
+    x, g = torch.randn(6, 40, generator=gen), torch.randn(6, 24, generator=gen)
+    out = {}
+    for dispatch in ("packed", "dense"):
+        be = cpu_backend.CpuBackend(threads=1, dispatch=dispatch, cost_table=CostTable(None))
+        p = be.prepare(w)
+        y = be.gemm(x, p, ep)
+        out[dispatch] = (y, be.gemm_t_through_epilogue(g, y, p, ep))
+    assert_close(out["dense"][0], out["packed"][0])
+    assert_close(out["dense"][1], out["packed"][1])
+
+
 def test_backend_routes_by_injected_timings() -> None:
     """Injected costs decide each op's path; a layer whose products all stay packed never
     dequantizes its weight."""

@@ -36,7 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qgen_infer.engine.backend import ACTIVATIONS, Epilogue, MatrixWeight
+from qgen_infer.engine.backend import (
+    ACTIVATIONS,
+    Epilogue,
+    MatrixWeight,
+    activation_grad_from_output,
+)
 from qgen_infer.engine.cpu_dispatch import (
     CostTable,
     Dispatcher,
@@ -186,8 +191,10 @@ def dense_grad_through_epilogue(g: torch.Tensor, y: torch.Tensor, ep: Epilogue) 
     derivative by aten's one-pass backward kernels (what autograd runs for a dense layer)."""
     if ep.activation == "relu":
         h = torch.ops.aten.threshold_backward(g, y, 0.0)
-    elif ep.activation == "leaky_relu":
+    elif ep.activation == "leaky_relu" and ep.negative_slope >= 0:  # aten's rule for y input
         h = torch.ops.aten.leaky_relu_backward(g, y, ep.negative_slope, True)
+    elif ep.activation == "leaky_relu":
+        h = g * activation_grad_from_output(y, ep.activation, ep.negative_slope)
     elif ep.activation == "tanh":
         h = torch.ops.aten.tanh_backward(g, y)
     else:
@@ -217,7 +224,8 @@ class CpuBackend:
                                      else CostTable(default_cache_path()))
 
     def __repr__(self) -> str:
-        return f"CpuBackend(isa={self.isa!r}, threads={self.threads or 'torch'})"
+        return (f"CpuBackend(isa={self.isa!r}, threads={self.threads or 'torch'}, "
+                f"dispatch={self.dispatch!r})")
 
     def _threads(self) -> int:
         """The kernels' thread count: the fixed one, else torch's at call time, so that
