@@ -59,40 +59,41 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
 
 
 def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None) -> int:
-    from qgen_infer.cli.reconstruct import _make_stage
-
-    stage = None
+    stages: list[Path] = []  # rank 0's staging folder, once made
     try:
-        if env.is_main:  # the merged x_hat and z go to row files there, as one process's do
-            _check_out(out, args.force)
-            stage = _make_stage(out)
-        return _run(args, out, env, device, stage)
+        return _run(args, out, env, device, stages)
     finally:
-        if stage is not None:
+        for stage in stages:
             shutil.rmtree(stage, ignore_errors=True)  # gone already after a commit
 
 
 def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
-         stage: Path | None) -> int:
+         stages: list[Path]) -> int:
     import tqdm
 
     from qgen_infer.arrays import open_measurements
     from qgen_infer.cli.reconstruct import (
         _commit,
         _load_truth,
+        _make_stage,
         _results_on_disk,
         _setup,
+        _start_threads,
         _summary_line,
         _write_results,
     )
 
     error: BaseException | None = None
-    truth = into = None
+    truth = into = stage = None
     try:
         model, opts, settings = _setup(args, device)
-        if stage is not None:
+        _start_threads(args, model, settings, None)  # torchrun's OMP_NUM_THREADS, or --threads
+        if env.is_main:  # the merged x_hat and z go to row files in a stage, as one process's do
+            _check_out(out, args.force)
             images = open_measurements(args.measurements, int(model.config["measurements"]))
             truth = _load_truth(args, model, images.shape[0])
+            stage = _make_stage(out)
+            stages.append(stage)
             into = _results_on_disk(stage, images.shape[0], model.config["image_shape"],
                                     opts.latent_dim)
     except Exception as exc:  # reported by every rank together

@@ -4,7 +4,8 @@ The images are cut into shards of whole solver batches, at the batch boundaries 
 single-process run uses, and an image's random starts depend on the seed, the restarts and its
 index only (:class:`qgen_infer.reconstruction.StartLatents`): so every image is solved exactly
 as ``qgen_infer.reconstruct`` solves it in one process, and the merged result is the same, bit
-for bit, on the same backend and thread count. The shard folder::
+for bit, on the same backend and thread count (for the cpu backend's ``auto`` dispatch: once
+its cost table is cached, so that every rank picks the same path per layer). The shard folder::
 
     DIR/manifest.json      the job (model file hash, input, solver settings, backend) and the
                            shard size, written by rank 0 before any work
