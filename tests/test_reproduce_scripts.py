@@ -425,3 +425,20 @@ def test_colour_precision_names_commands_and_note(tmp_path: Path) -> None:
         assert train[train.index("--precision") + 1] == "bf16" and train[-1] == "--resume"
     assert "Training precision: bf16 (--precision bf16" in tables.colour_report(
         tables.Results(specs, {}, {}), [], [])
+
+
+def test_cifar10_jpeg_copy_is_named_in_the_tables(tmp_path: Path) -> None:
+    from paper_repro.colour_data import cifar10_label, colour_sets
+
+    copy = tmp_path / "jpeg"
+    (copy / "train" / "cat").mkdir(parents=True)
+    (copy / "test" / "cat").mkdir(parents=True)
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "data_batch_1.bin").write_bytes(b"")
+    assert cifar10_label(copy) == "CIFAR10 (JPEG copy)"
+    assert cifar10_label(binary) == "CIFAR10"
+    (sets,) = colour_sets({"cifar10": copy}, tmp_path, convert=False)
+    assert sets.label == "CIFAR10 (JPEG copy)" and sets.dataset == "cifar10"
+    specs = plan.colour_plan([sets], epochs=2, m=100, s=100)
+    assert specs[0].name == "cifar10-m100-sdlss-1"  # the label's first word names the runs

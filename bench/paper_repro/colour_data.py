@@ -51,13 +51,24 @@ def stl10_folder(root: Path, dest: Path, out: Callable[[str], None] = print) -> 
     return dest
 
 
+def cifar10_label(root: Path) -> str:
+    """"CIFAR10", or "CIFAR10 (JPEG copy)" when ``root`` holds the JPEG copy (its pixels went
+    through one lossy JPEG round trip, and results on it say so)."""
+    from qgen_infer.data.cifar10 import jpeg_copy_at
+
+    try:
+        return "CIFAR10 (JPEG copy)" if jpeg_copy_at(root) is not None else "CIFAR10"
+    except Exception:  # a missing root: qgen-train names the problem when the run starts
+        return "CIFAR10"
+
+
 def colour_sets(roots: dict[str, Path], runs: Path, *, convert: bool,
                 fallback: str = "patches") -> list[ColourSet]:
     """The sets to run: the paper's three where their files are given, else ``fallback``.
     ``convert`` False (dry run, report only) names the STL10 folder without writing it."""
     sets = []
     if "cifar10" in roots:
-        sets.append(ColourSet("CIFAR10", "cifar10", str(roots["cifar10"])))
+        sets.append(ColourSet(cifar10_label(roots["cifar10"]), "cifar10", str(roots["cifar10"])))
     if "svhn" in roots:
         sets.append(ColourSet("SVHN", "svhn", str(roots["svhn"])))
     if "stl10" in roots:

@@ -109,9 +109,9 @@ def load_cifar10(root: str | Path, limit: int | None = None,
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
-def _jpeg_copy_at(root: str | Path | None) -> Path | None:
-    """The JPEG copy at ``root`` unless binary batches are there too (the canonical release
-    wins)."""
+def jpeg_copy_at(root: str | Path | None) -> Path | None:
+    """The JPEG copy (zip or unpacked folder) that "cifar10" reads at ``root``: None when
+    binary batches are there (the canonical release wins) or no copy is."""
     root_path = require_root(root, "cifar10", _WHAT)
     if root_path.is_dir():
         folder = root_path / BIN_FOLDER if (root_path / BIN_FOLDER).is_dir() else root_path
@@ -124,7 +124,7 @@ def load_cifar10_images(root: str | Path, limit: int | None = None) -> np.ndarra
     """All images the registry serves for "cifar10", uint8 [N, 3, 32, 32]: the binary release's
     training batches (:func:`load_cifar10`), or the JPEG copy's ``train/`` images followed by the
     first 1,000 of its ``test/`` images; the first ``limit`` of them when given."""
-    jpeg = _jpeg_copy_at(root)
+    jpeg = jpeg_copy_at(root)
     if jpeg is None:
         return load_cifar10(root, limit)
     train, test = load_jpeg_parts(jpeg, limit)
@@ -138,7 +138,7 @@ def load_cifar10_split(root: str | Path, eval_size: int | None = None
     ``eval_size`` (default 1,000, or all of a smaller ``test/``) images of ``test/`` in
     sorted-path order; None for the binary release, which the registry splits like the other
     data sets."""
-    jpeg = _jpeg_copy_at(root)
+    jpeg = jpeg_copy_at(root)
     if jpeg is None:
         return None
     train, test = load_jpeg_parts(jpeg)
