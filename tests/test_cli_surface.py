@@ -157,6 +157,18 @@ def test_help_does_not_import_torch(prog: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_qgen_info_reads_a_file_without_torch() -> None:
+    """The file, fully validated, and its summary: numpy views, no torch (a fraction of a
+    second); only --dispatch, which asks the engine, imports it."""
+    model = REPO / "models" / "mnist-m25-1bit.qgen"
+    code = ("import io, sys, contextlib\nfrom qgen_infer.cli.info import main\n"
+            "out = io.StringIO()\n"
+            f"with contextlib.redirect_stdout(out):\n    assert main([{str(model)!r}]) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert '32.0x smaller than fp32 weights' in out.getvalue(), out.getvalue()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 # -- the Python API ---------------------------------------------------------------------------
 
 def test_public_names_and_signatures() -> None:

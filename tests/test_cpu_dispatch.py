@@ -313,13 +313,15 @@ def test_qgen_info_shows_the_recorded_choices(monkeypatch: pytest.MonkeyPatch, t
     cache = tmp_path / "costs.json"
     monkeypatch.setenv("QGEN_CPU_DISPATCH_CACHE", str(cache))
     assert info_main([model]) == 0
+    assert "cpu dispatch" not in capsys.readouterr().out  # only asked for: it imports torch
+    assert info_main([model, "--dispatch"]) == 0
     assert "nothing measured yet" in capsys.readouterr().out
     table = CostTable(cache)
     table.put("machine A | avx2 | 1 threads", ProductKey("gemm", 1, 500, 500, 256, False),
               2e-3, 1e-3)
     table.put("machine A | avx2 | 1 threads", ProductKey("gemm", 4, 500, 500, 256, False),
               1e-3, 2e-3)  # another width: not this file's
-    assert info_main([model]) == 0
+    assert info_main([model, "--dispatch"]) == 0
     out = capsys.readouterr().out
     assert "machine A | avx2 | 1 threads" in out
     assert "fc2: gemm M<=256 -> dense (packed 2.000 ms, dense 1.000 ms)" in out

@@ -13,16 +13,20 @@ DESCRIPTION = """\
 Read a .qgen file (fully validated: structure, metadata, checksum, tensor shapes and values) and
 print its format version, network, quantizer and solver defaults, then one row per generator layer
 (kind, weight shape, weights, packed bytes, fp32 per-channel bytes, activation), the total generator
-bytes with the compression ratio against fp32, and the size of the fp32 sensing network; last,
-what --backend auto chose on this machine for each layer's products (packed kernels or dense
-fp32, with both measured times), read from its cost table (~/.cache/qgen-infer/cpu-dispatch.json,
-QGEN_CPU_DISPATCH_CACHE), or that nothing was measured yet.
+bytes with the compression ratio against fp32, and the size of the fp32 sensing network. Reads
+the file without importing torch (a fraction of a second); --dispatch adds what --backend auto
+chose on this machine for each layer's products (packed kernels or dense fp32, with both measured
+times), read from its cost table (~/.cache/qgen-infer/cpu-dispatch.json,
+QGEN_CPU_DISPATCH_CACHE), or that nothing was measured yet (this loads the engine: ~3 s).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="qgen-info", description=DESCRIPTION)
     p.add_input("model", metavar="MODEL.qgen", help="packed model file written by qgen-export")
+    p.add_argument("--dispatch", action="store_true",
+                   help="also print the --backend auto choices recorded on this machine for "
+                        "this file's layers (imports torch)")
     return p
 
 
@@ -33,9 +37,10 @@ def _body(argv: Sequence[str] | None) -> int:
     from qgen_infer.format import read_qgen
     from qgen_infer.format.summary import render
 
-    qf = read_qgen(args.model)
+    qf = read_qgen(args.model, tensors="numpy")  # fully validated, and no torch import
     print(render(qf, Path(args.model).stat().st_size, args.model))
-    print("\n".join(_dispatch_lines(args.model)))
+    if args.dispatch:
+        print("\n".join(_dispatch_lines(args.model)))
     return 0
 
 

@@ -6,29 +6,24 @@ The canonical packed layout and every tensor name and metadata key are specified
 ``docs/FORMAT.md``.
 """
 
-from qgen_infer.format.packing import pack_codes, packed_nbytes, unpack_codes
-from qgen_infer.format.reader import read_qgen
-from qgen_infer.format.schema import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    LAYOUT_NAME,
-    PackedLayer,
-    QgenFile,
-    ReshapeLayer,
-)
-from qgen_infer.format.writer import serialize, write_qgen
+# PEP 562 lazy attributes: the reader and the schema do not import torch (qgen-info reads a file
+# without it); the packing and the writer do, on first use.
+import importlib as _importlib
+from typing import Any as _Any
 
-__all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "LAYOUT_NAME",
-    "PackedLayer",
-    "QgenFile",
-    "ReshapeLayer",
-    "pack_codes",
-    "packed_nbytes",
-    "read_qgen",
-    "serialize",
-    "unpack_codes",
-    "write_qgen",
-]
+_LAZY = {
+    "FORMAT_NAME": "schema", "FORMAT_VERSION": "schema", "LAYOUT_NAME": "schema",
+    "PackedLayer": "schema", "QgenFile": "schema", "ReshapeLayer": "schema",
+    "pack_codes": "packing", "packed_nbytes": "layout", "unpack_codes": "packing",
+    "read_qgen": "reader", "serialize": "writer", "write_qgen": "writer",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f"qgen_infer.format.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qgen_infer.format' has no attribute {name!r}")

@@ -23,30 +23,17 @@ from collections.abc import Sequence
 
 import torch
 
-PACKED_BITS = (1, 2, 3, 4)
-WORD_BITS = 32  # the stream is padded to whole little-endian uint32 words
+from qgen_infer.format.layout import (
+    PACKED_BITS,
+    WORD_BITS,
+    check_bits,
+    packed_nbytes,
+    padding_is_zero,
+    shape_numel,
+)
 
-
-def _check_bits(bits: int) -> None:
-    if bits not in PACKED_BITS:
-        raise ValueError(f"bits must be one of {PACKED_BITS}, got {bits!r}")
-
-
-def shape_numel(shape: Sequence[int]) -> int:
-    """The number of elements of ``shape`` as an exact Python int (no int64 overflow)."""
-    n = 1
-    for d in shape:
-        if int(d) < 0:
-            raise ValueError(f"negative dimension in shape {list(shape)}")
-        n *= int(d)
-    return n
-
-
-def packed_nbytes(shape: Sequence[int], bits: int) -> int:
-    """Bytes of the packed codes of a tensor of ``shape``: ``4 * ceil(numel * bits / 32)``."""
-    _check_bits(bits)
-    stream_bits = shape_numel(shape) * bits
-    return 4 * (-(-stream_bits // WORD_BITS))
+__all__ = ["PACKED_BITS", "WORD_BITS", "pack_codes", "packed_nbytes", "padding_is_zero",
+           "shape_numel", "unpack_codes"]
 
 
 def _bit_weights(nbits: int, device: torch.device) -> torch.Tensor:
@@ -63,7 +50,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
     Returns a 1-D uint8 tensor of ``packed_nbytes(codes.shape, bits)`` bytes on ``codes.device``.
     """
-    _check_bits(bits)
+    check_bits(bits)
     if codes.dtype != torch.uint8:
         raise ValueError(f"codes must be uint8, got {codes.dtype}")
     flat = codes.reshape(-1)
@@ -86,7 +73,7 @@ def unpack_codes(packed: torch.Tensor, shape: Sequence[int], bits: int) -> torch
     ``packed`` must be 1-D uint8 of exactly ``packed_nbytes(shape, bits)`` bytes (checked, so a
     wrong length is a ``ValueError``, never a silent mis-read).
     """
-    _check_bits(bits)
+    check_bits(bits)
     shape = [int(d) for d in shape]
     if packed.dtype != torch.uint8 or packed.ndim != 1:
         raise ValueError(f"packed codes must be a 1-D uint8 tensor, got {packed.dtype} "
@@ -100,13 +87,3 @@ def unpack_codes(packed: torch.Tensor, shape: Sequence[int], bits: int) -> torch
     stream = ((packed.unsqueeze(1) >> _bit_positions(8, device)) & 1).reshape(-1)
     by_code = stream[: n * bits].reshape(n, bits).to(torch.int32)
     return (by_code * _bit_weights(bits, device)).sum(dim=1).to(torch.uint8).reshape(shape)
-
-
-def padding_is_zero(packed: torch.Tensor, shape: Sequence[int], bits: int) -> bool:
-    """Whether the stream's padding bits (after the last code) are zero, as the format demands."""
-    used_bits = shape_numel(shape) * bits
-    full_bytes, rest = divmod(used_bits, 8)
-    if rest and int(packed[full_bytes]) >> rest:
-        return False
-    tail_start = full_bytes + (1 if rest else 0)
-    return not bool(packed[tail_start:].any())

@@ -22,6 +22,9 @@ does not know what the tensors mean. Before any of them is used, this reader che
 9. tensor values: finite, scales positive, every value and every decoded weight within
    :data:`MAX_ABS_VALUE`, packing padding zero.
 
+The checks run on numpy views of the tensors, so ``read_qgen(path, tensors="numpy")`` (what
+``qgen-info`` uses) never imports torch; the default returns torch tensors for the engine.
+
 Sizes are bounded by the file: a declared shape must match bytes actually present, so no check
 allocates more than a small multiple of the file size.
 """
@@ -33,13 +36,13 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from qgen_infer.errors import FormatError
 from qgen_infer.format import bounded_json, metadata
 from qgen_infer.format.digest import file_checksum
-from qgen_infer.format.packing import PACKED_BITS, packed_nbytes, padding_is_zero, shape_numel
+from qgen_infer.format.layout import PACKED_BITS, packed_nbytes, padding_is_zero, shape_numel
 from qgen_infer.format.plan import chain_plan
 from qgen_infer.format.schema import (
     ACTIVATIONS,
@@ -276,30 +279,31 @@ def _parse_metadata(meta: dict[str, str] | None) -> dict[str, Any]:
 
 
 def _expected_tensors(layers: list[dict[str, Any]], sensing: dict[str, tuple[int, ...]],
-                      bits: int, granularity: str) -> dict[str, tuple[torch.dtype, tuple]]:
-    """Every tensor the metadata implies, with its dtype and exact shape."""
-    expected: dict[str, tuple[torch.dtype, tuple]] = {}
+                      bits: int, granularity: str) -> dict[str, tuple[str, tuple]]:
+    """Every tensor the metadata implies, with its safetensors dtype and exact shape."""
+    expected: dict[str, tuple[str, tuple]] = {}
     for layer in layers:
         if layer["kind"] == RESHAPE_KIND:
             continue
         prefix = f"{GENERATOR_PREFIX}{layer['name']}."
         c_out = output_channels(layer["kind"], layer["weight_shape"])
         scale_len = c_out if granularity == "channel" else 1
-        expected[prefix + "codes"] = (torch.uint8, (packed_nbytes(layer["weight_shape"], bits),))
-        expected[prefix + "scale"] = (torch.float32, (scale_len,))
-        expected[prefix + "zero"] = (torch.float32, (scale_len,))
-        expected[prefix + "alpha"] = (torch.float32, (c_out,))
-        expected[prefix + "beta"] = (torch.float32, (c_out,))
+        expected[prefix + "codes"] = ("U8", (packed_nbytes(layer["weight_shape"], bits),))
+        expected[prefix + "scale"] = ("F32", (scale_len,))
+        expected[prefix + "zero"] = ("F32", (scale_len,))
+        expected[prefix + "alpha"] = ("F32", (c_out,))
+        expected[prefix + "beta"] = ("F32", (c_out,))
     for name, shape in sensing.items():
-        expected[SENSING_PREFIX + name] = (torch.float32, shape)
+        expected[SENSING_PREFIX + name] = ("F32", shape)
     return expected
 
 
-_DTYPES = {"U8": torch.uint8, "F32": torch.float32}
+_DTYPE_NAMES = {"U8": "uint8", "F32": "float32"}
+_FRAMEWORKS = {"torch": "pt", "numpy": "numpy"}
 
 
 def _check_tensor_index(index: dict[str, tuple[str, list[int]]],
-                        expected: dict[str, tuple[torch.dtype, tuple]]) -> None:
+                        expected: dict[str, tuple[str, tuple]]) -> None:
     missing = sorted(set(expected) - set(index))
     if missing:
         raise FormatError(f"missing tensor {missing[0]!r}"
@@ -310,23 +314,24 @@ def _check_tensor_index(index: dict[str, tuple[str, list[int]]],
                           + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""))
     for name, (dtype, shape) in expected.items():
         file_dtype, file_shape = index[name]
-        if _DTYPES.get(file_dtype) != dtype:
+        if file_dtype != dtype:
             raise FormatError(f"tensor {name!r} has dtype {file_dtype}, expected "
-                              f"{str(dtype).removeprefix('torch.')}")
+                              f"{_DTYPE_NAMES[dtype]}")
         if tuple(file_shape) != tuple(shape):
             what = "packed codes" if name.endswith(".codes") else "tensor"
             raise FormatError(f"{what} {name!r} has shape {list(file_shape)}, expected "
                               f"{list(shape)}")
 
 
-def _check_values(name: str, value: torch.Tensor) -> None:
-    if value.dtype != torch.float32:
+def _check_values(name: str, tensor: Any) -> None:
+    value = np.asarray(tensor)  # a zero-copy view of a CPU torch tensor
+    if value.dtype != np.float32:
         return
-    if not bool(torch.isfinite(value).all()):
+    if not bool(np.isfinite(value).all()):
         raise FormatError(f"tensor {name!r} holds non-finite values (NaN or infinity)")
     if name.endswith(".scale") and not bool((value > 0).all()):
         raise FormatError(f"tensor {name!r} holds non-positive scales")
-    biggest = float(value.abs().max()) if value.numel() else 0.0
+    biggest = float(np.abs(value).max()) if value.size else 0.0
     if biggest > MAX_ABS_VALUE:
         raise FormatError(f"tensor {name!r} holds a value of magnitude {biggest:.3g}, above the "
                           f"{MAX_ABS_VALUE:.0f} limit")
@@ -334,15 +339,15 @@ def _check_values(name: str, value: torch.Tensor) -> None:
 
 def _check_weight_range(layer: PackedLayer, bits: int) -> None:
     """The largest decoded weight ``scale * |code - zero|`` over all codes ``0 .. 2^bits - 1``."""
-    top = float(2**bits - 1)
-    reach = torch.maximum(layer.zero.abs(), (top - layer.zero).abs())
-    biggest = float((layer.scale.double() * reach.double()).max())
+    zero = np.asarray(layer.zero)
+    reach = np.maximum(np.abs(zero), np.abs(np.float32(2**bits - 1) - zero))
+    biggest = float((np.asarray(layer.scale, np.float64) * reach.astype(np.float64)).max())
     if biggest > MAX_ABS_VALUE:
         raise FormatError(f"layer {layer.name!r} decodes to weights of magnitude up to "
                           f"{biggest:.3g}, above the {MAX_ABS_VALUE:.0f} limit")
 
 
-def _build_layers(layers: list[dict[str, Any]], tensors: dict[str, torch.Tensor], bits: int
+def _build_layers(layers: list[dict[str, Any]], tensors: dict[str, Any], bits: int
                   ) -> list[GeneratorLayer]:
     built: list[GeneratorLayer] = []
     for fields in layers:
@@ -361,13 +366,16 @@ def _build_layers(layers: list[dict[str, Any]], tensors: dict[str, torch.Tensor]
 # ---- entry point ------------------------------------------------------------------------------
 
 
-def read_qgen(path: str | Path) -> QgenFile:
-    """Read and validate a ``.qgen`` file (see the module docstring for the checks)."""
+def read_qgen(path: str | Path, tensors: str = "torch") -> QgenFile:
+    """Read and validate a ``.qgen`` file (see the module docstring for the checks); its
+    tensors as ``torch`` tensors or, without importing torch, as ``numpy`` arrays."""
+    if tensors not in _FRAMEWORKS:
+        raise ValueError(f"tensors must be one of {tuple(_FRAMEWORKS)}, got {tensors!r}")
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{str(path)!r} does not exist (or is not a file)")
     try:
-        return _read(path)
+        return _read(path, _FRAMEWORKS[tensors])
     except FormatError as exc:
         message = str(exc)
         if message.startswith(repr(str(path))):
@@ -389,11 +397,11 @@ def _parse_values(meta: dict[str, str], bits: int) -> dict[str, Any]:
     return values
 
 
-def _read(path: Path) -> QgenFile:
+def _read(path: Path, framework: str) -> QgenFile:
     data_start = _check_header_length(path)
     _check_header_keys(path, data_start)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as container:
+        with safe_open(str(path), framework=framework, device="cpu") as container:
             meta = container.metadata()
             index = {}
             for name in container.keys():

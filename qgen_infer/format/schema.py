@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from qgen_infer.format.plan import ChainPlan
+
+if TYPE_CHECKING:  # the tensors are torch tensors or, read for qgen-info, numpy arrays
+    import torch
 
 FORMAT_NAME = "qgen"
 FORMAT_VERSION = 2  # 2: the checksum covers the metadata too (qgen_infer.format.digest)

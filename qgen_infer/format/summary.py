@@ -7,6 +7,7 @@ alpha, beta) included, which is what the generator actually costs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from qgen_infer.format.schema import PackedLayer, QgenFile, ReshapeLayer
@@ -70,13 +71,14 @@ def summarize(qf: QgenFile) -> FileSummary:
     sizes = []
     for layer in qf.layers:
         if isinstance(layer, PackedLayer):
-            extra = FP32_BYTES * sum(t.numel() for t in (layer.scale, layer.zero, layer.alpha,
-                                                           layer.beta))
+            # shapes and nbytes, so that torch tensors and numpy arrays (qgen-info) both work
+            extra = FP32_BYTES * sum(math.prod(t.shape) for t in (layer.scale, layer.zero,
+                                                                  layer.alpha, layer.beta))
             sizes.append(LayerSize(layer.name, layer.kind, tuple(layer.weight_shape), layer.numel,
-                                   layer.codes.numel(), extra, _activation(layer)))
+                                   math.prod(layer.codes.shape), extra, _activation(layer)))
         elif isinstance(layer, ReshapeLayer):
             sizes.append(LayerSize(layer.name, "reshape", tuple(layer.shape), 0, 0, 0, "-"))
-    sensing_bytes = sum(t.numel() * t.element_size() for t in qf.sensing.values())
+    sensing_bytes = sum(t.nbytes for t in qf.sensing.values())
     return FileSummary(qf.bits, sizes, sensing_bytes, len(qf.sensing))
 
 
