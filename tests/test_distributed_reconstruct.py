@@ -32,9 +32,11 @@ import qgen_infer
 from qgen_infer.arrays import measurement_rows, open_measurements
 from qgen_infer.cli.reconstruct import main as reconstruct_main
 from qgen_infer.distributed import reconstruct_sharded
+from qgen_infer.distributed.dispatch import measure_products, measuring_batches
 from qgen_infer.distributed.sharded import MANIFEST, shard_path
 from qgen_infer.errors import QgenError
 from qgen_infer.export import export_checkpoint
+from qgen_infer.reconstruction import solver_options
 
 # each torchrun launch costs 4-10 s here (interpreters, torch imports, the rendezvous)
 launched_by_torchrun = pytest.mark.slow
@@ -81,11 +83,13 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun(program: str, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(program: str, args: list[str], nproc: int = 2,
+              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=nproc program args`` (a free port each time)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", program, *args]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, env={**_env(), **(extra_env or {})}, capture_output=True,
+                          text=True, timeout=120)
 
 
 def _fault_script(tmp_path: Path, patch: str) -> str:
@@ -203,6 +207,29 @@ def test_the_same_input_error_on_every_rank_is_one_line(problem, tmp_path):
     assert done.returncode != 0 and list(out.iterdir()) == []  # torchrun exits 1 on any failure
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
 
+@launched_by_torchrun
+def test_ranks_take_rank_0s_dispatch_choices(problem, single, tmp_path):
+    """``--backend auto`` with no cost table, rank 1 timing the dense path faster and rank 0
+    the packed kernels (as two busy cores can): rank 1 adopts rank 0's choices, so the merge
+    equals the single-process run, where every product runs the kernels."""
+    out = tmp_path / "out"
+    biased = _fault_script(tmp_path, """\
+        from qgen_infer.engine import cpu_dispatch
+        FAST = "packed" if os.environ["RANK"] == "0" else "dense"
+        def biased(path, run):
+            return (1e-3 if path == FAST else 2e-3), run()
+        cpu_dispatch.time_call = cpu_dispatch.thread_time_call = biased
+        """)
+    args = [a if a != "cpu" else "auto" for a in problem["args"]]
+    done = _torchrun(biased, [*args, "--out", str(out)],
+                     extra_env={"QGEN_CPU_DISPATCH_CACHE": "off"})
+    assert done.returncode == 0, done.stderr
+    for name in ("x_hat.npy", "z.npy"):
+        assert (single / name).read_bytes() == (out / name).read_bytes(), name
+    choices = json.loads((out / "metrics.json").read_text())["dispatch"]["choices"]
+    assert choices and {c["path"] for c in choices} == {"packed"}
+
+
 
 # -- a job of one, in this process ---------------------------------------------------------------
 
@@ -220,6 +247,23 @@ def test_one_process_job_equals_reconstruct_and_resumes(problem, tmp_path):
     assert again.skipped == 2 and again.solved_here == 1
     assert np.array_equal(again.result.x_hat, want.x_hat)
     assert not (tmp_path / ".shard-00001.npz.x1y2.tmp").exists()
+
+
+def test_rank_0s_measuring_run_meets_every_product_of_the_job(problem, monkeypatch):
+    """What rank 0 measures before the shards (two steps of each batch size the job runs)
+    covers every product the whole solve then runs: no rank meets one it must time alone."""
+    monkeypatch.setenv("QGEN_CPU_DISPATCH_CACHE", "off")
+    model = qgen_infer.load(problem["qgen"], backend="auto")
+    assert model.backend.dispatch == "measured"
+    # batches of 5 rows and a last one of 3: two batch buckets (8 and 4), both to be measured
+    opts = solver_options(model, batch_size=5, restarts=1, seed=5)
+    assert measuring_batches(N_IMAGES, 5) == [5, 3] and measuring_batches(8, 4) == [4]
+    assert measuring_batches(3, 4) == [3]
+    y = problem["y"]
+    measured = measure_products(model, lambda start, stop: y[start:stop], N_IMAGES, opts)
+    assert "gemm" in {key.op for _, key in measured}
+    qgen_infer.reconstruct(model, y, opts)
+    assert model.backend.dispatcher.choices == measured
 
 
 def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(problem, tmp_path):

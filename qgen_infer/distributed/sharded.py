@@ -4,8 +4,9 @@ The images are cut into shards of whole solver batches, at the batch boundaries 
 single-process run uses, and an image's random starts depend on the seed, the restarts and its
 index only (:class:`qgen_infer.reconstruction.StartLatents`): so every image is solved exactly
 as ``qgen_infer.reconstruct`` solves it in one process, and the merged result is the same, bit
-for bit, on the same backend and thread count (for the cpu backend's ``auto`` dispatch: once
-its cost table is cached, so that every rank picks the same path per layer). The shard folder::
+for bit, on the same backend and thread count (for the cpu backend's ``auto`` dispatch, rank 0
+measures every product first and the other ranks take its choices: :mod:`.dispatch`). The
+shard folder::
 
     DIR/manifest.json      the job (model file hash, input, solver settings, backend) and the
                            shard size, written by rank 0 before any work
@@ -32,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from qgen_infer.distributed.dispatch import agree_on_dispatch
 from qgen_infer.distributed.env import DistEnv, broadcast, check_all, gather, join
 from qgen_infer.errors import QgenError
 from qgen_infer.reconstruction import Reconstruction, SolverOptions, reconstruct, solver_options
@@ -284,6 +286,9 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     except Exception as exc:
         error = exc
     check_all(env, error)
+    if pending:  # the same on every rank (broadcast above), so all join the collective or none
+        agree_on_dispatch(env, model, source.rows, source.images, opts, cuda_graph=cuda_graph,
+                          precision=precision)
 
     error = None
     t_solve, cpu_solve = time.perf_counter(), time.process_time()
