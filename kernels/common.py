@@ -12,16 +12,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Activation ids: the ``ACT`` constexpr of every kernel (order of backend.ACTIVATIONS).
-ACTIVATION_IDS = {"none": 0, "relu": 1, "leaky_relu": 2, "tanh": 3}
-
-
-def activation_id(name: str) -> int:
-    try:
-        return ACTIVATION_IDS[name]
-    except KeyError:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATION_IDS)}, "
-                         f"got {name!r}") from None
+# The ``ACT`` constexpr of every kernel is ``activation_id(name)``; the epilogue below tests the
+# codes 1-3 as literals (Triton compares constexprs), qgen_infer/activations.py numbers them.
+from qgen_infer.activations import ACTIVATION_IDS as ACTIVATION_IDS
+from qgen_infer.activations import activate as activate
+from qgen_infer.activations import activation_id as activation_id
 
 
 @triton.jit
@@ -199,20 +194,6 @@ def grouped_tile(pid, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 INT32_MAX = 2**31 - 1
-
-
-def activate(y, activation: str, negative_slope: float):
-    """The epilogue's activation on a torch tensor (references; the kernels' host fills)."""
-    import torch
-
-    if activation == "relu":
-        return torch.relu(y)
-    if activation == "leaky_relu":
-        return torch.where(y > 0, y, y * negative_slope)
-    if activation == "tanh":
-        return torch.tanh(y)
-    activation_id(activation)  # unknown names raise
-    return y
 
 
 def dot_types(dtype) -> tuple[tl.dtype, str]:

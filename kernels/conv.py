@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from qgen_infer.conv_geometry import conv_transpose2d_output_size
 from qgen_infer.kernels.common import (
     INT32_MAX,
     activate,
@@ -264,8 +265,8 @@ def conv_transpose2d(x: torch.Tensor, w: PackedConvWeight, stride=1, padding=0, 
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (w.kernel_size, _pair(stride), _pair(padding),
                                               _pair(dilation))
     oph, opw = _pair(output_padding)
-    oh = (x.shape[-2] - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
-    ow = (x.shape[-1] - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    oh = conv_transpose2d_output_size(x.shape[-2], kh, sh, ph, dh, oph)
+    ow = conv_transpose2d_output_size(x.shape[-1], kw, sw, pw, dw, opw)
     out = _output(x, w, oh, ow)
     vec = _vectors(alpha, beta, w.out_channels, x.device)
     for py, px, by, bx, ry, rx, sub in w.phases((sh, sw), (ph, pw), (dh, dw)):

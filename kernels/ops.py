@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from qgen_infer.activations import activation_grad_from_output
 from qgen_infer.kernels.layout import PackedKWords
 
 
@@ -77,14 +78,10 @@ def _packed_gemm_t_act_fake(g, y, words, scale, zero, alpha, bits, k, activation
 
 
 def _act_grad(y: torch.Tensor, activation: str, negative_slope: float) -> torch.Tensor | None:
-    """d act / d pre-activation from the output (all four are monotone); None for identity."""
-    if activation == "relu":
-        return (y > 0).to(y.dtype)
-    if activation == "leaky_relu":
-        return torch.where(y > 0, 1.0, negative_slope).to(y.dtype)
-    if activation == "tanh":
-        return 1 - y * y
-    return None
+    """d act / d pre-activation from the output; None for the identity (skips a multiply)."""
+    if activation == "none":
+        return None
+    return activation_grad_from_output(y, activation, negative_slope)
 
 
 def _gemm_setup(ctx, inputs, output):

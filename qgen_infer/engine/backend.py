@@ -36,7 +36,9 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh")
+# the activations live in one module, shared with the format and the kernels (re-exported here)
+from qgen_infer.activations import ACTIVATIONS, activate
+from qgen_infer.activations import activation_grad_from_output as activation_grad_from_output
 
 
 @dataclass
@@ -94,33 +96,6 @@ class Epilogue:
         if self.beta is not None:
             y = y + self.beta.reshape(shape)
         return activate(y, self.activation, self.negative_slope)
-
-
-def activate(y: torch.Tensor, activation: str, negative_slope: float = 0.01) -> torch.Tensor:
-    if activation == "none":
-        return y
-    if activation == "relu":
-        return F.relu(y)
-    if activation == "leaky_relu":
-        return F.leaky_relu(y, negative_slope)
-    if activation == "tanh":
-        return torch.tanh(y)
-    raise ValueError(f"unknown activation {activation!r}")
-
-
-def activation_grad_from_output(y: torch.Tensor, activation: str,
-                                negative_slope: float = 0.01) -> torch.Tensor:
-    """d act / d pre-activation, written in terms of the output ``y`` (all four are monotone, so
-    the output determines it): what backward passes need without keeping the pre-activation."""
-    if activation == "none":
-        return torch.ones_like(y)
-    if activation == "relu":
-        return (y > 0).to(y.dtype)
-    if activation == "leaky_relu":
-        return torch.where(y > 0, torch.ones_like(y), torch.full_like(y, negative_slope))
-    if activation == "tanh":
-        return 1 - y * y
-    raise ValueError(f"unknown activation {activation!r}")
 
 
 class Backend(Protocol):

@@ -53,7 +53,7 @@ from qgen_infer.engine.cpu_dispatch import (
     machine_context,
 )
 
-_ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # must match csrc/module.cpp Act
+_ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # = activations.ACTIVATION_IDS
 
 
 def _load() -> ModuleType | None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qgen_infer.conv_geometry import conv2d_output_size, conv_transpose2d_output_size
 from qgen_infer.engine.backend import Backend, Epilogue, MatrixWeight
 from qgen_infer.engine.packed_ops import apply_epilogue, col2im_channels_last, packed_gemm
 from qgen_infer.format import PackedLayer, unpack_codes
@@ -127,9 +128,8 @@ class _ConvParams:
         return self.backend.conv(x, self._conv_plan, self.epilogue)
 
     def _conv_output_size(self, size: int, axis: int) -> int:
-        k, s, p, d = (self.kernel_size[axis], self.stride[axis], self.padding[axis],
-                      self.dilation[axis])
-        return (size + 2 * p - d * (k - 1) - 1) // s + 1
+        return conv2d_output_size(size, self.kernel_size[axis], self.stride[axis],
+                                  self.padding[axis], self.dilation[axis])
 
     def _fold_pixels(self, x: torch.Tensor, output_size: tuple[int, int],
                      padding: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
@@ -188,10 +188,11 @@ class PackedConvTranspose2d(PackedModule, _ConvParams):
         self.out_channels = int(layer.weight_shape[1])
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
-        """PyTorch's ``(H-1)*s - 2p + d*(k-1) + output_padding + 1`` per axis."""
+        """PyTorch's output size per axis (:mod:`qgen_infer.conv_geometry`)."""
         return tuple(  # type: ignore[return-value]
-            (size - 1) * self.stride[a] - 2 * self.padding[a]
-            + self.dilation[a] * (self.kernel_size[a] - 1) + self.output_padding[a] + 1
+            conv_transpose2d_output_size(size, self.kernel_size[a], self.stride[a],
+                                         self.padding[a], self.dilation[a],
+                                         self.output_padding[a])
             for a, size in enumerate((h, w))
         )
 

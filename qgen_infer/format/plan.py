@@ -5,8 +5,8 @@ A file's bytes bound its weights but not its activations: a 1x1 transposed convo
 one sample's shape is propagated from ``latent_dim`` through every layer to ``image_shape``:
 
 * linear ``[K] -> [N]`` with weight ``[N, K]``;
-* conv2d ``[C_in, H, W] -> [C_out, (H + 2p - d(k-1) - 1) // s + 1, ...]``;
-* conv_transpose2d ``[C_in, H, W] -> [C_out, (H-1)s - 2p + d(k-1) + op + 1, ...]``;
+* conv2d and conv_transpose2d ``[C_in, H, W] -> [C_out, H', W']`` (sizes by
+  :mod:`qgen_infer.conv_geometry`);
 * reshape: the same number of elements.
 
 Each activation is bounded by :data:`MAX_ACTIVATION` elements per sample (8 GiB of fp32: no
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qgen_infer.conv_geometry import conv2d_output_size, conv_transpose2d_output_size
 from qgen_infer.errors import FormatError
 
 MAX_ACTIVATION = 2**31
@@ -37,14 +38,6 @@ class ChainPlan:
     widest: int
 
 
-def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def _convt_out(size: int, k: int, s: int, p: int, d: int, op: int) -> int:
-    return (size - 1) * s - 2 * p + d * (k - 1) + op + 1
-
-
 def _conv_shape(layer: dict[str, Any], shape: tuple[int, ...], where: str
                 ) -> tuple[tuple[int, ...], int]:
     """Output shape of a conv layer and its unfolded buffer's elements."""
@@ -55,11 +48,12 @@ def _conv_shape(layer: dict[str, Any], shape: tuple[int, ...], where: str
     args = [(ws[2 + a], layer["stride"][a], layer["padding"][a], layer["dilation"][a])
             for a in (0, 1)]
     if kind == "conv2d":
-        hw = [_conv_out(shape[1 + a], *args[a]) for a in (0, 1)]
+        hw = [conv2d_output_size(shape[1 + a], *args[a]) for a in (0, 1)]
         c_out = ws[0]
         workspace = c_in * ws[2] * ws[3] * hw[0] * hw[1]
     else:
-        hw = [_convt_out(shape[1 + a], *args[a], layer["output_padding"][a]) for a in (0, 1)]
+        hw = [conv_transpose2d_output_size(shape[1 + a], *args[a], layer["output_padding"][a])
+              for a in (0, 1)]
         c_out = ws[1]
         workspace = c_out * ws[2] * ws[3] * shape[1] * shape[2]
     if min(hw) < 1:

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from qgen_infer.activations import ACTIVATIONS as ACTIVATIONS  # a layer's activation names
 from qgen_infer.format.plan import ChainPlan
 
 if TYPE_CHECKING:  # the tensors are torch tensors or, read for qgen-info, numpy arrays
@@ -33,9 +34,6 @@ CHECKSUM_PREFIX = "sha256:"
 
 WEIGHT_KINDS = ("linear", "conv2d", "conv_transpose2d")
 RESHAPE_KIND = "reshape"
-# The same names as qgen_infer.engine.backend.ACTIVATIONS (a test holds them equal); the format
-# does not import the engine, which sits downstream of it.
-ACTIVATIONS = ("none", "relu", "leaky_relu", "tanh")
 GRANULARITIES = ("tensor", "channel")
 
 LAYER_TENSOR_FIELDS = ("codes", "scale", "zero", "alpha", "beta")
