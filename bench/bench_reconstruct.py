@@ -4,10 +4,10 @@ fp32 torch reference of the same model, on MNIST's 1,000 evaluation images.
 For every bit width and solver length T this times ``qgen_infer.reconstruct`` (the loop of
 ``qgen-reconstruct``) on each engine backend asked for, and the *fp32 reference*: the exported
 file's weights dequantized once into plain dense ``nn.Linear`` layers and activations
-(``dense_baseline.py``; the baseline pays no per-call quantization), run through the same
-``qgen_infer.reconstruct`` (the model object with its generator swapped) with the same
-per-batch seeds, steps, step size and sparsity. Both use the file's fp32 sensing net A. Per
-configuration the fastest of ``--repeats`` timed runs in each of ``--rounds`` processes (the
+(``qgen_infer/engine/dense_baseline.py``; the baseline pays no per-call quantization), run
+through the same ``qgen_infer.reconstruct`` (the model object with its generator swapped) with
+the same per-batch seeds, steps, step size and sparsity. Both use the file's fp32 sensing net A.
+Per configuration the fastest of ``--repeats`` timed runs in each of ``--rounds`` processes (the
 rounds alternate the variants' order), each after a one-batch warm-up that takes thread-pool
 start-up and lazy initialisation out of the number.
 
@@ -76,7 +76,7 @@ def child(args: argparse.Namespace) -> None:
                           seed=0)
     y = np.load(args.y)
     if args.variant == "fp32":
-        from dense_baseline import dense_generator
+        from qgen_infer.engine.dense_baseline import dense_generator
 
         # the same model object with its generator dense: both variants run the same code
         # (qgen_infer.reconstruct: input checks, batching, start latents, output copies)

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from dense_baseline import dense_generator
 
 import qgen_infer
+from qgen_infer.engine.dense_baseline import dense_generator
 from qgen_infer.metrics import psnr
 from qgen_infer.reconstruction import reconstruct
 from qgen_infer.solve import sample_latent

@@ -18,7 +18,6 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels are i
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -63,10 +62,7 @@ def gradient_step(generator, sensing, y: torch.Tensor, z0: torch.Tensor) -> None
 
 
 def main() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dense_baseline import dense_generator
+    from qgen_infer.engine.dense_baseline import dense_generator
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="models/mnist-m25-1bit.qgen")

@@ -3,7 +3,7 @@
 m = 100), on the CPU or, with ``--device cuda``, a GPU (CUDA-graph replay, as
 ``qgen-reconstruct`` does there): a model exported from freshly initialised networks (timing
 does not depend on training), random measurements, per backend and against the same generator
-as dense torch fp32 layers (``fp32``: ``bench/dense_baseline.py``, through the same
+as dense torch fp32 layers (``fp32``: ``qgen_infer/engine/dense_baseline.py``, through the same
 ``qgen_infer.reconstruct``). Also for comparing code versions on one machine:
 
     python bench/time_dcgan_reconstruct.py --bits 1 --backends fp32 cpu reference
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,13 +26,11 @@ import torch
 
 import qgen_infer
 from qgen_infer.checkpoint import save_checkpoint
+from qgen_infer.engine.dense_baseline import dense_generator
 from qgen_infer.errors import QgenError
 from qgen_infer.export import export_checkpoint
 from qgen_infer.models import build_generator, build_sensing
 from qgen_infer.models.networks import DCGAN_DEFAULTS
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dense_baseline import dense_generator  # noqa: E402
 
 
 def dcgan_file(folder: Path, bits: int) -> Path:

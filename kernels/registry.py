@@ -1,6 +1,6 @@
 """Every kernel path, registered with the torch reference it must equal.
 
-The tests walk ``KERNELS`` so that no path escapes; benchmarks name cases with ``kernel_name``.
+The tests walk ``KERNELS`` so that no path escapes.
 Importing this module imports triton (the kernels are compiled lazily, on first launch).
 """
 
@@ -52,8 +52,3 @@ KERNELS: tuple[KernelRecord, ...] = (
     KernelRecord("gemm_t", "gemv", lambda a, w, cfg: gemm_t(a, w, config=cfg)),
 )
 
-
-def kernel_name(op: str, bits: int, dtype: torch.dtype, path: str = "auto") -> str:
-    """Contract-carrying benchmark id, e.g. ``gemm_w3_kpack_f16_dot``."""
-    short = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[dtype]
-    return f"{op}_w{bits}_kpack_{short}_{path}"

@@ -315,11 +315,10 @@ def test_col2im_methods_agree(case) -> None:
 
 @pytest.mark.parametrize("family", ["mlp", "dcgan"])
 def test_dense_baseline_is_the_same_generator(family, exported) -> None:
-    """The benchmarks' dense torch baseline (``bench/dense_baseline.py``) computes what the packed
-    generator computes, forward and input gradient, for the MLP and the DCGAN (BatchNorm folded,
-    per-channel scales)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from dense_baseline import dense_generator
+    """The benchmarks' dense torch baseline (``qgen_infer/engine/dense_baseline.py``) computes
+    what the packed generator computes, forward and input gradient, for the MLP and the DCGAN
+    (BatchNorm folded, per-channel scales)."""
+    from qgen_infer.engine.dense_baseline import dense_generator
 
     qgen_path, _ = exported(family, 3, "channel")
     model = qgen_infer.load(qgen_path, backend="reference")

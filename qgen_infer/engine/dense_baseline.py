@@ -5,7 +5,8 @@
 (``scale * (code - zero)``, dequantized once, with the epilogue's alpha folded into each output
 channel and beta as the bias) followed by the activations. Built from the file itself, not from
 a training checkpoint, so the baseline is the same model at any exported width (post-training
-quantized ones included).
+quantized ones included). The benchmarks (``bench/``) time against it; the tests hold it to the
+packed generator.
 """
 
 from __future__ import annotations
@@ -67,5 +68,5 @@ def dense_generator(model: Any, dtype: torch.dtype = torch.float32) -> nn.Sequen
         elif isinstance(mod, Reshape):
             layers.append((name, mod))
         else:
-            raise SystemExit(f"dense baseline: unsupported layer {name} ({type(mod).__name__})")
+            raise ValueError(f"dense baseline: unsupported layer {name} ({type(mod).__name__})")
     return nn.Sequential(OrderedDict(layers)).to(model.device, dtype).eval().requires_grad_(False)
