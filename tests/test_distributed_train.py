@@ -148,6 +148,7 @@ def group_of_one():
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # 8 s on 2 busy cores
 def test_ddp_trainer_of_one_rank_equals_the_plain_trainer(tmp_path, images, group_of_one):
     plain = Trainer(_cfg(tmp_path / "a"), images[:32], images[32:])
     plain.run()

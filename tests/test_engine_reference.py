@@ -27,7 +27,11 @@ from qgen_infer.errors import FormatError, QgenError
 from qgen_infer.export import export_checkpoint
 from qgen_infer.format import FORMAT_VERSION
 
-CASES = [(f, b, g) for f in ("mlp", "dcgan") for b in (1, 2, 3, 4) for g in ("tensor", "channel")]
+# The DCGAN cases take 3-16 s each on 2 busy cores: two stay in the default run (both
+# granularities, an odd width), the other six run with ``-m slow``.
+FAST_DCGAN = {(1, "channel"), (3, "tensor")}
+CASES = [pytest.param(f, b, g, marks=() if f == "mlp" or (b, g) in FAST_DCGAN else pytest.mark.slow)
+         for f in ("mlp", "dcgan") for b in (1, 2, 3, 4) for g in ("tensor", "channel")]
 
 
 @pytest.fixture(scope="module")

@@ -326,6 +326,7 @@ def test_describe_plan_lists_commands(tmp_path: Path) -> None:
     assert "not started -> train" in lines[0] and lines[1].strip().startswith("qgen-train")
 
 
+@pytest.mark.slow  # 35 s on 2 busy cores, a third of the default run
 def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     """bench/gpu_colour.sh end to end with its CPU knobs (the tiny embedded 'digits' set, one
     1-bit model, one epoch): the wrappers, the queue, the scoring pass and the archive work on a
