@@ -357,58 +357,6 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     assert not any(n.endswith("model.pt") for n in names)  # checkpoints stay behind
 
 
-def test_colour_proxy_spread_over_z_sees_a_collapsed_generator() -> None:
-    import torch
-    from torch import nn
-
-    proxy = _script("colour_proxy")
-    torch.manual_seed(0)
-    lively = nn.Linear(32, 12)
-    collapsed = nn.Sequential(nn.Linear(32, 12), nn.Linear(12, 12))
-    collapsed[1].weight.data.zero_()  # output = bias, the same for every z
-    assert proxy.spread_over_z(lively, 32, 5) > 0.05
-    assert proxy.spread_over_z(collapsed, 32, 5) == 0.0
-
-
-def test_colour_proxy_refuses_to_resume_without_its_batchnorm(monkeypatch, capsys) -> None:
-    proxy = _script("colour_proxy")
-    monkeypatch.setattr(sys, "argv", ["colour_proxy.py", "--out", "x", "--resume",
-                                      "--no-first-batchnorm"])
-    with pytest.raises(SystemExit) as exc:
-        proxy.main()
-    assert exc.value.code == 2
-    assert "cannot be resumed" in capsys.readouterr().err
-
-
-def test_colour_diagnose_measures_distances_on_the_eval_patches(tmp_path, monkeypatch,
-                                                                capsys) -> None:
-    import torch
-
-    from qgen_infer.checkpoint import save_checkpoint
-    from qgen_infer.data.registry import load_split
-    from qgen_infer.train import TrainConfig, Trainer
-
-    patches = load_split("patches", split="eval", image_size=8)[:5]
-    cfg = TrainConfig(out=str(tmp_path), dataset="patches", measurements=10, latent_dim=20,
-                      sparsity=5, epochs=1)
-    trainer = Trainer(cfg, patches, patches)  # an untrained model is enough to measure
-    save_checkpoint(tmp_path / "model.pt", trainer.checkpoint())
-    monkeypatch.setattr(sys, "argv", ["colour_diagnose.py", str(tmp_path / "model.pt"),
-                                      "--count", "5", "--betas", "0.01", "1"])
-    _script("colour_diagnose").main()
-    out = capsys.readouterr().out
-    rows = {line[:18].strip(): line.split()[-2:] for line in out.splitlines()
-            if line.startswith("  x, ") or line.startswith("  G(")}
-    assert set(rows) == {"x, G(z_hat)", "x, G(z0)", "x, mean patch", "G(z_hat), G(z0)"}
-    spread = (patches - patches.mean(0)).flatten(1).norm(dim=1).mean()
-    assert float(rows["x, mean patch"][1]) == pytest.approx(float(spread), abs=0.006)
-    with torch.no_grad():
-        a = trainer.sensing.eval()
-        want = (a(patches) - a(patches.mean(0, keepdim=True).expand_as(patches))).norm(dim=1)
-    assert float(rows["x, mean patch"][0]) == pytest.approx(float(want.mean()), abs=0.006)
-    assert sum(line.lstrip().startswith("beta ") for line in out.splitlines()) == 2
-
-
 def test_colour_precision_names_commands_and_note(tmp_path: Path) -> None:
     sets = [plan.ColourSet("CIFAR10", "cifar10", "/c")]
     default = plan.colour_plan(sets, epochs=2, m=100, s=100)
