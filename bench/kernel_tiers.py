@@ -45,12 +45,25 @@ def best_per_call(fn, budget: float = 0.02) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def int_table_gemm(w, x):
+    """A no-argument call of the integer-table kernel on ``x @ W^T`` (repacked once)."""
+    from qgen_infer import _cpu
+
+    nib = _cpu.repack_nibbles(w.codes.numpy(), w.bits)
+    xs, scale, zero = x.numpy(), w.scale.numpy(), w.zero.numpy()
+    n = w.codes.shape[0]
+    return lambda: _cpu.gemm_planes_i8(xs, nib, n, w.bits, scale, zero, threads=1)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--emulate-avx2", action="store_true")
     p.add_argument("--ggml-path", default=None, help="put this folder first on PYTHONPATH")
+    p.add_argument("--int-tables", action="store_true",
+                   help="'ours' is the AVX2 integer-table kernel (_cpu.gemm_planes_i8), with "
+                        "the exact packed kernel as another row")
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -84,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
             prep = be.prepare(w)
             impls = {"ours": lambda prep=prep, x=x: be.gemm(x, prep),
                      "torch fp32": lambda wd=wd, x=x: F.linear(x, wd)}
+            if args.int_tables:
+                impls = {"ours": int_table_gemm(w, x), "exact packed": impls["ours"],
+                         "torch fp32": impls["torch fp32"]}
             mats = []
             for name in GGML_TYPES[bits]:
                 qt = ggml_ref.qtype(name)
@@ -114,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     head = [f"- command: `OMP_NUM_THREADS=1 {cmd}`",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; host "
             f"CPU: {cpu_model_name()} ({os.cpu_count()} vCPUs); kernel: "
-            f"{be.kernel_name(1)} (tier {be.isa}); torch capability "
+            f"{'gemm_planes_i8 (AVX2 int8 tables)' if args.int_tables else be.kernel_name(1)} "
+            f"(tier {be.isa}); torch capability "
             f"{torch.backends.cpu.get_cpu_capability()}; ggml-python from "
             f"{Path(ggml_ref.ggml.__file__).parent if ggml_ref.ggml else 'not installed'}"
             + ("; torch limited to AVX2: " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())

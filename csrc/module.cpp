@@ -501,6 +501,122 @@ py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& word
     return out;
 }
 
+// ------------------------------------------------------------------------------------------
+// The integer-table path (qgen_cpu.h, "The integer-table path"): AVX2 only, rounds the tables.
+// ------------------------------------------------------------------------------------------
+int64_t nibbles_bytes(int64_t N, int64_t K, int bits) {
+    return ceil_div(N, 32) * ceil_div(K, 8) * bits * 32;
+}
+
+void require_avx2() {
+#if defined(QGEN_X86)
+    if (cpu_supports(Isa::avx2)) return;
+#endif
+    throw py::value_error("the integer-table kernels need AVX2, which this CPU/build lacks");
+}
+
+// codes uint8 [N, K] -> the nibbles layout; items are 32-column blocks.
+py::array_t<uint8_t> repack_nibbles(const py::array& codes_a, int bits, int threads) {
+    check_bits(bits);
+    const uint8_t* codes = checked<uint8_t>(codes_a, "codes", {-1, -1}, "uint8");
+    const int64_t N = codes_a.shape(0), K = codes_a.shape(1), Q = ceil_div(K, 8);
+    py::array_t<uint8_t> out(nibbles_bytes(N, K, bits));
+    uint8_t* w = out.mutable_data();
+    const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
+    std::atomic<bool> bad{false};
+    {
+        py::gil_scoped_release release;
+        std::memset(w, 0, out.size());
+        ThreadPool::instance().parallel_for(ceil_div(N, 32), resolve_threads(threads),
+                                            [&](int64_t cb, int) {
+            bool block_bad = false;
+            for (int l = 0; l < 32 && cb * 32 + l < N; ++l) {
+                const uint8_t* row = codes + (cb * 32 + l) * K;
+                for (int64_t k = 0; k < K; ++k) {
+                    const uint8_t c = row[k];
+                    block_bad = block_bad || c > top;
+                    const int64_t g = k / 4, q = g / 2;
+                    const int shift = static_cast<int>((g % 2) * 4 + k % 4);
+                    uint8_t* base = w + ((cb * Q + q) * bits) * 32 + l;
+                    for (int b = 0; b < bits; ++b)
+                        base[b * 32] |= static_cast<uint8_t>(((c >> b) & 1u) << shift);
+                }
+            }
+            if (block_bad) bad.store(true, std::memory_order_relaxed);
+        });
+    }
+    if (bad.load())
+        throw py::value_error("codes must lie in [0, " + std::to_string(top) + "] for " +
+                              std::to_string(bits) + "-bit weights");
+    return out;
+}
+
+I8GemmArgs i8_args(const py::array& x_a, const py::array& nib_a, int64_t N, int bits,
+                   int threads) {
+    check_bits(bits);
+    require_avx2();
+    I8GemmArgs a{};
+    a.x = checked<float>(x_a, "x", {-1, -1}, "float32");
+    a.M = x_a.shape(0);
+    a.K = x_a.shape(1);
+    if (N < 0) throw py::value_error("N must be non-negative");
+    a.N = N;
+    a.nibbles = checked<uint8_t>(nib_a, "nibbles", {nibbles_bytes(N, a.K, bits)}, "uint8");
+    a.bits = bits;
+    a.threads = threads;
+    return a;
+}
+
+// The same product as gemm_planes_f32, with the int8 tables: y = act(a2 (acc + zc2 sum_k x) + beta).
+py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, int64_t N,
+                                  int bits, const py::array& scale_a, const py::array& zero_a,
+                                  const py::object& alpha_o, const py::object& beta_o, int act,
+                                  float slope, int threads) {
+    I8GemmArgs a = i8_args(x_a, nib_a, N, bits, threads);
+    const float* scale = checked<float>(scale_a, "scale", {N}, "float32");
+    const float* zero = checked<float>(zero_a, "zero", {N}, "float32");
+    const float* alpha = optional_vec(alpha_o, "alpha", N);
+    const float* beta = optional_vec(beta_o, "beta", N);
+    if (act < kNone || act > kTanh) throw py::value_error("unknown activation code");
+    py::array_t<float> y({a.M, N});
+    std::vector<float> a2(N), zc2(N), b(N);
+    for (int64_t n = 0; n < N; ++n) {
+        a2[n] = 0.5f * scale[n] * (alpha ? alpha[n] : 1.0f);
+        zc2[n] = static_cast<float>((1 << bits) - 1) - 2.0f * zero[n];
+        b[n] = beta ? beta[n] : 0.0f;
+    }
+    a.y = y.mutable_data();
+    a.a2 = a2.data();
+    a.zc2 = zc2.data();
+    a.beta = b.data();
+    a.act = act;
+    a.slope = slope;
+#if defined(QGEN_X86)
+    if (a.M > 0) {
+        py::gil_scoped_release release;
+        gemm_i8_avx2(a);
+    }
+#endif
+    return y;
+}
+
+// The integer sums sum_b 2^b sum_g q[g][idx] [M, N] and the row scales s [M]: the test hook.
+py::tuple lut_i8_sums(const py::array& x_a, const py::array& nib_a, int64_t N, int bits,
+                      int threads) {
+    I8GemmArgs a = i8_args(x_a, nib_a, N, bits, threads);
+    py::array_t<int32_t> sums({a.M, N});
+    py::array_t<float> rs(a.M);
+    a.sums = sums.mutable_data();
+    a.row_scale = rs.mutable_data();
+#if defined(QGEN_X86)
+    if (a.M > 0) {
+        py::gil_scoped_release release;
+        gemm_i8_avx2(a);
+    }
+#endif
+    return py::make_tuple(sums, rs);
+}
+
 // thresholds[b] = s-th largest |z[b, :]| (select.h): the threshold of the hard-thresholding P_s.
 py::array_t<float> kth_largest_abs_f32(const py::array& z_a, int64_t s, int threads) {
     const float* z = checked<float>(z_a, "z", {-1, -1}, "float32");
@@ -583,6 +699,18 @@ PYBIND11_MODULE(_cpu, m) {
           py::arg("beta") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.01f,
           py::arg("isa") = "", py::arg("threads") = 0,
           "y = act(alpha * (x @ W^T) + beta), W = scale * (codes - zero); x float32 [M, K].");
+    m.def("nibbles_bytes", &nibbles_bytes, py::arg("n"), py::arg("k"), py::arg("bits"));
+    m.def("repack_nibbles", &repack_nibbles, py::arg("codes"), py::arg("bits"),
+          py::arg("threads") = 0,
+          "uint8 codes [N, K] -> the integer-table path's nibble bytes (qgen_cpu.h).");
+    m.def("gemm_planes_i8", &gemm_planes_i8, py::arg("x"), py::arg("nibbles"), py::arg("n"),
+          py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("alpha") = py::none(),
+          py::arg("beta") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.01f,
+          py::arg("threads") = 0,
+          "gemm_planes_f32 with int8 activation tables (AVX2, vpshufb; rounds: see qgen_cpu.h).");
+    m.def("lut_i8_sums", &lut_i8_sums, py::arg("x"), py::arg("nibbles"), py::arg("n"),
+          py::arg("bits"), py::arg("threads") = 0,
+          "(int32 sums [M, N], row scales [M]) of the integer-table path: its exact integers.");
     m.def("kth_largest_abs_f32", &kth_largest_abs_f32, py::arg("z"), py::arg("s"),
           py::arg("threads") = 0,
           "Per row of float32 z [B, d]: the s-th largest |z| (NaN ranks above inf) -> [B].");

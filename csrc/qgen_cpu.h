@@ -139,6 +139,43 @@ KernelSet kernels_avx2();
 KernelSet kernels_avx512();
 #endif
 
+// ---------------------------------------------------------------------------------------------
+// The integer-table path (AVX2 only: arch/avx2/lut_i8_avx2.cpp; entry point gemm_planes_i8)
+// ---------------------------------------------------------------------------------------------
+// Same signed-plane math and the same group tables T[g][i] (g = 4 consecutive k) as above, but
+// each activation row's tables are rounded to int8 with one scale per row:
+//     s = max_{g,i} |T[g][i]| / 127,   q[g][i] = rint(T[g][i] * (127 / max|T|))  in [-127, 127]
+// (fp32 products, round half to even; antisymmetric like T), stored as q + 128 (uint8). Then
+//     acc[m, n] = s_m * sum_b 2^b sum_g q_m[g][idx_b(n, g)]        (exact int32 sum, one rounding)
+// replaces sum_b 2^b S_b in the exact tiers' epilogue (the zero term uses the exact sum_k x).
+// Error per column: at most s/2 per group and plane, i.e. |err| <= (2^bits - 1) (K/4) s/2.
+// Lookups: vpshufb, 32 columns per instruction, 16 table bytes broadcast to both 128-bit lanes.
+//
+// The "nibbles" layout (repack_nibbles), for 32-column blocks and pairs of groups:
+//     uint8 [C32][Q][bits][32],   C32 = ceil(N / 32), Q = ceil(K / 8)
+//     byte l of [cb][q][b] = idx_b(col 32 cb + l, group 2q) | idx_b(col, group 2q + 1) << 4,
+//     idx_b(col, g) = sum_{e<4} bit_b(code(col, 4 g + e)) << e
+// Padding columns and k are zero bits (padded k have x = 0: T = 0, q = 0).
+// Tables: uint8 [2Q][16] per row (8 bytes per k: twice x's size).
+struct I8GemmArgs {
+    const float* x;          // [M, K]
+    int64_t M, K, N;
+    const uint8_t* nibbles;  // the nibbles layout of the [N, K] codes
+    int bits;
+    int threads;
+    int32_t* sums;           // optional [M, N]: the integer sums (tests)
+    float* row_scale;        // optional [M]: s per row (tests)
+    float* y;                // optional [M, N]: the epilogue's output, with a2, zc2, beta, act
+    const float* a2;
+    const float* zc2;
+    const float* beta;
+    int act;
+    float slope;
+};
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(QGEN_PORTABLE_ONLY)
+void gemm_i8_avx2(const I8GemmArgs& a);
+#endif
+
 }  // namespace qgen
 
 namespace qgen {

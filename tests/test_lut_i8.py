@@ -1,0 +1,104 @@
+"""The AVX2 integer-table kernels (``_cpu.gemm_planes_i8``) against their plain-PyTorch reference
+(qgen_infer/engine/lut_i8_reference.py): integer sums equal exactly, and the product stays within
+the stated rounding bound of the exact fp32 product."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+_cpu = pytest.importorskip("qgen_infer._cpu", reason="CPU extension qgen_infer._cpu not built")
+if "avx2" not in _cpu.supported_isas():
+    pytest.skip("this CPU/OS lacks AVX2", allow_module_level=True)
+
+from qgen_infer.engine.backend import MatrixWeight, gemm_reference  # noqa: E402
+from qgen_infer.engine.lut_i8_reference import (  # noqa: E402
+    gemm_i8_reference,
+    integer_sums,
+)
+
+# ones, sizes off every block (32 columns, 8-entry group pairs, 4/2/1-row tiles, 8-row panels),
+# and a reduction past one 16-bit run (256 groups = 1024 k)
+SHAPES = [(1, 1, 1), (1, 784, 500), (3, 9, 33), (5, 97, 31), (13, 70, 65), (64, 50, 40),
+          (2, 2100, 37)]
+
+
+def random_case(m: int, k: int, n: int, bits: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen)
+    codes = torch.randint(0, 1 << bits, (n, k), generator=gen, dtype=torch.uint8)
+    scale = torch.rand(n, generator=gen) + 0.05
+    zero = torch.rand(n, generator=gen) * ((1 << bits) - 1)
+    return x, codes, scale, zero
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_integer_sums_equal_reference(bits: int, shape, threads: int) -> None:
+    x, codes, _, _ = random_case(*shape, bits, seed=bits * 100 + shape[1])
+    nib = _cpu.repack_nibbles(codes.numpy(), bits)
+    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], bits, threads=threads)
+    ref_sums, ref_s = integer_sums(x, codes, bits)
+    assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
+    assert torch.equal(torch.from_numpy(rs), ref_s)
+
+
+def test_zero_rows_and_extreme_codes() -> None:
+    x = torch.zeros(3, 40)
+    x[1, 5] = -3.0
+    codes = torch.full((9, 40), 15, dtype=torch.uint8)
+    codes[::2] = 0
+    nib = _cpu.repack_nibbles(codes.numpy(), 4)
+    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, 9, 4)
+    ref_sums, ref_s = integer_sums(x, codes, 4)
+    assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
+    assert rs[0] == 0 and (sums[0] == 0).all()
+    assert torch.equal(torch.from_numpy(rs), ref_s)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_product_within_rounding_bound(bits: int) -> None:
+    """|y - exact| <= (2^bits - 1) (K / 4) s / 2 * scale / 2 per element (qgen_cpu.h); the
+    observed max relative error (max |y - exact| / max |exact|) is stated: < 2e-2 here."""
+    m, k, n = 16, 784, 500
+    x, codes, scale, zero = random_case(m, k, n, bits, seed=7 + bits)
+    nib = _cpu.repack_nibbles(codes.numpy(), bits)
+    y = torch.from_numpy(_cpu.gemm_planes_i8(x.numpy(), nib, n, bits, scale.numpy(),
+                                             zero.numpy()))
+    exact = gemm_reference(x, MatrixWeight(codes=codes, scale=scale, zero=zero, bits=bits))
+    _, s = integer_sums(x[:1], codes[:1], bits)
+    _, s = integer_sums(x, codes[:1], bits)
+    bound = ((1 << bits) - 1) * (k / 4) * s[:, None] / 2 * (0.5 * scale)[None, :] * 1.001 + 1e-4
+    assert ((y - exact).abs() <= bound).all()
+    assert (y - exact).abs().max() / exact.abs().max() < 2e-2
+    ref = gemm_i8_reference(x, codes, bits, scale, zero)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+
+
+def test_epilogue_matches_exact_path_form() -> None:
+    """alpha, beta and the activation apply to the integer product as in gemm_planes_f32."""
+    x, codes, scale, zero = random_case(4, 200, 70, 1, seed=3)
+    nib = _cpu.repack_nibbles(codes.numpy(), 1)
+    alpha = torch.rand(70) + 0.5
+    beta = torch.randn(70)
+    plain = _cpu.gemm_planes_i8(x.numpy(), nib, 70, 1, scale.numpy(), zero.numpy())
+    fused = _cpu.gemm_planes_i8(x.numpy(), nib, 70, 1, scale.numpy(), zero.numpy(),
+                                alpha.numpy(), beta.numpy(), act=1)
+    expect = torch.relu(torch.from_numpy(plain) * alpha + beta)
+    torch.testing.assert_close(torch.from_numpy(fused), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_rejects_bad_inputs() -> None:
+    codes = torch.zeros(5, 16, dtype=torch.uint8)
+    nib = _cpu.repack_nibbles(codes.numpy(), 2)
+    x = torch.zeros(2, 16).numpy()
+    one = torch.ones(5).numpy()
+    with pytest.raises(ValueError, match="codes must lie"):
+        _cpu.repack_nibbles((codes + 4).numpy(), 2)
+    with pytest.raises(ValueError, match="nibbles"):
+        _cpu.gemm_planes_i8(x, nib[:-1], 5, 2, one, one)
+    with pytest.raises(TypeError, match="x must be float32"):
+        _cpu.gemm_planes_i8(x.astype("float64"), nib, 5, 2, one, one)
+    with pytest.raises(ValueError, match="bits"):
+        _cpu.lut_i8_sums(x, nib, 5, 5)
