@@ -36,6 +36,15 @@ from qgen_infer.engine.cpu_dispatch import (
 from qgen_infer.errors import QgenError
 
 cpu_backend = pytest.importorskip("qgen_infer.engine.cpu_backend")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_kernels():
+    """The packed path here is the exact kernels' (held to 2e-5 of the reference); the AVX2
+    int8-table path's dispatch is tested in tests/test_lut_i8.py."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QGEN_CPU_INT_TABLES", "off")
+        yield
 if not cpu_backend.is_available():
     pytest.skip("CPU extension qgen_infer._cpu not built", allow_module_level=True)
 

@@ -91,6 +91,15 @@ def norm_rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     return (y - ref).abs().max().item() / scale if scale > 0 else (y - ref).abs().max().item()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def exact_kernels():
+    """These tests hold the exact fp32-table kernels: the AVX2 tier's int8-table path
+    (QGEN_CPU_INT_TABLES, tests/test_lut_i8.py) stays off here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QGEN_CPU_INT_TABLES", "off")
+        yield
+
+
 @pytest.fixture(scope="module")
 def backends() -> dict[str, object]:
     return {i: create_backend(i) for i in ALL_ISAS if i in SUPPORTED}

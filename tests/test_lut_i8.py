@@ -102,3 +102,84 @@ def test_rejects_bad_inputs() -> None:
         _cpu.gemm_planes_i8(x.astype("float64"), nib, 5, 2, one, one)
     with pytest.raises(ValueError, match="bits"):
         _cpu.lut_i8_sums(x, nib, 5, 5)
+
+
+@pytest.mark.slow
+def test_engine_psnr_within_0_01_db_where_auto_uses_int_tables(monkeypatch) -> None:
+    """At every width ``QGEN_CPU_INT_TABLES=auto`` puts on the int8 tables, the engine's mean
+    PSNR on the 1,000 MNIST eval images stays within 0.01 dB of the reference backend."""
+    import sys
+    from pathlib import Path
+
+    from qgen_infer.engine.cpu_backend import INT_TABLE_AUTO_BITS
+
+    repo = Path(__file__).resolve().parents[1]
+    data = repo.parent / "shared" / "data" / "mnist"
+    if not (data / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found under {data}")
+    sys.path.insert(0, str(repo / "bench"))
+    from psnr_int_tables import TOLERANCE_DB, mean_psnrs
+
+    monkeypatch.setenv("QGEN_CPU_ISA", "avx2")
+    monkeypatch.setenv("QGEN_CPU_INT_TABLES", "on")
+    for bits in INT_TABLE_AUTO_BITS:
+        s = mean_psnrs(str(repo / "models" / f"mnist-m25-{bits}bit.qgen"), data)
+        assert abs(s["cpu"] - s["reference"]) <= TOLERANCE_DB, (bits, s)
+
+
+def test_backend_chooses_int_tables_by_width_and_tier(monkeypatch) -> None:
+    """auto: 1-bit weights on the AVX2 tier only; on: every width; off: none."""
+    from qgen_infer.engine.cpu_backend import CpuBackend
+
+    monkeypatch.delenv("QGEN_CPU_INT_TABLES", raising=False)
+    assert CpuBackend(isa="avx2").int_table_bits == (1,)
+    assert CpuBackend(isa="portable").int_table_bits == ()
+    assert CpuBackend(isa="portable", int_tables="on").int_table_bits == (1, 2, 3, 4)
+    monkeypatch.setenv("QGEN_CPU_INT_TABLES", "off")
+    assert CpuBackend(isa="avx2").int_table_bits == ()
+    monkeypatch.setenv("QGEN_CPU_INT_TABLES", "sometimes")
+    with pytest.raises(ValueError, match="QGEN_CPU_INT_TABLES"):
+        CpuBackend(isa="avx2")
+
+
+@pytest.mark.parametrize("dispatch", ["packed", "measured"])
+@pytest.mark.parametrize("bits", [1, 3])
+def test_backend_products_on_int_tables(dispatch: str, bits: int) -> None:
+    """gemm, gemm_t and the gradient through the epilogue on the int8 tables stay within the
+    tables' rounding of the reference: max error < 1e-2 of max (|rows| @ |W|) (the products'
+    scale without cancellation, which the per-row table scale follows), also when the
+    dispatcher measures them against the dense path; the forward equals the kernel's reference."""
+    from qgen_infer.engine.backend import Epilogue, gemm_t_reference
+    from qgen_infer.engine.cpu_backend import CpuBackend
+    from qgen_infer.engine.cpu_dispatch import CostTable
+
+    m, k, n = 9, 130, 70
+    x, codes, scale, zero = random_case(m, k, n, bits, seed=bits)
+    w = MatrixWeight(codes=codes, scale=scale, zero=zero, bits=bits)
+    wabs = w.dequantize().abs()
+    be = CpuBackend(isa="avx2", threads=1, dispatch=dispatch, cost_table=CostTable(None),
+                    int_tables="on")
+    p = be.prepare(w)
+    assert p.nibbles is not None and "planes_i8" in be.kernel_name(bits)
+    g = torch.randn(m, n, generator=torch.Generator().manual_seed(1))
+
+    def err(a: torch.Tensor, b: torch.Tensor, size: torch.Tensor) -> float:
+        return float((a - b).abs().max() / size.max())
+
+    y = be.gemm(x, p)
+    assert err(y, gemm_reference(x, w), x.abs() @ wabs.t()) < 1e-2
+    if dispatch == "packed":
+        torch.testing.assert_close(y, gemm_i8_reference(x, codes, bits, scale, zero),
+                                   rtol=1e-5, atol=1e-4)
+    assert err(be.gemm_t(g, p), gemm_t_reference(g, w), g.abs() @ wabs) < 1e-2
+    ep = Epilogue(torch.rand(n) + 0.5, torch.randn(n), "tanh", 0.01)
+    xr = x.clone().requires_grad_(True)
+    y_ref = gemm_reference(xr, w, ep)
+    y_ref.backward(g)
+    y = be.gemm(x, p, ep)
+    assert err(y, y_ref.detach(), ep.alpha * (x.abs() @ wabs.t())) < 1e-2  # tanh: 1-Lipschitz
+    h = g * ep.alpha * (1 - y_ref.detach() ** 2)
+    assert err(be.gemm_t_through_epilogue(g, y_ref.detach(), p, ep), xr.grad, h.abs() @ wabs) \
+        < 1e-2
+    if dispatch == "measured":
+        assert all("int8-tables" in c["context"] for c in be.dispatch_report()["choices"])

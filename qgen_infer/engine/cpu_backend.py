@@ -23,6 +23,14 @@ Dispatch: ``dispatch="packed"`` (``--backend cpu``) always runs the kernels; ``"
 (``--backend auto``) runs each layer's product, per batch bucket, on whichever of the kernels and
 a dense fp32 ``torch`` matmul on weights dequantized once (lazily, the first time a layer needs
 them) measured faster here (:mod:`qgen_infer.engine.cpu_dispatch`); ``"dense"`` always the latter.
+
+Integer tables: on the AVX2 tier the packed path is the int8-table kernel (``gemm_planes_i8``:
+vpshufb lookups; csrc/qgen_cpu.h, "The integer-table path"), which rounds each activation row's
+group sums to 8 bits (max relative error ~1e-2 of the product). ``QGEN_CPU_INT_TABLES=
+auto|on|off``: ``auto`` (default) uses it for 1-bit weights on the AVX2 tier only, the one width
+where the engine's mean PSNR on the 1,000 MNIST eval images stayed within 0.01 dB of
+``reference`` (2-4 bits moved it by 0.012-0.024 dB: bench/psnr_int_tables.py); ``on``: every
+width on any tier with AVX2; ``off``: the exact kernels.
 """
 
 from __future__ import annotations
@@ -91,6 +99,24 @@ def choose_thread_pool(ext: ModuleType) -> str:
     return _POOL_CHOICE
 
 
+INT_TABLE_MODES = ("auto", "on", "off")
+
+
+INT_TABLE_AUTO_BITS = (1,)  # widths whose PSNR held within 0.01 dB (bench/psnr_int_tables.py)
+
+
+def int_table_bits(ext: ModuleType, isa: str, requested: str | None = None) -> tuple[int, ...]:
+    """The weight widths whose packed path runs the int8-table kernels (module docstring)."""
+    mode = requested or os.environ.get("QGEN_CPU_INT_TABLES") or "auto"
+    if mode not in INT_TABLE_MODES:
+        raise ValueError(f"QGEN_CPU_INT_TABLES must be auto, on or off, got {mode!r}")
+    if "avx2" not in ext.supported_isas() or not hasattr(ext, "gemm_planes_i8"):
+        return ()
+    if mode == "on":
+        return (1, 2, 3, 4)
+    return INT_TABLE_AUTO_BITS if mode == "auto" and isa == "avx2" else ()
+
+
 def is_available() -> bool:
     """Whether the compiled extension ``qgen_infer._cpu`` can be imported."""
     return _load() is not None
@@ -123,6 +149,9 @@ class CpuPrepared:
     _dense: torch.Tensor | None = field(default=None, repr=False)
     # (op, batch bucket, threads) -> "packed" | "dense": the dispatcher's choice for this layer
     routes: dict[tuple[str, int, int], str] = field(default_factory=dict, repr=False)
+    # the integer-table path's nibble bytes (forward, transposed), when the backend uses it
+    nibbles: np.ndarray | None = field(default=None, repr=False)
+    nibbles_t: np.ndarray | None = field(default=None, repr=False)
 
     def dense(self) -> torch.Tensor:
         """The fp32 weight ``scale[n] * (c[n, k] - zero[n])``, dequantized once on first use."""
@@ -210,7 +239,7 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self, isa: str | None = None, threads: int = 0, dispatch: str = "packed",
-                 cost_table: CostTable | None = None) -> None:
+                 cost_table: CostTable | None = None, int_tables: str | None = None) -> None:
         ext = _load()
         if ext is None:
             raise RuntimeError("the CPU kernels (qgen_infer._cpu) are not built; reinstall with "
@@ -219,13 +248,14 @@ class CpuBackend:
         self.isa: str = ext.resolve_isa(isa or "")  # raises ValueError if unsupported
         self.threads = threads
         self.thread_pool = choose_thread_pool(ext)
+        self.int_table_bits = int_table_bits(ext, self.isa, int_tables)
         self.dispatch = dispatch_mode(dispatch)
         self.dispatcher = Dispatcher(cost_table if cost_table is not None
                                      else CostTable(default_cache_path()))
 
     def __repr__(self) -> str:
         return (f"CpuBackend(isa={self.isa!r}, threads={self.threads or 'torch'}, "
-                f"dispatch={self.dispatch!r})")
+                f"dispatch={self.dispatch!r}, int_table_bits={self.int_table_bits})")
 
     def _threads(self) -> int:
         """The kernels' thread count: the fixed one, else torch's at call time, so that
@@ -233,6 +263,8 @@ class CpuBackend:
         return self.threads if self.threads > 0 else torch.get_num_threads()
 
     def kernel_name(self, bits: int, transposed: bool = False) -> str:
+        if bits in self.int_table_bits:
+            return f"{'gemm_t' if transposed else 'gemm'}_w{bits}_planes_i8[avx2]"
         return str(self._ext.kernel_name(bits, transposed, self.isa))
 
     def prepare(self, weight: MatrixWeight) -> CpuPrepared:
@@ -243,7 +275,12 @@ class CpuBackend:
         words = self._ext.repack_planes(codes, weight.bits, False, self._threads())
         words_t = self._ext.repack_planes(codes, weight.bits, True, self._threads())
         source = weight if self.dispatch != "packed" else None
-        return CpuPrepared(words, words_t, scale, zero, weight.bits, weight.shape, source)
+        prepared = CpuPrepared(words, words_t, scale, zero, weight.bits, weight.shape, source)
+        if weight.bits in self.int_table_bits:
+            prepared.nibbles = self._ext.repack_nibbles(codes, weight.bits, self._threads())
+            prepared.nibbles_t = self._ext.repack_nibbles(np.ascontiguousarray(codes.T),
+                                                          weight.bits, self._threads())
+        return prepared
 
     def _route(self, op: str, rows: torch.Tensor, prepared: CpuPrepared,
                run_packed: Callable[[], torch.Tensor], run_dense: Callable[[], torch.Tensor]
@@ -262,7 +299,8 @@ class CpuBackend:
         n, k = prepared.shape
         key = ProductKey(op, prepared.bits, n, k, bucket,
                          op == "gemm" and rows.numel() > 0 and is_sparse_input(rows))
-        context = machine_context(self.isa, threads)
+        tier = self.isa + ("+int8-tables" if prepared.nibbles is not None else "")
+        context = machine_context(tier, threads)
         if self.dispatcher.known(context, key) is None:
             prepared.dense()  # dequantize before, not inside, the timed calls
         single = threads == 1 and torch.get_num_threads() == 1  # both paths on this thread
@@ -284,6 +322,11 @@ class CpuBackend:
         ep = epilogue if epilogue is not None else Epilogue()
 
         def packed() -> torch.Tensor:
+            if prepared.nibbles is not None:
+                return torch.from_numpy(self._ext.gemm_planes_i8(
+                    xa, prepared.nibbles, n, prepared.bits, prepared.scale, prepared.zero,
+                    _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
+                    _ACT_CODES[ep.activation], float(ep.negative_slope), self._threads()))
             return torch.from_numpy(self._ext.gemm_planes_f32(
                 xa, prepared.words, n, prepared.bits, prepared.scale, prepared.zero,
                 _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
@@ -299,6 +342,8 @@ class CpuBackend:
         ga = _check_matrix(g, "g", n, "N")
 
         def packed() -> torch.Tensor:
+            if prepared.nibbles_t is not None:
+                return self._gemm_t_int_tables(g.detach(), prepared)
             return torch.from_numpy(self._ext.gemm_t_planes_f32(
                 ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero,
                 self.isa, self._threads()))
@@ -319,6 +364,9 @@ class CpuBackend:
             raise ValueError(f"y must have the shape of grad_y {tuple(ga.shape)}, got "
                              f"{tuple(ya.shape)}")
         def packed() -> torch.Tensor:
+            if prepared.nibbles_t is not None:
+                h = dense_grad_through_epilogue(grad_y.detach(), y.detach(), epilogue)
+                return self._gemm_t_int_tables(h, prepared)
             return torch.from_numpy(self._ext.gemm_t_planes_f32(
                 ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero, self.isa,
                 self._threads(), ya, _as_f32_vector(epilogue.alpha, n, "alpha"),
@@ -329,6 +377,19 @@ class CpuBackend:
                 @ prepared.dense()
 
         return self._route("gemm_t_epi", grad_y, prepared, packed, dense)
+
+
+    def _gemm_t_int_tables(self, h: torch.Tensor, prepared: CpuPrepared) -> torch.Tensor:
+        """``h @ W`` by the int8-table kernel over the transposed codes: with ``u = h * scale``,
+        ``sum_n u[m, n] (c[n, k] - zero[n]) = (u @ c)[m, k] - u[m] . zero`` (the kernel with unit
+        scale and zero 0 gives ``u @ c``; the row term is one matrix-vector product)."""
+        n, k = prepared.shape
+        scale = torch.from_numpy(prepared.scale)
+        u = (h * scale).contiguous()
+        uc = torch.from_numpy(self._ext.gemm_planes_i8(
+            u.numpy(), prepared.nibbles_t, k, prepared.bits, np.ones(k, np.float32),
+            np.zeros(k, np.float32), None, None, 0, 0.0, self._threads()))
+        return uc.sub_((u @ torch.from_numpy(prepared.zero))[:, None])
 
 
 def create_backend(isa: str | None = None, threads: int = 0, dispatch: str = "packed"
