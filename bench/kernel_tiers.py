@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     from qgen_infer.engine.cpu_dispatch import cpu_model_name
 
     torch.set_num_threads(1)
-    be = create_backend(threads=1)
+    be = create_backend(threads=1, int_tables="off")  # the exact kernels (gemm_*_planes_f32)
     lines = []
     for m, k, n in CASES:
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + k))

@@ -392,14 +392,15 @@ class CpuBackend:
         return uc.sub_((u @ torch.from_numpy(prepared.zero))[:, None])
 
 
-def create_backend(isa: str | None = None, threads: int = 0, dispatch: str = "packed"
-                   ) -> CpuBackend:
+def create_backend(isa: str | None = None, threads: int = 0, dispatch: str = "packed",
+                   int_tables: str | None = None) -> CpuBackend:
     """The CPU backend; ``isa`` (``"portable"``, ``"avx2"``, ``"avx512"``) overrides the run-time
     choice and ``QGEN_CPU_ISA``; ``threads = 0`` follows ``torch.get_num_threads()`` at each call
     (so ``torch.set_num_threads`` sets the kernels' threads too); ``dispatch``: ``"packed"``
     (always the kernels), ``"measured"`` (per product, the faster of the kernels and a dense
-    fp32 matmul) or ``"dense"``."""
-    return CpuBackend(isa, threads, dispatch)
+    fp32 matmul) or ``"dense"``; ``int_tables``: ``"auto"``, ``"on"`` or ``"off"`` (default:
+    ``QGEN_CPU_INT_TABLES``, else ``"auto"``; see the module docstring)."""
+    return CpuBackend(isa, threads, dispatch, int_tables=int_tables)
 
 
 __all__ = ["CpuBackend", "CpuPrepared", "create_backend", "is_available", "supported_isas"]
