@@ -183,3 +183,17 @@ def test_backend_products_on_int_tables(dispatch: str, bits: int) -> None:
         < 1e-2
     if dispatch == "measured":
         assert all("int8-tables" in c["context"] for c in be.dispatch_report()["choices"])
+
+
+@pytest.mark.parametrize("shape", [(8, 2100, 600), (40, 1000, 300)],
+                         ids=["by-columns", "by-rows"])
+def test_two_threads_give_the_same_integers(shape) -> None:
+    """Products large enough for the driver's 2-thread split (> 3.2e7 bit-products), in both of
+    its splits (column blocks for M < 32, row panels otherwise), equal the reference exactly.
+    (Items go to whichever thread is free: on a busy machine the caller may run them all.)"""
+    x, codes, _, _ = random_case(*shape, 4, seed=5)
+    nib = _cpu.repack_nibbles(codes.numpy(), 4)
+    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], 4, threads=2)
+    ref_sums, ref_s = integer_sums(x, codes, 4)
+    assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
+    assert torch.equal(torch.from_numpy(rs), ref_s)
