@@ -61,11 +61,13 @@ def unavailable_reason(entry: KernelEntry) -> str | None:
 
 
 def create(entry: KernelEntry) -> Any:
-    """A backend that runs ``entry``'s kernels (the CPU one always on its packed path)."""
+    """A backend that runs ``entry``'s kernels (the CPU one always on its packed path, with its
+    exact fp32 tables: the AVX2 int8-table path rounds and has its own reference and tests,
+    ``lut_i8_reference.py`` and ``tests/test_lut_i8.py``)."""
     if entry.backend == "cpu":
         from qgen_infer.engine.cpu_backend import CpuBackend
 
-        return CpuBackend(isa=entry.variant, dispatch="packed")
+        return CpuBackend(isa=entry.variant, dispatch="packed", int_tables="off")
     from qgen_infer.engine.triton_backend import create_backend
 
     return create_backend()
