@@ -1,4 +1,4 @@
-"""Smoke tests of the paper-reproduction scripts (bench/reproduce_mnist.py, reproduce_colour.py):
+"""Smoke tests of the paper-reproduction scripts (paper/reproduce_mnist.py, reproduce_colour.py):
 their planning, resume decisions, tables, comparison text, plots and model shipping, on small fake
 results. Nothing is trained here."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
+PAPER = Path(__file__).resolve().parents[1] / "paper"
+sys.path.insert(0, str(PAPER))
 
 from paper_repro import commands, plan, tables  # noqa: E402
 from paper_repro.colour_data import colour_sets, find_roots, stl10_folder  # noqa: E402
@@ -29,7 +29,7 @@ from paper_repro.status import RunState, eval_curve, trained_epochs  # noqa: E40
 
 
 def _script(name: str):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, PAPER / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -59,7 +59,7 @@ def test_mnist_plan_order_and_names() -> None:
     specs = plan.mnist_plan(data_root="/data", epochs=60)
     names = [s.name for s in specs]
     assert len(names) == len(set(names)) == 2 * (5 * 6 + 1)
-    # the lead's bench/train_mnist_m25.sh folders come first, under the same names
+    # the lead's paper/train_mnist_m25.sh folders come first, under the same names
     assert set(names[:6]) == {"mnist-m25-sdlss-1", "mnist-m25-sdlss-2", "mnist-m25-sdlss-3",
                               "mnist-m25-sdlss-4", "mnist-m25-sdlss-32", "mnist-m25-dcs-32"}
     # then the s sweep at 1 and 32 bits for m=25, then m=100
@@ -328,7 +328,7 @@ def test_describe_plan_lists_commands(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # 35 s on 2 busy cores, a third of the default run
 def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
-    """bench/gpu_colour.sh end to end with its CPU knobs (the tiny embedded 'digits' set, one
+    """paper/gpu_colour.sh end to end with its CPU knobs (the tiny embedded 'digits' set, one
     1-bit model, one epoch): the wrappers, the queue, the scoring pass and the archive work on a
     machine without a GPU, so a GPU session only meets GPU problems."""
     import os
@@ -341,7 +341,7 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
            "QGEN_COLOUR_BACKEND": "reference", "QGEN_COLOUR_LR": "5e-4",
            "QGEN_COLOUR_SREC_DATA_PAIRS": "1", "PYTHON": sys.executable}
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(BENCH / "gpu_colour.sh"), str(out)], env=env,
+    proc = subprocess.run(["bash", str(PAPER / "gpu_colour.sh"), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (out / "queue.log").read_text()

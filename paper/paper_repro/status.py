@@ -79,7 +79,7 @@ def training_processes(proc: Path = Path("/proc")) -> dict[Path, int]:
     return found
 
 
-# bench/train_mnist_m25.sh (the lead's queue) trains these folders one after another: while it is
+# paper/train_mnist_m25.sh (the lead's queue) trains these folders one after another: while it is
 # alive, the ones it has not reached yet must not be started here too (two writers, one folder).
 M25_QUEUE_SCRIPT = "train_mnist_m25.sh"
 M25_QUEUE_RUNS = ("mnist-m25-sdlss-32", "mnist-m25-dcs-32", "mnist-m100-sdlss-32",
@@ -89,7 +89,7 @@ M25_QUEUE_RUNS = ("mnist-m25-sdlss-32", "mnist-m25-dcs-32", "mnist-m100-sdlss-32
 
 
 def queue_reservations(proc: Path = Path("/proc")) -> dict[Path, int]:
-    """``{run folder: pid}`` for every run of a live bench/train_mnist_m25.sh (its first argument
+    """``{run folder: pid}`` for every run of a live paper/train_mnist_m25.sh (its first argument
     is the runs folder, default "runs", relative to its working directory)."""
     found: dict[Path, int] = {}
     for pid, args, cwd in _processes(proc):

@@ -8,10 +8,10 @@ CIFAR10, SVHN and STL10 are used when their files are given (--data-root DIR wit
 svhn/, stl10/ inside, or --cifar10/--svhn/--stl10 PATH); otherwise the embedded colour set
 'patches' stands in and the table says so. The queue resumes like reproduce_mnist.py does.
 
-    python bench/reproduce_colour.py --dry-run
-    python bench/reproduce_colour.py --data-root /data --lanes 2
-    python bench/reproduce_colour.py --device cuda --lanes 3      # on a GPU (bench/gpu_colour.sh)
-    python bench/reproduce_colour.py --report-only
+    python paper/reproduce_colour.py --dry-run
+    python paper/reproduce_colour.py --data-root /data --lanes 2
+    python paper/reproduce_colour.py --device cuda --lanes 3      # on a GPU (paper/gpu_colour.sh)
+    python paper/reproduce_colour.py --report-only
 
 Writes bench/results/colour-table1.md.
 """

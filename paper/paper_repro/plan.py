@@ -1,7 +1,7 @@
 """The runs of a reproduction: names, settings and the order in which the queue trains them.
 
 A run is one trained model (one data set, method, bit width, m and s). Its folder name is its
-identity: the MNIST m=25, s=100 names are the ones ``bench/train_mnist_m25.sh`` uses
+identity: the MNIST m=25, s=100 names are the ones ``paper/train_mnist_m25.sh`` uses
 (``mnist-m25-sdlss-{bits}``, ``mnist-m25-dcs-32``), so runs that queue finished are picked up as
 done instead of being trained again.
 """
@@ -55,7 +55,7 @@ def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
     ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``), ``-dp`` /
     ``-nodp`` for data-data pairs in the S-REC loss forced on / off (None: qgen-train's default
     for the network), ``-{precision}`` for a training precision other than fp32 (``-bf16``).
-    Keeps the names of bench/train_mnist_m25.sh for m=25, s=100, r=0."""
+    Keeps the names of paper/train_mnist_m25.sh for m=25, s=100, r=0."""
     if method == DCS or s is None or s == DEFAULT_SPARSITY:
         name = f"{prefix}-m{m}-{method}-{bits}"
     else:

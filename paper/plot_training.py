@@ -1,6 +1,6 @@
 """Plot eval PSNR against Adam steps from qgen-train run folders (their log.jsonl files).
 
-    python bench/plot_training.py runs/mnist-m25-* --out bench/results/mnist-training.png
+    python paper/plot_training.py runs/mnist-m25-* --out bench/results/mnist-training.png
 """
 
 from __future__ import annotations

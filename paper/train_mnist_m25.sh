@@ -14,7 +14,7 @@
 #   lanes D, E (1-bit experiments, run last): per-channel scales from scratch (60 epochs), and the
 #           paper's per-tensor 1-bit trained twice as long (120 epochs)
 #
-#   usage: bench/train_mnist_m25.sh [RUNS_DIR] [EPOCHS] [FINETUNE_EPOCHS] [MNIST_DIR]
+#   usage: paper/train_mnist_m25.sh [RUNS_DIR] [EPOCHS] [FINETUNE_EPOCHS] [MNIST_DIR]
 set -u
 runs=${1:-runs}
 epochs=${2:-60}

@@ -1,4 +1,4 @@
-"""Helpers behind ``bench/reproduce_mnist.py`` and ``bench/reproduce_colour.py``.
+"""Helpers behind ``paper/reproduce_mnist.py`` and ``paper/reproduce_colour.py``.
 
 One idea per module:
 

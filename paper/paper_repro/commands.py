@@ -1,7 +1,7 @@
 """The qgen-* command lines of each step of a run, and where each step writes.
 
 Pure functions of the run spec, so ``--dry-run`` prints exactly what a real run executes. Training
-writes only the run folder ``RUNS/NAME`` (as ``bench/train_mnist_m25.sh`` does); everything the
+writes only the run folder ``RUNS/NAME`` (as ``paper/train_mnist_m25.sh`` does); everything the
 evaluation makes goes to ``RUNS/eval/NAME`` so a run folder that another queue is filling is only
 ever read.
 """

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The colour Table 1 (DCGAN generator) on a GPU: train 1/2/3/4/32-bit SDLSS and 32-bit DCS with
-# bench/reproduce_colour.py --device cuda, score the quantized models through the packed engine
+# paper/reproduce_colour.py --device cuda, score the quantized models through the packed engine
 # (qgen-reconstruct, Triton backend on the GPU), write the table -- all results into OUTDIR.
 #
-#   bench/gpu_colour.sh OUTDIR       (run from anywhere; works on the repo root)
+#   paper/gpu_colour.sh OUTDIR       (run from anywhere; works on the repo root)
 #
 # Data: CIFAR10 / SVHN / STL10 when QGEN_COLOUR_DATA_ROOT names a folder holding them, else the
 # embedded 'patches' set (needs scikit-image's bundled photos); the table says which.
@@ -74,15 +74,15 @@ COMMON=(--runs "$RUNS" --results "$OUTDIR" --epochs "$EPOCHS" --bits $BITS --bac
 
 # Train and score; at the deadline the queue gets Ctrl-C (children keep their last epoch).
 timeout --signal=INT --kill-after=30 "$SECONDS_BUDGET" \
-  $PY bench/reproduce_colour.py "${COMMON[@]}" --lanes "$LANES" --device "$DEVICE" \
+  $PY paper/reproduce_colour.py "${COMMON[@]}" --lanes "$LANES" --device "$DEVICE" \
   >> "$OUTDIR/queue.log" 2>&1
 echo "queue rc=$?" >> "$OUTDIR/queue.log"
 # Score what the deadline left unfinished (marked short of the target in the table).
 timeout --signal=INT --kill-after=30 150 \
-  $PY bench/reproduce_colour.py "${COMMON[@]}" --lanes "$LANES" --score-only \
+  $PY paper/reproduce_colour.py "${COMMON[@]}" --lanes "$LANES" --score-only \
   >> "$OUTDIR/queue.log" 2>&1
 echo "scoring rc=$?" >> "$OUTDIR/queue.log"
-$PY bench/reproduce_colour.py "${COMMON[@]}" --report-only >> "$OUTDIR/queue.log" 2>&1
+$PY paper/reproduce_colour.py "${COMMON[@]}" --report-only >> "$OUTDIR/queue.log" 2>&1
 echo "report rc=$?" >> "$OUTDIR/queue.log"
 tar czf "$OUTDIR/colour-runs.tar.gz" -C "$RUNS" --exclude='model.pt' --exclude='*.npy' . \
   2>> "$OUTDIR/queue.log"

@@ -1,4 +1,4 @@
-"""Score the MNIST models of bench/train_mnist_m25.sh (m = 25 and 100) into bench/results/mnist.md.
+"""Score the MNIST models of paper/train_mnist_m25.sh (m = 25 and 100) into bench/results/mnist.md.
 
 For every finished run: PSNR/SSIM on the 1,000 eval images (the last 1,000 of the MNIST test
 split) with the checkpoint's fake-quantized generator as trained (T = 3 steps, 1 restart), the same
@@ -7,7 +7,7 @@ with a longer inference (T = 6, 4 restarts), and — for 1-4-bit models — thro
 points: the mean training image and the best linear code with 25 / 100 numbers (PCA fitted on the
 9,000 training images).
 
-    python bench/mnist_m25_report.py --runs runs --data-root ../shared/data/mnist
+    python paper/mnist_m25_report.py --runs runs --data-root ../shared/data/mnist
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ def write_markdown(args: argparse.Namespace, rows: dict, base: dict, backend: st
         "Commands:",
         "",
         "```bash",
-        "bench/train_mnist_m25.sh runs 60 20 ../shared/data/mnist   # the models (two lanes)",
-        f"python bench/mnist_m25_report.py --runs {args.runs} --data-root {args.data_root}",
+        "paper/train_mnist_m25.sh runs 60 20 ../shared/data/mnist   # the models (two lanes)",
+        f"python paper/mnist_m25_report.py --runs {args.runs} --data-root {args.data_root}",
         "```",
         "",
         "PSNR (dB, peak 1, per image then averaged) and SSIM (scikit-image's definition) on the "

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Start, or resume, the CIFAR-10 Table-1 runs in the background: bench/reproduce_colour.py's queue
+# Start, or resume, the CIFAR-10 Table-1 runs in the background: paper/reproduce_colour.py's queue
 # (train, then export -> qgen-measure -> qgen-reconstruct through the packed engine, 32-bit
 # models by qgen-eval) under `nice -n 15`, so the runs take only CPU time nobody else wants, one
 # torch thread per run. Run folders (model.pt after every epoch, log.jsonl, config.json) live
 # outside the repository; a run with a checkpoint resumes from it (qgen-train --resume), and a
 # run another process is training is left alone, so calling this again is always safe.
 #
-#   bench/cifar_runs.sh                  # 32-bit and 1-bit SDLSS (the first two of the grid)
-#   bench/cifar_runs.sh all              # the whole row: 1/2/3/4/32-bit SDLSS, 32-bit DCS
-#   bench/cifar_runs.sh 'cifar10-m100-sdlss-4*' ...    # runs whose names match the patterns
+#   paper/cifar_runs.sh                  # 32-bit and 1-bit SDLSS (the first two of the grid)
+#   paper/cifar_runs.sh all              # the whole row: 1/2/3/4/32-bit SDLSS, 32-bit DCS
+#   paper/cifar_runs.sh 'cifar10-m100-sdlss-4*' ...    # runs whose names match the patterns
 #
 # Knobs (environment):
 #   CIFAR_RUNS=/work/cifar-runs          run folders, queue logs (queue-*.log), the report
@@ -44,7 +44,7 @@ LOG="$RUNS/queue-$(date -u +%Y%m%dT%H%M%SZ).log"
 # while the working tree changes under it)
 export PATH="$(dirname "$PY"):$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
   OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-nohup nice -n "$NICENESS" "$PY" "$ROOT/bench/reproduce_colour.py" --cifar10 "$DATA" \
+nohup nice -n "$NICENESS" "$PY" "$ROOT/paper/reproduce_colour.py" --cifar10 "$DATA" \
   --runs "$RUNS" --results "$RUNS/results" --epochs "$EPOCHS" --precision "$PRECISION" \
   --lanes "$LANES" --threads 1 "${ONLY[@]}" > "$LOG" 2>&1 < /dev/null &
 echo "cifar_runs.sh: queue PID $! (nice $NICENESS, $LANES lanes, 1 thread each), log $LOG"

@@ -7,13 +7,13 @@ The grid (SDLSS at 1/2/3/4/32 bits and 32-bit DCS, m in {25, 100}, s sweep) is t
 so it is a resumable queue: finished runs are skipped (log.jsonl shows the target epochs),
 unfinished ones continue from their per-epoch checkpoint (qgen-train --resume), a folder that
 another qgen-train process is writing is left alone. The first runs are exactly those of
-bench/train_mnist_m25.sh (runs/mnist-m25-sdlss-{bits}, runs/mnist-m25-dcs-32).
+paper/train_mnist_m25.sh (runs/mnist-m25-sdlss-{bits}, runs/mnist-m25-dcs-32).
 
-    python bench/reproduce_mnist.py --dry-run                 # the queue, states, commands
-    python bench/reproduce_mnist.py --lanes 2                 # run it (Ctrl-C, re-run resumes)
-    python bench/reproduce_mnist.py --only 'mnist-m25-*'      # a part of it
-    python bench/reproduce_mnist.py --report-only             # tables and plots from what exists
-    python bench/reproduce_mnist.py --report-only --ship-models   # also copy .qgen to models/
+    python paper/reproduce_mnist.py --dry-run                 # the queue, states, commands
+    python paper/reproduce_mnist.py --lanes 2                 # run it (Ctrl-C, re-run resumes)
+    python paper/reproduce_mnist.py --only 'mnist-m25-*'      # a part of it
+    python paper/reproduce_mnist.py --report-only             # tables and plots from what exists
+    python paper/reproduce_mnist.py --report-only --ship-models   # also copy .qgen to models/
 
 Writes bench/results/mnist-figure3.md, mnist-figure3.png and mnist-figure4-m{m}.png.
 """
@@ -38,7 +38,7 @@ from paper_repro.status import busy_folders, run_state
 from paper_repro.tables import Results, mnist_report
 
 REPORT = "mnist-figure3.md"
-EPOCHS = 60  # bench/train_mnist_m25.sh's
+EPOCHS = 60  # paper/train_mnist_m25.sh's
 
 
 def build_parser() -> argparse.ArgumentParser:
