@@ -147,14 +147,26 @@ def test_readme_commands_use_the_current_names() -> None:
         parser.parse_args(argv[1:])
 
 
-@pytest.mark.parametrize("prog", sorted(set(COMMANDS) - {"qgen-train"}))
+@pytest.mark.parametrize("prog", sorted(COMMANDS))
 def test_help_does_not_import_torch(prog: str) -> None:
-    """qgen-train's parser reads TrainConfig's defaults, which live beside torch code."""
     module = COMMANDS[prog].__name__
     code = (f"import io, sys, contextlib\nfrom {module} import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['--help']) == 0\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_resume_help_names_the_one_rule() -> None:
+    """qgen-train --resume's help lists the flags of train/config.py's RESUME_MAY_CHANGE (the
+    rule the trainer enforces); what it never takes from the checkpoint is a part of those."""
+    from qgen_infer.train.config import RESUME_LOCAL, RESUME_MAY_CHANGE
+
+    parser = COMMANDS["qgen-train"].build_parser()
+    resume = next(a for a in _options(parser) if a.dest == "resume")
+    flags = {a.dest: a.option_strings[-1] for a in _options(parser) if a.option_strings}
+    named = set(re.findall(r"--[a-z-]+", resume.help)) - {"--out-dir"}
+    assert named == {flags[d] for d in RESUME_MAY_CHANGE if d in flags and d != "out"}
+    assert RESUME_LOCAL <= RESUME_MAY_CHANGE
 
 
 def test_qgen_info_reads_a_file_without_torch() -> None:

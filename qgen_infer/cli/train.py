@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
 from qgen_infer.cli.common import (
     DATASET_NAMES,
     ArgumentParser,
@@ -29,7 +27,7 @@ from qgen_infer.limits import (
     MAX_STEPS,
     max_threads,
 )
-from qgen_infer.train import METHODS, TrainConfig
+from qgen_infer.train.config import METHODS, RESUME_LOCAL, RESUME_MAY_CHANGE, TrainConfig
 
 DESCRIPTION = """\
 Train a quantized generative prior G (weights quantized to 1-4 bits with LinearQuantize and a
@@ -138,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "model before 1-bit training)")
     p.add_argument("--eval-restarts", type=int_in(1, MAX_RESTARTS), default=d.eval_restarts,
                    help="random restarts per image in the per-epoch evaluation")
+    # the options a resumed run may change, named from the one rule (train/config.py)
+    flags = {a.dest: a.option_strings[-1] for a in p._actions if a.option_strings}
+    may_change = [flags[d] for d in sorted(RESUME_MAY_CHANGE - {"out"}) if d in flags]
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its last checkpoint, with the "
                         "settings it was trained with (options left out are taken from the "
-                        "checkpoint; "
-                        "--epochs, --device, --threads, --eval-restarts and --data-root may "
-                        "change, any other option that differs is refused)")
+                        f"checkpoint; {', '.join(may_change)} may change, any other option "
+                        "that differs is refused)")
     return p
 
 
@@ -164,14 +164,14 @@ def _settings_to_resume(out: str, given: set[str]) -> dict[str, object]:
     path = Path(out) / "model.pt"
     if not path.is_file():
         raise QgenError(f"--resume: {path} does not exist; drop --resume to start a new run there")
-    # where it runs is this machine's business, not the checkpoint's
-    local = {"out", "device", "threads", "init_from"}
     return {k: v for k, v in saved_settings(load_checkpoint(path)).items()
-            if k not in given | local}
+            if k not in given | RESUME_LOCAL}
 
 
 def resolve_device(name: str) -> str:
     """``--device``: "auto" -> "cuda" or "cpu"; a CUDA device that is not there is a user error."""
+    import torch
+
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -190,13 +190,16 @@ def resolve_device(name: str) -> str:
 
 
 def _body(argv: Sequence[str] | None) -> int:
+    # first: --help and usage errors return before the imports below (torch)
+    args = build_parser().parse_args(argv)
+
+    import torch
     import tqdm
 
     from qgen_infer.data import load_train_eval
     from qgen_infer.distributed import JobFailed, launched
     from qgen_infer.train import Trainer
 
-    args = build_parser().parse_args(argv)
     if args.epochs < 1:
         raise QgenError("--epochs must be at least 1")
     if args.batch_size < 1:

@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,78 +31,18 @@ from qgen_infer.metrics import psnr, ssim
 from qgen_infer.models import build_generator, build_sensing, complete_config
 from qgen_infer.solve import reconstruct_latent
 from qgen_infer.train.allocator import keep_freed_memory
+from qgen_infer.train.config import (
+    DEFAULT_LR,
+    DEFAULT_SREC_DATA_PAIRS,
+    DEFAULT_STEP_SIZE_LR,
+    METHODS,
+    RESOLVED_ELSEWHERE,
+    RESUME_MAY_CHANGE,
+    SENSING_LOSSES,
+    TrainConfig,
+)
 from qgen_infer.train.objective import SolverSettings, StepLosses, meta_learning_losses
 from qgen_infer.train.precision import PRECISIONS, in_precision
-
-METHODS = ("sdlss", "dcs")
-# What trains A_φ. "total": the whole loss of Eq. (3), as DCS's code does (its measurement term
-# pulls A(x) and A(G(ẑ)) together, which A can also achieve by shrinking the differences between
-# all images). "srec": the S-REC loss alone, as Algorithm 1 of the paper writes the φ update.
-SENSING_LOSSES = ("total", "srec")
-# Adam's default rate per network family. 1e-3 trains the MNIST MLP (the committed models). At
-# 1e-3 the DCGAN generator collapses to a z-independent mean image within ~100 steps and stays
-# there for hundreds more; at 2e-4, DCGAN's usual rate, the 32-bit model was 3.3 dB above the mean
-# image after 135 steps (measured 2026-12-01: bench/results/colour-table1.md, notes).
-DEFAULT_LR = {"mlp": 1e-3, "dcgan": 2e-4}
-# Adam's rate for log β per family (None: the network's rate). Adam moves log β by about its
-# rate per step, so at 2e-4 the DCGAN's β stays near its initial 0.01 for thousands of steps
-# while the best β for the current A_φ falls to ~0.003 within ~400 steps; at 1e-2 the learned β
-# follows it (16x16 stand-in at width 64: 23.96 against 19.88 dB after 8 epochs; measured
-# 2026-12-02, bench/results/colour-sdlss-1v32-14ep.md). The MLPs keep one rate: their 1e-3 over
-# 10,000+ steps lets β move (and the shipped MNIST models were trained so).
-DEFAULT_STEP_SIZE_LR: dict[str, float | None] = {"mlp": None, "dcgan": 1e-2}
-# Data-data pairs in the S-REC loss per family (objective.py). DCS's three pairs never compare
-# two data images, and the 32x32 sensing net then maps all data patches close together
-# (|A(x) - A(mean)| 3.05 against |x - mean| 10.82); with a data pair it kept them apart (7.16)
-# and the paper-size 32-bit model scored 17.81 against 16.25 dB over epochs 5-8 and 19.94 dB
-# after 14 (measured 2026-12-02, bench/results/colour-sdlss-1v32-14ep-datapairs.md). The MLPs
-# keep DCS's form, as the shipped MNIST models were trained.
-DEFAULT_SREC_DATA_PAIRS: dict[str, bool] = {"mlp": False, "dcgan": True}
-# What a resumed run may change: where and how fast it runs, how long, how it is evaluated, and
-# what only acts at step 0. Every other setting shapes the trajectory, and resuming under another
-# value would silently splice two runs into one checkpoint.
-RESUME_MAY_CHANGE = frozenset({"out", "epochs", "device", "threads", "eval_every",
-                               "eval_restarts", "data_root", "initial_step_size", "init_from"})
-# The network (bits, measurements, ...) and solver (method, latent, s, T) are compared in their
-# resolved form, from the checkpoint's "config" and "solver", so that a default and the same
-# value given explicitly agree.
-_RESOLVED_ELSEWHERE = frozenset({"bits", "granularity", "overflow_rate", "measurements",
-                                 "method", "latent_dim", "sparsity", "steps", "project"})
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (saved in the checkpoint and config.json)."""
-
-    out: str = "runs/model"
-    dataset: str | None = None  # None: the embedded default
-    data_root: str | None = None
-    eval_size: int | None = None
-    method: str = "sdlss"
-    bits: int = 32
-    granularity: str = "tensor"
-    overflow_rate: float = 0.0  # LinearQuantize's clipped fraction (bits 2..4); 0: range = max|w|
-    measurements: int = 25
-    latent_dim: int | None = None  # default: image size (SDLSS, MLP), 512 (SDLSS, DCGAN), 100 (DCS)
-    sparsity: int | None = None  # default: 100 for SDLSS (capped at latent_dim // 2); None for DCS
-    steps: int = 3
-    project: bool = True
-    initial_step_size: float = 0.01
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float | None = None  # None: DEFAULT_LR of the network family
-    lr_schedule: str = "cosine"  # "cosine": decay to lr/10 over the run; "constant"
-    step_size_lr: float | None = None  # Adam's rate for log β; None: DEFAULT_STEP_SIZE_LR
-    sensing_loss: str = "total"  # what trains φ: "total" (Eq. 3, as DCS) or "srec" (L_A alone)
-    srec_data_pairs: bool | None = None  # data-data pairs in L_A; None: DEFAULT_SREC_DATA_PAIRS
-    gdl_weight: float = 0.1
-    seed: int = 0
-    threads: int | None = None
-    init_from: str | None = None  # warm start θ, φ, β from another checkpoint (e.g. 32-bit)
-    eval_every: int = 1
-    eval_restarts: int = 1
-    device: str = "cpu"  # where θ, φ, β and the images live ("cpu", "cuda", "cuda:1", ...)
-    precision: str = "fp32"  # what the networks compute in while training: "fp32" or "bf16"
 
 
 def resolve_solver(cfg: TrainConfig, net: dict[str, Any]) -> SolverSettings:
@@ -314,7 +254,7 @@ class Trainer:
                    if k in solver and solver[k] != v]
         saved = saved_settings(ckpt)
         differ += [(k, saved[k], getattr(self.cfg, k)) for k in sorted(saved)
-                   if k not in RESUME_MAY_CHANGE | _RESOLVED_ELSEWHERE
+                   if k not in RESUME_MAY_CHANGE | RESOLVED_ELSEWHERE
                    and saved[k] != getattr(self.cfg, k)]
         if differ:
             listed = ", ".join(f"{k}={was!r} (here {now!r})" for k, was, now in differ)
