@@ -1,7 +1,7 @@
 // qgen_infer._cpu: bit-plane look-up-table (LUT) GEMM over packed 1..4-bit codes, fp32 activations.
 //
 // ---------------------------------------------------------------------------------------------
-// The math (shared with docs/DESIGN.md "The math the kernels share")
+// The math (docs/ARCHITECTURE.md, "The backend contract", states it for every backend)
 // ---------------------------------------------------------------------------------------------
 // A code c in [0, 2^k) is written with SIGNED bit planes p_b in {-1, +1} (p_b = 2*bit_b - 1):
 //

@@ -18,11 +18,9 @@ from safetensors import safe_open
 
 from qgen_infer.checkpoint import load_checkpoint
 from qgen_infer.cli.info import main as info_main
-from qgen_infer.engine.backend import ACTIVATIONS as ENGINE_ACTIVATIONS
 from qgen_infer.errors import FormatError
 from qgen_infer.export import build_qgen_file
 from qgen_infer.format import FORMAT_VERSION, bounded_json, read_qgen, write_qgen
-from qgen_infer.format.schema import ACTIVATIONS
 from qgen_infer.format.writer import checksum, data_region
 
 
@@ -235,10 +233,6 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
         float("nan"))), "'sensing.fc1.weight' holds non-finite"),
     "nonzero padding": (_nonzero_padding, "non-zero padding bits"),
 }
-
-
-def test_activation_names_match_the_engine() -> None:
-    assert tuple(ACTIVATIONS) == tuple(ENGINE_ACTIVATIONS)
 
 
 def test_round_trip_and_plain_safetensors(tmp_path: Path, tiny_checkpoint) -> None:
