@@ -358,15 +358,9 @@ def code_version() -> str:
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from qgen_infer.engine.cpu_dispatch import cpu_model_name
 
+    return cpu_model_name()
 
 if __name__ == "__main__":
     main()

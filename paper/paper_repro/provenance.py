@@ -17,14 +17,10 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name, as the engine's CPU dispatcher keys its cost table by it."""
+    from qgen_infer.engine.cpu_dispatch import cpu_model_name
+
+    return cpu_model_name()
 
 
 def machine() -> str:
