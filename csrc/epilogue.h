@@ -4,7 +4,7 @@
 // Everything here has internal linkage (anonymous namespace): every tier gets its own copy, and
 // no copy compiled for AVX-512 can be picked by the linker for a caller on an older CPU.
 //
-// Why per tier: the driver (module.cpp) is compiled for the baseline x86-64 (SSE2), where the
+// Why per tier: the driver (drivers.h, instantiated in gemm.cpp) is compiled for the baseline x86-64 (SSE2), where the
 // tanh epilogue of a 256 x 784 output cost 0.48 ms, as much as a third of the 1-bit product it
 // follows; the AVX-512 copy of the same loop runs in a fraction of that.
 //

@@ -52,7 +52,7 @@ enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 // Activation codes of the fused epilogues (engine/cpu_backend.py's _ACT_CODES follows them).
 enum Act : int { kNone = 0, kRelu = 1, kLeaky = 2, kTanh = 3 };
 
-// One output row of the forward epilogue (see gemm_planes_f32 in module.cpp):
+// One output row of the forward epilogue (see gemm_planes_f32 in gemm.cpp):
 //     y[j] = act(a2[j] * (acc[j] + zc2[j] * xs) + beta[j]),   j < n.
 using EpilogueRowFn = void (*)(const float* acc, float xs, const float* a2, const float* zc2,
                                const float* beta, float* y, int64_t n, int act, float slope);

@@ -63,7 +63,7 @@ def m_bucket(m: int) -> int:
 
 def is_sparse_input(x: torch.Tensor) -> bool:
     """At most 1/5 nonzero: the threshold where the kernels take their sparse-row path
-    (csrc/module.cpp ``kSparseMaxDensity``), which changes the packed cost by up to 10x."""
+    (csrc/drivers.h ``kSparseMaxDensity``), which changes the packed cost by up to 10x."""
     return bool(int(torch.count_nonzero(x)) * 5 <= x.numel())
 
 

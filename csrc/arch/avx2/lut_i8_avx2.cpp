@@ -2,7 +2,7 @@
 // per instruction, summed in 16-bit lanes and widened to int32 every 256 groups. Layout ("nibbles")
 // and math: qgen_cpu.h, "The integer-table path". It rounds the activations' group sums to 8 bits
 // per row, so it is a separate entry point (gemm_planes_i8) and never replaces the exact tiers.
-// Compiled for AVX2 by the target pragma, called only after the run-time check (module.cpp).
+// Compiled for AVX2 by the target pragma, called only after the run-time check (gemm_i8.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>

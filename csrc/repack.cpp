@@ -1,0 +1,101 @@
+// Repacking uint8 codes into the kernels' layouts (qgen_cpu.h): the "planes" words of every
+// tier and the integer-table path's "nibbles" bytes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <atomic>
+#include <cstring>
+#include <string>
+
+#include "checks.h"
+#include "entry_points.h"
+#include "qgen_cpu.h"
+#include "select.h"
+#include "thread_pool.h"
+
+namespace qgen {
+
+int64_t planes_words(int64_t C, int64_t R, int bits) {
+    return ceil_div(C, kLanes) * ceil_div(R, kChunkR) * bits * kLanes;
+}
+
+int64_t nibbles_bytes(int64_t N, int64_t K, int bits) {
+    return ceil_div(N, 32) * ceil_div(K, 8) * bits * 32;
+}
+
+// codes uint8 [N, K] -> planes words for the forward (col = n, r = k) or, transposed, for the
+// input gradient (col = k, r = n). Layout: qgen_cpu.h. Items are blocks of 16 columns, on the
+// kernels' ThreadPool (safe in a forked child, where an OpenMP loop would never start).
+py::array_t<uint32_t> repack_planes(const py::array& codes_a, int bits, bool transposed,
+                                    int threads) {
+    check_bits(bits);
+    const uint8_t* codes = checked<uint8_t>(codes_a, "codes", {-1, -1}, "uint8");
+    const int64_t N = codes_a.shape(0), K = codes_a.shape(1);
+    const int64_t C = transposed ? K : N, R = transposed ? N : K;
+    const int64_t C16 = ceil_div(C, kLanes), R32 = ceil_div(R, kChunkR);
+    py::array_t<uint32_t> out(planes_words(C, R, bits));
+    uint32_t* w = out.mutable_data();
+    const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
+    std::atomic<bool> bad{false};
+    {
+        py::gil_scoped_release release;
+        std::memset(w, 0, sizeof(uint32_t) * out.size());
+        ThreadPool::instance().parallel_for(C16, resolve_threads(threads), [&](int64_t cb, int) {
+            bool block_bad = false;
+            for (int l = 0; l < kLanes; ++l) {
+                const int64_t col = cb * kLanes + l;
+                if (col >= C) break;
+                for (int64_t r = 0; r < R; ++r) {
+                    const uint8_t c = transposed ? codes[r * K + col] : codes[col * K + r];
+                    block_bad = block_bad || c > top;
+                    uint32_t* base = w + (cb * R32 + r / kChunkR) * bits * kLanes + l;
+                    for (int b = 0; b < bits; ++b)
+                        base[b * kLanes] |= static_cast<uint32_t>((c >> b) & 1u) << (r % kChunkR);
+                }
+            }
+            if (block_bad) bad.store(true, std::memory_order_relaxed);
+        });
+    }
+    if (bad.load())
+        throw py::value_error("codes must lie in [0, " + std::to_string(top) + "] for " +
+                              std::to_string(bits) + "-bit weights");
+    return out;
+}
+
+// codes uint8 [N, K] -> the nibbles layout; items are 32-column blocks.
+py::array_t<uint8_t> repack_nibbles(const py::array& codes_a, int bits, int threads) {
+    check_bits(bits);
+    const uint8_t* codes = checked<uint8_t>(codes_a, "codes", {-1, -1}, "uint8");
+    const int64_t N = codes_a.shape(0), K = codes_a.shape(1), Q = ceil_div(K, 8);
+    py::array_t<uint8_t> out(nibbles_bytes(N, K, bits));
+    uint8_t* w = out.mutable_data();
+    const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
+    std::atomic<bool> bad{false};
+    {
+        py::gil_scoped_release release;
+        std::memset(w, 0, out.size());
+        ThreadPool::instance().parallel_for(ceil_div(N, 32), resolve_threads(threads),
+                                            [&](int64_t cb, int) {
+            bool block_bad = false;
+            for (int l = 0; l < 32 && cb * 32 + l < N; ++l) {
+                const uint8_t* row = codes + (cb * 32 + l) * K;
+                for (int64_t k = 0; k < K; ++k) {
+                    const uint8_t c = row[k];
+                    block_bad = block_bad || c > top;
+                    const int64_t g = k / 4, q = g / 2;
+                    const int shift = static_cast<int>((g % 2) * 4 + k % 4);
+                    uint8_t* base = w + ((cb * Q + q) * bits) * 32 + l;
+                    for (int b = 0; b < bits; ++b)
+                        base[b * 32] |= static_cast<uint8_t>(((c >> b) & 1u) << shift);
+                }
+            }
+            if (block_bad) bad.store(true, std::memory_order_relaxed);
+        });
+    }
+    if (bad.load())
+        throw py::value_error("codes must lie in [0, " + std::to_string(top) + "] for " +
+                              std::to_string(bits) + "-bit weights");
+    return out;
+}
+
+}  // namespace qgen
