@@ -152,6 +152,9 @@ class CpuPrepared:
     # the integer-table path's nibble bytes (forward, transposed), when the backend uses it
     nibbles: np.ndarray | None = field(default=None, repr=False)
     nibbles_t: np.ndarray | None = field(default=None, repr=False)
+    # unit scale and zero offset over K for the transposed int8 product, made once with nibbles_t
+    unit_scale_t: np.ndarray | None = field(default=None, repr=False)
+    zero_offset_t: np.ndarray | None = field(default=None, repr=False)
 
     def dense(self) -> torch.Tensor:
         """The fp32 weight ``scale[n] * (c[n, k] - zero[n])``, dequantized once on first use."""
@@ -280,6 +283,9 @@ class CpuBackend:
             prepared.nibbles = self._ext.repack_nibbles(codes, weight.bits, self._threads())
             prepared.nibbles_t = self._ext.repack_nibbles(np.ascontiguousarray(codes.T),
                                                           weight.bits, self._threads())
+            k = weight.shape[1]
+            prepared.unit_scale_t = np.ones(k, np.float32)
+            prepared.zero_offset_t = np.zeros(k, np.float32)
         return prepared
 
     def _route(self, op: str, rows: torch.Tensor, prepared: CpuPrepared,
@@ -378,7 +384,6 @@ class CpuBackend:
 
         return self._route("gemm_t_epi", grad_y, prepared, packed, dense)
 
-
     def _gemm_t_int_tables(self, h: torch.Tensor, prepared: CpuPrepared) -> torch.Tensor:
         """``h @ W`` by the int8-table kernel over the transposed codes: with ``u = h * scale``,
         ``sum_n u[m, n] (c[n, k] - zero[n]) = (u @ c)[m, k] - u[m] . zero`` (the kernel with unit
@@ -387,8 +392,8 @@ class CpuBackend:
         scale = torch.from_numpy(prepared.scale)
         u = (h * scale).contiguous()
         uc = torch.from_numpy(self._ext.gemm_planes_i8(
-            u.numpy(), prepared.nibbles_t, k, prepared.bits, np.ones(k, np.float32),
-            np.zeros(k, np.float32), None, None, 0, 0.0, self._threads()))
+            u.numpy(), prepared.nibbles_t, k, prepared.bits, prepared.unit_scale_t,
+            prepared.zero_offset_t, None, None, 0, 0.0, self._threads()))
         return uc.sub_((u @ torch.from_numpy(prepared.zero))[:, None])
 
 
