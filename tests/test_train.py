@@ -375,6 +375,7 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--bits", "5"], "invalid choice"),
     (["--data", "imagenet"], "invalid choice"),
     (["-m", "0"], "measurements"),
+    (["-m", "99999999999"], "exceeds"),
     (["-s", "1000"], "sparsity"),
     (["--epochs", "0"], "epochs"),
     (["--data", "mnist", "--data-root", "/nonexistent/folder"], "nonexistent"),

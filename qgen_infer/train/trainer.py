@@ -68,6 +68,12 @@ def resolve_solver(cfg: TrainConfig, net: dict[str, Any]) -> SolverSettings:
 def network_config(cfg: TrainConfig, image_shape: list[int]) -> dict[str, Any]:
     if cfg.measurements < 1:
         raise QgenError(f"the number of measurements m must be positive, got {cfg.measurements}")
+    pixels = math.prod(image_shape)
+    # compressed sensing asks for m < n; past n the sensing net only grows (m = 10^11 was an
+    # out-of-memory error for a 200 TB weight)
+    if cfg.measurements > pixels:
+        raise QgenError(f"the number of measurements m={cfg.measurements} exceeds the "
+                        f"{pixels} values of one image; lower -m")
     from qgen_infer.data import family_for_shape
 
     family = family_for_shape(image_shape)
