@@ -183,15 +183,6 @@ def run_cli(prog: str, body: Callable[[Sequence[str] | None], int | None],
     return int(code or 0)
 
 
-def default_eval_size(dataset: str | None, count: int) -> int:
-    """Held-out images when the user names none: the data set's default (MNIST: the last 1,000),
-    else 10% of the ``count`` images loaded."""
-    from qgen_infer.data import dataset_info
-
-    default = dataset_info(dataset)["eval_size"]
-    return int(default) if default is not None else max(1, round(0.1 * count))
-
-
 def check_data_flags(dataset: str | None, root: str | None) -> None:
     """``--data`` / ``--data-root`` mistakes named by their flags, before a loader reports them
     in the words of its Python arguments (``root=``)."""
