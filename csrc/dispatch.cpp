@@ -1,7 +1,7 @@
-// ISA dispatch (dispatch.h). CPU support is probed once (cpu_features.cpp) and the best tier and
-// each tier's KernelSet are built once; QGEN_CPU_ISA is parsed and checked once per value it
-// takes (a cached resolution, re-done only if the variable changes: the Python backend resolves
-// it when a backend is created, and tests change it within a process).
+// ISA dispatch (dispatch.h). Everything here is decided once per process: CPU support is probed
+// once (cpu_features.cpp), the best tier, QGEN_CPU_ISA's tier and each tier's KernelSet are each
+// built at their first use; a later change of QGEN_CPU_ISA in the process is not seen (the tests
+// that set it run a subprocess), so a call never reads the environment on the hot path.
 #include "dispatch.h"
 
 #include <pybind11/pybind11.h>
@@ -49,20 +49,14 @@ Isa best_isa() {
 Isa resolve_isa(const std::string& requested) {
     if (!requested.empty() && requested != "auto")
         return checked_isa(parse_isa(requested, "isa"), "isa argument");
-    const char* env = std::getenv("QGEN_CPU_ISA");
-    if (!env || !*env || std::string(env) == "auto") return best_isa();
-    // The last value seen and its resolution, per thread (no lock); an invalid value is never
-    // cached, so it raises on every call, as before.
-    thread_local std::string cached_env;
-    thread_local Isa cached_isa = Isa::portable;
-    thread_local bool cached = false;
-    if (!cached || cached_env != env) {
-        cached = false;
-        cached_isa = checked_isa(parse_isa(env, "QGEN_CPU_ISA"), "QGEN_CPU_ISA");
-        cached_env = env;
-        cached = true;
-    }
-    return cached_isa;
+    // A static initialiser that throws runs again on the next call, so an invalid value raises
+    // at every call rather than being half-remembered.
+    static const Isa from_env = [] {
+        const char* env = std::getenv("QGEN_CPU_ISA");
+        if (!env || !*env || std::string(env) == "auto") return best_isa();
+        return checked_isa(parse_isa(env, "QGEN_CPU_ISA"), "QGEN_CPU_ISA");
+    }();
+    return from_env;
 }
 
 const KernelSet& kernel_set(Isa isa) {

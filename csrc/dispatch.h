@@ -12,8 +12,8 @@ namespace qgen {
 const char* isa_name(Isa isa);
 // The best tier this CPU and OS support (probed once).
 Isa best_isa();
-// The tier a call with `requested` ("" or "auto": QGEN_CPU_ISA, else best) runs; raises
-// ValueError for an unknown name or one this CPU/OS does not support.
+// The tier a call with `requested` ("" or "auto": QGEN_CPU_ISA as it was at the first such call,
+// else best) runs; raises ValueError for an unknown name or one this CPU/OS does not support.
 Isa resolve_isa(const std::string& requested);
 // The tier's kernels (built once per tier).
 const KernelSet& kernel_set(Isa isa);
