@@ -143,11 +143,15 @@ def test_two_ranks_equal_one_process_bit_for_bit(problem, single, tmp_path):
 
 @launched_by_torchrun
 def test_resume_after_one_rank_is_killed(problem, single, tmp_path):
-    """Rank 1 is killed (SIGKILL, as a lost node) right after writing its first shard."""
+    """Rank 1 is killed (SIGKILL, as a lost node) right after writing its first shard, while
+    rank 0 is still busy with its own first one (slowed down, as on a busy machine)."""
     out = tmp_path / "out"
     killer = _fault_script(tmp_path, """\
+        import time
         real_write = sharded._write_shard
         def write_then_die(*args, **kwargs):
+            if os.environ["RANK"] == "0":
+                time.sleep(60)  # torchrun stops this rank when rank 1 dies
             real_write(*args, **kwargs)
             if os.environ["RANK"] == "1":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -159,7 +163,7 @@ def test_resume_after_one_rank_is_killed(problem, single, tmp_path):
     plan = json.loads((out / "shards" / MANIFEST).read_text())
     count = -(-plan["images"] // plan["shard_images"])
     finished = [k for k in range(count) if shard_path(out / "shards", k).is_file()]
-    assert 1 <= len(finished) < count  # rank 1's first shard at least, not rank 1's others
+    assert len(finished) == 1  # rank 1's first shard, nothing of rank 0's
     for k in finished:  # every file that looks finished is a whole, readable shard
         with np.load(shard_path(out / "shards", k)) as shard:
             assert shard["x_hat"].shape[0] == plan["shard_images"] or k == count - 1
@@ -189,11 +193,12 @@ def test_a_failing_rank_fails_the_job_with_one_line_naming_it(problem, tmp_path)
     assert ours == ["qgen-reconstruct: error: rank 1 of 2 failed: OSError: disk on fire"]
     assert not _our_traceback(done.stderr), done.stderr
     assert not (out / "x_hat.npy").exists()
-    # rank 0's shards are finished and kept; none of rank 1's is there
+    # rank 0 solved every other shard and kept them; the one rank 1 took is not there
     plan = json.loads((out / "shards" / MANIFEST).read_text())
     count = -(-plan["images"] // plan["shard_images"])
     finished = [k for k in range(count) if shard_path(out / "shards", k).is_file()]
-    assert finished == list(range(0, count, 2))
+    assert count > 2 and len(finished) == count - 1
+    assert not list((out / "shards").glob(".*.tmp"))
 
 
 @launched_by_torchrun

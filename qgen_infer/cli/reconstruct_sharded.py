@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from qgen_infer.cli.common import EXIT_INTERRUPTED
 from qgen_infer.distributed import DistEnv, JobFailed, check_all, join, leave, reconstruct_sharded
 from qgen_infer.distributed.env import device_for, exit_process
+from qgen_infer.distributed.timeline import TIMELINE
 from qgen_infer.errors import QgenError
 
 SHARDS = "shards"
@@ -40,6 +41,7 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
     and the summary."""
     from qgen_infer.cli.reconstruct import _device
 
+    TIMELINE.mark("imports done")
     device = _device(args)
     env = join("cuda" if device and device.startswith("cuda") else "cpu")
     try:
@@ -99,6 +101,7 @@ def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
     except Exception as exc:  # reported by every rank together
         error = exc
     check_all(env, error)
+    TIMELINE.mark("model loaded")
     bar = None
     if env.is_main and not args.quiet:
         bar = tqdm.tqdm(unit="img", desc=f"rank 0 of {env.world_size}: {model.backend.name} "
@@ -117,7 +120,7 @@ def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
             "world_size": env.world_size, "shards": run.plan.count,
             "shard_images": run.plan.shard_images, "shards_skipped": run.skipped,
             "wall_seconds": run.wall_seconds, "rank_solve_seconds": run.solve_seconds,
-            "rank_solve_cpu_seconds": run.solve_cpu_seconds}}
+            "rank_solve_cpu_seconds": run.solve_cpu_seconds, "rank_timeline": run.timeline}}
         try:
             m = _write_results(stage, model, run.result, truth, settings, interrupted=False,
                                extra=extra)

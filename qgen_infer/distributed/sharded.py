@@ -5,8 +5,9 @@ single-process run uses, and an image's random starts depend on the seed, the re
 index only (:class:`qgen_infer.reconstruction.StartLatents`): so every image is solved exactly
 as ``qgen_infer.reconstruct`` solves it in one process, and the merged result is the same, bit
 for bit, on the same backend and thread count (for the cpu backend's ``auto`` dispatch, rank 0
-measures every product first and the other ranks take its choices: :mod:`.dispatch`). The
-shard folder::
+measures every product and the other ranks run its choices: :mod:`.dispatch`). The ranks take
+the pending shards in order, each rank the next one no other rank has claimed, so a rank that
+gets more of a busy machine's cores solves more of them. The shard folder::
 
     DIR/manifest.json      the job (model file hash, input, solver settings, backend) and the
                            shard size, written by rank 0 before any work
@@ -14,7 +15,7 @@ shard folder::
 
 A shard file exists only once complete (written under a temporary name, flushed to disk,
 renamed), so a rank killed mid-shard leaves nothing that looks finished. A rerun of the same job
-reads the manifest, skips the finished shards and deals the rest out among its ranks (any
+reads the manifest, skips the finished shards and shares the rest among its ranks (any
 number of them). Measurements given as a ``.npy`` path are memory-mapped and read one shard at
 a time. On several nodes DIR must be a folder they all share.
 """
@@ -33,17 +34,28 @@ from typing import IO, Any
 
 import numpy as np
 
-from qgen_infer.distributed.dispatch import agree_on_dispatch
+from qgen_infer.distributed.dispatch import (
+    CHOICES_FILE,
+    disagreements,
+    follow,
+    measure_products,
+    measures,
+    paths,
+    publish_choices,
+)
 from qgen_infer.distributed.env import DistEnv, broadcast, check_all, gather, join
+from qgen_infer.distributed.timeline import TIMELINE
 from qgen_infer.errors import QgenError
 from qgen_infer.reconstruction import Reconstruction, SolverOptions, reconstruct, solver_options
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "qgen-shards"
 MANIFEST_VERSION = 1
-# Shards per rank by default: several, so that a lost rank costs a fraction of its share and a
-# rerun on fewer ranks still balances; few, so that files stay large and the merge cheap.
-SHARDS_PER_RANK = 4
+# Shards per rank by default: many, so that the ranks taking the next free shard end within a
+# small shard of each other and a lost rank costs a fraction of its share; not more, so that
+# files stay large and the merge cheap.
+SHARDS_PER_RANK = 16
+CLAIMS = ".claim-*"  # which rank took which shard (_claim), cleared before each run
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class ShardedRun:
     wall_seconds: float
     solve_seconds: list[float] | None = None
     solve_cpu_seconds: list[float] | None = None
+    timeline: list[list[tuple[str, float]]] | None = None
 
 
 class _Measurements:
@@ -143,8 +156,8 @@ def _prepare(folder: Path, identity: dict[str, Any], plan: ShardPlan, fresh: boo
         for old in [*folder.glob("shard-*.npz*"), manifest]:
             old.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    for tmp in folder.glob(".shard-*.tmp"):  # a rank stopped mid-write: never finished
-        tmp.unlink(missing_ok=True)
+    for tmp in [*folder.glob(".shard-*.tmp"), *folder.glob(CLAIMS), folder / CHOICES_FILE]:
+        tmp.unlink(missing_ok=True)  # a rank stopped mid-write, an earlier run's claims
     if manifest.is_file():
         try:
             saved = json.loads(manifest.read_text())
@@ -176,6 +189,48 @@ def _differences(old: dict[str, Any], new: dict[str, Any], where: str = "") -> l
         elif a != b:
             out.append(f"{where}{key} was {a!r}, now {b!r}")
     return out
+
+
+def _claim(folder: Path, k: int) -> bool:
+    """Take shard ``k`` for this rank, unless another rank took it first: the ranks take the
+    pending shards in order, each the next one free (created exclusively, so exactly one rank
+    wins), so that a rank that gets more of the cores also solves more shards."""
+    try:
+        os.close(os.open(folder / f".claim-{k:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _measure_and_publish(folder: Path, model: Any, source: _Measurements, opts: SolverOptions,
+                         **solve: Any) -> None:
+    """Rank 0: measure the job's products and publish the choices (or the failure) for the
+    ranks that wait on them (:mod:`.dispatch`)."""
+    try:
+        measure_products(model, source.rows, source.images, opts, **solve)
+    except Exception as exc:
+        publish_choices(folder, None, exc)
+        raise
+    publish_choices(folder, model, None)
+
+
+def _check_choices(env: DistEnv, folder: Path, model: Any, solved: list[int]) -> None:
+    """A collective: the shards a rank solved with a path other than rank 0's for some
+    product (possible only if another process rewrote the cost table meanwhile) are deleted,
+    and the job fails saying so; a rerun solves them again."""
+    everyone = gather(env, (paths(model), solved))
+    error = None
+    if everyone is not None and len(everyone) > 1:
+        ranks = disagreements([mine for mine, _ in everyone])
+        lost = sorted(k for rank in ranks for k in everyone[rank][1])
+        for k in lost:
+            shard_path(folder, k).unlink(missing_ok=True)
+        if lost:
+            error = QgenError(f"rank(s) {', '.join(map(str, ranks))} ran a product on another "
+                              f"path than rank 0 (the CPU dispatcher's cost table changed during "
+                              f"the job); their {len(lost)} shard(s) were discarded: rerun the "
+                              f"same command to solve them again")
+    check_all(env, error if env.is_main else None)
 
 
 def _write_shard(folder: Path, k: int, start: int, rec: Reconstruction) -> None:
@@ -254,6 +309,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     """
     t0 = time.perf_counter()
     env = env or join(model.device.type)
+    TIMELINE.mark("sharded start")
     folder = Path(folder)
     error: BaseException | None = None
     state = None
@@ -276,6 +332,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
         error = exc
     check_all(env, error)
     plan, finished = broadcast(env, state)
+    TIMELINE.mark("plan agreed")
     pending = sorted(set(range(plan.count)) - set(finished))
     mine = pending[env.rank::env.world_size]
 
@@ -286,14 +343,22 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     except Exception as exc:
         error = exc
     check_all(env, error)
-    if pending:  # the same on every rank (broadcast above), so all join the collective or none
-        agree_on_dispatch(env, model, source.rows, source.images, opts, cuda_graph=cuda_graph,
-                          precision=precision)
+    TIMELINE.mark("inputs checked")
+    leads = pending and env.world_size > 1 and measures(model)  # the same on every rank
+    if leads and not env.is_main:
+        follow(model, folder)  # solve at once; rank 0's choices where the cost table has none
 
     error = None
     t_solve, cpu_solve = time.perf_counter(), time.process_time()
+    solved: list[int] = []
     try:
-        for k in mine:
+        if leads and env.is_main:
+            _measure_and_publish(folder, model, source, opts, cuda_graph=cuda_graph,
+                                 precision=precision)
+            TIMELINE.mark("dispatch measured")
+        for k in pending:
+            if not _claim(folder, k):
+                continue  # another rank has it
             start, stop = plan.bounds(k)
             seen = [0]
 
@@ -305,17 +370,27 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
             rec = reconstruct(model, source.rows(start, stop), opts, on_batch=progress,
                               cuda_graph=cuda_graph, precision=precision, first_index=start)
             _write_shard(folder, k, start, rec)
+            solved.append(k)
     except Exception as exc:
         error = exc
+    TIMELINE.mark("shards solved")
     check_all(env, error)
+    TIMELINE.mark("all ranks solved")
+    _check_choices(env, folder, model, solved)
     times = gather(env, (time.perf_counter() - t_solve, time.process_time() - cpu_solve))
     error, result = None, None
     try:
         result = _merge(folder, plan, model, opts, into) if env.is_main else None
     except Exception as exc:
         error = exc
+    TIMELINE.mark("merged")
     check_all(env, error)
-    return ShardedRun(result=result, plan=plan, skipped=len(finished), solved_here=len(mine),
+    if env.is_main:  # the job is whole: the claims and rank 0's choices have done their work
+        for done in [*folder.glob(CLAIMS), folder / CHOICES_FILE]:
+            done.unlink(missing_ok=True)
+    timelines = gather(env, TIMELINE.marks)
+    return ShardedRun(result=result, plan=plan, skipped=len(finished), solved_here=len(solved),
                       wall_seconds=time.perf_counter() - t0,
                       solve_seconds=[w for w, _ in times] if times else None,
-                      solve_cpu_seconds=[c for _, c in times] if times else None)
+                      solve_cpu_seconds=[c for _, c in times] if times else None,
+                      timeline=timelines)
