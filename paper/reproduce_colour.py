@@ -12,8 +12,15 @@ svhn/, stl10/ inside, or --cifar10/--svhn/--stl10 PATH); otherwise the embedded 
     python paper/reproduce_colour.py --data-root /data --lanes 2
     python paper/reproduce_colour.py --device cuda --lanes 3      # on a GPU (paper/gpu_colour.sh)
     python paper/reproduce_colour.py --report-only
+    python paper/reproduce_colour.py --cifar10 DIR --runs /work/cifar-runs --epochs 12 \
+        --precision bf16 --snapshots runs/snapshots     # score runs still training elsewhere
 
-Writes bench/results/colour-table1.md.
+Writes bench/results/colour-table1.md; with --snapshots, RESULTS/<set>-table1.md (e.g.
+cifar10-table1.md: the row side by side with the paper's, partial runs marked), the eval-curve
+PNG and one reconstruction grid PNG per scored run. --snapshots trains nothing and never writes
+into --runs: each run's latest checkpoint is copied into SNAPSHOTS/NAME, checked, and scored
+there (qgen-export -> qgen-measure -> qgen-reconstruct; 32-bit by qgen-eval); calling it again
+scores only checkpoints that changed.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from paper_repro import provenance
 from paper_repro.colour_data import PAPER_SETS, colour_sets, describe, find_roots
 from paper_repro.commands import paths_for
 from paper_repro.execute import drive
-from paper_repro.options import add_queue_options, check_queue_options, overflow_rates
+from paper_repro.options import REPO, add_queue_options, check_queue_options, overflow_rates
 from paper_repro.plan import BITS, ColourSet, RunSpec, colour_plan
 from paper_repro.records import collect
+from paper_repro.snapshot_scoring import score_snapshots
 from paper_repro.status import busy_folders, eval_curve, run_state
 from paper_repro.tables import Results, colour_report
 
@@ -67,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="qgen-train --precision of every run (run names -bf16; default: "
                         "qgen-train's, fp32). bf16 trains about 2x faster on CPUs with AMX "
                         "(bench/results/cifar10-training-speed.md)")
+    p.add_argument("--snapshots", type=Path, default=None, metavar="DIR",
+                   help="score copies of the runs' latest checkpoints, made in DIR/NAME, and "
+                        "write RESULTS/<set>-table1.md; trains nothing, RUNS is only read "
+                        "(with --report-only: rebuild that report from DIR)")
+    p.add_argument("--ship-models", nargs="?", type=Path, const=REPO / "models", default=None,
+                   metavar="DIR",
+                   help="with --snapshots: copy each FINISHED 1-4-bit SDLSS model's packed file "
+                        "to DIR/<set>-<bits>bit.qgen (DIR: models/) and write their scores into "
+                        "the marked section of DIR/README.md (unfinished ones are skipped)")
     return p
 
 
@@ -102,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        bits=args.bits, overflow_rates=overflow_rates(args.overflow_rate),
                        lr=args.lr, srec_data_pairs=args.srec_data_pairs,
                        precision=args.precision)
+    if args.snapshots is not None:
+        return score_snapshots(p, args, full, sets, argv)
+    if args.ship_models is not None:
+        p.error("--ship-models needs --snapshots (the scores it writes come from there)")
     code, _ = drive(p, args, full, lambda: write_report(full, sets, args, argv),
                     header=["data: " + "; ".join(cs.label for cs in sets)])
     return code

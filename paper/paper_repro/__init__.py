@@ -12,8 +12,13 @@ One idea per module:
 * ``paper``       the numbers the paper (and the SDLSS authors) report, for comparison
 * ``provenance``  command, machine and date stamped on every table
 * ``tables``      markdown tables and the measured-vs-paper comparison text
-* ``plots``       Figure 3 (PSNR/SSIM vs s) and Figure 4 (reconstruction grid) PNGs
-* ``shipping``    copying the final packed MNIST models into models/
+* ``plots``       Figure 3 (PSNR/SSIM vs s), Figure 4 (reconstruction grid) and eval-curve
+                  PNGs
+* ``shipping``    copying the final packed models into models/ (and their README rows)
+* ``snapshot``    checked copies of the checkpoints of runs another process is training
+* ``snapshot_scoring`` ``reproduce_colour.py --snapshots``: snapshot, score, report
+* ``row_report``  one data set's Table-1 row side by side with the paper's, partial runs
+                  marked, with the issue's aims and the trainer-vs-engine check
 * ``options``     command-line options shared by both scripts
 
 The scripts only drive the installed ``qgen-*`` command-line tools and read the files they write;

@@ -89,3 +89,31 @@ def figure4(rows: Sequence[tuple[str, ReconImages]], path: Path, title: str) -> 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def eval_curves(curves: Sequence[tuple[str, dict[int, float], dict[int, float]]], path: Path,
+                title: str) -> bool:
+    """Eval PSNR and SSIM against epochs, one line per ``(name, psnr by epoch, ssim by epoch)``,
+    all runs on one pair of axes. False (nothing written) when no run has a point yet."""
+    curves = [c for c in curves if c[1] or c[2]]
+    if not curves:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (name, psnr_by_epoch, ssim_by_epoch) in enumerate(curves):
+        for ax, points in zip(axes, (psnr_by_epoch, ssim_by_epoch), strict=True):
+            if points:
+                epochs = sorted(points)
+                ax.plot(epochs, [points[e] for e in epochs], marker="o", color=f"C{i}",
+                        label=name)
+    for ax, ylabel in zip(axes, ("eval PSNR (dB)", "eval SSIM"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def _log_records(run_dir: Path) -> Iterator[dict]:
+def log_records(run_dir: Path) -> Iterator[dict]:
     """The per-epoch records of ``run_dir``/log.jsonl, skipping a line cut short by a crash (the
     earlier records still count)."""
     log = run_dir / "log.jsonl"
@@ -29,7 +29,7 @@ def trained_epochs(run_dir: Path) -> int:
     """The last epoch that log.jsonl records (0 without a log). qgen-train appends the record
     after the checkpoint is saved, so model.pt holds at least this many epochs."""
     epoch = 0
-    for record in _log_records(run_dir):
+    for record in log_records(run_dir):
         try:
             epoch = max(epoch, int(record.get("epoch", 0)))
         except (TypeError, ValueError):
@@ -37,16 +37,25 @@ def trained_epochs(run_dir: Path) -> int:
     return epoch
 
 
-def eval_curve(run_dir: Path) -> dict[int, float]:
-    """Epoch -> the training code's eval PSNR after it, as log.jsonl records it (a resumed run
-    that repeated an epoch keeps its last record)."""
+def eval_curve(run_dir: Path, metric: str = "eval_psnr") -> dict[int, float]:
+    """Epoch -> the training code's eval PSNR (or ``metric``: "eval_ssim") after it, as log.jsonl
+    records it (a resumed run that repeated an epoch keeps its last record)."""
     curve = {}
-    for record in _log_records(run_dir):
+    for record in log_records(run_dir):
         try:
-            curve[int(record["epoch"])] = float(record["eval_psnr"])
+            curve[int(record["epoch"])] = float(record[metric])
         except (KeyError, TypeError, ValueError):
             continue
     return curve
+
+
+def epoch_record(run_dir: Path, epoch: int) -> dict | None:
+    """The last log.jsonl record of ``epoch`` (steps, wall_time_s, eval scores), or None."""
+    found = None
+    for record in log_records(run_dir):
+        if record.get("epoch") == epoch:
+            found = record
+    return found
 
 
 def _processes(proc: Path) -> Iterator[tuple[int, list[str], Path]]:

@@ -331,20 +331,24 @@ def curve_table(results: Results) -> list[str]:
             *md_table(["run / epoch", *map(str, range(1, last + 1))], rows), ""]
 
 
+def settings_line(specs: Sequence[RunSpec]) -> str:
+    """The colour runs' m, s, learning rate, S-REC pairs and training precision, in one line."""
+    settings = sorted({(s.m, s.s) for s in specs if s.method == SDLSS})
+    rates = sorted({learning_rate_note(s.lr, network_family(s)) for s in specs})
+    return ("Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
+            + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
+            + f"learning rate {', '.join(rates)}; S-REC loss: "
+            + ", ".join(sorted({srec_pairs_note(s.srec_data_pairs, network_family(s))
+                                for s in specs}))
+            + ". Training precision: "
+            + ", ".join(sorted({precision_note(s.precision) for s in specs})) + ".")
+
+
 def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[str]) -> str:
     lines = ["# Colour: Q-GEN Table 1 through the packed engine", "", *stamp,
              quantizer_note(results.specs), f"- paper: {paper.PAPER}", "", "Data used:", "",
              *data_notes, "", LEGEND, ""]
-    settings = sorted({(s.m, s.s) for s in results.specs if s.method == SDLSS})
-    rates = sorted({learning_rate_note(s.lr, network_family(s)) for s in results.specs})
-    lines += ["Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
-              + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
-              + f"learning rate {', '.join(rates)}; S-REC loss: "
-              + ", ".join(sorted({srec_pairs_note(s.srec_data_pairs, network_family(s))
-                              for s in results.specs}))
-              + ". Training precision: "
-              + ", ".join(sorted({precision_note(s.precision) for s in results.specs}))
-              + ".", ""]
+    lines += [settings_line(results.specs), ""]
     lines += ["## Table 1, measured (PSNR dB, SSIM)", ""]
     rows = []
     for label in results.labels():
