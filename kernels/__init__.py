@@ -20,5 +20,7 @@ Modules (import them explicitly; importing this package imports neither triton n
   back, residual, proximal update, hard threshold, projection) in one launch.
 * ``ops``     -- ``torch.library`` custom ops ``qgen_infer::packed_gemm`` / ``packed_gemm_t`` with
   fake (meta) kernels and autograd, so the solver loop can be compiled or graph-captured.
-* ``registry``-- every kernel path with its torch reference; the tests walk it.
+
+Every kernel here is registered with its plain-torch reference in
+``qgen_infer/engine/kernel_registry.py`` (device helpers live in ``common`` or start with ``_``).
 """

@@ -42,7 +42,7 @@ from qgen_infer.kernels.common import (
     code_tile,
     gradient_prologue,
 )
-from qgen_infer.kernels.layout import PackedKWords
+from qgen_infer.kernels.layout import PackedKWords, dequantize_kwords
 
 
 @dataclass(frozen=True)
@@ -400,12 +400,11 @@ def mlp_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep, *,
 def reference_step(z: torch.Tensor, y: torch.Tensor, step: MlpStep
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same step in plain torch, fp64 on the CPU, gradient by autograd: ``(z', loss)``."""
-    from qgen_infer.kernels.registry import dequantize
 
     zz = z.detach().cpu().double().requires_grad_(True)
     h = zz
     for lay in step.generator:
-        h = h @ dequantize(lay.weight).t()
+        h = h @ dequantize_kwords(lay.weight).t()
         if lay.alpha is not None:
             h = h * lay.alpha.cpu().double()
         if lay.beta is not None:

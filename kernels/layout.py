@@ -94,6 +94,13 @@ def unpack_kwords(words: torch.Tensor, k: int, bits: int) -> torch.Tensor:
     return _unpack_plane(words, k, bits)
 
 
+def dequantize_kwords(w: PackedKWords) -> torch.Tensor:
+    """fp64 ``W[n, k] = scale[n] (c[n, k] - zero[n])`` decoded from the words by plain torch, on
+    the CPU (references only)."""
+    codes = unpack_kwords(w.words.cpu(), w.k, w.bits).to(torch.float64)
+    return w.scale.cpu().double()[:, None] * (codes - w.zero.cpu().double()[:, None])
+
+
 @dataclass
 class PackedKWords:
     """A weight ``W[n, k] = scale[n] * (c[n, k] - zero[n])`` in the ``kpack`` layout.

@@ -37,13 +37,15 @@ from qgen_infer.engine.backend import (  # noqa: E402
 from qgen_infer.engine.triton_backend import create_backend, is_available  # noqa: E402
 from qgen_infer.kernels import configs  # noqa: E402
 from qgen_infer.kernels.configs import KernelConfig  # noqa: E402
+from qgen_infer.kernels.gemm import gemm  # noqa: E402
+from qgen_infer.kernels.gemm_t import gemm_t  # noqa: E402
 from qgen_infer.kernels.layout import (  # noqa: E402
     PackedKWords,
+    dequantize_kwords,
     kpack_rows,
     pack_kwords,
     unpack_kwords,
 )
-from qgen_infer.kernels.registry import KERNELS, dequantize  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -62,6 +64,23 @@ PATH_CONFIGS = {
     "gemv": [KernelConfig("gemv", 1, 32, 32), KernelConfig("gemv", 1, 16, 16, split=3),
              KernelConfig("gemv", 1, 32, 32, split=2, word_decode=True)],
 }
+
+
+# each product on each launch path, swept over PATH_CONFIGS below (the registry of every kernel,
+# qgen_infer/engine/kernel_registry.py, runs one config per path in test_kernel_registry.py)
+LAUNCHES = [(op, path) for op in ("gemm", "gemm_t") for path in ("dot", "gemv")]
+
+
+def launch(op: str, a: torch.Tensor, w: PackedKWords, cfg: KernelConfig) -> torch.Tensor:
+    """``op``'s product of ``a`` and ``w`` on the launch config ``cfg``, without an epilogue."""
+    return gemm(a, w, config=cfg) if op == "gemm" else gemm_t(a, w, config=cfg)
+
+
+def launch_reference(op: str, a: torch.Tensor, w: PackedKWords) -> torch.Tensor:
+    """The same product in fp64 on the CPU from the decoded weight."""
+    wd = dequantize_kwords(w)
+    a64 = a.detach().cpu().double()
+    return a64 @ wd.t() if op == "gemm" else a64 @ wd
 
 
 def make_weight(n: int, k: int, bits: int, seed: int = 0) -> MatrixWeight:
@@ -121,7 +140,7 @@ def test_packed_rows_are_padded_to_16_words(n: int) -> None:
     bad = PackedKWords(p.words.t().contiguous().t(), p.scale, p.zero, 3, 70)
     if n > 1:
         with pytest.raises(ValueError, match="unit column stride"):
-            KERNELS[0].run(torch.ones(2, 70, device=DEVICE), bad, PATH_CONFIGS["dot"][0])
+            launch("gemm", torch.ones(2, 70, device=DEVICE), bad, PATH_CONFIGS["dot"][0])
 
 
 def test_pack_rejects_bad_codes() -> None:
@@ -133,20 +152,21 @@ def test_pack_rejects_bad_codes() -> None:
 
 # --- every kernel path against its reference ------
 
-@pytest.mark.parametrize("record", KERNELS, ids=lambda r: r.name)
+@pytest.mark.parametrize(("op", "path"), LAUNCHES, ids=lambda v: v)
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_kernel_matches_reference(record, bits: int, shape: tuple[int, int, int]) -> None:
+def test_kernel_matches_reference(op: str, path: str, bits: int,
+                                  shape: tuple[int, int, int]) -> None:
     m, k, n = shape
-    if record.path == "gemv" and m > 8:
+    if path == "gemv" and m > 8:
         m = 3  # the GEMV path is for tiny M (one program per row: slow under the interpreter)
     w = make_weight(n, k, bits, seed=bits * 100 + m + k + n)
     packed = PackedKWords.from_codes(w.codes, w.scale, w.zero, bits, DEVICE)
-    a = torch.randn(m, k if record.op == "gemm" else n, generator=torch.Generator().manual_seed(1))
-    ref = record.reference(a, packed)
-    bound = term_bound(a, dequantize(packed), transposed=record.op == "gemm_t")
-    for cfg in PATH_CONFIGS[record.path]:
-        y = record.run(a.to(DEVICE), packed, cfg)
+    a = torch.randn(m, k if op == "gemm" else n, generator=torch.Generator().manual_seed(1))
+    ref = launch_reference(op, a, packed)
+    bound = term_bound(a, dequantize_kwords(packed), transposed=op == "gemm_t")
+    for cfg in PATH_CONFIGS[path]:
+        y = launch(op, a.to(DEVICE), packed, cfg)
         assert y.shape == ref.shape and y.dtype == torch.float32
         assert_close(y, ref, bound, rtol=1e-5)
 
@@ -159,7 +179,6 @@ def test_gemm_t_through_epilogue(path: str, activation: str, shape: tuple[int, i
     """``gemm_t(g, y=, alpha=, activation=)`` = ``(g ⊙ act'(y) ⊙ alpha) W`` in fp64, with and
     without alpha, split and word-decoding configs of the path; y has exact zeros (the relu
     kink: act'(0) = 0, i.e. y > 0 is the test) and strides of a transposed view."""
-    from qgen_infer.kernels.gemm_t import gemm_t
 
     m, k, n = shape
     if path == "gemv":
@@ -177,7 +196,7 @@ def test_gemm_t_through_epilogue(path: str, activation: str, shape: tuple[int, i
     for bits, use_alpha in [(first, False), (1 + first % 4, True)]:
         w = make_weight(n, k, bits, seed=bits + m)
         packed = PackedKWords.from_codes(w.codes, w.scale, w.zero, bits, DEVICE)
-        wd = dequantize(packed)
+        wd = dequantize_kwords(packed)
         gd = g.double() * d * (alpha.double() if use_alpha else 1.0)
         for cfg in (PATH_CONFIGS[path][1], PATH_CONFIGS[path][-1]):  # split; word decode
             out = gemm_t(g.to(DEVICE), packed, cfg, y=y.to(DEVICE),
@@ -187,8 +206,6 @@ def test_gemm_t_through_epilogue(path: str, activation: str, shape: tuple[int, i
 
 
 def test_gemm_t_through_epilogue_rejects_bad_input() -> None:
-    from qgen_infer.kernels.gemm_t import gemm_t
-
     w = make_weight(13, 37, 2)
     packed = PackedKWords.from_codes(w.codes, w.scale, w.zero, 2, DEVICE)
     g = torch.randn(4, 13, device=DEVICE)
@@ -267,18 +284,18 @@ def test_backend_contract() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("record", KERNELS, ids=lambda r: r.name)
-def test_half_activations(record, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("op", "path"), LAUNCHES, ids=lambda v: v)
+def test_half_activations(op: str, path: str, dtype: torch.dtype) -> None:
     m, k, n = (5, 37, 13)
     w = make_weight(n, k, 3)
     packed = PackedKWords.from_codes(w.codes, w.scale, w.zero, 3, DEVICE)
-    a = torch.randn(m, k if record.op == "gemm" else n).to(dtype)  # exact in dtype
-    ref = record.reference(a, packed)
-    y = record.run(a.to(DEVICE), packed, PATH_CONFIGS[record.path][1])
+    a = torch.randn(m, k if op == "gemm" else n).to(dtype)  # exact in dtype
+    ref = launch_reference(op, a, packed)
+    y = launch(op, a.to(DEVICE), packed, PATH_CONFIGS[path][1])
     assert y.dtype == dtype
     unit = 2.0**-11 if dtype == torch.float16 else 2.0**-8  # output rounding
     # output rounding is relative to |y| <= bound; gemm_t also rounds g*scale to dtype
-    assert_close(y, ref, term_bound(a, dequantize(packed), record.op == "gemm_t"), 2 * unit)
+    assert_close(y, ref, term_bound(a, dequantize_kwords(packed), op == "gemm_t"), 2 * unit)
 
 
 # --- custom ops: fake kernels, opcheck, autograd ------
