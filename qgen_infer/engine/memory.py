@@ -47,12 +47,37 @@ def row_bytes(latent_dim: int, activations: int, workspace: int) -> int:
     return FP32_BYTES * (2 * (latent_dim + activations) + workspace)
 
 
+# Layers whose output has their input's shape.
+_SAME_SHAPE = (torch.nn.LeakyReLU, torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid,
+               torch.nn.Identity, torch.nn.BatchNorm2d, torch.nn.Dropout)
+
+
+def _output_shape(module: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The output shape of the common layers from their settings, None for others: the first
+    ``meta`` forward of a Linear, Conv2d or BatchNorm imports torch's Python meta kernels, 2-3 s
+    in every process that loads a model."""
+    if isinstance(module, _SAME_SHAPE):
+        return shape
+    if isinstance(module, torch.nn.Linear):
+        return (*shape[:-1], module.out_features)
+    if isinstance(module, torch.nn.Flatten) and (module.start_dim, module.end_dim) == (1, -1):
+        return (shape[0], int(torch.Size(shape[1:]).numel()))
+    if type(module) is torch.nn.Conv2d and isinstance(module.padding, tuple) and len(shape) == 4:
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+            shape[2:], module.padding, module.dilation, module.kernel_size, module.stride,
+            strict=True)]
+        return (shape[0], module.out_channels, *size)
+    return None
+
+
 def sequential_elements(net: torch.nn.Sequential, sample_shape: Sequence[int]) -> int:
     """Activation elements per sample of ``net`` (built on the ``meta`` device): the sum of its
-    layers' outputs, from a forward pass that allocates nothing."""
+    layers' outputs, from their settings (:func:`_output_shape`) or a forward pass that
+    allocates nothing."""
     x, elements = torch.empty(1, *sample_shape, device="meta"), 0
     for module in net:
-        x = module(x)
+        shape = _output_shape(module, tuple(x.shape))
+        x = module(x) if shape is None else torch.empty(shape, device="meta")
         elements += x.numel()
     return elements
 
