@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qgen_infer.conv_geometry import conv_transpose2d_output_size
+from qgen_infer.conv_geometry import conv2d_output_size, conv_transpose2d_output_size
 from qgen_infer.kernels.common import (
     INT32_MAX,
     activate,
@@ -247,8 +247,8 @@ def conv2d(x: torch.Tensor, w: PackedConvWeight, stride=1, padding=0, dilation=1
     """``act(alpha * conv2d(x, V) + beta)`` as ``F.conv2d`` computes it (no groups)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (w.kernel_size, _pair(stride), _pair(padding),
                                               _pair(dilation))
-    oh = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh = conv2d_output_size(x.shape[-2], kh, sh, ph, dh)
+    ow = conv2d_output_size(x.shape[-1], kw, sw, pw, dw)
     out = _output(x, w, oh, ow)
     _launch(x, w, out, (oh, ow), (0, 0, 1, 1), (sh, sw), (ph, pw), (dh, dw),
             _vectors(alpha, beta, w.out_channels, x.device), activation, negative_slope)

@@ -1,5 +1,6 @@
 """Output sizes of the generator's convolutions, as PyTorch defines them, written once for the
-format's static layer-chain check, the engine's packed layers and the Triton conv kernels.
+format's static layer-chain check, the engine's packed layers and memory plan, and the Triton conv
+kernels.
 
 Per spatial axis, with kernel ``k``, stride ``s``, padding ``p``, dilation ``d``:
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from qgen_infer.conv_geometry import conv2d_output_size
 from qgen_infer.errors import QgenError
 
 ENV_LIMIT = "QGEN_MEMORY_LIMIT"
@@ -63,7 +64,7 @@ def _output_shape(module: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int,
     if isinstance(module, torch.nn.Flatten) and (module.start_dim, module.end_dim) == (1, -1):
         return (shape[0], int(torch.Size(shape[1:]).numel()))
     if type(module) is torch.nn.Conv2d and isinstance(module.padding, tuple) and len(shape) == 4:
-        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+        size = [conv2d_output_size(n, k, s, p, d) for n, p, d, k, s in zip(
             shape[2:], module.padding, module.dilation, module.kernel_size, module.stride,
             strict=True)]
         return (shape[0], module.out_channels, *size)
