@@ -37,7 +37,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from qgen_infer.activations import activate, activation_grad_from_output, activation_id
+from qgen_infer.activations import (
+    ACTIVATIONS,
+    activate,
+    activation_grad_from_output,
+    activation_id,
+)
 from qgen_infer.engine.backend import MatrixWeight
 
 CPU_TIERS = ("portable", "avx2", "avx512")
@@ -143,7 +148,7 @@ def _product_cases(entry: KernelEntry, gen: torch.Generator) -> list[Case]:
     for i, bits in enumerate(BITS):
         for m, n, k in (PRODUCT_SHAPES[i], PRODUCT_SHAPES[(i + 1) % len(PRODUCT_SHAPES)]):
             w = _weight(gen, n, k, bits)
-            act = ("leaky_relu", "tanh", "relu", "none")[(i + m) % 4]
+            act = ACTIVATIONS[(i + m) % len(ACTIVATIONS)]
             alpha = torch.rand(n, generator=gen) + 0.5
             beta = torch.randn(n, generator=gen)
             x = torch.randn(m, k, generator=gen)
@@ -225,7 +230,7 @@ def _i8_cases(entry: KernelEntry, gen: torch.Generator) -> list[Case]:
     out = []
     for bits, (m, n, k) in zip(BITS, shapes, strict=True):
         w = _weight(gen, n, k, bits)
-        act = ("leaky_relu", "tanh", "relu", "none")[bits - 1]
+        act = ACTIVATIONS[bits % len(ACTIVATIONS)]
         out.append(Case(f"w{bits} M={m} N={n} K={k} {act}",
                         dict(weight=w, a=torch.randn(m, k, generator=gen),
                              alpha=torch.rand(n, generator=gen) + 0.5,
@@ -291,7 +296,7 @@ def _conv_cases(entry: KernelEntry, gen: torch.Generator) -> list[Case]:
         length = shape[1] if on_k else shape[0]
         scale = torch.rand(length, generator=gen) * 0.2 + 0.05
         zero = (2**bits - 1) / 2 + 0.3 * torch.randn(length, generator=gen)
-        act = ("leaky_relu", "tanh", "relu", "none")[bits - 1]
+        act = ACTIVATIONS[bits % len(ACTIVATIONS)]
         kw = dict(stride=geometry[2], padding=geometry[3], dilation=geometry[4])
         if entry.op == "conv_transpose2d":
             kw["output_padding"] = geometry[5]
