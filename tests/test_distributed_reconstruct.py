@@ -317,3 +317,35 @@ def test_measurements_are_memory_mapped_and_read_in_rows(problem):
     assert np.array_equal(rows, problem["y"][4:9])
     with pytest.raises(QgenError, match="values per image"):
         open_measurements(path, problem["y"].shape[1] + 1)
+
+
+def test_a_follower_runs_cached_choices_at_once_and_waits_for_rank_0_on_the_rest(tmp_path):
+    """Rank 1's dispatcher: a product in the cost table runs without rank 0 (whose choices file
+    does not exist yet, so waiting would hang); one the table lacks takes rank 0's published
+    path; a rank whose path differs from rank 0's for a product is named."""
+    from qgen_infer.distributed.dispatch import FollowerDispatcher, disagreements, publish_choices
+    from qgen_infer.engine.cpu_dispatch import CostTable, Dispatcher, ProductKey
+
+    table_key = ProductKey("gemm", 1, 500, 25, 4, True)
+    other_key = ProductKey("gemm_t", 1, 500, 25, 4, False)
+    table = CostTable(None)
+    table.put("ctx", table_key, 1e-3, 2e-3)  # packed faster
+    follower = FollowerDispatcher(Dispatcher(table), tmp_path)
+    assert follower.known("ctx", table_key).path == "packed"
+
+    leader = Dispatcher(CostTable(None))
+    leader.run("ctx", other_key, lambda: "p", lambda: "d")  # measured by rank 0 here
+    leader.choices[("ctx", table_key)] = follower.choices[("ctx", table_key)]
+    publish_choices(tmp_path, type("M", (), {"backend": type("B", (), {
+        "dispatcher": leader})()})(), None)
+    assert follower.known("ctx", other_key).path == leader.choices[("ctx", other_key)].path
+    assert follower.known("ctx", other_key).source == "rank 0"
+
+    assert disagreements([{"a": "packed", "b": "dense"}, {"a": "packed"}, {"b": "dense"}]) == []
+    assert disagreements([{"a": "packed"}, {"a": "dense", "c": "packed"}, {"c": "x"}]) == [1]
+
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    publish_choices(failed, None, OSError("disk on fire"))
+    with pytest.raises(QgenError, match="rank 0 could not measure"):
+        FollowerDispatcher(Dispatcher(CostTable(None)), failed).known("ctx", other_key)
