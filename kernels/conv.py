@@ -23,7 +23,7 @@ correction and the epilogue run after the K loop, as in ``gemm``:
     scale on n:  y = s[n] (Σ_k x c - z[n] Σ_k x)
     scale on c:  y = Σ_k (x s[c]) c - Σ_k x s[c] z[c]
 
-The two directions serve each other's input gradient (DESIGN.md): the input gradient of
+The two directions serve each other's input gradient: the input gradient of
 ``conv_transpose2d`` with weight ``W[ci, co, ky, kx]`` is ``conv2d`` of the output gradient with
 ``V = W`` (``n = ci``, ``c = co``; a per-``co`` scale is then on ``c``), and that of ``conv2d`` is
 ``conv_transpose2d`` with ``V = W.permute(1, 0, 2, 3)``.
