@@ -1,7 +1,7 @@
 """Write ``kernels/tuned/sm_90.json``, the launch-config table shipped for Hopper (H100 / H200).
 
-    python bench/ship_tuned_table.py                       # the rule's entries only
-    python bench/ship_tuned_table.py OUTDIR/triton-configs.json ...   # plus measured ones
+    python scripts/ship_tuned_table.py                       # the rule's entries only
+    python scripts/ship_tuned_table.py OUTDIR/triton-configs.json ...   # plus measured ones
 
 Every entry says where it comes from (``source``):
 
@@ -74,7 +74,7 @@ def main() -> None:
             entries[configs.parse_entry(e)[0]] = e
     doc = {"format": configs.FORMAT, "version": configs.VERSION,
            "about": "Launch configs for Hopper (sm_90), shipped with qgen-infer; written by "
-                    "bench/ship_tuned_table.py, whose docstring says what each source means.",
+                    "scripts/ship_tuned_table.py, whose docstring says what each source means.",
            "entries": sorted(entries.values(), key=lambda e: (e["op"], e["bits"], e["dtype"],
                                                                e["n"], e["k"], e["m_bucket"]))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
