@@ -145,10 +145,12 @@ def _epilogue_bound(acc_bound: torch.Tensor, c: dict[str, Any]) -> torch.Tensor:
 
 def _product_cases(entry: KernelEntry, gen: torch.Generator) -> list[Case]:
     out = []
+    per_width = 1 if entry.backend == "triton" else 2  # the interpreter is slow
     for i, bits in enumerate(BITS):
-        for m, n, k in (PRODUCT_SHAPES[i], PRODUCT_SHAPES[(i + 1) % len(PRODUCT_SHAPES)]):
+        for j in range(per_width):
+            m, n, k = PRODUCT_SHAPES[(i + j) % len(PRODUCT_SHAPES)]
             w = _weight(gen, n, k, bits)
-            act = ACTIVATIONS[(i + m) % len(ACTIVATIONS)]
+            act = ACTIVATIONS[(i + j) % len(ACTIVATIONS)]
             alpha = torch.rand(n, generator=gen) + 0.5
             beta = torch.randn(n, generator=gen)
             x = torch.randn(m, k, generator=gen)
