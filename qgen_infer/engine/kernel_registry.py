@@ -12,7 +12,8 @@ The ops, each on a weight ``W = scale (codes - zero)`` of k-bit codes (k = 1..4)
 
 * ``gemm``: ``act(alpha (x Wᵀ) + beta)``, ``x [M, K] -> [M, N]``; ``gemm_t``: ``g W``,
   ``g [M, N] -> [M, K]``; ``gemm_t_epi``: ``(g ⊙ act'(y) ⊙ alpha) W``, the input gradient through
-  the epilogue (``y`` the gemm's output);
+  the epilogue (``y`` the gemm's output); ``gemm_sparse_x``: ``gemm`` on rows at most 1/5 nonzero,
+  which the CPU tiers run on their sparse-row kernel;
 * ``gemm_i8``: ``gemm`` on the AVX2 int8 activation tables, which round: its reference rounds the
   same way (``lut_i8_reference.py``); ``lut_i8_sums``: that path's integer sums, exact;
 * ``conv2d`` / ``conv_transpose2d``: ``act(alpha conv(x, V) + beta)`` as ``F.conv2d`` /
@@ -90,10 +91,14 @@ class Case:
 # --- the float products ------------------------------------------------------------------------
 
 PRODUCTS = ("gemm", "gemm_t", "gemm_t_epi")
+# gemm on rows at most 1/5 nonzero (the s-sparse latent into the first layer): the CPU tiers'
+# sparse-row kernel (KernelSet::sparse_row) instead of the LUT tiles
+SPARSE_GEMM = "gemm_sparse_x"
 # (M, N, K) per width: batch 1, primes, sizes off every block multiple
 PRODUCT_SHAPES = ((1, 37, 70), (5, 13, 33), (3, 1, 9), (7, 40, 65))
 
 _CPU_PRODUCT = {"gemm": ("_cpu.gemm_planes_f32", "_cpu.repack_planes"),
+                SPARSE_GEMM: ("_cpu.gemm_planes_f32", "_cpu.repack_planes"),
                 "gemm_t": ("_cpu.gemm_t_planes_f32", "_cpu.repack_planes"),
                 "gemm_t_epi": ("_cpu.gemm_t_planes_f32", "_cpu.repack_planes")}
 _TRITON_PRODUCT = {"gemm": "kernels.gemm.gemm", "gemm_t": "kernels.gemm_t.gemm_t",
@@ -154,9 +159,12 @@ def _product_cases(entry: KernelEntry, gen: torch.Generator) -> list[Case]:
             alpha = torch.rand(n, generator=gen) + 0.5
             beta = torch.randn(n, generator=gen)
             x = torch.randn(m, k, generator=gen)
+            if entry.op == SPARSE_GEMM:  # max(1, K // 8) nonzeros a row: under the 1/5 cut
+                keep = torch.rand(m, k, generator=gen).argsort(dim=1)[:, :max(1, k // 8)]
+                x = x * torch.zeros(m, k).scatter_(1, keep, 1.0)
             c = dict(weight=w, alpha=alpha, beta=beta, act=act, slope=0.2)
             c["y"] = _epilogue_ref(x.double() @ _dense(w).t(), c).float()  # the forward's output
-            c["a"] = x if entry.op == "gemm" else torch.randn(m, n, generator=gen)
+            c["a"] = x if entry.op in ("gemm", SPARSE_GEMM) else torch.randn(m, n, generator=gen)
             out.append(Case(f"w{bits} M={m} N={n} K={k} {act}", c))
     return out
 
@@ -171,7 +179,7 @@ def _run_product(entry: KernelEntry, case: Case) -> torch.Tensor:
         backend = CpuBackend(isa=entry.variant, dispatch="packed", int_tables="off")
         prepared = backend.prepare(c["weight"])
         ep = Epilogue(c["alpha"], c["beta"], c["act"], c["slope"])
-        if entry.op == "gemm":
+        if entry.op in ("gemm", SPARSE_GEMM):
             return backend.gemm(c["a"], prepared, ep)
         if entry.op == "gemm_t":
             return backend.gemm_t(c["a"], prepared)
@@ -205,7 +213,7 @@ def _epilogue_gradient(c: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 def _reference_product(entry: KernelEntry, case: Case) -> torch.Tensor:
     c = case.inputs
     w = _dense(c["weight"])
-    if entry.op == "gemm":
+    if entry.op in ("gemm", SPARSE_GEMM):
         return _epilogue_ref(c["a"].double() @ w.t(), c)
     if entry.op == "gemm_t":
         return c["a"].double() @ w
@@ -215,7 +223,7 @@ def _reference_product(entry: KernelEntry, case: Case) -> torch.Tensor:
 def _allowed_product(entry: KernelEntry, case: Case) -> torch.Tensor:
     c = case.inputs
     w = _dense(c["weight"]).abs()
-    if entry.op == "gemm":
+    if entry.op in ("gemm", SPARSE_GEMM):
         bound = _epilogue_bound(c["a"].double().abs() @ w.t(), c)
     elif entry.op == "gemm_t":
         bound = c["a"].double().abs() @ w
@@ -479,13 +487,15 @@ _I8 = _Op(_i8_cases, _run_i8, _reference_i8, _allowed_i8)
 _CONV = _Op(_conv_cases, _run_conv, _reference_conv, _allowed_conv)
 _STEP = _Op(_step_cases, _run_step, _reference_step, _allowed_step)
 _SELECT = _Op(_select_cases, _run_select, _reference_select, _allowed_select)
-OPS: dict[str, _Op] = {**dict.fromkeys(PRODUCTS, _PRODUCT), "gemm_i8": _I8, "lut_i8_sums": _I8,
+OPS: dict[str, _Op] = {**dict.fromkeys((*PRODUCTS, SPARSE_GEMM), _PRODUCT),
+                       "gemm_i8": _I8, "lut_i8_sums": _I8,
                        "conv2d": _CONV, "conv_transpose2d": _CONV, "mlp_step": _STEP,
                        "kth_largest_abs": _SELECT, "proximal_step": _SELECT}
 
 _CONV_COVERS = ("kernels.conv.conv_kpack_kernel",)
 KERNELS: tuple[KernelEntry, ...] = (
-    *(KernelEntry("cpu", tier, op, _CPU_PRODUCT[op]) for tier in CPU_TIERS for op in PRODUCTS),
+    *(KernelEntry("cpu", tier, op, _CPU_PRODUCT[op])
+      for tier in CPU_TIERS for op in (*PRODUCTS, SPARSE_GEMM)),
     KernelEntry("cpu", "avx2", "gemm_i8", ("_cpu.gemm_planes_i8", "_cpu.repack_nibbles")),
     KernelEntry("cpu", "avx2", "lut_i8_sums", ("_cpu.lut_i8_sums", "_cpu.repack_nibbles")),
     KernelEntry("cpu", "any", "kth_largest_abs", ("_cpu.kth_largest_abs_f32",)),
