@@ -390,43 +390,32 @@ def test_tiers_agree_closely(backends, isa: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _with_isa_env(value: str, code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter with ``QGEN_CPU_ISA=value``: the extension reads the
-    variable once per process, at its first use, so a test cannot change it in this one."""
-    env = {**os.environ, "QGEN_CPU_ISA": value}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
-
-
-def test_isa_env_override_read_once() -> None:
+def test_isa_env_read_once_per_process() -> None:
     """``QGEN_CPU_ISA`` picks the tier of every call without an ``isa`` argument (the argument
-    still wins), and a change of the variable later in the process is not seen."""
-    code = ("import os\n"
-            "from qgen_infer import _cpu\n"
-            "from qgen_infer.engine.cpu_backend import create_backend\n"
-            "assert create_backend().isa == 'portable'\n"
-            "assert _cpu.kernel_name(2) == 'gemm_w2_planes_f32[portable]'\n"
-            "assert create_backend(_cpu.best_isa()).isa == _cpu.best_isa()\n"
-            "os.environ['QGEN_CPU_ISA'] = 'sse9'\n"
-            "assert _cpu.resolve_isa('') == 'portable'\n"
-            "print('ok')\n")
-    done = _with_isa_env("portable", code)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
-
-
-def test_isa_env_invalid_raises_at_every_call() -> None:
-    code = ("from qgen_infer import _cpu\n"
-            "from qgen_infer.engine.cpu_backend import create_backend\n"
-            "for _ in range(2):\n"
-            "    try:\n"
-            "        create_backend()\n"
-            "    except ValueError as e:\n"
-            "        assert 'QGEN_CPU_ISA' in str(e) and 'sse9' in str(e), e\n"
-            "    else:\n"
-            "        raise SystemExit('no error')\n"
-            "assert _cpu.resolve_isa('portable') == 'portable'\n"
-            "print('ok')\n")
-    done = _with_isa_env("sse9", code)
+    still wins); an invalid value raises at every call; the first valid value read stays for the
+    process (a fresh interpreter: this one's extension has read the variable already)."""
+    code = """
+import os
+from qgen_infer import _cpu
+from qgen_infer.engine.cpu_backend import create_backend
+for _ in range(2):
+    try:
+        create_backend()
+    except ValueError as e:
+        assert "QGEN_CPU_ISA" in str(e) and "sse9" in str(e), e
+    else:
+        raise SystemExit("an invalid QGEN_CPU_ISA was accepted")
+assert _cpu.resolve_isa("portable") == "portable"
+os.environ["QGEN_CPU_ISA"] = "portable"
+assert create_backend().isa == "portable"
+assert _cpu.kernel_name(2) == "gemm_w2_planes_f32[portable]"
+assert create_backend(_cpu.best_isa()).isa == _cpu.best_isa()
+os.environ["QGEN_CPU_ISA"] = "sse9"
+assert _cpu.resolve_isa("") == "portable" and create_backend().isa == "portable"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "QGEN_CPU_ISA": "sse9"}, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
