@@ -9,9 +9,12 @@ gradient of the global mean: W ranks follow one process's trajectory with the sa
 up to float rounding of the sums. A checkpoint holds one trajectory's state (weights, Adam,
 RNG, step), so ``--resume`` continues at any world size whose W divides B.
 
-What differs from one process: BatchNorm (the DCGAN generator) normalises with each rank's own
-slice, as DDP does by default; the S-REC data-data pair (``--srec-data-pairs``) pairs images
-within a rank's slice. Only rank 0 evaluates, writes the checkpoint, the log and prints.
+Two parts of a step look beyond a rank's slice, and are made to see the whole batch as one
+process does: the DCGAN generator's BatchNorm normalises with the global batch's statistics
+(:mod:`.batch_norm`, all-reduced, differentiably; DDP's default would use each slice's own), and
+the S-REC data-data pair (``--srec-data-pairs``) puts each image against the one before it in
+the global batch, so a rank's first image is paired with the previous rank's last (every rank
+holds the whole batch). Only rank 0 evaluates, writes the checkpoint, the log and prints.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from qgen_infer.distributed.batch_norm import synchronise_batch_norm
 from qgen_infer.distributed.env import DistEnv, check_all, device_for, join
 from qgen_infer.errors import QgenError
 from qgen_infer.solve import sample_latent
@@ -54,12 +58,14 @@ class _AlgorithmOneStep(nn.Module):
         self.log_step_size = trainer.log_step_size
         self.trainer = [trainer]  # a list: not registered as a submodule
 
-    def forward(self, x: torch.Tensor, z0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, z0: torch.Tensor, pair_before: torch.Tensor
+                ) -> tuple[torch.Tensor, ...]:
         t = self.trainer[0]
         losses = meta_learning_losses(
             x, in_precision(self.generator, t.cfg.precision),
             in_precision(self.sensing, t.cfg.precision), self.log_step_size, t.solver,
-            gdl_weight=t.cfg.gdl_weight, rng=t.rng, data_pairs=t.cfg.srec_data_pairs, z0=z0)
+            gdl_weight=t.cfg.gdl_weight, rng=t.rng, data_pairs=t.cfg.srec_data_pairs, z0=z0,
+            pair_before=pair_before)
         return losses.total, losses.measurement, losses.isometry, losses.gdl
 
 
@@ -80,6 +86,7 @@ class DistributedTrainer(Trainer):
             error = exc
         check_all(self.env, error)
         self.writes_files = self.env.is_main
+        synchronise_batch_norm(self.generator)  # before DDP, which registers the modules
         step = _AlgorithmOneStep(self)
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # DDP broadcasts rank 0's weights and buffers here: every rank starts from one state
@@ -94,7 +101,8 @@ class DistributedTrainer(Trainer):
         # the whole global batch's starts, as one process draws them, then this rank's rows
         z0 = sample_latent(x.shape[0], s.latent_dim, s.sparsity, project=s.project,
                            generator=self.rng, device=x.device, dtype=x.dtype)[rows]
-        losses = self.step_module(x[rows], z0)
+        before = x[lo - 1:lo] if lo else x[-1:]  # the data-data pair's partner of row lo
+        losses = self.step_module(x[rows], z0, before)
         self.optimizer.zero_grad(set_to_none=True)
         losses[0].backward()  # DDP averages the gradients across the ranks during it
         self.optimizer.step()

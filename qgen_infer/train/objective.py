@@ -70,12 +70,20 @@ def meta_learning_losses(
     rng: torch.Generator,
     data_pairs: bool = False,
     z0: torch.Tensor | None = None,
+    pair_before: torch.Tensor | None = None,
 ) -> StepLosses:
     """The losses of one Algorithm-1 iteration on the batch ``x`` (graph kept for backward).
     ``z0``: the random starts, ``[B, latent]``; drawn from ``rng`` when None (a data-parallel
-    rank passes its rows of the whole batch's draw)."""
+    rank passes its rows of the whole batch's draw). ``pair_before``: ``[1, C, H, W]``, the
+    image the data-data pair puts before ``x[0]`` (a data-parallel rank's slice: the whole
+    batch's image before it), instead of ``x[-1]``."""
     b = x.shape[0]
-    y = sensing(x)
+    if data_pairs and pair_before is not None:  # one sensing pass, as for the batch alone
+        y_before, y = sensing(torch.cat([pair_before, x])).split([1, b])
+        x_prev, y_prev = torch.cat([pair_before, x[:-1]]), torch.cat([y_before, y[:-1]])
+    else:
+        y = sensing(x)
+        x_prev, y_prev = x.roll(1, 0), y.roll(1, 0)
     if z0 is None:
         z0 = sample_latent(b, solver.latent_dim, solver.sparsity, project=solver.project,
                            generator=rng, device=x.device, dtype=x.dtype)
@@ -90,8 +98,8 @@ def meta_learning_losses(
     meas = measurement_loss(y, m_hat).mean()
     pairs = [_pair_isometry(m_hat, m0, x_hat, x0), _pair_isometry(m_hat, y, x_hat, x),
              _pair_isometry(y, m0, x, x0)]
-    if data_pairs:  # each image against the next one of the batch (itself when b = 1: r = 0)
-        pairs.append(_pair_isometry(y, y.roll(1, 0), x, x.roll(1, 0)))
+    if data_pairs:  # each image against the one before it (itself when b = 1: r = 0)
+        pairs.append(_pair_isometry(y, y_prev, x, x_prev))
     iso = torch.stack(pairs).mean(0).mean()
     gdl = gradient_difference_loss(x, x_hat) if gdl_weight else x.new_zeros(())
     return StepLosses(total=meas + iso + gdl_weight * gdl, measurement=meas, isometry=iso, gdl=gdl)
