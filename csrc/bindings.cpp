@@ -1,5 +1,6 @@
 // qgen_infer._cpu: the pybind11 bindings, nothing else. The entry points are in gemm.cpp,
-// gemm_i8.cpp, repack.cpp and solver_entry.cpp (entry_points.h); the ISA choice in dispatch.cpp.
+// gemm_i8.cpp, conv.cpp, repack.cpp and solver_entry.cpp (entry_points.h); the ISA choice in
+// dispatch.cpp.
 //
 // Arrays cross the boundary as numpy arrays (torch CPU tensors via .numpy(), sharing memory), so
 // the extension never links libtorch nor depends on its C++ ABI. Every entry point checks dtype,
@@ -94,6 +95,17 @@ PYBIND11_MODULE(_cpu, m) {
           py::arg("threads") = 0,
           "float32 z, g [B, d] -> P_s(z - beta g) (s = 0: no P_s), then / max(||.||, eps) "
           "per row when project.");
+    m.def("conv_planes_f32", &conv_planes_f32, py::arg("x"), py::arg("words"), py::arg("n"),
+          py::arg("bits"), py::arg("geometry"), py::arg("phases"), py::arg("runs"),
+          py::arg("col_scale") = py::none(), py::arg("col_zero") = py::none(),
+          py::arg("red_scale") = py::none(), py::arg("red_zero") = py::none(),
+          py::arg("alpha") = py::none(), py::arg("beta") = py::none(), py::arg("act") = 0,
+          py::arg("slope") = 0.01f, py::arg("y") = py::none(), py::arg("grad_alpha") = py::none(),
+          py::arg("grad_act") = 0, py::arg("grad_slope") = 0.01f, py::arg("isa") = "",
+          py::arg("threads") = 0,
+          "Implicit-GEMM packed convolution over tap runs (csrc/conv.cpp): x float32 "
+          "[B, H, W, C] channels-last -> [B, OH, OW, n]; given y [B, H, W, C], the rows are "
+          "x * grad_alpha * grad_act'(y) (an input gradient through the epilogue).");
     m.def("gemm_t_planes_f32", &gemm_t_planes_f32, py::arg("g"), py::arg("words_t"), py::arg("k"),
           py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("isa") = "",
           py::arg("threads") = 0, py::arg("y") = py::none(), py::arg("alpha") = py::none(),

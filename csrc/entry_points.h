@@ -30,6 +30,17 @@ py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& word
                                      const py::object& y_o, const py::object& alpha_o, int act,
                                      float slope);
 
+// conv.cpp: implicit-GEMM convolution over the planes of tap runs (layout in conv.cpp).
+py::array_t<float> conv_planes_f32(const py::array& x_a, const py::array& words_a, int64_t N,
+                                   int bits, const py::array& geometry_a,
+                                   const py::array& phases_a, const py::array& runs_a,
+                                   const py::object& col_scale_o, const py::object& col_zero_o,
+                                   const py::object& red_scale_o, const py::object& red_zero_o,
+                                   const py::object& alpha_o, const py::object& beta_o, int act,
+                                   float slope, const py::object& yfwd_o,
+                                   const py::object& galpha_o, int gact, float gslope,
+                                   const std::string& isa_req, int threads);
+
 // gemm_i8.cpp: the integer-table path (AVX2).
 py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, int64_t N,
                                   int bits, const py::array& scale_a, const py::array& zero_a,

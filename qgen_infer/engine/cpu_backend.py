@@ -39,6 +39,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -383,6 +384,22 @@ class CpuBackend:
                 @ prepared.dense()
 
         return self._route("gemm_t_epi", grad_y, prepared, packed, dense)
+
+    def prepare_conv(self, module: Any) -> Any:
+        """A conv layer's implicit-GEMM plan (``cpu_conv``), or None: the layer then runs on
+        the GEMM products (per pixel or im2col, ``packed_modules``)."""
+        if not hasattr(self._ext, "conv_planes_f32"):
+            return None
+        from qgen_infer.engine.cpu_conv import plan_conv
+
+        return plan_conv(self._ext, module, self._threads())
+
+    def conv(self, x: torch.Tensor, plan: Any, epilogue: Epilogue) -> torch.Tensor:
+        """``act(alpha * conv(x) + beta)`` of the layer ``plan`` describes, with autograd; the
+        output is channels-last in memory."""
+        from qgen_infer.engine.cpu_conv import cpu_conv
+
+        return cpu_conv(x, self, plan, epilogue)
 
     def _gemm_t_int_tables(self, h: torch.Tensor, prepared: CpuPrepared) -> torch.Tensor:
         """``h @ W`` by the int8-table kernel over the transposed codes: with ``u = h * scale``,

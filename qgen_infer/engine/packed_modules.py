@@ -137,7 +137,9 @@ class _ConvParams:
         NCHW -> ``[B, C_out, *output_size]``, channels-last in memory (so the next layer's
         per-pixel rows are a view, not a copy)."""
         b, c_in, h, w = x.shape
-        pixels = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in)
+        # a copy unless x is channels-last; contiguous() also where reshape gives a strided
+        # view (batch 1, NCHW): the products take contiguous rows
+        pixels = x.permute(0, 2, 3, 1).reshape(b * h * w, c_in).contiguous()
         cols = packed_gemm(pixels, self.backend, self.prepared, None)  # [B*H*W, kh*kw*C_out]
         cols = cols.reshape(b, h, w, *self.kernel_size, -1)
         acc = col2im_channels_last(cols, output_size, padding, stride, self.dilation)

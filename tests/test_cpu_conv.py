@@ -1,0 +1,269 @@
+"""The CPU implicit-GEMM convolutions (csrc/conv.cpp, qgen_infer/engine/cpu_conv.py): each
+direction against a float64 ``F.conv2d`` / ``F.conv_transpose2d`` on the dequantized weight, for
+every bit width and ISA tier, both scale placements, strides, paddings, output paddings,
+dilations, odd sizes, batch 1 and channel counts off every block; the packed layers' forward and
+input gradient against autograd of the dense layer; the input checks; the fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+_cpu = pytest.importorskip("qgen_infer._cpu", reason="CPU extension qgen_infer._cpu not built")
+
+from qgen_infer.engine import PackedConv2d, PackedConvTranspose2d  # noqa: E402
+from qgen_infer.engine.backend import Epilogue  # noqa: E402
+from qgen_infer.engine.cpu_backend import create_backend  # noqa: E402
+from qgen_infer.engine.cpu_conv import (  # noqa: E402
+    ENV,
+    axis_taps,
+    pack_direction,
+    run_direction,
+    tap_runs,
+)
+from qgen_infer.format import PackedLayer, pack_codes  # noqa: E402
+
+SUPPORTED = set(_cpu.supported_isas())
+ISAS = [pytest.param(i, marks=pytest.mark.skipif(i not in SUPPORTED,
+                                                 reason=f"this CPU/OS lacks {i}"))
+        for i in ("portable", "avx2", "avx512")]
+REL = 2e-6  # of max |reference|: fp32 accumulation over at most a few thousand terms
+
+# (transposed, B, C, N, H, W, kernel, stride, padding, dilation, output_padding): channel counts
+# off the 16 lanes and 32-channel words (17, 20, 33, 37, 40), odd and non-square inputs,
+# batch 1, stride 1-3, dilation 2, an output padding, and a transposed convolution whose stride
+# exceeds its kernel (phases without taps: act(beta) only).
+GEOMETRIES = [
+    (False, 2, 20, 17, 7, 9, (3, 3), (1, 1), (1, 1), (1, 1), (0, 0)),
+    (False, 1, 33, 40, 9, 8, (4, 4), (2, 2), (1, 1), (1, 1), (0, 0)),
+    (False, 1, 16, 18, 9, 7, (3, 2), (2, 1), (2, 0), (2, 1), (0, 0)),
+    (True, 2, 37, 18, 4, 5, (4, 4), (2, 2), (1, 1), (1, 1), (0, 0)),
+    (True, 1, 16, 16, 5, 3, (4, 3), (2, 2), (1, 0), (1, 1), (1, 1)),
+    (True, 1, 17, 20, 3, 4, (3, 3), (2, 1), (1, 1), (2, 1), (1, 0)),
+    (True, 2, 16, 20, 3, 3, (2, 2), (3, 3), (0, 0), (1, 1), (2, 0)),
+]
+
+
+def random_codes(shape: tuple[int, ...], bits: int, gen: torch.Generator) -> torch.Tensor:
+    """uint8 codes with every value 0 .. 2^bits - 1 present."""
+    top = 1 << bits
+    flat = torch.randint(0, top, (int(np.prod(shape)),), generator=gen, dtype=torch.uint8)
+    flat[torch.randperm(flat.numel(), generator=gen)[:top]] = torch.arange(top,
+                                                                          dtype=torch.uint8)
+    return flat.reshape(shape)
+
+
+def reference(transposed: bool, x: torch.Tensor, v: torch.Tensor, stride, padding, dilation,
+              output_padding) -> torch.Tensor:
+    """float64 convolution by ``V [N, C, kh, kw]`` (conv_transpose2d wants ``[C, N, ...]``)."""
+    if transposed:
+        return F.conv_transpose2d(x.double(), v.permute(1, 0, 2, 3), None, stride, padding,
+                                  output_padding, 1, dilation)
+    return F.conv2d(x.double(), v, None, stride, padding, dilation)
+
+
+def assert_rel_close(out: torch.Tensor, ref: torch.Tensor, rel: float = REL) -> None:
+    assert out.shape == ref.shape
+    err = (out.double() - ref).abs().max().item()
+    assert err <= rel * max(ref.abs().max().item(), 1e-6), f"max error {err:.3g}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("scale_on_n", [True, False], ids=["col_scale", "red_scale"])
+@pytest.mark.parametrize("geometry", GEOMETRIES,
+                         ids=[f"{'T' if g[0] else 'C'}{i}" for i, g in enumerate(GEOMETRIES)])
+def test_direction_equals_float64_reference(geometry, scale_on_n: bool, bits: int,
+                                            isa: str) -> None:
+    transposed, b, c, n, h, w, kernel, stride, padding, dilation, out_pad = geometry
+    gen = torch.Generator().manual_seed(bits * 100 + c + n)
+    codes = random_codes((n, c, *kernel), bits, gen)
+    length = n if scale_on_n else c
+    scale = torch.rand(length, generator=gen) + 0.1
+    zero = torch.rand(length, generator=gen) * ((1 << bits) - 1)
+    d = pack_direction(_cpu, codes, scale, zero, bits, transposed, scale_on_n, stride, padding,
+                       dilation, 1)
+    shape = (-1, 1, 1, 1) if scale_on_n else (1, -1, 1, 1)
+    v = scale.double().reshape(shape) * (codes.double() - zero.double().reshape(shape))
+    x = torch.randn(b, c, h, w, generator=gen)
+    ref = reference(transposed, x, v, stride, padding, dilation, out_pad)
+    out = run_direction(_cpu, d, x.permute(0, 2, 3, 1).contiguous(), tuple(ref.shape[2:]), None,
+                        isa, 1)
+    assert_rel_close(out.permute(0, 3, 1, 2), ref)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act", ["none", "relu", "leaky_relu", "tanh"])
+def test_epilogue_and_gradient_rows(act: str, isa: str) -> None:
+    """The forward epilogue act(alpha * acc + beta), and the rows of an input gradient through
+    it (x * alpha * act'(y)), fused into the kernel."""
+    gen = torch.Generator().manual_seed(7)
+    n, c, bits = 18, 21, 2
+    codes = random_codes((n, c, 3, 3), bits, gen)
+    scale, zero = torch.rand(n, generator=gen) + 0.1, torch.rand(n, generator=gen) * 3
+    alpha, beta = torch.rand(n, generator=gen) + 0.5, torch.randn(n, generator=gen)
+    ep = Epilogue(alpha, beta, act, 0.2)
+    d = pack_direction(_cpu, codes, scale, zero, bits, False, True, (1, 1), (1, 1), (1, 1), 1)
+    v = scale.double()[:, None, None, None] * (codes.double() - zero.double()[:, None, None,
+                                                                              None])
+    x = torch.randn(1, c, 5, 6, generator=gen)
+    pre = reference(False, x, v, (1, 1), (1, 1), (1, 1), (0, 0))
+    ref = ep.apply(pre, channel_dim=1)
+    out = run_direction(_cpu, d, x.permute(0, 2, 3, 1).contiguous(), (5, 6), ep, isa, 1)
+    assert_rel_close(out.permute(0, 3, 1, 2), ref, 1e-5)
+    # rows through an epilogue over the C reduction channels: conv(g * alpha_c * act'(y))
+    y = torch.tanh(torch.randn(1, 5, 6, c, generator=gen)) + (0.5 if act == "relu" else 0.0)
+    if act == "relu":
+        y = y.clamp(min=0)
+    g = torch.randn(1, 5, 6, c, generator=gen)
+    galpha = torch.rand(c, generator=gen) + 0.5
+    gep = Epilogue(galpha, None, act, 0.2)
+    from qgen_infer.engine.backend import activation_grad_from_output
+
+    rows = g * galpha * activation_grad_from_output(y, act, 0.2)
+    ref = reference(False, rows.permute(0, 3, 1, 2), v, (1, 1), (1, 1), (1, 1), (0, 0))
+    out = run_direction(_cpu, d, g, (5, 6), None, isa, 1, through=(y, gep))
+    assert_rel_close(out.permute(0, 3, 1, 2), ref, 1e-5)
+
+
+def make_layer(transposed: bool, bits: int, c_in: int, c_out: int, kernel, stride, padding,
+               out_pad, dilation, gen: torch.Generator, granularity: str = "channel"
+               ) -> tuple[PackedLayer, torch.Tensor, Epilogue]:
+    """A packed layer with random codes, scales and a leaky-ReLU epilogue, and its fp32
+    dequantized weight in PyTorch layout."""
+    shape = (c_in, c_out, *kernel) if transposed else (c_out, c_in, *kernel)
+    codes = random_codes(shape, bits, gen)
+    k = c_out if granularity == "channel" else 1
+    scale, zero = torch.rand(k, generator=gen) + 0.1, torch.rand(k, generator=gen) * 2
+    alpha, beta = torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out, generator=gen)
+    kind = "conv_transpose2d" if transposed else "conv2d"
+    layer = PackedLayer("layer", kind, shape, pack_codes(codes, bits), scale, zero, alpha, beta,
+                        "leaky_relu", 0.2, stride, padding, out_pad, dilation)
+    view = (1, -1, 1, 1) if transposed else (-1, 1, 1, 1)  # the output-channel axis
+    weight = scale.reshape(view) * (codes.float() - zero.reshape(view))
+    return layer, weight, Epilogue(alpha, beta, "leaky_relu", 0.2)
+
+
+# (transposed, bits, C_in, C_out, kernel, stride, padding, output_padding, dilation, H, W)
+LAYERS = [
+    (True, 1, 32, 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 4, 4),  # a DCGAN up-layer
+    (True, 3, 17, 24, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 5, 3),
+    (False, 2, 16, 33, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 9, 8),
+    (False, 4, 20, 16, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 7, 5),
+    (False, 1, 16, 16, (3, 3), (3, 2), (0, 2), (0, 0), (1, 2), 10, 9),  # rows it never reads
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", LAYERS, ids=lambda c: ("T" if c[0] else "C") + f"{c[1]}b")
+def test_packed_layer_forward_and_input_gradient(case, isa: str) -> None:
+    """A packed layer on the cpu backend runs the implicit GEMM, and equals the dense layer
+    in output and in the input gradient (autograd through the dense one)."""
+    transposed, bits, c_in, c_out, kernel, stride, padding, out_pad, dilation, h, w = case
+    gen = torch.Generator().manual_seed(bits + c_in)
+    layer, weight, ep = make_layer(transposed, bits, c_in, c_out, kernel, stride, padding,
+                                   out_pad, dilation, gen)
+    cls = PackedConvTranspose2d if transposed else PackedConv2d
+    module = cls(layer, bits, create_backend(isa=isa, threads=1))
+    x = torch.randn(2, c_in, h, w, generator=gen, requires_grad=True)
+    x_ref = x.detach().double().requires_grad_(True)
+    y = module(x)
+    assert module._conv_plan is not None  # the implicit path ran
+    weight = weight.double()
+    if transposed:
+        pre = F.conv_transpose2d(x_ref, weight, None, stride, padding, out_pad, 1, dilation)
+    else:
+        pre = F.conv2d(x_ref, weight, None, stride, padding, dilation)
+    y_ref = Epilogue(ep.alpha.double(), ep.beta.double(), ep.activation,
+                     ep.negative_slope).apply(pre, channel_dim=1)
+    assert_rel_close(y.detach(), y_ref.detach())
+    g = torch.randn(y.shape, generator=gen)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g.double())
+    assert gx.shape == x.shape
+    assert_rel_close(gx, gx_ref)
+
+
+def test_per_tensor_scale_and_measured_dispatch(tmp_path) -> None:
+    """A per-tensor scale, and ``dispatch="measured"``: both paths are timed once, the choice is
+    kept per layer, direction and batch bucket, and either path gives the dense result."""
+    from qgen_infer.engine.cpu_dispatch import CostTable
+
+    gen = torch.Generator().manual_seed(3)
+    layer, weight, ep = make_layer(True, 2, 32, 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1),
+                                   gen, granularity="tensor")
+    backend = create_backend(threads=1, dispatch="measured")
+    backend.dispatcher.table = CostTable(tmp_path / "costs.json")
+    module = PackedConvTranspose2d(layer, 2, backend)
+    x = torch.randn(3, 32, 4, 4, generator=gen, requires_grad=True)
+    y = module(x)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = ep.apply(F.conv_transpose2d(x_ref, weight, None, 2, 1), channel_dim=1)
+    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, torch.ones_like(y_ref))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    ops = sorted(c["product"].split()[0] for c in backend.dispatcher.report())
+    assert ops == ["conv_transpose2d_forward", "conv_transpose2d_input_grad"]
+    assert len(module._conv_plan.routes) == 2
+
+
+def test_small_channel_counts_and_switch_keep_the_gemm_path(monkeypatch) -> None:
+    """Layers under 16 channels, and every layer with QGEN_CPU_IMPLICIT_CONV=0, run the GEMM
+    path (no plan) and still equal the dense layer."""
+    gen = torch.Generator().manual_seed(5)
+    backend = create_backend(threads=1)
+    small, weight, ep = make_layer(False, 1, 64, 3, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), gen)
+    module = PackedConv2d(small, 1, backend)
+    x = torch.randn(1, 64, 6, 5, generator=gen)
+    torch.testing.assert_close(module(x), ep.apply(F.conv2d(x, weight, None, 1, 1),
+                                                   channel_dim=1), rtol=1e-5, atol=1e-5)
+    assert module._conv_plan is None
+    monkeypatch.setenv(ENV, "0")
+    big, _, _ = make_layer(True, 1, 32, 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), gen)
+    module = PackedConvTranspose2d(big, 1, backend)
+    module(torch.randn(1, 32, 3, 3, generator=gen))
+    assert module._conv_plan is None
+
+
+def test_tap_runs_group_consecutive_inputs() -> None:
+    """conv2d: one phase, runs of consecutive taps (dilation 1) or single taps (dilation 2);
+    conv_transpose2d stride 2, kernel 4: two phases of two taps each, read in reverse."""
+    assert axis_taps(False, 3, 2, 1, 1) == (1, 2, [[(0, -1), (1, 0), (2, 1)]])
+    assert [len(r) for r in tap_runs(axis_taps(False, 3, 1, 1, 2)[2][0])] == [1, 1, 1]
+    step, in_step, phases = axis_taps(True, 4, 2, 1, 1)
+    assert (step, in_step) == (2, 1)
+    assert phases == [[(1, 0), (3, -1)], [(0, 1), (2, 0)]]
+    assert tap_runs(phases[0]) == [[(3, -1), (1, 0)]]
+
+
+def test_bad_geometry_is_rejected() -> None:
+    """The kernel checks every run against the padded input and the words, and the phases'
+    cover of the output, before reading anything."""
+    gen = torch.Generator().manual_seed(1)
+    codes = random_codes((16, 16, 3, 3), 1, gen)
+    d = pack_direction(_cpu, codes, torch.ones(1), torch.zeros(1), 1, False, True, (1, 1),
+                       (1, 1), (1, 1), 1)
+    x = torch.randn(1, 4, 4, 16).numpy()
+    geo, phases, runs = d.geometry(4, 4, 4, 4)
+    args = (d.words, 16, 1)
+    _cpu.conv_planes_f32(x, *args, geo, phases, runs, d.col_scale, d.col_zero)
+    bad = runs.copy()
+    bad[0, 2] = geo[3]  # the run starts past the padded width
+    with pytest.raises(ValueError, match="outside the padded input"):
+        _cpu.conv_planes_f32(x, *args, geo, phases, bad, d.col_scale, d.col_zero)
+    bad = runs.copy()
+    bad[-1, 4] = d.words.size  # its weights start at the end of words
+    with pytest.raises(ValueError, match="past words"):
+        _cpu.conv_planes_f32(x, *args, geo, phases, bad, d.col_scale, d.col_zero)
+    wrong = geo.copy()
+    wrong[0] += 1  # one output row more than the phases cover
+    with pytest.raises(ValueError, match="phases"):
+        _cpu.conv_planes_f32(x, *args, wrong, phases, runs, d.col_scale, d.col_zero)
+    with pytest.raises(ValueError, match="either col_scale"):
+        _cpu.conv_planes_f32(x, *args, geo, phases, runs)
+    with pytest.raises(TypeError, match="float32"):
+        _cpu.conv_planes_f32(x.astype(np.float64), *args, geo, phases, runs, d.col_scale,
+                             d.col_zero)
