@@ -329,12 +329,31 @@ def _run_conv(entry: KernelEntry, case: Case) -> torch.Tensor:
     from qgen_infer.kernels.conv import PackedConvWeight, conv2d, conv_transpose2d
 
     c = case.inputs
+    if entry.backend == "cpu":
+        return _run_conv_cpu(entry, c)
     device = _triton_device()
     w = PackedConvWeight.from_codes(c["codes"], c["scale"], c["zero"], c["bits"], c["on_k"],
                                     device)
     run = conv2d if entry.op == "conv2d" else conv_transpose2d
     return run(c["x"].to(device), w, **c["geometry"], alpha=c["alpha"].to(device),
                beta=c["beta"].to(device), activation=c["act"], negative_slope=c["slope"]).cpu()
+
+
+def _run_conv_cpu(entry: KernelEntry, c: dict[str, Any]) -> torch.Tensor:
+    """The CPU implicit GEMM (csrc/conv.cpp) on channels-last x, one thread."""
+    from qgen_infer import _cpu
+    from qgen_infer.engine.backend import Epilogue
+    from qgen_infer.engine.cpu_conv import pack_direction, run_direction
+
+    geo = {k: (v, v) if isinstance(v, int) else tuple(v) for k, v in c["geometry"].items()}
+    d = pack_direction(_cpu, c["codes"], c["scale"], c["zero"], c["bits"],
+                       entry.op == "conv_transpose2d", not c["on_k"], geo["stride"],
+                       geo["padding"], geo["dilation"], 1)
+    out_hw = _torch_conv(entry.op, c["x"][:1].double(), _conv_dense(c), c["geometry"]).shape[2:]
+    ep = Epilogue(c["alpha"], c["beta"], c["act"], c["slope"])
+    y = run_direction(_cpu, d, c["x"].permute(0, 2, 3, 1).contiguous(), tuple(out_hw), ep,
+                      entry.variant, 1)
+    return y.permute(0, 3, 1, 2)
 
 
 def _torch_conv(op: str, x: torch.Tensor, v: torch.Tensor, geometry: dict) -> torch.Tensor:
@@ -502,6 +521,8 @@ KERNELS: tuple[KernelEntry, ...] = (
     KernelEntry("cpu", "any", "proximal_step", ("_cpu.proximal_step_f32",)),
     *(KernelEntry("triton", path, op, _triton_covers(op, path))
       for path in TRITON_PATHS for op in PRODUCTS),
+    *(KernelEntry("cpu", tier, op, ("_cpu.conv_planes_f32", "_cpu.repack_planes"))
+      for tier in CPU_TIERS for op in ("conv2d", "conv_transpose2d")),
     KernelEntry("triton", "implicit-gemm", "conv2d", ("kernels.conv.conv2d", *_CONV_COVERS)),
     KernelEntry("triton", "implicit-gemm", "conv_transpose2d",
                 ("kernels.conv.conv_transpose2d", *_CONV_COVERS)),
