@@ -10,7 +10,8 @@ as dense torch fp32 layers (``fp32``: ``qgen_infer/engine/dense_baseline.py``, t
     python bench/time_dcgan_reconstruct.py --device cuda --backends fp32 triton --images 256
     PYTHONPATH=/path/to/other/checkout python bench/time_dcgan_reconstruct.py ...   # A/B
 
-Prints the fastest of ``--repeats`` timed calls after a one-step warm-up.
+Prints the fastest of ``--repeats`` timed calls after a one-step warm-up; the backends' calls
+are interleaved (order alternating), so each ratio to fp32 comes from one run.
 """
 
 from __future__ import annotations
@@ -57,12 +58,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                   help="thread: the calling thread's CPU time (1 thread on a busy machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     y = np.random.default_rng(0).normal(size=(args.images, DCGAN_DEFAULTS["measurements"]))
     y = y.astype(np.float32)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     with tempfile.TemporaryDirectory() as tmp:
         path = dcgan_file(Path(tmp), args.bits)
+        models = {}
         for backend in args.backends:
             try:
                 model = qgen_infer.load(path, device=args.device,
@@ -71,17 +76,22 @@ def main() -> None:
                 raise SystemExit(f"time_dcgan_reconstruct: {e}") from None
             if backend == "fp32":
                 model = dataclasses.replace(model, generator=dense_generator(model))
-            kw = dict(steps=args.steps, batch_size=args.images)
-            qgen_infer.reconstruct(model, y, steps=1, batch_size=args.images)
-            best = float("inf")
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                qgen_infer.reconstruct(model, y, **kw)  # returns numpy: synchronised
-                best = min(best, time.perf_counter() - t0)
-            where = args.device if args.device != "cpu" else f"{args.threads} thread(s)"
+            qgen_infer.reconstruct(model, y, steps=1, batch_size=args.images)  # warm-up
+            models[backend] = model
+        # rounds interleave the backends, order alternating: a busy machine's slow spells
+        # then hit every backend alike
+        best = dict.fromkeys(args.backends, float("inf"))
+        for r in range(args.repeats):
+            for backend in args.backends if r % 2 == 0 else args.backends[::-1]:
+                t0 = clock()
+                qgen_infer.reconstruct(models[backend], y, steps=args.steps,
+                                       batch_size=args.images)  # returns numpy: synchronised
+                best[backend] = min(best[backend], clock() - t0)
+        where = args.device if args.device != "cpu" else f"{args.threads} thread(s)"
+        for backend, seconds in best.items():
             print(f"{args.bits}-bit DCGAN, {backend}, {args.images} images, T = {args.steps}, "
-                  f"{where}: {best:.3f} s ({args.images / best:.1f} img/s)")
-
+                  f"{where}: {seconds:.3f} s ({args.images / seconds:.1f} img/s"
+                  + (f", {best['fp32'] / seconds:.2f}x fp32" if "fp32" in best else "") + ")")
 
 if __name__ == "__main__":
     main()
