@@ -153,6 +153,13 @@ def _train(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions, progress: Pr
     _run(cmd, paths.train_log, watch=watch, poll_s=opts.poll_s)
 
 
+def backend_name(metrics: dict) -> str:
+    """qgen-reconstruct's backend as the tables name it: "cpu, avx512" names the C++ kernels'
+    ISA tier (metrics.json's dispatch record), other backends just their name."""
+    isa = (metrics.get("dispatch") or {}).get("isa")
+    return f"{metrics['backend']}, {isa}" if isa else str(metrics["backend"])
+
+
 def _evaluate(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions) -> EvalRecord:
     import json
 
@@ -172,7 +179,7 @@ def _evaluate(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions) -> EvalRe
         return EvalRecord.for_spec(
             spec, epochs=epochs, psnr=metrics["summary"]["psnr"],
             ssim=metrics["summary"]["ssim"], images=metrics["summary"]["images"],
-            engine=PACKED_ENGINE, backend=metrics["backend"], stored_bytes=size.stored_bytes,
+            engine=PACKED_ENGINE, backend=backend_name(metrics), stored_bytes=size.stored_bytes,
             fp32_bytes=size.fp32_bytes, file_bytes=size.file_bytes, commands=steps)
     res = json.loads(paths.qgen_eval_json.read_text())
     save_images(paths.fp32_images, fp32_images(spec, paths))

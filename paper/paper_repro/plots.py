@@ -92,9 +92,10 @@ def figure4(rows: Sequence[tuple[str, ReconImages]], path: Path, title: str) -> 
 
 
 def eval_curves(curves: Sequence[tuple[str, dict[int, float], dict[int, float]]], path: Path,
-                title: str) -> bool:
+                title: str, epochs: int) -> bool:
     """Eval PSNR and SSIM against epochs, one line per ``(name, psnr by epoch, ssim by epoch)``,
-    all runs on one pair of axes. False (nothing written) when no run has a point yet."""
+    all runs on one pair of axes whose epoch axis runs to the target ``epochs`` (so a partial
+    run shows how far it has come). False (nothing written) when no run has a point yet."""
     curves = [c for c in curves if c[1] or c[2]]
     if not curves:
         return False
@@ -103,14 +104,15 @@ def eval_curves(curves: Sequence[tuple[str, dict[int, float], dict[int, float]]]
     for i, (name, psnr_by_epoch, ssim_by_epoch) in enumerate(curves):
         for ax, points in zip(axes, (psnr_by_epoch, ssim_by_epoch), strict=True):
             if points:
-                epochs = sorted(points)
-                ax.plot(epochs, [points[e] for e in epochs], marker="o", color=f"C{i}",
-                        label=name)
+                xs = sorted(points)
+                ax.plot(xs, [points[e] for e in xs], marker="o", color=f"C{i}", label=name)
     for ax, ylabel in zip(axes, ("eval PSNR (dB)", "eval SSIM"), strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        last = max(epochs, *(e for c in curves for e in c[1] | c[2]))
+        ax.set_xlim(0.5, last + 0.5)
+        ax.set_xticks(range(1, last + 1))
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

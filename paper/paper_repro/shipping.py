@@ -87,8 +87,20 @@ def ship_row(specs: Sequence[RunSpec], runs: Path, dest: Path,
     rows into ``dest``/README.md's section for the set (nothing is written before one is
     finished: the section keeps saying what is pending)."""
     shipped, table = ship(specs, runs, dest, out, name=colour_name)
+    done = {rec.name for rec in shipped}
     for dataset in dict.fromkeys(s.dataset for s in specs):
         rows = [line for line in table[2:] if f"`{dataset}-" in line]
-        if rows and write_section(dest / "README.md", dataset, [*table[:2], *rows]):
+        if not rows:
+            continue
+        pending = []
+        for spec in specs:
+            if (spec.dataset == dataset and spec.method == SDLSS and spec.packed
+                    and spec.s == DEFAULT_SPARSITY and spec.name not in done):
+                rec = load_record(paths_for(runs, spec).record)
+                so_far = (f"scored at epoch {rec.epochs}/{spec.epochs} so far" if rec
+                          else "not scored yet")
+                pending.append(f"- `{colour_name(spec)}`: pending (run `{spec.name}`, {so_far})")
+        lines = [*table[:2], *rows, *([""] + pending if pending else [])]
+        if write_section(dest / "README.md", dataset, lines):
             out(f"ship: rows written into {dest / 'README.md'}")
     return shipped

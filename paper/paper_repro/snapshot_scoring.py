@@ -78,7 +78,7 @@ def write_row_reports(specs: Sequence[RunSpec], sets: Sequence[ColourSet],
         name = f"{key}-eval-curves.png"
         if draw and eval_curves(curves, args.results / name,
                        f"{cs.label}: the training code's eval after each epoch "
-                       "(1,000 held-out images, 1 start)"):
+                       "(held-out images, 1 start)", max(s.epochs for s in row_specs)):
             figures["Eval PSNR and SSIM after each epoch (log.jsonl)"] = name
         for spec in row_specs:
             rec = records.get(spec.name)
