@@ -17,14 +17,18 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def make_checkpoint(path: Path, family: str = "mlp", bits: int = 4,
-                    granularity: str = "tensor", seed: int = 0) -> Path:
+                    granularity: str = "tensor", seed: int = 0,
+                    image_shape: list[int] | None = None) -> Path:
     """Save a ``model.pt`` whose networks took a few random SGD steps (so BatchNorm statistics and
-    spectral-norm vectors are not at their initial values), with perturbed BN running stats."""
+    spectral-norm vectors are not at their initial values), with perturbed BN running stats;
+    ``image_shape`` replaces the tiny default (to match a real data set's images)."""
     from qgen_infer.checkpoint import save_checkpoint
     from qgen_infer.models import build_generator, build_sensing
 
     torch.manual_seed(seed)
     config = {**TINY_CONFIGS[family], "bits": bits, "granularity": granularity}
+    if image_shape is not None:
+        config["image_shape"] = list(image_shape)
     gen, sense = build_generator(config), build_sensing(config)
     opt = torch.optim.SGD([*gen.parameters(), *sense.parameters()], lr=0.05)
     for _ in range(3):

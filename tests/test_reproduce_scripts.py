@@ -395,7 +395,8 @@ def test_cifar10_jpeg_copy_is_named_in_the_tables(tmp_path: Path) -> None:
 
 # -- scoring runs that are still training: reproduce_colour.py --snapshots ---------------------
 
-def _tiny_run(folder: Path, epochs: int, seed: int = 0) -> Path:
+def _tiny_run(folder: Path, epochs: int, seed: int = 0, bits: int = 4,
+              image_shape: list[int] | None = None) -> Path:
     """A run folder as qgen-train leaves it after ``epochs`` epochs: a tiny real checkpoint,
     log.jsonl (one line per epoch with the trainer's eval) and config.json."""
     from conftest import make_checkpoint
@@ -403,9 +404,10 @@ def _tiny_run(folder: Path, epochs: int, seed: int = 0) -> Path:
     from qgen_infer.checkpoint import load_checkpoint, save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
-    make_checkpoint(folder / "model.pt", seed=seed)
+    make_checkpoint(folder / "model.pt", bits=bits, seed=seed, image_shape=image_shape)
     ckpt = load_checkpoint(folder / "model.pt")
     ckpt["train"].update(epochs=epochs, step=390 * epochs, wall_time_s=1500.0 * epochs)
+    ckpt["solver"]["latent_dim"] = ckpt["config"]["latent_dim"]  # as qgen-train records it
     ckpt.pop("format"), ckpt.pop("version")
     save_checkpoint(folder / "model.pt", ckpt)
     (folder / "log.jsonl").write_text("".join(
@@ -630,3 +632,28 @@ def test_row_report_aims_on_finished_runs() -> None:
     assert lines[-1] == "- gaps ordered by bit width (1-bit 0.60, 2-bit 0.90, 4-bit 0.20 dB): no."
     assert aims(RowResults("CIFAR10", specs, {}, {}, {})) == [
         "- no scored 32-bit SDLSS model yet: no gap can be measured."]
+
+
+@pytest.mark.slow  # 30 s on 2 busy cores: the real qgen-* processes, twice
+def test_colour_snapshots_score_through_the_real_tools(tmp_path: Path) -> None:
+    """--snapshots end to end with the real scoring steps (qgen-export -> qgen-measure ->
+    qgen-reconstruct; qgen-eval for 32 bits) on tiny checkpoints shaped for the embedded
+    'digits' set: the records, the report and both grids come from what the tools wrote."""
+    runs, snaps, results = tmp_path / "runs", tmp_path / "snaps", tmp_path / "results"
+    for bits in (1, 32):
+        _tiny_run(runs / f"digits-m100-sdlss-{bits}", epochs=1, bits=bits,
+                  image_shape=[1, 16, 16])
+    colour = _script("reproduce_colour")
+    assert colour.main(["--fallback", "digits", "--runs", str(runs), "--snapshots", str(snaps),
+                        "--results", str(results), "--epochs", "2", "--bits", "1", "32",
+                        "--backend", "reference"]) == 0
+    text = (results / "digits-table1.md").read_text()
+    metrics = json.loads((snaps / "eval" / "digits-m100-sdlss-1" / "recon" /
+                          "metrics.json").read_text())
+    assert metrics["summary"]["images"] == 297  # the digits eval split, all of it
+    psnr = f"{metrics['summary']['psnr']:.2f}"
+    assert f"| 1-bit SDLSS | – | – | {psnr} |" in text  # no paper row for digits
+    assert "| partial: epoch 1/2 | 390 | 0.42 h | packed engine (reference) |" in text
+    assert "qgen-eval (fp32 checkpoint) |" in text and "297 held-out images" in text
+    for png in ("digits-grid-1bit-sdlss.png", "digits-grid-32bit-sdlss.png"):
+        assert (results / png).stat().st_size > 0
