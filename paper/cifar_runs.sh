@@ -48,3 +48,7 @@ nohup nice -n "$NICENESS" "$PY" "$ROOT/paper/reproduce_colour.py" --cifar10 "$DA
   --runs "$RUNS" --results "$RUNS/results" --epochs "$EPOCHS" --precision "$PRECISION" \
   --lanes "$LANES" --threads 1 "${ONLY[@]}" > "$LOG" 2>&1 < /dev/null &
 echo "cifar_runs.sh: queue PID $! (nice $NICENESS, $LANES lanes, 1 thread each), log $LOG"
+# the scores so far (partial runs marked) without touching the runs: paper/README.md
+echo "scores so far: nice -n 10 env OMP_NUM_THREADS=1 $PY $ROOT/paper/reproduce_colour.py" \
+  "--cifar10 $DATA --runs $RUNS --epochs $EPOCHS --precision $PRECISION" \
+  "--snapshots $ROOT/runs/cifar10-snapshots   (writes bench/results/cifar10-table1.md)"
