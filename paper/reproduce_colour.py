@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(bench/results/cifar10-training-speed.md)")
     p.add_argument("--snapshots", type=Path, default=None, metavar="DIR",
                    help="score copies of the runs' latest checkpoints, made in DIR/NAME, and "
-                        "write RESULTS/<set>-table1.md; trains nothing, RUNS is only read "
-                        "(with --report-only: rebuild that report from DIR)")
+                        "write RESULTS/<set>-table1.md; trains nothing, RUNS is only read, runs "
+                        "at nice 10 or lower priority (with --report-only: rebuild that report "
+                        "from DIR)")
     p.add_argument("--ship-models", nargs="?", type=Path, const=REPO / "models", default=None,
                    metavar="DIR",
                    help="with --snapshots: copy each FINISHED 1-4-bit SDLSS model's packed file "

@@ -210,4 +210,3 @@ def row_report(row: RowResults, stamp: Sequence[str], data_notes: Sequence[str],
                 lines.append(f"- `{spec.name}`: {row.states.get(spec.name, 'unknown')}")
         lines.append("")
     return "\n".join(lines)
-

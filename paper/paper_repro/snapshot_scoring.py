@@ -7,6 +7,7 @@ are still scored and reported."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from paper_repro.row_report import RowResults, row_report, training_note
 from paper_repro.snapshot import SnapshotError, load_info, snapshot_run
 from paper_repro.status import busy_folders, eval_curve, run_state
 
+SCORING_NICENESS = 10
+
 
 def take_snapshots(specs: Sequence[RunSpec], runs: Path, snaps: Path,
                    out: Callable[[str], None] = print) -> dict[str, str]:
@@ -29,9 +32,9 @@ def take_snapshots(specs: Sequence[RunSpec], runs: Path, snaps: Path,
     for spec in specs:
         try:
             info = snapshot_run(runs / spec.name, snaps / spec.name)
-        except SnapshotError as exc:
+        except SnapshotError as exc:  # said once, with the other failures, at the end
             problems[spec.name] = str(exc)
-            print(f"{spec.name}: {exc}", file=sys.stderr)
+            out(f"{spec.name}: checkpoint not usable; not scored")
             continue
         if info is None:
             out(f"{spec.name}: no checkpoint in {runs / spec.name} yet")
@@ -41,7 +44,7 @@ def take_snapshots(specs: Sequence[RunSpec], runs: Path, snaps: Path,
     return problems
 
 
-def figure_names(key: str, spec: RunSpec) -> str:
+def grid_name(key: str, spec: RunSpec) -> str:
     return f"{key}-grid-{spec.bits}bit-{spec.method}.png"
 
 
@@ -85,7 +88,7 @@ def write_row_reports(specs: Sequence[RunSpec], sets: Sequence[ColourSet],
             if rec is None or not draw:
                 continue
             images = run_images(spec, paths_for(snaps, spec))
-            name = figure_names(key, spec)
+            name = grid_name(key, spec)
             title = (f"{cs.label}, {spec.column} ({training_note(rec)}): originals (top), "
                      "reconstructions; PSNR, SSIM under each")
             if figure4([(spec.column, images)], args.results / name, title):
@@ -119,6 +122,9 @@ def score_snapshots(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if not args.report_only:
         import torch
 
+        # scoring shares the machine with the training it scores: never above nice 10 (the
+        # qgen-* steps inherit it)
+        os.nice(max(0, SCORING_NICENESS - os.nice(0)))
         torch.set_num_threads(args.threads)  # the in-process grid images of 32-bit models
         problems = take_snapshots(specs, args.runs, snaps)
         opts = QueueOptions(snaps, threads=args.threads, lanes=args.lanes, backend=args.backend,
