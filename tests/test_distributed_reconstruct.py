@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,11 @@ def test_resume_after_one_rank_is_killed(problem, single, tmp_path):
         """)
     failed = _torchrun(killer, [*problem["args"], "--out", str(out)])
     assert failed.returncode != 0
+    # torchrun stops rank 0 with SIGTERM: one line from it, no traceback of ours
+    ours = [line for line in failed.stderr.splitlines() if line.startswith("qgen-reconstruct")]
+    assert len(ours) == 1 and ours[0].startswith("qgen-reconstruct: stopped by SIGTERM; 1 "
+                                                 "finished shard(s) kept"), failed.stderr
+    assert not _our_traceback(failed.stderr), failed.stderr
     assert not (out / "x_hat.npy").exists() and not (out / "metrics.json").exists()
     plan = json.loads((out / "shards" / MANIFEST).read_text())
     count = -(-plan["images"] // plan["shard_images"])
@@ -174,6 +181,58 @@ def test_resume_after_one_rank_is_killed(problem, single, tmp_path):
     assert dist["shards_skipped"] == len(finished)
     _assert_same_outputs(single, out)
     assert not list((out / "shards").glob(".*.tmp"))
+
+
+def _interrupt_when(cmd: list[str], ready: Any, timeout: float = 120
+                    ) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in a process group of its own, as a terminal does, and send the group
+    SIGINT (Ctrl-C) once ``ready()``."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@launched_by_torchrun
+def test_ctrl_c_stops_every_rank_with_one_line_and_a_rerun_resumes(problem, single, tmp_path):
+    """Ctrl-C while rank 0 is inside its first shard and rank 1, done with every other shard,
+    waits for it in a collective: one line, the finished shards kept whole, no outputs, and
+    the same command afterwards gives the single-process outputs."""
+    out = tmp_path / "out"
+    slow = _fault_script(tmp_path, """\
+        import time
+        real_write = sharded._write_shard
+        def slow_on_rank_0(*args, **kwargs):
+            if os.environ["RANK"] == "0":
+                time.sleep(60)  # interrupted here
+            real_write(*args, **kwargs)
+        sharded._write_shard = slow_on_rank_0
+        """)
+    shards = out / "shards"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           slow, *problem["args"], "--out", str(out)]
+    count = -(-N_IMAGES // 4)  # one batch of 4 per shard for two ranks
+    stopped = _interrupt_when(cmd, lambda: len(list(shards.glob("shard-*.npz"))) == count - 1)
+    assert stopped.returncode != 0
+    ours = [line for line in stopped.stderr.splitlines() if line.startswith("qgen-reconstruct")]
+    assert ours == [f"qgen-reconstruct: stopped by SIGINT; {count - 1} finished shard(s) kept in "
+                    f"{shards}: rerun the same command (without --force) to continue"]
+    assert not _our_traceback(stopped.stderr), stopped.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["shards"]  # no outputs
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []  # no stage
+    for path in shards.glob("shard-*.npz"):  # whole: batches of 4, the last one of 3
+        with np.load(path) as shard:
+            assert shard["x_hat"].shape[0] == min(4, N_IMAGES - int(shard["start"]))
+
+    rerun = _torchrun(_console_script(), [*problem["args"], "--out", str(out)])
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((out / "metrics.json").read_text())["distributed"]["shards_skipped"] == (
+        count - 1)
+    _assert_same_outputs(single, out)
 
 
 @launched_by_torchrun

@@ -7,6 +7,8 @@ What is held here:
   (the two differ only in the order of the sums), and only rank 0 writes the run folder;
 * ``--resume`` at another world size: 1 epoch on one process, resumed for a 2nd on two, ends
   where the 2-epoch one-process run ends;
+* Ctrl-C on the job: one line from rank 0 saying which epoch the checkpoint holds, the
+  checkpoint and the log agree, and ``--resume`` continues from there;
 * the colour (DCGAN) path on two ranks follows one process too: its BatchNorm normalises with
   the global batch (:mod:`qgen_infer.distributed.batch_norm`) and its S-REC data-data pairs
   cross the ranks' slices as they cross one process's batch;
@@ -23,8 +25,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -350,3 +354,29 @@ def test_two_ranks_train_the_dcgan_as_one_process(colour_folder, tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (a["epoch"], key)
         assert b["measurement"] == pytest.approx(a["measurement"], abs=1e-4)
         assert b["step_size"] == pytest.approx(a["step_size"], rel=3e-3)
+
+
+@launched_by_torchrun
+def test_ctrl_c_stops_with_one_line_and_resume_continues(image_folder, tmp_path):
+    out = tmp_path / "run"
+    script = str(Path(sys.executable).with_name("qgen-train"))
+    args = [*TRAIN_ARGS, "--data-root", str(image_folder), "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           script, *args, "--epochs", "500"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # a group, as in a terminal
+    deadline = time.monotonic() + 120
+    while not (out / "model.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    epochs = load_checkpoint(out / "model.pt")["train"]["epochs"]
+    ours = [line for line in err.splitlines() if line.startswith("qgen-train")]
+    assert ours == [f"qgen-train: stopped by SIGINT; {out}/model.pt holds epoch {epochs}: rerun "
+                    f"with --resume to continue"], err
+    assert not [line for line in err.splitlines()
+                if line.strip().startswith("File ") and "qgen_infer" in line], err
+    assert 1 <= epochs < 500 and len(_log(out)) == epochs  # checkpoint and log agree
+    _train(image_folder, out, 2, "--epochs", str(epochs + 1), "--resume")
+    assert [r["epoch"] for r in _log(out)] == list(range(1, epochs + 2))

@@ -19,6 +19,7 @@ from qgen_infer.distributed import DistEnv, JobFailed, check_all, join, leave, r
 from qgen_infer.distributed.env import device_for, exit_process
 from qgen_infer.distributed.timeline import TIMELINE
 from qgen_infer.errors import QgenError
+from qgen_infer.signals import Stopped, signals_deferred, stop_signals
 
 SHARDS = "shards"
 
@@ -42,6 +43,7 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
     from qgen_infer.cli.reconstruct import _device
 
     TIMELINE.mark("imports done")
+    stop_signals()  # Ctrl-C and torchrun's SIGTERM: the same clean stop, said once
     device = _device(args)
     env = join("cuda" if device and device.startswith("cuda") else "cpu")
     try:
@@ -50,10 +52,14 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
         if exc.report_here:
             print(f"qgen-reconstruct: error: {exc}", file=sys.stderr)
         code = exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        stop_signals(ignore=True)
         if env.is_main:
-            print(f"qgen-reconstruct: interrupted; finished shards are kept in {out / SHARDS}: "
-                  f"rerun the same command (without --force) to continue", file=sys.stderr)
+            how = exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
+            kept = len(list((out / SHARDS).glob("shard-*.npz")))
+            print(f"qgen-reconstruct: stopped by {how}; {kept} finished shard(s) kept in "
+                  f"{out / SHARDS}: rerun the same command (without --force) to continue",
+                  file=sys.stderr)
         leave(wait=False)
         exit_process(EXIT_INTERRUPTED)
     leave()
@@ -124,7 +130,8 @@ def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
         try:
             m = _write_results(stage, model, run.result, truth, settings, interrupted=False,
                                extra=extra)
-            _commit(stage, out)
+            with signals_deferred():  # the outputs move into place whole, or not at all
+                _commit(stage, out)
         except Exception as exc:
             error = exc
     check_all(env, error)  # the other ranks wait for the outputs, and fail if they did

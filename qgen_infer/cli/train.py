@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from qgen_infer.cli.common import (
     DATASET_NAMES,
+    EXIT_INTERRUPTED,
     ArgumentParser,
     check_data_flags,
     float_in,
@@ -194,7 +197,6 @@ def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
 
     import torch
-    import tqdm
 
     from qgen_infer.data import load_train_eval
     from qgen_infer.distributed import JobFailed, launched
@@ -219,12 +221,28 @@ def _body(argv: Sequence[str] | None) -> int:
     trainer_type = Trainer
     if launched():  # under torchrun: DistributedDataParallel, --batch-size split across ranks
         from qgen_infer.distributed.training import DistributedTrainer as trainer_type
+        from qgen_infer.signals import stop_signals
+
+        stop_signals()  # Ctrl-C and torchrun's SIGTERM: one clean stop (_stopped)
     try:
         trainer = trainer_type(cfg, train, evals, resume=args.resume, data_description=desc)
     except JobFailed as exc:  # raised on every rank; rank 0 says it
         if exc.report_here:
             print(f"qgen-train: error: {exc}", file=sys.stderr)
         return _end(exc.exit_code)
+    except KeyboardInterrupt as exc:
+        return _stopped(exc, None, cfg.out)
+    try:
+        return _train(trainer, cfg, desc)
+    except KeyboardInterrupt as exc:
+        return _stopped(exc, trainer, cfg.out)
+
+
+def _train(trainer: Any, cfg: TrainConfig, desc: str) -> int:
+    import tqdm
+
+    from qgen_infer.distributed import launched
+
     if not trainer.writes_files:  # a torchrun rank other than 0: rank 0 reports
         trainer.run()
         return _end(0)
@@ -241,6 +259,27 @@ def _body(argv: Sequence[str] | None) -> int:
         print(f"qgen-train: {cfg.out}/model.pt already has {trainer.epoch} epochs; nothing to do "
               f"(raise --epochs to train further)")
     return _end(0)
+
+
+def _stopped(exc: KeyboardInterrupt, trainer: Any, out: str) -> int:
+    """Ctrl-C or SIGTERM: under torchrun, rank 0 says once what is kept (the checkpoint of the
+    last finished epoch, written whole) and every rank leaves with 130; else run_cli's line."""
+    from qgen_infer.distributed import launched
+
+    if not launched():
+        raise exc
+    from qgen_infer.distributed.env import exit_process, leave
+    from qgen_infer.signals import Stopped, stop_signals
+
+    stop_signals(ignore=True)
+    if (trainer.writes_files if trainer is not None else os.environ.get("RANK") == "0"):
+        how = exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
+        epochs = getattr(trainer, "epoch", 0)
+        kept = (f"{out}/model.pt holds epoch {epochs}: rerun with --resume to continue"
+                if epochs else "no epoch finished, nothing saved")
+        print(f"qgen-train: stopped by {how}; {kept}", file=sys.stderr)
+    leave(wait=False)
+    exit_process(EXIT_INTERRUPTED)
 
 
 def _end(code: int) -> int:

@@ -29,6 +29,7 @@ from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint, save_c
 from qgen_infer.errors import QgenError
 from qgen_infer.metrics import psnr, ssim
 from qgen_infer.models import build_generator, build_sensing, complete_config
+from qgen_infer.signals import signals_deferred
 from qgen_infer.solve import reconstruct_latent
 from qgen_infer.train.allocator import keep_freed_memory
 from qgen_infer.train.config import (
@@ -366,9 +367,10 @@ class Trainer:
                 ev = self.evaluate()
                 record.update(eval_psnr=ev["psnr"], eval_ssim=ev["ssim"])
             final = self.epoch >= self.cfg.epochs
-            save_checkpoint(self.out / "model.pt", self.checkpoint(final=final))
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            with signals_deferred():  # a Ctrl-C waits: the checkpoint and its log line, whole
+                save_checkpoint(self.out / "model.pt", self.checkpoint(final=final))
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
             if progress is not None:
                 msg = (f"epoch {self.epoch}: loss {mean[0]:.3f} (meas {mean[1]:.3f}, "
                        f"iso {mean[2]:.3f}, gdl {mean[3]:.3f}), {batches / dt:.1f} steps/s")

@@ -1,0 +1,59 @@
+"""Stopping a run cleanly on Ctrl-C (SIGINT) or SIGTERM.
+
+SIGTERM ends a Python process on the spot by default, with nothing said; a batch job's
+scheduler and ``torchrun`` (when another rank is lost, or when it is itself stopped) send it.
+:func:`stop_signals` makes both signals raise :class:`Stopped`, a ``KeyboardInterrupt``, so they
+take the same path as Ctrl-C. :func:`signals_deferred` holds them back while finished results
+move into place, so that a stop never cuts a write that must be whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """Told to stop: Ctrl-C (SIGINT; a terminal sends it to every process of a torchrun job,
+    and torchrun passes it on) or SIGTERM. ``signal_name`` says which."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    stop_signals(ignore=True)  # a second signal must not cut the cleanup
+    raise Stopped(signal.Signals(signum).name)
+
+
+def stop_signals(ignore: bool = False) -> None:
+    """From now on SIGINT and SIGTERM raise :class:`Stopped`; ``ignore``: both are ignored, for
+    a process that is already stopping (torchrun repeats the signal to its ranks)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN if ignore else _raise_stopped)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block writes or moves a result into place (a
+    stop halfway would leave neither the old result nor the new, or an exception of the writer
+    instead of the stop); a signal that came meanwhile raises :class:`Stopped` after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise Stopped(signal.Signals(caught[0]).name)
