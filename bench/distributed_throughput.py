@@ -11,8 +11,8 @@ run's wall time by phase from the ranks' timelines (``distributed.rank_timeline`
 where the time that does not scale goes.
 
 Without ``--measurements`` it measures ``--images`` MNIST images with the model first
-(``qgen-measure``, into a temporary folder). The defaults take about 1.5 minutes on two idle
-cores:
+(``qgen-measure``, into a temporary folder). The defaults took 2.6 minutes on the 2-vCPU
+machine at load average 7 (about half that on idle cores, estimated):
 
     OMP_NUM_THREADS=1 python bench/distributed_throughput.py
     python bench/distributed_throughput.py --model M.qgen --measurements y.npy -- --restarts 2

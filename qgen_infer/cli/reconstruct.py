@@ -34,8 +34,9 @@ examples:
   qgen-reconstruct m.qgen y.npy --truth x.npy --restarts 4 --out-dir recon/
 Ctrl-C keeps the batches already finished (readable files, metrics marked interrupted), exit 130.
 Under torchrun the images are split across the processes, in shards kept in DIR/shards (a rerun
-of the same command, without --force, skips the finished ones); the outputs are the same:
-  torchrun --nproc_per_node=2 $(which qgen-reconstruct) m.qgen y.npy --threads 1 \
+of the same command, without --force, skips the finished ones; Ctrl-C keeps them); the outputs
+are the same:
+  torchrun --nproc_per_node=2 $(which qgen-reconstruct) m.qgen y.npy --threads 1 \\
       --out-dir recon/
 """
 

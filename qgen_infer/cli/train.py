@@ -50,6 +50,9 @@ examples:
   qgen-train --data mnist --data-root DIR --method dcs --out-dir runs/mnist-dcs
   qgen-train --data cifar10 --data-root ../shared/data/cifar10 -m 100 --out-dir runs/cifar-32bit
   qgen-train --out-dir runs/mnist-1bit --resume              # continue an interrupted run
+Under torchrun, DistributedDataParallel: --batch-size is the global batch (BatchNorm statistics
+and S-REC data pairs over all of it, as one process); Ctrl-C keeps the last epoch's checkpoint:
+  torchrun --nproc_per_node=2 $(which qgen-train) --threads 1 --batch-size 64 --out-dir runs/ddp
 """
 
 
