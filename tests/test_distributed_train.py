@@ -191,16 +191,20 @@ def test_a_setting_error_is_one_line_from_rank_0(image_folder, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_given_starts_are_the_rows_of_the_whole_batch_draw(images):
-    """meta_learning_losses with z0 = rows of one draw equals drawing those rows itself."""
+def _tiny_step_parts() -> tuple[torch.nn.Module, torch.nn.Module, SolverSettings, torch.Tensor]:
+    """A 12x12 MLP generator and sensing net (seeded), T = 2 solver settings, log beta."""
     from qgen_infer.models import build_generator, build_sensing
 
     torch.manual_seed(0)
     cfg = {"family": "mlp", "image_shape": [1, 12, 12], "latent_dim": 20, "measurements": 8,
            "hidden": 16, "negative_slope": 0.2, "bits": 32}
-    gen, sense = build_generator(cfg), build_sensing(cfg)
-    solver = SolverSettings("sdlss", 20, 5, steps=2)
-    beta = torch.tensor(-4.0)
+    return (build_generator(cfg), build_sensing(cfg), SolverSettings("sdlss", 20, 5, steps=2),
+            torch.tensor(-4.0))
+
+
+def test_given_starts_are_the_rows_of_the_whole_batch_draw(images):
+    """meta_learning_losses with z0 = rows of one draw equals drawing those rows itself."""
+    gen, sense, solver, beta = _tiny_step_parts()
     x = images[:6]
     drawn = meta_learning_losses(x, gen, sense, beta, solver, gdl_weight=0.1,
                                  rng=torch.Generator().manual_seed(9))
@@ -219,14 +223,7 @@ def test_given_starts_are_the_rows_of_the_whole_batch_draw(images):
 def test_a_ranks_data_pairs_with_the_image_before_its_slice_are_the_whole_batchs(images):
     """The S-REC data-data pair pairs each image with the one before it in the global batch:
     two slices, each given the image before it, average to the whole batch's losses."""
-    from qgen_infer.models import build_generator, build_sensing
-
-    torch.manual_seed(0)
-    cfg = {"family": "mlp", "image_shape": [1, 12, 12], "latent_dim": 20, "measurements": 8,
-           "hidden": 16, "negative_slope": 0.2, "bits": 32}
-    gen, sense = build_generator(cfg), build_sensing(cfg)
-    solver = SolverSettings("sdlss", 20, 5, steps=2)
-    beta = torch.tensor(-4.0)
+    gen, sense, solver, beta = _tiny_step_parts()
     x = images[:6]
     z0 = sample_latent(6, 20, 5, generator=torch.Generator().manual_seed(9))
 

@@ -86,7 +86,9 @@ class ShardedRun:
     reconstruction, merged from the shards, its ``batch_seconds`` every batch's compute time in
     image order. ``skipped``: shards finished by an earlier run; ``solved_here``: shards this
     rank solved. ``solve_seconds`` / ``solve_cpu_seconds``: each rank's wall and CPU time in
-    its shards (rank 0 only; the CPU time shows how the work split on a busy machine)."""
+    its shards, rank 0's dispatch measuring included (rank 0 only; the CPU time shows how the
+    work split on a busy machine). ``timeline``: each rank's (phase, ``time.time()``) marks
+    (rank 0 only; :mod:`.timeline`)."""
 
     result: Reconstruction | None
     plan: ShardPlan
