@@ -408,3 +408,16 @@ def test_a_follower_runs_cached_choices_at_once_and_waits_for_rank_0_on_the_rest
     publish_choices(failed, None, OSError("disk on fire"))
     with pytest.raises(QgenError, match="rank 0 could not measure"):
         FollowerDispatcher(Dispatcher(CostTable(None)), failed).known("ctx", other_key)
+
+
+def test_each_job_records_its_own_phase_timeline(problem, tmp_path):
+    model, y = problem["model"], problem["folder"] / "y.npy"
+    first = reconstruct_sharded(model, y, tmp_path / "a", batch_size=4)
+    second = reconstruct_sharded(model, y, tmp_path / "b", batch_size=4)
+    for run in (first, second):
+        (marks,) = run.timeline  # one rank
+        labels = [label for label, _ in marks if label != "process start"]
+        assert labels == ["sharded start", "plan agreed", "inputs checked", "shards solved",
+                          "all ranks solved", "merged"]
+        times = [t for _, t in marks]
+        assert times == sorted(times)

@@ -390,7 +390,8 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     if env.is_main:  # the job is whole: the claims and rank 0's choices have done their work
         for done in [*folder.glob(CLAIMS), folder / CHOICES_FILE]:
             done.unlink(missing_ok=True)
-    timelines = gather(env, TIMELINE.marks)
+    timelines = gather(env, list(TIMELINE.marks))
+    TIMELINE.marks.clear()  # a next job in this process starts its own
     return ShardedRun(result=result, plan=plan, skipped=len(finished), solved_here=len(solved),
                       wall_seconds=time.perf_counter() - t0,
                       solve_seconds=[w for w, _ in times] if times else None,
