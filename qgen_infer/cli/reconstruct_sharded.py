@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from qgen_infer.cli.common import EXIT_INTERRUPTED
 from qgen_infer.distributed import DistEnv, JobFailed, check_all, join, leave, reconstruct_sharded
 from qgen_infer.distributed.env import device_for, exit_process
-from qgen_infer.distributed.timeline import TIMELINE
+from qgen_infer.distributed.timeline import Timeline
 from qgen_infer.errors import QgenError
 from qgen_infer.signals import Stopped, signals_deferred, stop_signals
 
@@ -42,12 +42,13 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
     and the summary."""
     from qgen_infer.cli.reconstruct import _device
 
-    TIMELINE.mark("imports done")
+    timeline = Timeline()  # this rank's phases, from its process start (metrics.json)
+    timeline.mark("imports done")
     stop_signals()  # Ctrl-C and torchrun's SIGTERM: the same clean stop, said once
     device = _device(args)
     env = join("cuda" if device and device.startswith("cuda") else "cpu")
     try:
-        code = _sharded(args, out, env, device_for(env, device))
+        code = _sharded(args, out, env, device_for(env, device), timeline)
     except JobFailed as exc:
         if exc.report_here:
             print(f"qgen-reconstruct: error: {exc}", file=sys.stderr)
@@ -66,17 +67,18 @@ def reconstruct_sharded_main(args: argparse.Namespace, out: Path) -> NoReturn:
     exit_process(code)
 
 
-def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None) -> int:
+def _sharded(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
+             timeline: Timeline) -> int:
     stages: list[Path] = []  # rank 0's staging folder, once made
     try:
-        return _run(args, out, env, device, stages)
+        return _run(args, out, env, device, stages, timeline)
     finally:
         for stage in stages:
             shutil.rmtree(stage, ignore_errors=True)  # gone already after a commit
 
 
 def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
-         stages: list[Path]) -> int:
+         stages: list[Path], timeline: Timeline) -> int:
     import tqdm
 
     from qgen_infer.arrays import open_measurements
@@ -107,7 +109,7 @@ def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
     except Exception as exc:  # reported by every rank together
         error = exc
     check_all(env, error)
-    TIMELINE.mark("model loaded")
+    timeline.mark("model loaded")
     bar = None
     if env.is_main and not args.quiet:
         bar = tqdm.tqdm(unit="img", desc=f"rank 0 of {env.world_size}: {model.backend.name} "
@@ -116,7 +118,7 @@ def _run(args: argparse.Namespace, out: Path, env: DistEnv, device: str | None,
         run = reconstruct_sharded(model, args.measurements, out / SHARDS, opts, fresh=args.force,
                                   env=env, on_images=bar.update if bar is not None else None,
                                   cuda_graph=args.cuda_graph, precision=args.precision,
-                                  into=into)
+                                  into=into, timeline=timeline)
     finally:
         if bar is not None:
             bar.close()

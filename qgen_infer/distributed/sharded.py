@@ -44,7 +44,7 @@ from qgen_infer.distributed.dispatch import (
     publish_choices,
 )
 from qgen_infer.distributed.env import DistEnv, broadcast, check_all, gather, join
-from qgen_infer.distributed.timeline import TIMELINE
+from qgen_infer.distributed.timeline import Timeline
 from qgen_infer.errors import QgenError
 from qgen_infer.reconstruction import Reconstruction, SolverOptions, reconstruct, solver_options
 
@@ -294,7 +294,8 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
                         fresh: bool = False, env: DistEnv | None = None,
                         on_images: Callable[[int], None] | None = None,
                         cuda_graph: bool | None = None, precision: str = "fp32",
-                        into: Reconstruction | None = None, **overrides: Any) -> ShardedRun:
+                        into: Reconstruction | None = None, timeline: Timeline | None = None,
+                        **overrides: Any) -> ShardedRun:
     """:func:`qgen_infer.reconstruct` over the ranks of this process's torch.distributed job
     (started by ``torchrun``; a job of one otherwise), resumable, with its shards in ``folder``.
 
@@ -306,12 +307,15 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     ``on_images(count)``: called as this rank finishes images. Rank 0 returns the merged
     :class:`Reconstruction` in ``.result``: ``into`` when given (rank 0's; its arrays or
     :class:`qgen_infer.npy_rows.NpyRowWriter` files are filled in image order), else new
-    arrays. A failure on any rank raises :class:`qgen_infer.distributed.JobFailed` on every
+    arrays. ``timeline``: where this rank marks its phases (the caller's, with its own earlier
+    marks; a new one from the process start otherwise), returned for every rank in
+    ``.timeline``. A failure on any rank raises :class:`qgen_infer.distributed.JobFailed` on every
     rank, naming the ranks that failed.
     """
     t0 = time.perf_counter()
     env = env or join(model.device.type)
-    TIMELINE.mark("sharded start")
+    timeline = timeline or Timeline()
+    timeline.mark("sharded start")
     folder = Path(folder)
     error: BaseException | None = None
     state = None
@@ -334,7 +338,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
         error = exc
     check_all(env, error)
     plan, finished = broadcast(env, state)
-    TIMELINE.mark("plan agreed")
+    timeline.mark("plan agreed")
     pending = sorted(set(range(plan.count)) - set(finished))
     mine = pending[env.rank::env.world_size]
 
@@ -345,7 +349,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     except Exception as exc:
         error = exc
     check_all(env, error)
-    TIMELINE.mark("inputs checked")
+    timeline.mark("inputs checked")
     leads = pending and env.world_size > 1 and measures(model)  # the same on every rank
     if leads and not env.is_main:
         follow(model, folder)  # solve at once; rank 0's choices where the cost table has none
@@ -357,7 +361,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
         if leads and env.is_main:
             _measure_and_publish(folder, model, source, opts, cuda_graph=cuda_graph,
                                  precision=precision)
-            TIMELINE.mark("dispatch measured")
+            timeline.mark("dispatch measured")
         for k in pending:
             if not _claim(folder, k):
                 continue  # another rank has it
@@ -375,9 +379,9 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
             solved.append(k)
     except Exception as exc:
         error = exc
-    TIMELINE.mark("shards solved")
+    timeline.mark("shards solved")
     check_all(env, error)
-    TIMELINE.mark("all ranks solved")
+    timeline.mark("all ranks solved")
     _check_choices(env, folder, model, solved)
     times = gather(env, (time.perf_counter() - t_solve, time.process_time() - cpu_solve))
     error, result = None, None
@@ -385,13 +389,12 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
         result = _merge(folder, plan, model, opts, into) if env.is_main else None
     except Exception as exc:
         error = exc
-    TIMELINE.mark("merged")
+    timeline.mark("merged")
     check_all(env, error)
     if env.is_main:  # the job is whole: the claims and rank 0's choices have done their work
         for done in [*folder.glob(CLAIMS), folder / CHOICES_FILE]:
             done.unlink(missing_ok=True)
-    timelines = gather(env, list(TIMELINE.marks))
-    TIMELINE.marks.clear()  # a next job in this process starts its own
+    timelines = gather(env, timeline.marks)
     return ShardedRun(result=result, plan=plan, skipped=len(finished), solved_here=len(solved),
                       wall_seconds=time.perf_counter() - t0,
                       solve_seconds=[w for w, _ in times] if times else None,

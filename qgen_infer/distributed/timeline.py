@@ -33,7 +33,3 @@ class Timeline:
 
     def mark(self, label: str) -> None:
         self.marks.append((label, time.time()))
-
-
-# The running process's timeline: the CLI and reconstruct_sharded mark it, rank 0 gathers it.
-TIMELINE = Timeline()
