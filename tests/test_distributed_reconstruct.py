@@ -381,7 +381,8 @@ def test_measurements_are_memory_mapped_and_read_in_rows(problem):
 def test_a_follower_runs_cached_choices_at_once_and_waits_for_rank_0_on_the_rest(tmp_path):
     """Rank 1's dispatcher: a product in the cost table runs without rank 0 (whose choices file
     does not exist yet, so waiting would hang); one the table lacks takes rank 0's published
-    path; a rank whose path differs from rank 0's for a product is named."""
+    path, one rank 0 did not meet is measured; a rank whose path differs from rank 0's for a
+    product is named."""
     from qgen_infer.distributed.dispatch import FollowerDispatcher, disagreements, publish_choices
     from qgen_infer.engine.cpu_dispatch import CostTable, Dispatcher, ProductKey
 
@@ -399,6 +400,11 @@ def test_a_follower_runs_cached_choices_at_once_and_waits_for_rank_0_on_the_rest
         "dispatcher": leader})()})(), None)
     assert follower.known("ctx", other_key).path == leader.choices[("ctx", other_key)].path
     assert follower.known("ctx", other_key).source == "rank 0"
+    # a product rank 0's run did not meet: measured here (compared with rank 0's afterwards)
+    unmet = ProductKey("gemm", 1, 7, 7, 4, False)
+    assert follower.known("ctx", unmet) is None
+    assert follower.run("ctx", unmet, lambda: "p", lambda: "d") in ("p", "d")
+    assert follower.choices[("ctx", unmet)].source == "measured"
 
     assert disagreements([{"a": "packed", "b": "dense"}, {"a": "packed"}, {"b": "dense"}]) == []
     assert disagreements([{"a": "packed"}, {"a": "dense", "c": "packed"}, {"c": "x"}]) == [1]
