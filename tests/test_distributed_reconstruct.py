@@ -427,3 +427,36 @@ def test_each_job_records_its_own_phase_timeline(problem, tmp_path):
                           "all ranks solved", "merged"]
         times = [t for _, t in marks]
         assert times == sorted(times)
+
+
+def test_rank_0s_first_shard_publishes_after_its_first_batch(problem, monkeypatch):
+    """Rank 0 solves its first shard's first batch alone, publishes its dispatch choices, then
+    solves the rest: the same values as one call, every image counted once; a failure in that
+    first batch is published too (the other ranks may be waiting for the choices)."""
+    from qgen_infer.distributed import sharded
+
+    model = problem["model"]
+    source = sharded._Measurements(problem["folder"] / "y.npy", problem["y"].shape[1])
+    opts = solver_options(model, batch_size=4, restarts=2, seed=5)
+    events: list[Any] = []
+
+    class Leader:
+        def publish(self, met: int | None) -> None:
+            events.append(("publish", met))
+
+        def failed(self, exc: BaseException) -> None:
+            events.append(("failed", str(exc)))
+
+    rec = sharded._solve_shard(model, source, (4, 15), opts, events.append, Leader())
+    want = qgen_infer.reconstruct(model, problem["y"][4:15], opts, first_index=4)
+    for name in ("x_hat", "z", "loss"):
+        assert np.array_equal(getattr(rec, name), getattr(want, name)), name
+    assert rec.done == 11 and len(rec.batch_seconds) == 3
+    assert events == [4, ("publish", 4), 4, 3]
+
+    events.clear()
+    monkeypatch.setattr(sharded, "reconstruct", lambda *a, **k: (_ for _ in ()).throw(
+        OSError("disk on fire")))
+    with pytest.raises(OSError):
+        sharded._solve_shard(model, source, (4, 15), opts, None, Leader())
+    assert events == [("failed", "disk on fire")]

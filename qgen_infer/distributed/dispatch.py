@@ -4,8 +4,9 @@ On the CPU, ``auto`` times the packed kernels against a dense fp32 matmul the fi
 meets a product (:mod:`qgen_infer.engine.cpu_dispatch`). Ranks that each measure on a machine's
 first run can choose differently (a core busy for one of them), and the two paths round
 differently, so the merged result would no longer equal a single-process run bit for bit. Here
-rank 0 measures every product of the job (a short run of each batch size) and publishes its
-choices in the shard folder; the other ranks do not wait for it: they start solving at once,
+rank 0 measures every product of the job (its first batch, solved for real, and a short run
+of any other batch size) and publishes its choices in the shard folder; the other ranks do not
+wait for it: they start solving at once,
 running a product whose choice the machine's cost table already holds, and wait for rank 0's
 choices only at a product the table lacks (:class:`FollowerDispatcher`). After the solve every
 rank's choices are compared with rank 0's (:func:`disagreements`): they can differ only when
@@ -45,13 +46,16 @@ def measuring_batches(images: int, batch_size: int) -> list[int]:
 
 
 def measure_products(model: Any, rows: Callable[[int, int], np.ndarray], images: int,
-                     opts: SolverOptions, **solve: Any) -> dict[Any, Any]:
+                     opts: SolverOptions, *, met: int | None = None, **solve: Any
+                     ) -> dict[Any, Any]:
     """Run the job's batch sizes for :data:`MEASURING_STEPS` steps on its first images, so that
     the dispatcher of ``model`` meets (and measures, or finds cached) every product the job
-    runs; returns its choices."""
+    runs; returns its choices. ``met``: a batch size a real solve has just run (its products
+    are known), not run again."""
     short = dataclasses.replace(opts, steps=min(opts.steps, MEASURING_STEPS))
     for size in measuring_batches(images, opts.batch_size):
-        reconstruct(model, rows(0, size), short, **solve)
+        if size != met:
+            reconstruct(model, rows(0, size), short, **solve)
     return dict(model.backend.dispatcher.choices)
 
 

@@ -204,16 +204,69 @@ def _claim(folder: Path, k: int) -> bool:
     return True
 
 
-def _measure_and_publish(folder: Path, model: Any, source: _Measurements, opts: SolverOptions,
-                         **solve: Any) -> None:
-    """Rank 0: measure the job's products and publish the choices (or the failure) for the
-    ranks that wait on them (:mod:`.dispatch`)."""
-    try:
-        measure_products(model, source.rows, source.images, opts, **solve)
-    except Exception as exc:
-        publish_choices(folder, None, exc)
-        raise
-    publish_choices(folder, model, None)
+@dataclass
+class _Leader:
+    """Rank 0's duty, once, when the other ranks may wait on its dispatch choices: measure the
+    job's products and publish the choices, or the failure (:mod:`.dispatch`)."""
+
+    folder: Path
+    model: Any
+    source: _Measurements
+    opts: SolverOptions
+    solve: dict[str, Any]
+
+    def publish(self, met: int | None) -> None:
+        """Measure (but batch size ``met``, just solved for real) and publish."""
+        try:
+            measure_products(self.model, self.source.rows, self.source.images, self.opts,
+                             met=met, **self.solve)
+        except Exception as exc:
+            self.failed(exc)
+            raise
+        publish_choices(self.folder, self.model, None)
+
+    def failed(self, exc: BaseException) -> None:
+        publish_choices(self.folder, None, exc)
+
+
+def _solve_shard(model: Any, source: _Measurements, bounds: tuple[int, int], opts: SolverOptions,
+                 on_images: Callable[[int], None] | None, leader: _Leader | None,
+                 **solve: Any) -> Reconstruction:
+    """Images ``[start, stop)`` of one shard. With ``leader`` (rank 0's first shard): its first
+    batch is solved alone, so that its products are measured for real work, then the leader
+    publishes, then the rest is solved; the batches are the same either way, so are the
+    values."""
+    start, stop = bounds
+    parts, cut = [], start
+    if leader is not None:
+        cut = min(start + opts.batch_size, stop)
+        try:
+            parts.append(_solve_rows(model, source, start, cut, opts, on_images, **solve))
+        except Exception as exc:  # the waiting ranks must not wait for ever
+            leader.failed(exc)
+            raise
+        leader.publish(cut - start)
+    if cut < stop:
+        parts.append(_solve_rows(model, source, cut, stop, opts, on_images, **solve))
+    if len(parts) == 1:
+        return parts[0]
+    return Reconstruction(
+        x_hat=np.concatenate([p.x_hat for p in parts]), z=np.concatenate([p.z for p in parts]),
+        loss=np.concatenate([p.loss for p in parts]), done=stop - start,
+        batch_seconds=[t for p in parts for t in p.batch_seconds])
+
+
+def _solve_rows(model: Any, source: _Measurements, start: int, stop: int, opts: SolverOptions,
+                on_images: Callable[[int], None] | None, **solve: Any) -> Reconstruction:
+    seen = [0]
+
+    def progress(rec: Reconstruction, done: int) -> None:
+        if on_images is not None:
+            on_images(done - seen[0])
+        seen[0] = done
+
+    return reconstruct(model, source.rows(start, stop), opts, on_batch=progress,
+                       first_index=start, **solve)
 
 
 def _check_choices(env: DistEnv, folder: Path, model: Any, solved: list[int]) -> None:
@@ -357,26 +410,20 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     error = None
     t_solve, cpu_solve = time.perf_counter(), time.process_time()
     solved: list[int] = []
+    solve = {"cuda_graph": cuda_graph, "precision": precision}
+    leader = _Leader(folder, model, source, opts, solve) if leads and env.is_main else None
     try:
-        if leads and env.is_main:
-            _measure_and_publish(folder, model, source, opts, cuda_graph=cuda_graph,
-                                 precision=precision)
-            timeline.mark("dispatch measured")
         for k in pending:
             if not _claim(folder, k):
                 continue  # another rank has it
-            start, stop = plan.bounds(k)
-            seen = [0]
-
-            def progress(rec: Reconstruction, done: int, seen: list[int] = seen) -> None:
-                if on_images is not None:
-                    on_images(done - seen[0])
-                seen[0] = done
-
-            rec = reconstruct(model, source.rows(start, stop), opts, on_batch=progress,
-                              cuda_graph=cuda_graph, precision=precision, first_index=start)
-            _write_shard(folder, k, start, rec)
+            rec = _solve_shard(model, source, plan.bounds(k), opts, on_images, leader, **solve)
+            if leader is not None:
+                timeline.mark("dispatch published")
+            leader = None  # once, with rank 0's first shard
+            _write_shard(folder, k, plan.bounds(k)[0], rec)
             solved.append(k)
+        if leader is not None:  # rank 0 found no shard left to claim
+            leader.publish(None)
     except Exception as exc:
         error = exc
     timeline.mark("shards solved")
