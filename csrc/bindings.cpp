@@ -1,6 +1,6 @@
 // qgen_infer._cpu: the pybind11 bindings, nothing else. The entry points are in gemm.cpp,
-// gemm_i8.cpp, conv.cpp, repack.cpp and solver_entry.cpp (entry_points.h); the ISA choice in
-// dispatch.cpp.
+// gemm_i8.cpp, conv.cpp, conv_pixels.cpp, repack.cpp and solver_entry.cpp (entry_points.h);
+// the ISA choice in dispatch.cpp.
 //
 // Arrays cross the boundary as numpy arrays (torch CPU tensors via .numpy(), sharing memory), so
 // the extension never links libtorch nor depends on its C++ ABI. Every entry point checks dtype,
@@ -106,6 +106,18 @@ PYBIND11_MODULE(_cpu, m) {
           "Implicit-GEMM packed convolution over tap runs (csrc/conv.cpp): x float32 "
           "[B, H, W, C] channels-last -> [B, OH, OW, n]; given y [B, H, W, C], the rows are "
           "x * grad_alpha * grad_act'(y) (an input gradient through the epilogue).");
+    m.def("conv_pixels_f32", &conv_pixels_f32, py::arg("x"), py::arg("words"), py::arg("n"),
+          py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("geometry"),
+          py::arg("alpha") = py::none(), py::arg("beta") = py::none(), py::arg("act") = 0,
+          py::arg("slope") = 0.01f, py::arg("isa") = "", py::arg("threads") = 0,
+          "Per-pixel packed (transposed) convolution, col2im fused (csrc/conv_pixels.cpp): x "
+          "float32 [B, H, W, C], words of the tap-major [kh*kw*n, C] view -> [B, OH, OW, n].");
+    m.def("conv_pixels_t_f32", &conv_pixels_t_f32, py::arg("g"), py::arg("words_t"),
+          py::arg("c"), py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("geometry"),
+          py::arg("y") = py::none(), py::arg("alpha") = py::none(), py::arg("act") = 0,
+          py::arg("slope") = 0.01f, py::arg("isa") = "", py::arg("threads") = 0,
+          "The input gradient of conv_pixels_f32, im2col fused: g float32 [B, OH, OW, n] "
+          "(through the epilogue given its output y) -> [B, H, W, c].");
     m.def("gemm_t_planes_f32", &gemm_t_planes_f32, py::arg("g"), py::arg("words_t"), py::arg("k"),
           py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("isa") = "",
           py::arg("threads") = 0, py::arg("y") = py::none(), py::arg("alpha") = py::none(),

@@ -41,6 +41,18 @@ py::array_t<float> conv_planes_f32(const py::array& x_a, const py::array& words_
                                    const py::object& galpha_o, int gact, float gslope,
                                    const std::string& isa_req, int threads);
 
+// conv_pixels.cpp: per-pixel (transposed) convolution with col2im / im2col fused.
+py::array_t<float> conv_pixels_f32(const py::array& x_a, const py::array& words_a, int64_t N,
+                                   int bits, const py::array& scale_a, const py::array& zero_a,
+                                   const py::array& geometry_a, const py::object& alpha_o,
+                                   const py::object& beta_o, int act, float slope,
+                                   const std::string& isa_req, int threads);
+py::array_t<float> conv_pixels_t_f32(const py::array& g_a, const py::array& words_t_a,
+                                     int64_t C, int bits, const py::array& scale_a,
+                                     const py::array& zero_a, const py::array& geometry_a,
+                                     const py::object& y_o, const py::object& alpha_o, int act,
+                                     float slope, const std::string& isa_req, int threads);
+
 // gemm_i8.cpp: the integer-table path (AVX2).
 py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, int64_t N,
                                   int bits, const py::array& scale_a, const py::array& zero_a,

@@ -2,7 +2,8 @@
 direction against a float64 ``F.conv2d`` / ``F.conv_transpose2d`` on the dequantized weight, for
 every bit width and ISA tier, both scale placements, strides, paddings, output paddings,
 dilations, odd sizes, batch 1 and channel counts off every block; the packed layers' forward and
-input gradient against autograd of the dense layer; the input checks; the fallback."""
+input gradient against autograd of the dense layer (the per-pixel kernels for layers under 16
+channels too); the input checks; the fallback."""
 
 from __future__ import annotations
 
@@ -153,14 +154,21 @@ LAYERS = [
     (False, 2, 16, 33, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 9, 8),
     (False, 4, 20, 16, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 7, 5),
     (False, 1, 16, 16, (3, 3), (3, 2), (0, 2), (0, 0), (1, 2), 10, 9),  # rows it never reads
+    # under 16 channels: per pixel with col2im / im2col fused (conv_pixels_f32)
+    (False, 2, 21, 3, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 7, 6),  # the DCGAN output layer
+    (False, 1, 40, 7, (3, 3), (1, 1), (2, 2), (0, 0), (2, 2), 6, 5),
+    (True, 3, 5, 3, (4, 4), (2, 2), (1, 1), (1, 1), (1, 1), 5, 4),
+    (True, 4, 3, 6, (3, 3), (3, 2), (2, 1), (2, 1), (2, 1), 4, 5),
 ]
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("case", LAYERS, ids=lambda c: ("T" if c[0] else "C") + f"{c[1]}b")
+@pytest.mark.parametrize("case", LAYERS, ids=lambda c: ("T" if c[0] else "C")
+                         + f"{c[2]}-{c[3]}-{c[1]}b")
 def test_packed_layer_forward_and_input_gradient(case, isa: str) -> None:
-    """A packed layer on the cpu backend runs the implicit GEMM, and equals the dense layer
-    in output and in the input gradient (autograd through the dense one)."""
+    """A packed layer on the cpu backend runs the implicit GEMM (or, under 16 channels, the
+    fused per-pixel kernels), and equals the dense layer in output and in the input gradient
+    (autograd through the dense one, float64)."""
     transposed, bits, c_in, c_out, kernel, stride, padding, out_pad, dilation, h, w = case
     gen = torch.Generator().manual_seed(bits + c_in)
     layer, weight, ep = make_layer(transposed, bits, c_in, c_out, kernel, stride, padding,
@@ -170,7 +178,8 @@ def test_packed_layer_forward_and_input_gradient(case, isa: str) -> None:
     x = torch.randn(2, c_in, h, w, generator=gen, requires_grad=True)
     x_ref = x.detach().double().requires_grad_(True)
     y = module(x)
-    assert module._conv_plan is not None  # the implicit path ran
+    plan = module._conv_plan
+    assert plan is not None and (plan.pixels is not None) == (min(c_in, c_out) < 16)
     weight = weight.double()
     if transposed:
         pre = F.conv_transpose2d(x_ref, weight, None, stride, padding, out_pad, 1, dilation)
@@ -210,22 +219,27 @@ def test_per_tensor_scale_and_measured_dispatch(tmp_path) -> None:
     assert len(module._conv_plan.routes) == 2
 
 
-def test_small_channel_counts_and_switch_keep_the_gemm_path(monkeypatch) -> None:
-    """Layers under 16 channels, and every layer with QGEN_CPU_IMPLICIT_CONV=0, run the GEMM
-    path (no plan) and still equal the dense layer."""
+def test_im2col_layers_and_switch_keep_the_gemm_path(monkeypatch) -> None:
+    """A small layer that is not per pixel (stride 2 conv2d, 3 output channels) keeps the
+    im2col GEMM, and with QGEN_CPU_IMPLICIT_CONV=0 every layer keeps the GEMM paths (no plan);
+    they still equal the dense layer."""
     gen = torch.Generator().manual_seed(5)
     backend = create_backend(threads=1)
-    small, weight, ep = make_layer(False, 1, 64, 3, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), gen)
+    small, weight, ep = make_layer(False, 1, 64, 3, (3, 3), (2, 2), (1, 1), (0, 0), (1, 1), gen)
     module = PackedConv2d(small, 1, backend)
     x = torch.randn(1, 64, 6, 5, generator=gen)
-    torch.testing.assert_close(module(x), ep.apply(F.conv2d(x, weight, None, 1, 1),
+    torch.testing.assert_close(module(x), ep.apply(F.conv2d(x, weight, None, 2, 1),
                                                    channel_dim=1), rtol=1e-5, atol=1e-5)
     assert module._conv_plan is None
     monkeypatch.setenv(ENV, "0")
-    big, _, _ = make_layer(True, 1, 32, 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), gen)
-    module = PackedConvTranspose2d(big, 1, backend)
-    module(torch.randn(1, 32, 3, 3, generator=gen))
-    assert module._conv_plan is None
+    for c_in, c_out in ((32, 16), (16, 3)):
+        layer, weight, ep = make_layer(True, 1, c_in, c_out, (4, 4), (2, 2), (1, 1), (0, 0),
+                                       (1, 1), gen)
+        module = PackedConvTranspose2d(layer, 1, backend)
+        x = torch.randn(1, c_in, 3, 3, generator=gen)
+        torch.testing.assert_close(module(x), ep.apply(F.conv_transpose2d(x, weight, None, 2, 1),
+                                                       channel_dim=1), rtol=1e-5, atol=1e-5)
+        assert module._conv_plan is None
 
 
 def test_tap_runs_group_consecutive_inputs() -> None:

@@ -17,9 +17,13 @@ padding and dilation only (made once, at load); the run positions on the input s
 once per input size).
 
 Chosen per layer at load (:func:`implicit_conv_fits`): layers with at least 16 input and output
-channels (the lanes and the reduction are padded to 16 and 32 channels); the DCGAN's 64 -> 3
-output layer keeps the per-pixel GEMM path of ``packed_modules``. ``QGEN_CPU_IMPLICIT_CONV=0``
-turns the implicit path off (the per-pixel GEMM / im2col paths then run every conv layer).
+channels (the lanes and the reduction are padded to 16 and 32 channels). A layer with fewer that
+``packed_modules`` runs per pixel (a ConvTranspose2d, or a stride-1 Conv2d with fewer output than
+input channels: the DCGAN's 64 -> 3 output layer) instead runs its per-pixel GEMM with col2im
+fused into the kernel (forward) and im2col into the gradient's (``conv_pixels_f32`` /
+``conv_pixels_t_f32``, csrc/conv_pixels.cpp: the lanes hold taps x channels); any other keeps
+the im2col GEMM. ``QGEN_CPU_IMPLICIT_CONV=0`` turns both off (the per-pixel GEMM + col2im /
+im2col paths of ``packed_modules`` then run every conv layer).
 """
 
 from __future__ import annotations
@@ -163,8 +167,8 @@ class CpuConvPlan:
     fields ``CpuBackend._route`` reads: ``bits``, ``shape``, ``routes``, ``nibbles``,
     :meth:`dense`)."""
 
-    forward: Direction
-    backward: Direction
+    forward: Direction | None  # None: the layer runs per pixel (``pixels``)
+    backward: Direction | None
     transposed: bool
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
@@ -176,6 +180,10 @@ class CpuConvPlan:
     module: Any = field(repr=False)
     routes: dict[tuple[str, int, int], str] = field(default_factory=dict, repr=False)
     nibbles: None = None
+    # per pixel: the layer's prepared tap-major view (CpuPrepared) and the stride, padding and
+    # dilation of the transposed convolution it computes
+    pixels: Any = field(default=None, repr=False)
+    pixel_geometry: tuple[tuple[int, int], ...] = ()
     _dense: torch.Tensor | None = field(default=None, repr=False)
 
     def dense(self) -> torch.Tensor:
@@ -213,10 +221,21 @@ def plan_conv(ext: Any, module: Any, threads: int) -> CpuConvPlan | None:
     transposed = module.kind == "conv_transpose2d"
     c_in, c_out = (codes.shape[0], codes.shape[1]) if transposed else (codes.shape[1],
                                                                        codes.shape[0])
-    if not implicit_conv_fits(c_in, c_out):
-        return None
     stride, padding, dilation = (tuple(int(v) for v in t) for t in (
         module.stride, module.padding, module.dilation))
+    kh, kw = codes.shape[2:]
+    if not implicit_conv_fits(c_in, c_out):
+        per_pixel = module.view_kind in ("conv_transpose2d", "conv2d_per_pixel")
+        if not per_pixel or os.environ.get(ENV, "1") == "0":
+            return None
+        geometry = (stride, padding, dilation)
+        if module.view_kind == "conv2d_per_pixel":  # the transposed conv of the flipped kernel
+            geometry = ((1, 1), tuple(d * (k - 1) - p for k, p, d in zip(
+                (kh, kw), padding, dilation, strict=True)), dilation)
+        return CpuConvPlan(None, None, transposed, (kh, kw), stride, padding, dilation,
+                           tuple(getattr(module, "output_padding", (0, 0))), module.bits,
+                           (c_out, c_in * kh * kw), module, pixels=module.prepared,
+                           pixel_geometry=geometry)
     own, other = (codes.permute(1, 0, 2, 3), codes) if transposed else (
         codes, codes.permute(1, 0, 2, 3))
 
@@ -224,7 +243,6 @@ def plan_conv(ext: Any, module: Any, threads: int) -> CpuConvPlan | None:
         return pack_direction(ext, v.contiguous(), module.scale, module.zero, module.bits, t,
                               on_n, stride, padding, dilation, threads)
 
-    kh, kw = codes.shape[2:]
     return CpuConvPlan(pack(own, transposed, True), pack(other, not transposed, False),
                        transposed, (kh, kw), stride, padding, dilation,
                        tuple(getattr(module, "output_padding", (0, 0))), module.bits,
@@ -252,6 +270,39 @@ def run_direction(ext: Any, d: Direction, x: torch.Tensor, out_hw: tuple[int, in
         _ACT_CODES[gep.activation], float(gep.negative_slope), isa, threads))
 
 
+def _pixel_geometry(plan: CpuConvPlan, in_hw: tuple[int, int], out_hw: tuple[int, int]
+                    ) -> np.ndarray:
+    """``conv_pixels_f32``'s geometry: H, W, OH, OW, kh, kw, stride, padding, dilation."""
+    stride, padding, dilation = plan.pixel_geometry
+    return np.array([*in_hw, *out_hw, *plan.kernel_size, *stride, *padding, *dilation],
+                    np.int64)
+
+
+def run_pixels(backend: Any, plan: CpuConvPlan, x: torch.Tensor, out_hw: tuple[int, int],
+               ep: Epilogue) -> torch.Tensor:
+    """``conv_pixels_f32`` of channels-last ``x`` ``[B, H, W, C]`` -> ``[B, OH, OW, N]``."""
+    from qgen_infer.engine.cpu_backend import _ACT_CODES
+
+    p = plan.pixels
+    return torch.from_numpy(backend._ext.conv_pixels_f32(
+        x.numpy(), p.words, plan.shape[0], p.bits, p.scale, p.zero,
+        _pixel_geometry(plan, tuple(x.shape[1:3]), out_hw), _vec(ep.alpha), _vec(ep.beta),
+        _ACT_CODES[ep.activation], float(ep.negative_slope), backend.isa, backend._threads()))
+
+
+def run_pixels_t(backend: Any, plan: CpuConvPlan, g: torch.Tensor, in_hw: tuple[int, int],
+                 through: tuple[torch.Tensor, Epilogue]) -> torch.Tensor:
+    """``conv_pixels_t_f32``: the input gradient ``[B, H, W, C]`` of :func:`run_pixels` from
+    ``g`` ``[B, OH, OW, N]`` through the epilogue (``through = (y, ep)``)."""
+    from qgen_infer.engine.cpu_backend import _ACT_CODES
+
+    p, (y, ep) = plan.pixels, through
+    return torch.from_numpy(backend._ext.conv_pixels_t_f32(
+        g.numpy(), p.words_t, p.shape[1], p.bits, p.scale, p.zero,
+        _pixel_geometry(plan, in_hw, tuple(g.shape[1:3])), y.numpy(), _vec(ep.alpha),
+        _ACT_CODES[ep.activation], float(ep.negative_slope), backend.isa, backend._threads()))
+
+
 def channels_last_rows(x: torch.Tensor) -> torch.Tensor:
     """NCHW ``x`` as a contiguous ``[B, H, W, C]`` (a view when x is channels-last in memory)."""
     return x.detach().permute(0, 2, 3, 1).contiguous()
@@ -268,8 +319,12 @@ class CpuConv(torch.autograd.Function):
         oh, ow = plan.output_size(h, w)
 
         def packed() -> torch.Tensor:
-            out = run_direction(backend._ext, plan.forward, channels_last_rows(x), (oh, ow),
-                                epilogue, backend.isa, backend._threads())
+            rows = channels_last_rows(x)
+            if plan.pixels is not None:
+                out = run_pixels(backend, plan, rows, (oh, ow), epilogue)
+            else:
+                out = run_direction(backend._ext, plan.forward, rows, (oh, ow), epilogue,
+                                    backend.isa, backend._threads())
             return out.permute(0, 3, 1, 2)
 
         def dense() -> torch.Tensor:
@@ -289,9 +344,12 @@ class CpuConv(torch.autograd.Function):
         backend, plan, ep, (h, w) = ctx.backend, ctx.plan, ctx.epilogue, ctx.in_hw
 
         def packed() -> torch.Tensor:
-            g = run_direction(backend._ext, plan.backward, channels_last_rows(grad_y), (h, w),
-                              None, backend.isa, backend._threads(),
-                              through=(channels_last_rows(y), ep))
+            rows, through = channels_last_rows(grad_y), (channels_last_rows(y), ep)
+            if plan.pixels is not None:
+                g = run_pixels_t(backend, plan, rows, (h, w), through)
+            else:
+                g = run_direction(backend._ext, plan.backward, rows, (h, w), None, backend.isa,
+                                  backend._threads(), through=through)
             return g.permute(0, 3, 1, 2)
 
         def dense() -> torch.Tensor:

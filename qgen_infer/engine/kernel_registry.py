@@ -18,6 +18,9 @@ The ops, each on a weight ``W = scale (codes - zero)`` of k-bit codes (k = 1..4)
   same way (``lut_i8_reference.py``); ``lut_i8_sums``: that path's integer sums, exact;
 * ``conv2d`` / ``conv_transpose2d``: ``act(alpha conv(x, V) + beta)`` as ``F.conv2d`` /
   ``F.conv_transpose2d`` compute it, ``V`` the decoded weight;
+* ``conv_transpose2d_pixels``: ``conv_transpose2d`` on the tap-major per-pixel view, col2im in
+  the kernel (layers under 16 channels); ``conv_transpose2d_pixels_t``: its input gradient
+  through the epilogue, ``conv2d(g ⊙ act'(y) ⊙ alpha, V)``;
 * ``mlp_step``: one proximal-gradient step of the MLP model in one launch, ``(z', loss)``;
 * ``kth_largest_abs``: per row the s-th largest ``|z|``; ``proximal_step``:
   ``P_s(z - beta g)``, then ``/ max(‖.‖, eps)`` per row.
@@ -374,6 +377,80 @@ def _allowed_conv(entry: KernelEntry, case: Case) -> torch.Tensor:
     return RTOL * _epilogue_bound(bound, c) + 1e-6
 
 
+# --- the per-pixel convolutions (layers under 16 channels; csrc/conv_pixels.cpp) ------------
+
+PIXEL_OPS = ("conv_transpose2d_pixels", "conv_transpose2d_pixels_t")
+_AS_CONVT = KernelEntry("cpu", "any", "conv_transpose2d", ())
+
+
+def _pixel_cases(entry: KernelEntry, gen: torch.Generator) -> list[Case]:
+    """The conv_transpose2d cases, with the scale on the output channel (the per-pixel view has
+    one per row); for the input gradient also the forward's output ``y`` and a gradient ``g``."""
+    out = []
+    for case in _conv_cases(_AS_CONVT, gen):
+        c = case.inputs
+        n = c["codes"].shape[0]
+        c.update(on_k=False, scale=torch.rand(n, generator=gen) * 0.2 + 0.05,
+                 zero=(2**c["bits"] - 1) / 2 + 0.3 * torch.randn(n, generator=gen))
+        if entry.op == "conv_transpose2d_pixels_t":
+            c["y"] = _reference_conv(_AS_CONVT, case).float()
+            c["g"] = torch.randn(c["y"].shape, generator=gen)
+        out.append(case)
+    return out
+
+
+def _run_pixels(entry: KernelEntry, case: Case) -> torch.Tensor:
+    from qgen_infer import _cpu
+    from qgen_infer.activations import activation_id
+
+    c = case.inputs
+    n, ch, kh, kw = c["codes"].shape
+    view = c["codes"].permute(2, 3, 0, 1).reshape(kh * kw * n, ch).contiguous().numpy()
+    scale, zero = (v.repeat(kh * kw).contiguous().numpy() for v in (c["scale"], c["zero"]))
+    pair = {k: (v, v) if isinstance(v, int) else tuple(v) for k, v in c["geometry"].items()}
+    x = c["x"].permute(0, 2, 3, 1).contiguous()
+    oh, ow = _torch_conv("conv_transpose2d", c["x"][:1].double(), _conv_dense(c),
+                         c["geometry"]).shape[2:]
+    geometry = torch.tensor([x.shape[1], x.shape[2], oh, ow, kh, kw, *pair["stride"],
+                             *pair["padding"], *pair["dilation"]]).numpy()
+    act = activation_id(c["act"])
+    if entry.op == "conv_transpose2d_pixels":
+        words = _cpu.repack_planes(view, c["bits"], False, 1)
+        y = _cpu.conv_pixels_f32(x.numpy(), words, n, c["bits"], scale, zero, geometry,
+                                 c["alpha"].numpy(), c["beta"].numpy(), act, c["slope"],
+                                 entry.variant, 1)
+    else:
+        words_t = _cpu.repack_planes(view, c["bits"], True, 1)
+        g, yf = (c[k].permute(0, 2, 3, 1).contiguous().numpy() for k in ("g", "y"))
+        y = _cpu.conv_pixels_t_f32(g, words_t, ch, c["bits"], scale, zero, geometry, yf,
+                                   c["alpha"].numpy(), act, c["slope"], entry.variant, 1)
+    return torch.from_numpy(y).permute(0, 3, 1, 2)
+
+
+def _pixel_gradient_rows(c: dict[str, Any]) -> torch.Tensor:
+    """``g ⊙ act'(y) ⊙ alpha`` in fp64 (channels on dimension 1)."""
+    d = activation_grad_from_output(c["y"].double(), c["act"], c["slope"])
+    return c["g"].double() * d * _per_channel(c["alpha"], d)
+
+
+def _reference_pixels(entry: KernelEntry, case: Case) -> torch.Tensor:
+    c = case.inputs
+    if entry.op == "conv_transpose2d_pixels":
+        return _reference_conv(_AS_CONVT, case)
+    # the input gradient of conv_transpose2d by V[n, c] is conv2d by V[c, n]
+    return F.conv2d(_pixel_gradient_rows(c), _conv_dense(c).permute(1, 0, 2, 3), **{
+        k: v for k, v in c["geometry"].items() if k != "output_padding"})
+
+
+def _allowed_pixels(entry: KernelEntry, case: Case) -> torch.Tensor:
+    c = case.inputs
+    if entry.op == "conv_transpose2d_pixels":
+        return _allowed_conv(_AS_CONVT, case)
+    bound = F.conv2d(_pixel_gradient_rows(c).abs(), _conv_dense(c).abs().permute(1, 0, 2, 3), **{
+        k: v for k, v in c["geometry"].items() if k != "output_padding"})
+    return RTOL * bound + 1e-6
+
+
 # --- the fused solver step ---------------------------------------------------------------------
 
 # (D, H1, H2, P, S1, S2, M): odd widths, one past a block of 32, one measurement
@@ -504,11 +581,13 @@ class _Op:
 _PRODUCT = _Op(_product_cases, _run_product, _reference_product, _allowed_product)
 _I8 = _Op(_i8_cases, _run_i8, _reference_i8, _allowed_i8)
 _CONV = _Op(_conv_cases, _run_conv, _reference_conv, _allowed_conv)
+_PIXELS = _Op(_pixel_cases, _run_pixels, _reference_pixels, _allowed_pixels)
 _STEP = _Op(_step_cases, _run_step, _reference_step, _allowed_step)
 _SELECT = _Op(_select_cases, _run_select, _reference_select, _allowed_select)
 OPS: dict[str, _Op] = {**dict.fromkeys((*PRODUCTS, SPARSE_GEMM), _PRODUCT),
                        "gemm_i8": _I8, "lut_i8_sums": _I8,
-                       "conv2d": _CONV, "conv_transpose2d": _CONV, "mlp_step": _STEP,
+                       "conv2d": _CONV, "conv_transpose2d": _CONV,
+                       **dict.fromkeys(PIXEL_OPS, _PIXELS), "mlp_step": _STEP,
                        "kth_largest_abs": _SELECT, "proximal_step": _SELECT}
 
 _CONV_COVERS = ("kernels.conv.conv_kpack_kernel",)
@@ -523,6 +602,12 @@ KERNELS: tuple[KernelEntry, ...] = (
       for path in TRITON_PATHS for op in PRODUCTS),
     *(KernelEntry("cpu", tier, op, ("_cpu.conv_planes_f32", "_cpu.repack_planes"))
       for tier in CPU_TIERS for op in ("conv2d", "conv_transpose2d")),
+    *(KernelEntry("cpu", tier, "conv_transpose2d_pixels", ("_cpu.conv_pixels_f32",
+                                                           "_cpu.repack_planes"))
+      for tier in CPU_TIERS),
+    *(KernelEntry("cpu", tier, "conv_transpose2d_pixels_t", ("_cpu.conv_pixels_t_f32",
+                                                             "_cpu.repack_planes"))
+      for tier in CPU_TIERS),
     KernelEntry("triton", "implicit-gemm", "conv2d", ("kernels.conv.conv2d", *_CONV_COVERS)),
     KernelEntry("triton", "implicit-gemm", "conv_transpose2d",
                 ("kernels.conv.conv_transpose2d", *_CONV_COVERS)),

@@ -174,7 +174,7 @@ class PackedConv2d(PackedModule, _ConvParams):
                 self.kernel_size, self.padding, self.dilation, strict=True))
             return self._fold_pixels(x, (h_out, w_out), flipped, (1, 1))
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [B,K,L]
-        rows = cols.transpose(1, 2).reshape(b * h_out * w_out, cols.shape[1])
+        rows = cols.transpose(1, 2).reshape(b * h_out * w_out, cols.shape[1]).contiguous()
         y = packed_gemm(rows, self.backend, self.prepared, self.epilogue)  # [B*L, N]
         return y.reshape(b, h_out * w_out, -1).transpose(1, 2).reshape(b, -1, h_out, w_out)
 
