@@ -23,6 +23,9 @@ The matrix view ``W [N, K]`` per layer kind:
 im2col is ``F.unfold`` (autograd: ``F.fold``), col2im the channels-last Function; gradients w.r.t.
 the input flow through :class:`PackedGemm`'s ``backend.gemm_t``.
 Modules are placed on their device at load time (the prepared weight is opaque to ``.to()``).
+A backend with its own convolutions (``prepare_conv`` / ``conv``) runs conv layers with them
+instead: the cpu backend's implicit GEMM and fused per-pixel kernels (``cpu_conv``), the triton
+backend's implicit GEMM when enabled (``triton_conv``); the paths above are their fallback.
 """
 
 from __future__ import annotations
@@ -119,7 +122,8 @@ class _ConvParams:
 
     def _implicit_conv(self, x: torch.Tensor) -> torch.Tensor | None:
         """The backend's own convolution of ``x`` (epilogue fused), or None when it has none:
-        the triton backend's implicit GEMM, planned on first use (``triton_conv``)."""
+        the triton backend's implicit GEMM (``triton_conv``), the cpu backend's implicit GEMM
+        or fused per-pixel kernels (``cpu_conv``), planned on first use."""
         if not hasattr(self, "_conv_plan"):
             prepare = getattr(self.backend, "prepare_conv", None)
             self._conv_plan = prepare(self) if prepare is not None else None
