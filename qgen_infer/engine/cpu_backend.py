@@ -24,6 +24,12 @@ Dispatch: ``dispatch="packed"`` (``--backend cpu``) always runs the kernels; ``"
 a dense fp32 ``torch`` matmul on weights dequantized once (lazily, the first time a layer needs
 them) measured faster here (:mod:`qgen_infer.engine.cpu_dispatch`); ``"dense"`` always the latter.
 
+Convolutions: ``prepare_conv`` / ``conv`` run Conv2d and ConvTranspose2d layers on their own
+kernels (:mod:`qgen_infer.engine.cpu_conv`): implicit GEMM over channels-last activations for
+layers with at least 16 channels each side, the per-pixel GEMM with col2im / im2col fused for
+smaller per-pixel layers, forward and input gradient one call each; measured dispatch chooses
+between them and torch's fp32 convolution per layer, direction and batch bucket.
+
 Integer tables: on the AVX2 tier the packed path is the int8-table kernel (``gemm_planes_i8``:
 vpshufb lookups; csrc/qgen_cpu.h, "The integer-table path"), which rounds each activation row's
 group sums to 8 bits (max relative error ~1e-2 of the product). ``QGEN_CPU_INT_TABLES=
