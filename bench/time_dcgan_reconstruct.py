@@ -52,7 +52,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, default=1)
     p.add_argument("--backends", nargs="+", default=["fp32", "cpu", "reference"],
-                   choices=["fp32", "cpu", "reference", "triton"])
+                   choices=["fp32", "cpu", "auto", "reference", "triton"])
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
