@@ -37,11 +37,17 @@ const T* checked(const py::array& a, const char* name, std::initializer_list<int
     return static_cast<const T*>(a.data());
 }
 
-inline const float* optional_vec(const py::object& o, const char* name, int64_t n) {
+// An optional float32 argument: None -> nullptr, else checked like `checked`.
+inline const float* optional_f32(const py::object& o, const char* name,
+                                 std::initializer_list<int64_t> shape) {
     if (o.is_none()) return nullptr;
     if (!py::isinstance<py::array>(o))
         throw py::type_error(std::string(name) + " must be a float32 numpy array or None");
-    return checked<float>(o.cast<py::array>(), name, {n}, "float32");
+    return checked<float>(o.cast<py::array>(), name, shape, "float32");
+}
+
+inline const float* optional_vec(const py::object& o, const char* name, int64_t n) {
+    return optional_f32(o, name, {n});
 }
 
 inline void check_bits(int bits) {

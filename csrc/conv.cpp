@@ -250,12 +250,7 @@ py::array_t<float> conv_planes_f32(const py::array& x_a, const py::array& words_
     const float* beta = optional_vec(beta_o, "beta", N);
     if (act < kNone || act > kTanh || gact < kNone || gact > kTanh)
         fail("unknown activation code");
-    p.yfwd = nullptr;
-    if (!yfwd_o.is_none()) {
-        if (!py::isinstance<py::array>(yfwd_o))
-            throw py::type_error("y must be a float32 numpy array or None");
-        p.yfwd = checked<float>(yfwd_o.cast<py::array>(), "y", {p.B, p.H, p.W, p.C}, "float32");
-    }
+    p.yfwd = optional_f32(yfwd_o, "y", {p.B, p.H, p.W, p.C});
     const float* galpha = optional_vec(galpha_o, "grad_alpha", p.C);
     if (!p.yfwd && (galpha || gact != kNone))
         fail("grad_alpha and grad_act need the forward output y");

@@ -144,12 +144,7 @@ py::array_t<float> conv_pixels_t_f32(const py::array& g_a, const py::array& word
                                               "uint32");
     const float* scale = checked<float>(scale_a, "scale", {R}, "float32");
     const float* zero = checked<float>(zero_a, "zero", {R}, "float32");
-    const float* y = nullptr;
-    if (!y_o.is_none()) {
-        if (!py::isinstance<py::array>(y_o))
-            throw py::type_error("y must be a float32 numpy array or None");
-        y = checked<float>(y_o.cast<py::array>(), "y", {B, geo.OH, geo.OW, N}, "float32");
-    }
+    const float* y = optional_f32(y_o, "y", {B, geo.OH, geo.OW, N});
     const float* alpha = optional_vec(alpha_o, "alpha", N);
     if (act < kNone || act > kTanh) throw py::value_error("unknown activation code");
     if (!y && (alpha || act != kNone))
@@ -187,12 +182,7 @@ py::array_t<float> conv_pixels_t_f32(const py::array& g_a, const py::array& word
             float* ob = op + b * geo.H * geo.W * C;
             auto epi = [&](int64_t m0, int mr, int64_t col0, int64_t ncols, const float* acc,
                            int64_t ldacc, const double* dots) {
-                for (int m = 0; m < mr; ++m) {
-                    const float d = static_cast<float>(dots[m]);
-                    float* orow = ob + (m0 + m) * C + col0;
-                    const float* ar = acc + m * ldacc;
-                    for (int64_t j = 0; j < ncols; ++j) orow[j] = 0.5f * ar[j] + d;
-                }
+                transposed_tile_rows(acc, ldacc, mr, ncols, dots, ob + m0 * C + col0, C);
             };
             lut_gemm(ks, gather, geo.H * geo.W, R, scale, zc.data(), words, C, bits, 1, epi);
         });

@@ -42,6 +42,18 @@ struct PlainRows {
     const float* operator()(int64_t m, float*) const { return X + m * R; }
 };
 
+// The transposed product's rows out of a finished tile (gemm_t_planes_f32's math):
+//     out[m][j] = acc[m][j] / 2 + dots[m],   m < mr, j < ncols.
+inline void transposed_tile_rows(const float* acc, int64_t ldacc, int mr, int64_t ncols,
+                                 const double* dots, float* out, int64_t ldout) {
+    for (int m = 0; m < mr; ++m) {
+        const float d = static_cast<float>(dots[m]);
+        const float* ar = acc + m * ldacc;
+        float* orow = out + m * ldout;
+        for (int64_t j = 0; j < ncols; ++j) orow[j] = 0.5f * ar[j] + d;
+    }
+}
+
 template <typename Epi, typename Rows>
 void lut_gemm(const KernelSet& ks, const Rows& rows, int64_t M, int64_t R, const float* rscale,
               const float* rz, const uint32_t* words, int64_t C, int bits, int threads,

@@ -82,12 +82,7 @@ py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& word
         checked<uint32_t>(words_t_a, "words_t", {planes_words(K, N, bits)}, "uint32");
     const float* scale = checked<float>(scale_a, "scale", {N}, "float32");
     const float* zero = checked<float>(zero_a, "zero", {N}, "float32");
-    const float* y = nullptr;
-    if (!y_o.is_none()) {
-        if (!py::isinstance<py::array>(y_o))
-            throw py::type_error("y must be a float32 numpy array or None");
-        y = checked<float>(y_o.cast<py::array>(), "y", {M, N}, "float32");
-    }
+    const float* y = optional_f32(y_o, "y", {M, N});
     const float* alpha = optional_vec(alpha_o, "alpha", N);
     if (act < kNone || act > kTanh) throw py::value_error("unknown activation code");
     if (!y && (alpha || act != kNone))
@@ -104,12 +99,7 @@ py::array_t<float> gemm_t_planes_f32(const py::array& g_a, const py::array& word
         py::gil_scoped_release release;
         auto epi = [&](int64_t m0, int mr, int64_t col0, int64_t ncols, const float* acc,
                        int64_t ldacc, const double* dots) {
-            for (int m = 0; m < mr; ++m) {
-                const float d = static_cast<float>(dots[m]);
-                float* orow = op + (m0 + m) * K + col0;
-                const float* ar = acc + m * ldacc;
-                for (int64_t j = 0; j < ncols; ++j) orow[j] = 0.5f * ar[j] + d;
-            }
+            transposed_tile_rows(acc, ldacc, mr, ncols, dots, op + m0 * K + col0, K);
         };
         if (!y) {
             lut_gemm(ks, PlainRows{g, N}, M, N, scale, zc.data(), words, K, bits, threads, epi);
