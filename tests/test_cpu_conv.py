@@ -195,28 +195,36 @@ def test_packed_layer_forward_and_input_gradient(case, isa: str) -> None:
     assert_rel_close(gx, gx_ref)
 
 
-def test_per_tensor_scale_and_measured_dispatch(tmp_path) -> None:
-    """A per-tensor scale, and ``dispatch="measured"``: both paths are timed once, the choice is
-    kept per layer, direction and batch bucket, and either path gives the dense result."""
+@pytest.mark.parametrize("transposed", [True, False])
+def test_per_tensor_scale_and_measured_dispatch(transposed: bool, tmp_path) -> None:
+    """A per-tensor scale, and the dispatch modes: ``measured`` times both paths once and keeps
+    the choice per layer, direction and batch bucket; ``dense`` runs torch's convolutions (alpha
+    folded into the weight); both give the dense result, forward and input gradient."""
     from qgen_infer.engine.cpu_dispatch import CostTable
 
     gen = torch.Generator().manual_seed(3)
-    layer, weight, ep = make_layer(True, 2, 32, 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1),
-                                   gen, granularity="tensor")
-    backend = create_backend(threads=1, dispatch="measured")
-    backend.dispatcher.table = CostTable(tmp_path / "costs.json")
-    module = PackedConvTranspose2d(layer, 2, backend)
-    x = torch.randn(3, 32, 4, 4, generator=gen, requires_grad=True)
-    y = module(x)
-    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    x_ref = x.detach().clone().requires_grad_(True)
-    y_ref = ep.apply(F.conv_transpose2d(x_ref, weight, None, 2, 1), channel_dim=1)
-    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, torch.ones_like(y_ref))
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
-    ops = sorted(c["product"].split()[0] for c in backend.dispatcher.report())
-    assert ops == ["conv_transpose2d_forward", "conv_transpose2d_input_grad"]
-    assert len(module._conv_plan.routes) == 2
+    layer, weight, ep = make_layer(transposed, 2, 32, 16, (4, 4), (2, 2), (1, 1), (0, 0),
+                                   (1, 1), gen, granularity="tensor")
+    x = torch.randn(3, 32, 5, 4, generator=gen, requires_grad=True)
+    x_ref = x.detach().double().requires_grad_(True)
+    conv = F.conv_transpose2d if transposed else F.conv2d
+    y_ref = Epilogue(ep.alpha.double(), ep.beta.double(), ep.activation,
+                     ep.negative_slope).apply(conv(x_ref, weight.double(), None, 2, 1), 1)
+    g = torch.randn(y_ref.shape, generator=gen)
+    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g.double())
+    for mode in ("measured", "dense"):
+        backend = create_backend(threads=1, dispatch=mode)
+        backend.dispatcher.table = CostTable(tmp_path / "costs.json")
+        module = (PackedConvTranspose2d if transposed else PackedConv2d)(layer, 2, backend)
+        y = module(x)
+        (gx,) = torch.autograd.grad(y, x, g)
+        assert_rel_close(y.detach(), y_ref.detach(), 1e-5)
+        assert_rel_close(gx, gx_ref, 1e-5)
+        if mode == "measured":
+            kind = "conv_transpose2d" if transposed else "conv2d"
+            ops = sorted(c["product"].split()[0] for c in backend.dispatcher.report())
+            assert ops == [f"{kind}_forward", f"{kind}_input_grad"]
+            assert len(module._conv_plan.routes) == 2
 
 
 def test_im2col_layers_and_switch_keep_the_gemm_path(monkeypatch) -> None:

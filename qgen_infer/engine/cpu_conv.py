@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from qgen_infer.activations import activate
 from qgen_infer.conv_geometry import conv2d_output_size, conv_transpose2d_output_size
 from qgen_infer.engine.backend import Epilogue
 from qgen_infer.format import unpack_codes
@@ -187,14 +188,12 @@ class CpuConvPlan:
     _dense: torch.Tensor | None = field(default=None, repr=False)
 
     def dense(self) -> torch.Tensor:
-        """The fp32 weight in PyTorch layout, dequantized once on first use (dense path)."""
+        """The fp32 weight in PyTorch layout with the epilogue's alpha folded in (as the dense
+        baseline's), dequantized once on first use (dense path)."""
         if self._dense is None:
-            from qgen_infer.format.schema import channel_axis
-            from qgen_infer.quant import dequantize
+            from qgen_infer.engine.dense_baseline import dequantized_weight
 
-            m = self.module
-            codes = unpack_codes(m.packed_codes, m.weight_shape, m.bits)
-            self._dense = dequantize(codes, m.scale, m.zero, channel_axis(m.kind)).contiguous()
+            self._dense = dequantized_weight(self.module).contiguous()
         return self._dense
 
     def op_name(self, direction: str, h: int, w: int) -> str:
@@ -360,21 +359,23 @@ class CpuConv(torch.autograd.Function):
 
 
 def dense_conv(x: torch.Tensor, plan: CpuConvPlan, ep: Epilogue) -> torch.Tensor:
-    """The layer in fp32 torch (oneDNN) on its dequantized weight, the epilogue applied."""
+    """The layer in fp32 torch (oneDNN) as the dense baseline runs it: alpha folded into the
+    weight, beta the bias, then the activation."""
     if plan.transposed:
-        acc = F.conv_transpose2d(x, plan.dense(), None, plan.stride, plan.padding,
+        acc = F.conv_transpose2d(x, plan.dense(), ep.beta, plan.stride, plan.padding,
                                  plan.output_padding, 1, plan.dilation)
     else:
-        acc = F.conv2d(x, plan.dense(), None, plan.stride, plan.padding, plan.dilation)
-    return ep.apply(acc, channel_dim=1)
+        acc = F.conv2d(x, plan.dense(), ep.beta, plan.stride, plan.padding, plan.dilation)
+    return activate(acc, ep.activation, ep.negative_slope)
 
 
 def dense_conv_input_grad(grad_y: torch.Tensor, y: torch.Tensor, plan: CpuConvPlan,
                           ep: Epilogue, in_hw: tuple[int, int]) -> torch.Tensor:
     """The input gradient of :func:`dense_conv` given its output ``y``, in fp32 torch."""
-    from qgen_infer.engine.packed_ops import _epilogue_backward
+    from qgen_infer.engine.cpu_backend import dense_grad_through_epilogue
 
-    h = _epilogue_backward(grad_y, y, ep, channel_dim=1)
+    h = dense_grad_through_epilogue(grad_y, y, Epilogue(None, None, ep.activation,
+                                                        ep.negative_slope))
     shape = (h.shape[0], plan.module.weight_shape[0 if plan.transposed else 1], *in_hw)
     if plan.transposed:
         return F.conv2d(h, plan.dense(), None, plan.stride, plan.padding, plan.dilation)
