@@ -39,12 +39,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", default=None, metavar="FILE.qgen",
                    help="default: models/mnist-m25-{1,2,3,4}bit.qgen")
-    p.add_argument("--backends", nargs="+", default=["reference", "auto", "cpu"])
+    p.add_argument("--backends", nargs="+", default=["reference", "auto", "cpu"],
+                   help="backend names; NAME@bf16 runs that backend with precision bf16 (on the "
+                        "CPU: the sensing net in bf16)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--emulate-avx2", action="store_true",
                    help="torch limited to AVX2 as well (re-executes with the environment set)")
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the process's CPU time, which on a shared machine leaves out the "
+                        "time other processes held the core (one thread: the solve's own time)")
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -62,29 +67,30 @@ def main(argv: list[str] | None = None) -> None:
     from bench_reconstruct import write_report
 
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     models = args.model or [str(REPO / "models" / f"mnist-m25-{b}bit.qgen") for b in (1, 2, 3, 4)]
     _, evals = split_train_eval(load_images("mnist", args.data_root), 1000)
     truth = evals[:1000]
     rows: list[dict[str, Any]] = []
     isa = None
     for path in models:
-        loaded = {b: qgen_infer.load(path, backend=b) for b in args.backends}
+        loaded = {b: qgen_infer.load(path, backend=b.split("@")[0]) for b in args.backends}
         with torch.no_grad():
             y = loaded[args.backends[0]].sensing(truth).numpy()
         secs: dict[str, list[float]] = {b: [] for b in args.backends}
         score: dict[str, float] = {}
         for b, model in loaded.items():
             opts = solver_options(model, batch_size=256, seed=0)
-            x_hat = qgen_infer.reconstruct(model, y, opts).x_hat  # warm-up (+ auto's costs)
+            x_hat = qgen_infer.reconstruct(model, y, opts, precision=_precision(b)).x_hat  # warm-up
             score[b] = float(psnr(truth, torch.from_numpy(x_hat)).mean())
             isa = getattr(model.backend, "isa", isa)
         for rnd in range(args.rounds):
             for b in args.backends if rnd % 2 == 0 else args.backends[::-1]:
                 model = loaded[b]
                 opts = solver_options(model, batch_size=256, seed=0)
-                t0 = time.perf_counter()
-                qgen_infer.reconstruct(model, y, opts)
-                secs[b].append(time.perf_counter() - t0)
+                t0 = clock()
+                qgen_infer.reconstruct(model, y, opts, precision=_precision(b))
+                secs[b].append(clock() - t0)
         ref = min(secs["reference"]) if "reference" in secs else None
         bits = loaded[args.backends[0]].bits
         for b in args.backends:
@@ -109,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
              f"CPU: {_cpu_model()} ({os.cpu_count()} vCPUs); kernels' ISA tier: {isa}; torch's "
              f"own CPU capability: {torch_isa}; threads: {args.threads}",
              f"- 1,000 MNIST evaluation images, solver defaults of each file, batch 256; "
-             f"{args.rounds} rounds in one process, backends interleaved, order alternating",
+             f"{args.rounds} rounds in one process, backends interleaved, order alternating; "
+             f"clock: {'the process CPU time' if args.clock == 'cpu' else 'wall time'}; load "
+             f"average at the end: {os.getloadavg()[0]:.1f}",
              ]
     if args.note:
         lines.append(f"- note: {args.note}")
@@ -120,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['bits']} | {r['backend']} | {r['best']:.1f} | {r['median']:.1f} | "
                      f"{vs} | {r['psnr']:.4f} | {r['dense'] or '–'} |")
     write_report("\n".join(lines) + "\n", args.out)
+
+
+def _precision(spec: str) -> str:
+    """The precision of a ``--backends`` entry (``NAME@bf16`` -> ``bf16``, else ``fp32``)."""
+    return spec.split("@")[1] if "@" in spec else "fp32"
 
 
 def _cpu_model() -> str:

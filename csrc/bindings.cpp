@@ -82,10 +82,11 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("gemm_planes_i8", &gemm_planes_i8, py::arg("x"), py::arg("nibbles"), py::arg("n"),
           py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("alpha") = py::none(),
           py::arg("beta") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.01f,
-          py::arg("threads") = 0,
-          "gemm_planes_f32 with int8 activation tables (AVX2, vpshufb; rounds: see qgen_cpu.h).");
+          py::arg("threads") = 0, py::arg("isa") = "",
+          "gemm_planes_f32 with int8 activation tables (vpshufb: isa avx2 32 columns, avx512 "
+          "64; rounds: see qgen_cpu.h).");
     m.def("lut_i8_sums", &lut_i8_sums, py::arg("x"), py::arg("nibbles"), py::arg("n"),
-          py::arg("bits"), py::arg("threads") = 0,
+          py::arg("bits"), py::arg("threads") = 0, py::arg("isa") = "",
           "(int32 sums [M, N], row scales [M]) of the integer-table path: its exact integers.");
     m.def("kth_largest_abs_f32", &kth_largest_abs_f32, py::arg("z"), py::arg("s"),
           py::arg("threads") = 0,

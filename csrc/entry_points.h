@@ -53,13 +53,13 @@ py::array_t<float> conv_pixels_t_f32(const py::array& g_a, const py::array& word
                                      const py::object& y_o, const py::object& alpha_o, int act,
                                      float slope, const std::string& isa_req, int threads);
 
-// gemm_i8.cpp: the integer-table path (AVX2).
+// gemm_i8.cpp: the integer-table path (AVX2, AVX-512).
 py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, int64_t N,
                                   int bits, const py::array& scale_a, const py::array& zero_a,
                                   const py::object& alpha_o, const py::object& beta_o, int act,
-                                  float slope, int threads);
+                                  float slope, int threads, const std::string& isa);
 py::tuple lut_i8_sums(const py::array& x_a, const py::array& nib_a, int64_t N, int bits,
-                      int threads);
+                      int threads, const std::string& isa);
 
 // solver_entry.cpp: the latent solver's selection and proximal step.
 py::array_t<float> kth_largest_abs_f32(const py::array& z_a, int64_t s, int threads);

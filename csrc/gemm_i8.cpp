@@ -1,5 +1,6 @@
-// The integer-table path's entry points (qgen_cpu.h, "The integer-table path"): AVX2 only, rounds
-// the tables. The driver itself is arch/avx2/lut_i8_avx2.cpp; the repack is in repack.cpp.
+// The integer-table path's entry points (qgen_cpu.h, "The integer-table path"): AVX2 and AVX-512
+// tiles, rounds the tables. The driver itself is arch/avx2/lut_i8_avx2.cpp; the repack is in
+// repack.cpp.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "dispatch.h"
 #include "entry_points.h"
 #include "qgen_cpu.h"
 
@@ -14,18 +16,21 @@ namespace qgen {
 
 namespace {
 
-void require_avx2() {
-#if defined(QGEN_X86)
-    if (cpu_supports(Isa::avx2)) return;
-#endif
-    throw py::value_error("the integer-table kernels need AVX2, which this CPU/build lacks");
+// The tile width for `isa` (resolved as the exact kernels' tier: argument > QGEN_CPU_ISA > best):
+// AVX-512 -> zmm tiles; AVX2 -> ymm; the portable tier has no integer tables.
+bool zmm_tiles(const std::string& isa) {
+    const Isa tier = resolve_isa(isa);
+    if (tier == Isa::portable)
+        throw py::value_error("the integer-table kernels need AVX2 or AVX-512, not the portable "
+                              "tier");
+    return tier == Isa::avx512;
 }
 
 I8GemmArgs i8_args(const py::array& x_a, const py::array& nib_a, int64_t N, int bits,
-                   int threads) {
+                   int threads, const std::string& isa) {
     check_bits(bits);
-    require_avx2();
     I8GemmArgs a{};
+    a.zmm = zmm_tiles(isa);
     a.x = checked<float>(x_a, "x", {-1, -1}, "float32");
     a.M = x_a.shape(0);
     a.K = x_a.shape(1);
@@ -43,8 +48,8 @@ I8GemmArgs i8_args(const py::array& x_a, const py::array& nib_a, int64_t N, int 
 py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, int64_t N,
                                   int bits, const py::array& scale_a, const py::array& zero_a,
                                   const py::object& alpha_o, const py::object& beta_o, int act,
-                                  float slope, int threads) {
-    I8GemmArgs a = i8_args(x_a, nib_a, N, bits, threads);
+                                  float slope, int threads, const std::string& isa) {
+    I8GemmArgs a = i8_args(x_a, nib_a, N, bits, threads, isa);
     const float* scale = checked<float>(scale_a, "scale", {N}, "float32");
     const float* zero = checked<float>(zero_a, "zero", {N}, "float32");
     const float* alpha = optional_vec(alpha_o, "alpha", N);
@@ -66,7 +71,7 @@ py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, 
 #if defined(QGEN_X86)
     if (a.M > 0) {
         py::gil_scoped_release release;
-        gemm_i8_avx2(a);
+        gemm_i8(a);
     }
 #endif
     return y;
@@ -74,8 +79,8 @@ py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, 
 
 // The integer sums sum_b 2^b sum_g q[g][idx] [M, N] and the row scales s [M]: the test hook.
 py::tuple lut_i8_sums(const py::array& x_a, const py::array& nib_a, int64_t N, int bits,
-                      int threads) {
-    I8GemmArgs a = i8_args(x_a, nib_a, N, bits, threads);
+                      int threads, const std::string& isa) {
+    I8GemmArgs a = i8_args(x_a, nib_a, N, bits, threads, isa);
     py::array_t<int32_t> sums({a.M, N});
     py::array_t<float> rs(a.M);
     a.sums = sums.mutable_data();
@@ -83,7 +88,7 @@ py::tuple lut_i8_sums(const py::array& x_a, const py::array& nib_a, int64_t N, i
 #if defined(QGEN_X86)
     if (a.M > 0) {
         py::gil_scoped_release release;
-        gemm_i8_avx2(a);
+        gemm_i8(a);
     }
 #endif
     return py::make_tuple(sums, rs);

@@ -140,7 +140,8 @@ KernelSet kernels_avx512();
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// The integer-table path (AVX2 only: arch/avx2/lut_i8_avx2.cpp; entry point gemm_planes_i8)
+// The integer-table path (AVX2 and AVX-512: arch/avx2/lut_i8_avx2.cpp drives either tile, the
+// AVX-512 one in arch/avx512/lut_i8_avx512.cpp; entry point gemm_planes_i8)
 // ---------------------------------------------------------------------------------------------
 // Same signed-plane math and the same group tables T[g][i] (g = 4 consecutive k) as above, but
 // each activation row's tables are rounded to int8 with one scale per row:
@@ -149,7 +150,9 @@ KernelSet kernels_avx512();
 //     acc[m, n] = s_m * sum_b 2^b sum_g q_m[g][idx_b(n, g)]        (exact int32 sum, one rounding)
 // replaces sum_b 2^b S_b in the exact tiers' epilogue (the zero term uses the exact sum_k x).
 // Error per column: at most s/2 per group and plane, i.e. |err| <= (2^bits - 1) (K/4) s/2.
-// Lookups: vpshufb, 32 columns per instruction, 16 table bytes broadcast to both 128-bit lanes.
+// Lookups: vpshufb, 32 columns per instruction on AVX2 (16 table bytes broadcast to both 128-bit
+// lanes), 64 on AVX-512 (two adjacent 32-column blocks, broadcast to all four lanes): the same
+// integer sums either way.
 //
 // The "nibbles" layout (repack_nibbles), for 32-column blocks and pairs of groups:
 //     uint8 [C32][Q][bits][32],   C32 = ceil(N / 32), Q = ceil(K / 8)
@@ -157,6 +160,7 @@ KernelSet kernels_avx512();
 //     idx_b(col, g) = sum_{e<4} bit_b(code(col, 4 g + e)) << e
 // Padding columns and k are zero bits (padded k have x = 0: T = 0, q = 0).
 // Tables: uint8 [2Q][16] per row (8 bytes per k: twice x's size).
+constexpr int kI8Cols = 32;  // columns per block of the nibbles layout
 struct I8GemmArgs {
     const float* x;          // [M, K]
     int64_t M, K, N;
@@ -171,9 +175,14 @@ struct I8GemmArgs {
     const float* beta;
     int act;
     float slope;
+    bool zmm;                // AVX-512 tiles (64 columns), else AVX2 (32)
 };
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(QGEN_PORTABLE_ONLY)
-void gemm_i8_avx2(const I8GemmArgs& a);
+void gemm_i8(const I8GemmArgs& a);
+// mr <= 8 rows x 64 columns of integer sums, out[m * 64 + l]: columns 0..31 from the block at w0,
+// 32..63 from the one at w1 (the last block's neighbour: pass w0 again, those sums are unused).
+void tile_i8_avx512(int bits, const uint8_t* tab, int64_t tstride, const uint8_t* w0,
+                    const uint8_t* w1, int64_t Q, int mr, int32_t* out);
 #endif
 
 }  // namespace qgen

@@ -198,24 +198,39 @@ def _check_finite(start: int, *arrays: np.ndarray) -> None:
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles or AVX512-BF16), where
+    torch's bf16 products beat fp32; elsewhere they are emulated, slower than fp32."""
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)()
+               for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
 def _networks(model: Any, precision: str) -> tuple[Callable, Callable]:
-    """``(G, A)`` running on ``precision`` activations. fp16/bf16 (CUDA only) cast the latent
-    into G and G's image into a copy of A in that dtype, and return A's measurements in fp32:
-    the loss, the gradient's last step and the update stay fp32. The wrappers are kept on the
-    model, so repeated calls find the graphs captured for them."""
+    """``(G, A)`` running on ``precision`` activations. fp16/bf16 on CUDA cast the latent into G
+    and G's image into a copy of A in that dtype, and return A's measurements in fp32: the loss,
+    the gradient's last step and the update stay fp32. bf16 on the CPU casts A only (the packed
+    G kernels compute in fp32), for CPUs with bf16 matrix hardware (AMX: ~5x fp32 on A's
+    products). The wrappers are kept on the model, so repeated calls find the graphs captured
+    for them."""
     if precision not in PRECISIONS:
         raise QgenError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return model.generator, model.sensing
-    if model.device.type != "cuda":
+    on_cpu = model.device.type == "cpu"
+    if model.device.type != "cuda" and not (on_cpu and precision == "bf16"):
         raise QgenError(f"precision {precision} needs the model on a CUDA device, not "
-                        f"{model.device} (the CPU kernels compute in fp32)")
+                        f"{model.device} (on the CPU: bf16, for the sensing net only)")
+    if on_cpu and not cpu_has_bf16_matmul():
+        raise QgenError("precision bf16 on the CPU needs AMX or AVX512-BF16, which this CPU "
+                        "lacks (its bf16 products would be emulated, slower than fp32)")
     cache = model.__dict__.setdefault("_low_precision", {})
     key = (id(model.generator), id(model.sensing), precision)
     if key not in cache:
         dtype, gen = PRECISIONS[precision], model.generator
         sensing = copy.deepcopy(model.sensing).to(dtype)
-        cache[key] = (lambda z: gen(z.to(dtype)), lambda x: sensing(x.to(dtype)).float())
+        g_net = gen if on_cpu else lambda z: gen(z.to(dtype))
+        cache[key] = (g_net, lambda x: sensing(x.to(dtype)).float())
     return cache[key]
 
 
@@ -279,7 +294,9 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
     ``cuda_graph`` (default: on when the model is on a CUDA device) replays each solver step
     from a captured CUDA graph (:mod:`qgen_infer.solve.cuda_graph`); same result, no per-step
     launches. ``precision``: ``"fp32"`` (default), or ``"fp16"`` / ``"bf16"`` activations for
-    the networks on a CUDA device (tensor cores; the latent, loss and update stay fp32).
+    the networks on a CUDA device (tensor cores; the latent, loss and update stay fp32); on the
+    CPU, ``"bf16"`` runs the sensing net only in bf16 (AMX or AVX512-BF16 CPUs; it moves the
+    result: bench/results/reconstruct-tiers.md).
     ``on_batch(result, done)`` is called after each batch (progress bars, partial saves).
     ``first_index``: the index of ``y``'s first row in a larger set that is solved in parts
     (a shard of :mod:`qgen_infer.distributed`): row ``i`` gets image ``first_index + i``'s starts.

@@ -1,6 +1,7 @@
-"""The AVX2 integer-table kernels (``_cpu.gemm_planes_i8``) against their plain-PyTorch reference
-(qgen_infer/engine/lut_i8_reference.py): integer sums equal exactly, and the product stays within
-the stated rounding bound of the exact fp32 product."""
+"""The integer-table kernels (``_cpu.gemm_planes_i8``: AVX2's 32-column and AVX-512's 64-column
+vpshufb tiles) against their plain-PyTorch reference (qgen_infer/engine/lut_i8_reference.py):
+integer sums equal exactly on every tier this CPU has, and the product stays within the stated
+rounding bound of the exact fp32 product."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from qgen_infer.engine.lut_i8_reference import (  # noqa: E402
     integer_sums,
 )
 
-# ones, sizes off every block (32 columns, 8-entry group pairs, 4/2/1-row tiles, 8-row panels),
-# and a reduction past one 16-bit run (256 groups = 1024 k)
+# ones, sizes off every block (32/64 columns: an odd count of 32-column blocks leaves the AVX-512
+# tile a lone last block; 8-entry group pairs; 8/4/2/1-row tiles, 8-row panels), and a reduction
+# past one 16-bit run (256 groups = 1024 k)
 SHAPES = [(1, 1, 1), (1, 784, 500), (3, 9, 33), (5, 97, 31), (13, 70, 65), (64, 50, 40),
-          (2, 2100, 37)]
+          (2, 2100, 37), (17, 33, 97), (9, 500, 129)]
+# the tiers with integer tables that this CPU runs
+INT_ISAS = [isa for isa in ("avx2", "avx512") if isa in _cpu.supported_isas()]
 
 
 def random_case(m: int, k: int, n: int, bits: int, seed: int):
@@ -34,40 +38,43 @@ def random_case(m: int, k: int, n: int, bits: int, seed: int):
     return x, codes, scale, zero
 
 
+@pytest.mark.parametrize("isa", INT_ISAS)
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_integer_sums_equal_reference(bits: int, shape, threads: int) -> None:
+def test_integer_sums_equal_reference(isa: str, bits: int, shape, threads: int) -> None:
     x, codes, _, _ = random_case(*shape, bits, seed=bits * 100 + shape[1])
     nib = _cpu.repack_nibbles(codes.numpy(), bits)
-    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], bits, threads=threads)
+    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], bits, threads=threads, isa=isa)
     ref_sums, ref_s = integer_sums(x, codes, bits)
     assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
     assert torch.equal(torch.from_numpy(rs), ref_s)
 
 
-def test_zero_rows_and_extreme_codes() -> None:
+@pytest.mark.parametrize("isa", INT_ISAS)
+def test_zero_rows_and_extreme_codes(isa: str) -> None:
     x = torch.zeros(3, 40)
     x[1, 5] = -3.0
     codes = torch.full((9, 40), 15, dtype=torch.uint8)
     codes[::2] = 0
     nib = _cpu.repack_nibbles(codes.numpy(), 4)
-    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, 9, 4)
+    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, 9, 4, isa=isa)
     ref_sums, ref_s = integer_sums(x, codes, 4)
     assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
     assert rs[0] == 0 and (sums[0] == 0).all()
     assert torch.equal(torch.from_numpy(rs), ref_s)
 
 
+@pytest.mark.parametrize("isa", INT_ISAS)
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
-def test_product_within_rounding_bound(bits: int) -> None:
+def test_product_within_rounding_bound(isa: str, bits: int) -> None:
     """|y - exact| <= (2^bits - 1) (K / 4) s / 2 * scale / 2 per element (qgen_cpu.h); the
     observed max relative error (max |y - exact| / max |exact|) is stated: < 2e-2 here."""
     m, k, n = 16, 784, 500
     x, codes, scale, zero = random_case(m, k, n, bits, seed=7 + bits)
     nib = _cpu.repack_nibbles(codes.numpy(), bits)
     y = torch.from_numpy(_cpu.gemm_planes_i8(x.numpy(), nib, n, bits, scale.numpy(),
-                                             zero.numpy()))
+                                             zero.numpy(), isa=isa))
     exact = gemm_reference(x, MatrixWeight(codes=codes, scale=scale, zero=zero, bits=bits))
     _, s = integer_sums(x[:1], codes[:1], bits)
     _, s = integer_sums(x, codes[:1], bits)
@@ -104,6 +111,10 @@ def test_rejects_bad_inputs() -> None:
         _cpu.gemm_planes_i8(x.astype("float64"), nib, 5, 2, one, one)
     with pytest.raises(ValueError, match="bits"):
         _cpu.lut_i8_sums(x, nib, 5, 5)
+    with pytest.raises(ValueError, match="not the portable tier"):
+        _cpu.gemm_planes_i8(x, nib, 5, 2, one, one, isa="portable")
+    with pytest.raises(ValueError, match="isa"):
+        _cpu.lut_i8_sums(x, nib, 5, 2, isa="sse9")
 
 
 @pytest.mark.slow
@@ -133,13 +144,19 @@ def test_engine_psnr_within_0_01_db_where_auto_uses_int_tables() -> None:
 
 
 def test_backend_chooses_int_tables_by_width_and_tier(monkeypatch) -> None:
-    """auto: 1-bit weights on the AVX2 tier only; on: every width; off: none."""
+    """auto: 1-bit weights on the AVX2 and AVX-512 tiers (each with its own tile); on: every
+    width (the portable tier borrows AVX2's tile); off: none."""
     from qgen_infer.engine.cpu_backend import CpuBackend
 
     monkeypatch.delenv("QGEN_CPU_INT_TABLES", raising=False)
     assert CpuBackend(isa="avx2").int_table_bits == (1,)
+    assert CpuBackend(isa="avx2").kernel_name(1) == "gemm_w1_planes_i8[avx2]"
+    if "avx512" in INT_ISAS:
+        assert CpuBackend(isa="avx512").int_table_bits == (1,)
+        assert CpuBackend(isa="avx512").kernel_name(1, True) == "gemm_t_w1_planes_i8[avx512]"
     assert CpuBackend(isa="portable").int_table_bits == ()
     assert CpuBackend(isa="portable", int_tables="on").int_table_bits == (1, 2, 3, 4)
+    assert CpuBackend(isa="portable", int_tables="on").int_table_isa == "avx2"
     monkeypatch.setenv("QGEN_CPU_INT_TABLES", "off")
     assert CpuBackend(isa="avx2").int_table_bits == ()
     monkeypatch.setenv("QGEN_CPU_INT_TABLES", "sometimes")
@@ -147,9 +164,10 @@ def test_backend_chooses_int_tables_by_width_and_tier(monkeypatch) -> None:
         CpuBackend(isa="avx2")
 
 
+@pytest.mark.parametrize("isa", INT_ISAS)
 @pytest.mark.parametrize("dispatch", ["packed", "measured"])
 @pytest.mark.parametrize("bits", [1, 3])
-def test_backend_products_on_int_tables(dispatch: str, bits: int) -> None:
+def test_backend_products_on_int_tables(isa: str, dispatch: str, bits: int) -> None:
     """gemm, gemm_t and the gradient through the epilogue on the int8 tables stay within the
     tables' rounding of the reference: max error < 1e-2 of max (|rows| @ |W|) (the products'
     scale without cancellation, which the per-row table scale follows), also when the
@@ -162,7 +180,7 @@ def test_backend_products_on_int_tables(dispatch: str, bits: int) -> None:
     x, codes, scale, zero = random_case(m, k, n, bits, seed=bits)
     w = MatrixWeight(codes=codes, scale=scale, zero=zero, bits=bits)
     wabs = w.dequantize().abs()
-    be = CpuBackend(isa="avx2", threads=1, dispatch=dispatch, cost_table=CostTable(None),
+    be = CpuBackend(isa=isa, threads=1, dispatch=dispatch, cost_table=CostTable(None),
                     int_tables="on")
     p = be.prepare(w)
     assert p.nibbles is not None and "planes_i8" in be.kernel_name(bits)
@@ -190,15 +208,16 @@ def test_backend_products_on_int_tables(dispatch: str, bits: int) -> None:
         assert all("int8-tables" in c["context"] for c in be.dispatch_report()["choices"])
 
 
+@pytest.mark.parametrize("isa", INT_ISAS)
 @pytest.mark.parametrize("shape", [(8, 2100, 600), (40, 1000, 300)],
                          ids=["by-columns", "by-rows"])
-def test_two_threads_give_the_same_integers(shape) -> None:
+def test_two_threads_give_the_same_integers(isa: str, shape) -> None:
     """Products large enough for the driver's 2-thread split (> 3.2e7 bit-products), in both of
     its splits (column blocks for M < 32, row panels otherwise), equal the reference exactly.
     (Items go to whichever thread is free: on a busy machine the caller may run them all.)"""
     x, codes, _, _ = random_case(*shape, 4, seed=5)
     nib = _cpu.repack_nibbles(codes.numpy(), 4)
-    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], 4, threads=2)
+    sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], 4, threads=2, isa=isa)
     ref_sums, ref_s = integer_sums(x, codes, 4)
     assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
     assert torch.equal(torch.from_numpy(rs), ref_s)

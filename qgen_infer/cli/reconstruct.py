@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay each solver step from a captured CUDA graph (same result, one "
                    "launch per step; default: on for a CUDA device)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="activations of the generator and sensing net; fp16/bf16 need a CUDA "
-                        "device and use its tensor cores (the latent and its update stay fp32)")
+                   help="activations of the generator and sensing net; fp16/bf16 on a CUDA "
+                        "device use its tensor cores (the latent and its update stay fp32); on "
+                        "the CPU, bf16 runs the sensing net only in bf16 (AMX/AVX512-BF16 "
+                        "CPUs; not exact)")
     p.add_argument("--autotune", action="store_true",
                    help="time the Triton kernels' launch configs on first use and cache the "
                         "best (minutes of compiles; by default a fixed rule and the shipped "
@@ -309,9 +311,10 @@ def _setup(args: argparse.Namespace, device: str | None) -> tuple[Any, Any, dict
     if args.cuda_graph and model.device.type != "cuda":
         raise QgenError(f"--cuda-graph needs a CUDA device; the model is on {model.device}")
     settings["cuda_graph"] = args.cuda_graph
-    if args.precision != "fp32" and model.device.type != "cuda":
+    cpu_bf16 = args.precision == "bf16" and model.device.type == "cpu"
+    if args.precision != "fp32" and model.device.type != "cuda" and not cpu_bf16:
         raise QgenError(f"--precision {args.precision} needs a CUDA device; the model is on "
-                        f"{model.device} (the CPU kernels compute in fp32)")
+                        f"{model.device} (on the CPU: bf16, for the sensing net only)")
     settings["precision"] = args.precision
     return model, opts, settings
 

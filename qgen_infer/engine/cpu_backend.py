@@ -112,6 +112,13 @@ INT_TABLE_MODES = ("auto", "on", "off")
 INT_TABLE_AUTO_BITS = (1,)  # widths whose PSNR held within 0.01 dB (bench/psnr_int_tables.py)
 
 
+def int_table_isa(isa: str) -> str:
+    """The integer-table kernels' tile for the exact kernels' tier ``isa``: AVX-512's 64-column
+    zmm tile there, else AVX2's 32-column one (the portable tier has none: forced with
+    ``QGEN_CPU_INT_TABLES=on``, it runs AVX2's where the CPU has it)."""
+    return "avx512" if isa == "avx512" else "avx2"
+
+
 def int_table_bits(ext: ModuleType, isa: str, requested: str | None = None) -> tuple[int, ...]:
     """The weight widths whose packed path runs the int8-table kernels (module docstring)."""
     mode = requested or os.environ.get("QGEN_CPU_INT_TABLES") or "auto"
@@ -121,7 +128,7 @@ def int_table_bits(ext: ModuleType, isa: str, requested: str | None = None) -> t
         return ()
     if mode == "on":
         return (1, 2, 3, 4)
-    return INT_TABLE_AUTO_BITS if mode == "auto" and isa == "avx2" else ()
+    return INT_TABLE_AUTO_BITS if mode == "auto" and isa in ("avx2", "avx512") else ()
 
 
 def is_available() -> bool:
@@ -259,6 +266,7 @@ class CpuBackend:
         self.threads = threads
         self.thread_pool = choose_thread_pool(ext)
         self.int_table_bits = int_table_bits(ext, self.isa, int_tables)
+        self.int_table_isa = int_table_isa(self.isa)
         self.dispatch = dispatch_mode(dispatch)
         self.dispatcher = Dispatcher(cost_table if cost_table is not None
                                      else CostTable(default_cache_path()))
@@ -274,7 +282,7 @@ class CpuBackend:
 
     def kernel_name(self, bits: int, transposed: bool = False) -> str:
         if bits in self.int_table_bits:
-            return f"{'gemm_t' if transposed else 'gemm'}_w{bits}_planes_i8[avx2]"
+            return f"{'gemm_t' if transposed else 'gemm'}_w{bits}_planes_i8[{self.int_table_isa}]"
         return str(self._ext.kernel_name(bits, transposed, self.isa))
 
     def prepare(self, weight: MatrixWeight) -> CpuPrepared:
@@ -339,7 +347,8 @@ class CpuBackend:
                 return torch.from_numpy(self._ext.gemm_planes_i8(
                     xa, prepared.nibbles, n, prepared.bits, prepared.scale, prepared.zero,
                     _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
-                    _ACT_CODES[ep.activation], float(ep.negative_slope), self._threads()))
+                    _ACT_CODES[ep.activation], float(ep.negative_slope), self._threads(),
+                    self.int_table_isa))
             return torch.from_numpy(self._ext.gemm_planes_f32(
                 xa, prepared.words, n, prepared.bits, prepared.scale, prepared.zero,
                 _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
@@ -416,7 +425,7 @@ class CpuBackend:
         u = (h * scale).contiguous()
         uc = torch.from_numpy(self._ext.gemm_planes_i8(
             u.numpy(), prepared.nibbles_t, k, prepared.bits, prepared.unit_scale_t,
-            prepared.zero_offset_t, None, None, 0, 0.0, self._threads()))
+            prepared.zero_offset_t, None, None, 0, 0.0, self._threads(), self.int_table_isa))
         return uc.sub_((u @ torch.from_numpy(prepared.zero))[:, None])
 
 

@@ -1,5 +1,7 @@
-// AVX2 integer-table LUT GEMM (T-MAC style): int8 group tables looked up with vpshufb, 32 columns
-// per instruction, summed in 16-bit lanes and widened to int32 every 256 groups. Layout ("nibbles")
+// Integer-table LUT GEMM (T-MAC style): int8 group tables looked up with vpshufb, 32 columns per
+// instruction here (AVX2; the driver below runs the AVX-512 64-column tile of
+// arch/avx512/lut_i8_avx512.cpp instead when asked), summed in 16-bit lanes and widened to int32
+// every 256 groups. Layout ("nibbles")
 // and math: qgen_cpu.h, "The integer-table path". It rounds the activations' group sums to 8 bits
 // per row, so it is a separate entry point (gemm_planes_i8) and never replaces the exact tiers.
 // Compiled for AVX2 by the target pragma, called only after the run-time check (gemm_i8.cpp).
@@ -22,7 +24,6 @@
 namespace qgen {
 namespace {
 
-constexpr int kI8Cols = 32;         // columns per block: one byte each in a ymm
 constexpr int64_t kFlushPairs = 128;  // group pairs per 16-bit run: 256 x 255 < 2^16
 
 alignas(32) const float kSignLo[kGroup][8] = {
@@ -167,11 +168,13 @@ void tile_i8_bits(int bits, const uint8_t* tab, int64_t tstride, const uint8_t* 
 
 }  // namespace
 
-void gemm_i8_avx2(const I8GemmArgs& a) {
+void gemm_i8(const I8GemmArgs& a) {
     const int64_t M = a.M, K = a.K, N = a.N;
     const int64_t Q = ceil_div(K, 8), C32 = ceil_div(N, kI8Cols);
     const int64_t tstride = 2 * Q * 16;              // table bytes per row
     const int64_t wstride = Q * a.bits * kI8Cols;    // nibble bytes per column block
+    const int64_t step = a.zmm ? 2 : 1;              // 32-column blocks per tile
+    const int cols = static_cast<int>(step) * kI8Cols;
     constexpr int kTileRows = 8;
     int nt = resolve_threads(a.threads);
     if (static_cast<double>(M) * N * K * a.bits < 3.2e7) nt = 1;  // as the exact driver
@@ -183,15 +186,15 @@ void gemm_i8_avx2(const I8GemmArgs& a) {
         if (nt > 1) P = std::min(P, ceil_div(M, 4 * nt));
         P = std::min(std::max<int64_t>(P, 1), M);
     }
-    const int64_t nitems = by_rows ? ceil_div(M, P) : C32;
+    const int64_t nitems = by_rows ? ceil_div(M, P) : ceil_div(C32, step);
     nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, nitems)));
     // per-slot scratch, allocated before the workers start (nothing throws inside them)
     std::vector<std::vector<uint8_t>> tabs(nt, std::vector<uint8_t>(P * tstride + 32));
     std::vector<std::vector<float>> ftmp(nt, std::vector<float>(2 * Q * 16 + 8));
     std::vector<std::vector<float>> rscale(nt, std::vector<float>(P)), accf(nt);
     std::vector<std::vector<double>> dots(nt, std::vector<double>(P));
-    std::vector<std::vector<int32_t>> isum(nt, std::vector<int32_t>(kTileRows * kI8Cols));
-    for (auto& v : accf) v.resize(kI8Cols + 8);
+    std::vector<std::vector<int32_t>> isum(nt, std::vector<int32_t>(kTileRows * cols));
+    for (auto& v : accf) v.resize(cols + 8);
     std::vector<char> built(nt, 0);
     ThreadPool::instance().parallel_for(nitems, nt, [&](int64_t it, int slot) {
         uint8_t* tab = tabs[slot].data();
@@ -206,15 +209,19 @@ void gemm_i8_avx2(const I8GemmArgs& a) {
             }
         };
         auto sweep = [&](int64_t p0, int64_t pm, int64_t cb) {
-            const int64_t col0 = cb * kI8Cols, ncols = std::min<int64_t>(kI8Cols, N - col0);
+            const int64_t col0 = cb * kI8Cols, ncols = std::min<int64_t>(cols, N - col0);
+            const uint8_t* w0 = a.nibbles + cb * wstride;
             for (int64_t m0 = 0; m0 < pm; m0 += kTileRows) {
                 const int mr = static_cast<int>(std::min<int64_t>(kTileRows, pm - m0));
                 int32_t* s = isum[slot].data();
-                tile_i8_bits(a.bits, tab + m0 * tstride, tstride, a.nibbles + cb * wstride, Q,
-                             mr, s);
+                if (a.zmm)
+                    tile_i8_avx512(a.bits, tab + m0 * tstride, tstride, w0,
+                                   cb + 1 < C32 ? w0 + wstride : w0, Q, mr, s);
+                else
+                    tile_i8_bits(a.bits, tab + m0 * tstride, tstride, w0, Q, mr, s);
                 for (int m = 0; m < mr; ++m) {
                     const int64_t row = p0 + m0 + m;
-                    const int32_t* sr = s + m * kI8Cols;
+                    const int32_t* sr = s + m * cols;
                     if (a.sums) std::copy(sr, sr + ncols, a.sums + row * N + col0);
                     if (!a.y) continue;
                     float* acc = accf[slot].data();
@@ -229,11 +236,11 @@ void gemm_i8_avx2(const I8GemmArgs& a) {
         if (by_rows) {
             const int64_t p0 = it * P, pm = std::min(P, M - p0);
             build(p0, pm);
-            for (int64_t cb = 0; cb < C32; ++cb) sweep(p0, pm, cb);
+            for (int64_t cb = 0; cb < C32; cb += step) sweep(p0, pm, cb);
         } else {
             if (!built[slot]) build(0, M);
             built[slot] = 1;
-            sweep(0, M, it);
+            sweep(0, M, it * step);
         }
     });
     if (a.row_scale && !by_rows)  // every slot built all rows; any that ran has the scales
