@@ -79,12 +79,18 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("repack_nibbles", &repack_nibbles, py::arg("codes"), py::arg("bits"),
           py::arg("threads") = 0,
           "uint8 codes [N, K] -> the integer-table path's nibble bytes (qgen_cpu.h).");
+    m.def("quads_bytes", &quads_bytes, py::arg("n"), py::arg("k"), py::arg("bits"));
+    m.def("repack_quads", &repack_quads, py::arg("codes"), py::arg("bits"),
+          py::arg("threads") = 0,
+          "uint8 codes [N, K] -> the VBMI/VNNI integer-table tile's quads bytes (qgen_cpu.h).");
+    m.def("has_vbmi_vnni", &cpu_has_vbmi_vnni,
+          "Whether this CPU has AVX-512 VBMI and VNNI (the integer tables' avx512vbmi tile).");
     m.def("gemm_planes_i8", &gemm_planes_i8, py::arg("x"), py::arg("nibbles"), py::arg("n"),
           py::arg("bits"), py::arg("scale"), py::arg("zero"), py::arg("alpha") = py::none(),
           py::arg("beta") = py::none(), py::arg("act") = 0, py::arg("slope") = 0.01f,
           py::arg("threads") = 0, py::arg("isa") = "",
-          "gemm_planes_f32 with int8 activation tables (vpshufb: isa avx2 32 columns, avx512 "
-          "64; rounds: see qgen_cpu.h).");
+          "gemm_planes_f32 with int8 activation tables (isa avx2: vpshufb, 32 columns; avx512: "
+          "64; avx512vbmi: vpermb + vpdpbusd over the quads layout; rounds: see qgen_cpu.h).");
     m.def("lut_i8_sums", &lut_i8_sums, py::arg("x"), py::arg("nibbles"), py::arg("n"),
           py::arg("bits"), py::arg("threads") = 0, py::arg("isa") = "",
           "(int32 sums [M, N], row scales [M]) of the integer-table path: its exact integers.");

@@ -22,6 +22,7 @@ uint64_t read_xcr0() {
 struct Features {
     bool avx2_fma = false;
     bool avx512 = false;
+    bool vbmi_vnni = false;  // avx512 + AVX512_VBMI + AVX512_VNNI
 };
 
 Features detect() {
@@ -39,14 +40,19 @@ Features detect() {
     const bool avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
     f.avx2_fma = os_ymm && avx2 && fma;
     f.avx512 = f.avx2_fma && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
+    f.vbmi_vnni = f.avx512 && (c & (1u << 1)) && (c & (1u << 11));
+    return f;
+}
+
+const Features& features() {
+    static const Features f = detect();  // CPUID traps to the hypervisor in a VM: detect once
     return f;
 }
 
 }  // namespace
 
 bool cpu_supports(Isa isa) {
-    // CPUID traps to the hypervisor in a VM (microseconds): detect once.
-    static const Features f = detect();
+    const Features& f = features();
     switch (isa) {
         case Isa::portable: return true;
         case Isa::avx2: return f.avx2_fma;
@@ -54,8 +60,11 @@ bool cpu_supports(Isa isa) {
     }
     return false;
 }
+
+bool cpu_has_vbmi_vnni() { return features().vbmi_vnni; }
 #else
 bool cpu_supports(Isa isa) { return isa == Isa::portable; }
+bool cpu_has_vbmi_vnni() { return false; }
 #endif
 
 }  // namespace qgen

@@ -18,6 +18,8 @@ int64_t nibbles_bytes(int64_t N, int64_t K, int bits);
 py::array_t<uint32_t> repack_planes(const py::array& codes_a, int bits, bool transposed,
                                     int threads);
 py::array_t<uint8_t> repack_nibbles(const py::array& codes_a, int bits, int threads);
+int64_t quads_bytes(int64_t N, int64_t K, int bits);
+py::array_t<uint8_t> repack_quads(const py::array& codes_a, int bits, int threads);
 
 // gemm.cpp: the fp32 products (forward; input gradient, optionally through the epilogue).
 py::array_t<float> gemm_planes_f32(const py::array& x_a, const py::array& words_a, int64_t N,

@@ -16,27 +16,40 @@ namespace qgen {
 
 namespace {
 
-// The tile width for `isa` (resolved as the exact kernels' tier: argument > QGEN_CPU_ISA > best):
-// AVX-512 -> zmm tiles; AVX2 -> ymm; the portable tier has no integer tables.
-bool zmm_tiles(const std::string& isa) {
+// The integer-table tile for `isa`: "avx512vbmi" the VBMI/VNNI tile over the quads layout, else
+// as the exact kernels' tier resolves (argument > QGEN_CPU_ISA > best): AVX-512 -> the zmm
+// vpshufb tile, AVX2 -> ymm; the portable tier has no integer tables.
+enum class I8Tile { ymm, zmm, vbmi };
+
+I8Tile i8_tile(const std::string& isa) {
+    if (isa == "avx512vbmi") {
+        if (!cpu_has_vbmi_vnni())
+            throw py::value_error("isa avx512vbmi needs AVX-512 VBMI and VNNI, which this "
+                                  "CPU/OS lacks");
+        return I8Tile::vbmi;
+    }
     const Isa tier = resolve_isa(isa);
     if (tier == Isa::portable)
         throw py::value_error("the integer-table kernels need AVX2 or AVX-512, not the portable "
                               "tier");
-    return tier == Isa::avx512;
+    return tier == Isa::avx512 ? I8Tile::zmm : I8Tile::ymm;
 }
 
-I8GemmArgs i8_args(const py::array& x_a, const py::array& nib_a, int64_t N, int bits,
+I8GemmArgs i8_args(const py::array& x_a, const py::array& w_a, int64_t N, int bits,
                    int threads, const std::string& isa) {
     check_bits(bits);
     I8GemmArgs a{};
-    a.zmm = zmm_tiles(isa);
+    const I8Tile tile = i8_tile(isa);
+    a.zmm = tile != I8Tile::ymm;
     a.x = checked<float>(x_a, "x", {-1, -1}, "float32");
     a.M = x_a.shape(0);
     a.K = x_a.shape(1);
     if (N < 0) throw py::value_error("N must be non-negative");
     a.N = N;
-    a.nibbles = checked<uint8_t>(nib_a, "nibbles", {nibbles_bytes(N, a.K, bits)}, "uint8");
+    if (tile == I8Tile::vbmi)
+        a.quads = checked<uint8_t>(w_a, "quads", {quads_bytes(N, a.K, bits)}, "uint8");
+    else
+        a.nibbles = checked<uint8_t>(w_a, "nibbles", {nibbles_bytes(N, a.K, bits)}, "uint8");
     a.bits = bits;
     a.threads = threads;
     return a;
@@ -44,7 +57,8 @@ I8GemmArgs i8_args(const py::array& x_a, const py::array& nib_a, int64_t N, int 
 
 }  // namespace
 
-// The same product as gemm_planes_f32, with the int8 tables: y = act(a2 (acc + zc2 sum_k x) + beta).
+// The same product as gemm_planes_f32, with the int8 tables (`nib_a`: the nibbles layout, or
+// quads for isa avx512vbmi): y = act(a2 (acc + zc2 sum_k x) + beta).
 py::array_t<float> gemm_planes_i8(const py::array& x_a, const py::array& nib_a, int64_t N,
                                   int bits, const py::array& scale_a, const py::array& zero_a,
                                   const py::object& alpha_o, const py::object& beta_o, int act,

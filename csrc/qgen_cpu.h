@@ -160,6 +160,13 @@ KernelSet kernels_avx512();
 //     idx_b(col, g) = sum_{e<4} bit_b(code(col, 4 g + e)) << e
 // Padding columns and k are zero bits (padded k have x = 0: T = 0, q = 0).
 // Tables: uint8 [2Q][16] per row (8 bytes per k: twice x's size).
+//
+// The "quads" layout (repack_quads), for the VBMI/VNNI tile: 16-column blocks and chunks of 4
+// groups (16 k), one byte per column, group and plane, with the group in bits 4-5:
+//     uint8 [C16][Q4][bits][64],   C16 = ceil(N / 16), Q4 = ceil(K / 16)
+//     byte 4 c + j of [cb][q][b] = idx_b(col 16 cb + c, group 4 q + j) + 16 j
+// so that vpermb over a row's 64 table bytes of groups 4q..4q+3 looks up all 4 groups of 16
+// columns, and vpdpbusd sums each column's 4 bytes (padding: idx 0, whose table entry is 0).
 constexpr int kI8Cols = 32;  // columns per block of the nibbles layout
 struct I8GemmArgs {
     const float* x;          // [M, K]
@@ -176,6 +183,7 @@ struct I8GemmArgs {
     int act;
     float slope;
     bool zmm;                // AVX-512 tiles (64 columns), else AVX2 (32)
+    const uint8_t* quads;    // with zmm: the quads layout, for the VBMI/VNNI tile (else null)
 };
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(QGEN_PORTABLE_ONLY)
 void gemm_i8(const I8GemmArgs& a);
@@ -183,6 +191,10 @@ void gemm_i8(const I8GemmArgs& a);
 // 32..63 from the one at w1 (the last block's neighbour: pass w0 again, those sums are unused).
 void tile_i8_avx512(int bits, const uint8_t* tab, int64_t tstride, const uint8_t* w0,
                     const uint8_t* w1, int64_t Q, int mr, int32_t* out);
+// The same sums from the quads layout: `blocks` (1..4) 16-column blocks from `quads`, bstride
+// bytes apart (missing ones repeat the last; their sums are unused); tables of Q4 chunks.
+void tile_i8_vbmi(int bits, const uint8_t* tab, int64_t tstride, const uint8_t* quads,
+                  int64_t bstride, int blocks, int64_t Q4, int mr, int32_t* out);
 #endif
 
 }  // namespace qgen
@@ -191,4 +203,6 @@ namespace qgen {
 // Run-time instruction-set support (cpu_features.cpp): CPUID feature bits AND the OS saving the
 // register state (XGETBV), so a kernel is never run where the OS would fault on its registers.
 bool cpu_supports(Isa isa);
+// AVX-512 VBMI and VNNI on top of the avx512 tier (vpermb, vpdpbusd: the quads tile).
+bool cpu_has_vbmi_vnni();
 }  // namespace qgen

@@ -1,5 +1,5 @@
 // Repacking uint8 codes into the kernels' layouts (qgen_cpu.h): the "planes" words of every
-// tier and the integer-table path's "nibbles" bytes.
+// tier and the integer-table path's "nibbles" and "quads" bytes.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -21,6 +21,10 @@ int64_t planes_words(int64_t C, int64_t R, int bits) {
 
 int64_t nibbles_bytes(int64_t N, int64_t K, int bits) {
     return ceil_div(N, 32) * ceil_div(K, 8) * bits * 32;
+}
+
+int64_t quads_bytes(int64_t N, int64_t K, int bits) {
+    return ceil_div(N, 16) * ceil_div(K, 16) * bits * 64;
 }
 
 // codes uint8 [N, K] -> planes words for the forward (col = n, r = k) or, transposed, for the
@@ -87,6 +91,43 @@ py::array_t<uint8_t> repack_nibbles(const py::array& codes_a, int bits, int thre
                     uint8_t* base = w + ((cb * Q + q) * bits) * 32 + l;
                     for (int b = 0; b < bits; ++b)
                         base[b * 32] |= static_cast<uint8_t>(((c >> b) & 1u) << shift);
+                }
+            }
+            if (block_bad) bad.store(true, std::memory_order_relaxed);
+        });
+    }
+    if (bad.load())
+        throw py::value_error("codes must lie in [0, " + std::to_string(top) + "] for " +
+                              std::to_string(bits) + "-bit weights");
+    return out;
+}
+
+// codes uint8 [N, K] -> the quads layout (qgen_cpu.h); items are 16-column blocks.
+py::array_t<uint8_t> repack_quads(const py::array& codes_a, int bits, int threads) {
+    check_bits(bits);
+    const uint8_t* codes = checked<uint8_t>(codes_a, "codes", {-1, -1}, "uint8");
+    const int64_t N = codes_a.shape(0), K = codes_a.shape(1), Q4 = ceil_div(K, 16);
+    py::array_t<uint8_t> out(quads_bytes(N, K, bits));
+    uint8_t* w = out.mutable_data();
+    const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
+    std::atomic<bool> bad{false};
+    {
+        py::gil_scoped_release release;
+        ThreadPool::instance().parallel_for(ceil_div(N, 16), resolve_threads(threads),
+                                            [&](int64_t cb, int) {
+            uint8_t* block = w + cb * Q4 * bits * 64;
+            for (int64_t i = 0; i < Q4 * bits * 64; ++i)  // every group's offset, idx 0
+                block[i] = static_cast<uint8_t>(16 * (i % 4));
+            bool block_bad = false;
+            for (int c = 0; c < 16 && cb * 16 + c < N; ++c) {
+                const uint8_t* row = codes + (cb * 16 + c) * K;
+                for (int64_t k = 0; k < K; ++k) {
+                    const uint8_t code = row[k];
+                    block_bad = block_bad || code > top;
+                    const int64_t g = k / 4, q = g / 4;
+                    uint8_t* base = block + q * bits * 64 + 4 * c + g % 4;
+                    for (int b = 0; b < bits; ++b)
+                        base[b * 64] |= static_cast<uint8_t>(((code >> b) & 1u) << (k % 4));
                 }
             }
             if (block_bad) bad.store(true, std::memory_order_relaxed);

@@ -25,8 +25,15 @@ from qgen_infer.engine.lut_i8_reference import (  # noqa: E402
 # past one 16-bit run (256 groups = 1024 k)
 SHAPES = [(1, 1, 1), (1, 784, 500), (3, 9, 33), (5, 97, 31), (13, 70, 65), (64, 50, 40),
           (2, 2100, 37), (17, 33, 97), (9, 500, 129)]
-# the tiers with integer tables that this CPU runs
-INT_ISAS = [isa for isa in ("avx2", "avx512") if isa in _cpu.supported_isas()]
+# the integer-table tiles this CPU runs (avx512vbmi: vpermb + vpdpbusd over the quads layout)
+INT_ISAS = [isa for isa in ("avx2", "avx512") if isa in _cpu.supported_isas()] + (
+    ["avx512vbmi"] if _cpu.has_vbmi_vnni() else [])
+
+
+def repack(codes: torch.Tensor, bits: int, isa: str):
+    """The codes in ``isa``'s tile layout."""
+    fn = _cpu.repack_quads if isa == "avx512vbmi" else _cpu.repack_nibbles
+    return fn(codes.numpy(), bits)
 
 
 def random_case(m: int, k: int, n: int, bits: int, seed: int):
@@ -44,7 +51,7 @@ def random_case(m: int, k: int, n: int, bits: int, seed: int):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_integer_sums_equal_reference(isa: str, bits: int, shape, threads: int) -> None:
     x, codes, _, _ = random_case(*shape, bits, seed=bits * 100 + shape[1])
-    nib = _cpu.repack_nibbles(codes.numpy(), bits)
+    nib = repack(codes, bits, isa)
     sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], bits, threads=threads, isa=isa)
     ref_sums, ref_s = integer_sums(x, codes, bits)
     assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
@@ -57,7 +64,7 @@ def test_zero_rows_and_extreme_codes(isa: str) -> None:
     x[1, 5] = -3.0
     codes = torch.full((9, 40), 15, dtype=torch.uint8)
     codes[::2] = 0
-    nib = _cpu.repack_nibbles(codes.numpy(), 4)
+    nib = repack(codes, 4, isa)
     sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, 9, 4, isa=isa)
     ref_sums, ref_s = integer_sums(x, codes, 4)
     assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
@@ -72,7 +79,7 @@ def test_product_within_rounding_bound(isa: str, bits: int) -> None:
     observed max relative error (max |y - exact| / max |exact|) is stated: < 2e-2 here."""
     m, k, n = 16, 784, 500
     x, codes, scale, zero = random_case(m, k, n, bits, seed=7 + bits)
-    nib = _cpu.repack_nibbles(codes.numpy(), bits)
+    nib = repack(codes, bits, isa)
     y = torch.from_numpy(_cpu.gemm_planes_i8(x.numpy(), nib, n, bits, scale.numpy(),
                                              zero.numpy(), isa=isa))
     exact = gemm_reference(x, MatrixWeight(codes=codes, scale=scale, zero=zero, bits=bits))
@@ -115,6 +122,12 @@ def test_rejects_bad_inputs() -> None:
         _cpu.gemm_planes_i8(x, nib, 5, 2, one, one, isa="portable")
     with pytest.raises(ValueError, match="isa"):
         _cpu.lut_i8_sums(x, nib, 5, 2, isa="sse9")
+    if "avx512vbmi" in INT_ISAS:
+        with pytest.raises(ValueError, match="quads"):
+            _cpu.gemm_planes_i8(x, _cpu.repack_quads(codes.numpy(), 2)[:-1], 5, 2, one, one,
+                                isa="avx512vbmi")
+        with pytest.raises(ValueError, match="codes must lie"):
+            _cpu.repack_quads((codes + 4).numpy(), 2)
 
 
 @pytest.mark.slow
@@ -152,8 +165,10 @@ def test_backend_chooses_int_tables_by_width_and_tier(monkeypatch) -> None:
     assert CpuBackend(isa="avx2").int_table_bits == (1,)
     assert CpuBackend(isa="avx2").kernel_name(1) == "gemm_w1_planes_i8[avx2]"
     if "avx512" in INT_ISAS:
-        assert CpuBackend(isa="avx512").int_table_bits == (1,)
-        assert CpuBackend(isa="avx512").kernel_name(1, True) == "gemm_t_w1_planes_i8[avx512]"
+        be = CpuBackend(isa="avx512")
+        assert be.int_table_bits == (1,)
+        assert be.int_table_isa == ("avx512vbmi" if "avx512vbmi" in INT_ISAS else "avx512")
+        assert be.kernel_name(1, True) == f"gemm_t_w1_planes_i8[{be.int_table_isa}]"
     assert CpuBackend(isa="portable").int_table_bits == ()
     assert CpuBackend(isa="portable", int_tables="on").int_table_bits == (1, 2, 3, 4)
     assert CpuBackend(isa="portable", int_tables="on").int_table_isa == "avx2"
@@ -164,11 +179,12 @@ def test_backend_chooses_int_tables_by_width_and_tier(monkeypatch) -> None:
         CpuBackend(isa="avx2")
 
 
-@pytest.mark.parametrize("isa", INT_ISAS)
+@pytest.mark.parametrize("isa", [i for i in ("avx2", "avx512") if i in INT_ISAS])
 @pytest.mark.parametrize("dispatch", ["packed", "measured"])
 @pytest.mark.parametrize("bits", [1, 3])
 def test_backend_products_on_int_tables(isa: str, dispatch: str, bits: int) -> None:
-    """gemm, gemm_t and the gradient through the epilogue on the int8 tables stay within the
+    """On each tier's tile (AVX-512: the VBMI/VNNI one where the CPU has it), gemm, gemm_t and the
+    gradient through the epilogue on the int8 tables stay within the
     tables' rounding of the reference: max error < 1e-2 of max (|rows| @ |W|) (the products'
     scale without cancellation, which the per-row table scale follows), also when the
     dispatcher measures them against the dense path; the forward equals the kernel's reference."""
@@ -183,7 +199,7 @@ def test_backend_products_on_int_tables(isa: str, dispatch: str, bits: int) -> N
     be = CpuBackend(isa=isa, threads=1, dispatch=dispatch, cost_table=CostTable(None),
                     int_tables="on")
     p = be.prepare(w)
-    assert p.nibbles is not None and "planes_i8" in be.kernel_name(bits)
+    assert p.table_codes is not None and "planes_i8" in be.kernel_name(bits)
     g = torch.randn(m, n, generator=torch.Generator().manual_seed(1))
 
     def err(a: torch.Tensor, b: torch.Tensor, size: torch.Tensor) -> float:
@@ -216,8 +232,31 @@ def test_two_threads_give_the_same_integers(isa: str, shape) -> None:
     its splits (column blocks for M < 32, row panels otherwise), equal the reference exactly.
     (Items go to whichever thread is free: on a busy machine the caller may run them all.)"""
     x, codes, _, _ = random_case(*shape, 4, seed=5)
-    nib = _cpu.repack_nibbles(codes.numpy(), 4)
+    nib = repack(codes, 4, isa)
     sums, rs = _cpu.lut_i8_sums(x.numpy(), nib, shape[2], 4, threads=2, isa=isa)
     ref_sums, ref_s = integer_sums(x, codes, 4)
     assert torch.equal(torch.from_numpy(sums).long(), ref_sums)
     assert torch.equal(torch.from_numpy(rs), ref_s)
+
+
+@pytest.mark.skipif(not _cpu.has_vbmi_vnni(), reason="this CPU lacks AVX-512 VBMI/VNNI")
+@pytest.mark.parametrize("bits", [1, 3])
+def test_quads_layout_matches_its_definition(bits: int) -> None:
+    """byte 4c + j of [block][chunk][plane] = idx_b(col 16 block + c, group 4 chunk + j) + 16 j
+    (qgen_cpu.h), padding columns and k as idx 0, on sizes off 16 columns and 16 k."""
+    n, k = 21, 37
+    codes = torch.randint(0, 1 << bits, (n, k), generator=torch.Generator().manual_seed(bits),
+                          dtype=torch.uint8)
+    quads = torch.from_numpy(_cpu.repack_quads(codes.numpy(), bits))
+    c16, q4 = -(-n // 16), -(-k // 16)
+    padded = torch.zeros(c16 * 16, q4 * 16, dtype=torch.long)
+    padded[:n, :k] = codes.long()
+    expect = torch.empty(c16, q4, bits, 64, dtype=torch.long)
+    for b in range(bits):
+        plane = (padded >> b) & 1  # [cols, k]
+        idx = (plane.reshape(c16 * 16, q4 * 4, 4) << torch.arange(4)).sum(-1)  # [cols, groups]
+        idx = idx + 16 * (torch.arange(q4 * 4) % 4)
+        # [block, c, chunk, j] -> [block, chunk, c, j]
+        expect[:, :, b] = idx.reshape(c16, 16, q4, 4).permute(0, 2, 1, 3).reshape(c16, q4, 64)
+    assert torch.equal(quads.long().reshape(c16, q4, bits, 64), expect)
+    assert _cpu.quads_bytes(n, k, bits) == quads.numel()

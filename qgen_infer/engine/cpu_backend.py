@@ -112,11 +112,14 @@ INT_TABLE_MODES = ("auto", "on", "off")
 INT_TABLE_AUTO_BITS = (1,)  # widths whose PSNR held within 0.01 dB (bench/psnr_int_tables.py)
 
 
-def int_table_isa(isa: str) -> str:
-    """The integer-table kernels' tile for the exact kernels' tier ``isa``: AVX-512's 64-column
-    zmm tile there, else AVX2's 32-column one (the portable tier has none: forced with
+def int_table_isa(ext: ModuleType, isa: str) -> str:
+    """The integer-table kernels' tile for the exact kernels' tier ``isa``: on AVX-512, the
+    VBMI/VNNI tile (``avx512vbmi``: vpermb + vpdpbusd) where the CPU has those, else the 64-column
+    vpshufb one; AVX2's 32-column one otherwise (the portable tier has none: forced with
     ``QGEN_CPU_INT_TABLES=on``, it runs AVX2's where the CPU has it)."""
-    return "avx512" if isa == "avx512" else "avx2"
+    if isa != "avx512":
+        return "avx2"
+    return "avx512vbmi" if getattr(ext, "has_vbmi_vnni", lambda: False)() else "avx512"
 
 
 def int_table_bits(ext: ModuleType, isa: str, requested: str | None = None) -> tuple[int, ...]:
@@ -163,10 +166,11 @@ class CpuPrepared:
     _dense: torch.Tensor | None = field(default=None, repr=False)
     # (op, batch bucket, threads) -> "packed" | "dense": the dispatcher's choice for this layer
     routes: dict[tuple[str, int, int], str] = field(default_factory=dict, repr=False)
-    # the integer-table path's nibble bytes (forward, transposed), when the backend uses it
-    nibbles: np.ndarray | None = field(default=None, repr=False)
-    nibbles_t: np.ndarray | None = field(default=None, repr=False)
-    # unit scale and zero offset over K for the transposed int8 product, made once with nibbles_t
+    # the integer-table path's codes (forward, transposed) in its tile's layout (nibbles, or
+    # quads for the avx512vbmi tile), when the backend uses it
+    table_codes: np.ndarray | None = field(default=None, repr=False)
+    table_codes_t: np.ndarray | None = field(default=None, repr=False)
+    # unit scale and zero offset over K for the transposed int8 product, made with table_codes_t
     unit_scale_t: np.ndarray | None = field(default=None, repr=False)
     zero_offset_t: np.ndarray | None = field(default=None, repr=False)
 
@@ -266,7 +270,7 @@ class CpuBackend:
         self.threads = threads
         self.thread_pool = choose_thread_pool(ext)
         self.int_table_bits = int_table_bits(ext, self.isa, int_tables)
-        self.int_table_isa = int_table_isa(self.isa)
+        self.int_table_isa = int_table_isa(ext, self.isa)
         self.dispatch = dispatch_mode(dispatch)
         self.dispatcher = Dispatcher(cost_table if cost_table is not None
                                      else CostTable(default_cache_path()))
@@ -295,9 +299,11 @@ class CpuBackend:
         source = weight if self.dispatch != "packed" else None
         prepared = CpuPrepared(words, words_t, scale, zero, weight.bits, weight.shape, source)
         if weight.bits in self.int_table_bits:
-            prepared.nibbles = self._ext.repack_nibbles(codes, weight.bits, self._threads())
-            prepared.nibbles_t = self._ext.repack_nibbles(np.ascontiguousarray(codes.T),
-                                                          weight.bits, self._threads())
+            repack = self._ext.repack_quads if self.int_table_isa == "avx512vbmi" \
+                else self._ext.repack_nibbles
+            prepared.table_codes = repack(codes, weight.bits, self._threads())
+            prepared.table_codes_t = repack(np.ascontiguousarray(codes.T), weight.bits,
+                                            self._threads())
             k = weight.shape[1]
             prepared.unit_scale_t = np.ones(k, np.float32)
             prepared.zero_offset_t = np.zeros(k, np.float32)
@@ -320,7 +326,8 @@ class CpuBackend:
         n, k = prepared.shape
         key = ProductKey(op, prepared.bits, n, k, bucket,
                          op == "gemm" and rows.numel() > 0 and is_sparse_input(rows))
-        tier = self.isa + ("+int8-tables" if prepared.nibbles is not None else "")
+        tier = self.isa + (f"+int8-tables[{self.int_table_isa}]"
+                           if prepared.table_codes is not None else "")
         context = machine_context(tier, threads)
         if self.dispatcher.known(context, key) is None:
             prepared.dense()  # dequantize before, not inside, the timed calls
@@ -343,9 +350,9 @@ class CpuBackend:
         ep = epilogue if epilogue is not None else Epilogue()
 
         def packed() -> torch.Tensor:
-            if prepared.nibbles is not None:
+            if prepared.table_codes is not None:
                 return torch.from_numpy(self._ext.gemm_planes_i8(
-                    xa, prepared.nibbles, n, prepared.bits, prepared.scale, prepared.zero,
+                    xa, prepared.table_codes, n, prepared.bits, prepared.scale, prepared.zero,
                     _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
                     _ACT_CODES[ep.activation], float(ep.negative_slope), self._threads(),
                     self.int_table_isa))
@@ -364,7 +371,7 @@ class CpuBackend:
         ga = _check_matrix(g, "g", n, "N")
 
         def packed() -> torch.Tensor:
-            if prepared.nibbles_t is not None:
+            if prepared.table_codes_t is not None:
                 return self._gemm_t_int_tables(g.detach(), prepared)
             return torch.from_numpy(self._ext.gemm_t_planes_f32(
                 ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero,
@@ -386,7 +393,7 @@ class CpuBackend:
             raise ValueError(f"y must have the shape of grad_y {tuple(ga.shape)}, got "
                              f"{tuple(ya.shape)}")
         def packed() -> torch.Tensor:
-            if prepared.nibbles_t is not None:
+            if prepared.table_codes_t is not None:
                 h = dense_grad_through_epilogue(grad_y.detach(), y.detach(), epilogue)
                 return self._gemm_t_int_tables(h, prepared)
             return torch.from_numpy(self._ext.gemm_t_planes_f32(
@@ -424,7 +431,7 @@ class CpuBackend:
         scale = torch.from_numpy(prepared.scale)
         u = (h * scale).contiguous()
         uc = torch.from_numpy(self._ext.gemm_planes_i8(
-            u.numpy(), prepared.nibbles_t, k, prepared.bits, prepared.unit_scale_t,
+            u.numpy(), prepared.table_codes_t, k, prepared.bits, prepared.unit_scale_t,
             prepared.zero_offset_t, None, None, 0, 0.0, self._threads(), self.int_table_isa))
         return uc.sub_((u @ torch.from_numpy(prepared.zero))[:, None])
 

@@ -42,13 +42,13 @@ float build_tables_i8(const float* x, int64_t K, int64_t Q, float* ftmp, uint8_t
     const __m256 s2 = _mm256_load_ps(kSignLo[2]), s3 = _mm256_load_ps(kSignLo[3]);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 amax = _mm256_setzero_ps();
-    double d = 0.0;
+    double d[kGroup] = {};  // sum_k x by k mod 4: four independent add chains, not one
     for (int64_t g = 0; g < 2 * Q; ++g) {
         float v[kGroup];
         for (int e = 0; e < kGroup; ++e) {
             const int64_t k = g * kGroup + e;
             v[e] = k < K ? x[k] : 0.0f;
-            d += static_cast<double>(v[e]);
+            d[e] += static_cast<double>(v[e]);
         }
         __m256 lo = _mm256_mul_ps(s0, _mm256_set1_ps(v[0]));
         lo = _mm256_fmadd_ps(s1, _mm256_set1_ps(v[1]), lo);
@@ -59,7 +59,7 @@ float build_tables_i8(const float* x, int64_t K, int64_t Q, float* ftmp, uint8_t
         _mm256_store_ps(ftmp + g * 16 + 8, hi);
         amax = _mm256_max_ps(amax, _mm256_and_ps(lo, absmask));
     }
-    *dot = d;
+    *dot = (d[0] + d[1]) + (d[2] + d[3]);
     alignas(32) float am[8];
     _mm256_store_ps(am, amax);
     float a = 0.0f;
@@ -171,7 +171,10 @@ void tile_i8_bits(int bits, const uint8_t* tab, int64_t tstride, const uint8_t* 
 void gemm_i8(const I8GemmArgs& a) {
     const int64_t M = a.M, K = a.K, N = a.N;
     const int64_t Q = ceil_div(K, 8), C32 = ceil_div(N, kI8Cols);
-    const int64_t tstride = 2 * Q * 16;              // table bytes per row
+    // the quads tile reads tables in chunks of 4 groups: Qt pairs, the padding groups all zero
+    const int64_t Q4 = ceil_div(K, 16), Qt = a.quads ? 2 * Q4 : Q;
+    const int64_t tstride = 2 * Qt * 16;             // table bytes per row
+    const int64_t C16 = ceil_div(N, 16), qstride = Q4 * a.bits * 64;  // quads bytes per block
     const int64_t wstride = Q * a.bits * kI8Cols;    // nibble bytes per column block
     const int64_t step = a.zmm ? 2 : 1;              // 32-column blocks per tile
     const int cols = static_cast<int>(step) * kI8Cols;
@@ -190,7 +193,7 @@ void gemm_i8(const I8GemmArgs& a) {
     nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, nitems)));
     // per-slot scratch, allocated before the workers start (nothing throws inside them)
     std::vector<std::vector<uint8_t>> tabs(nt, std::vector<uint8_t>(P * tstride + 32));
-    std::vector<std::vector<float>> ftmp(nt, std::vector<float>(2 * Q * 16 + 8));
+    std::vector<std::vector<float>> ftmp(nt, std::vector<float>(2 * Qt * 16 + 8));
     std::vector<std::vector<float>> rscale(nt, std::vector<float>(P)), accf(nt);
     std::vector<std::vector<double>> dots(nt, std::vector<double>(P));
     std::vector<std::vector<int32_t>> isum(nt, std::vector<int32_t>(kTileRows * cols));
@@ -203,7 +206,7 @@ void gemm_i8(const I8GemmArgs& a) {
         ft = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(ft) + 31) & ~uintptr_t{31});
         auto build = [&](int64_t p0, int64_t pm) {
             for (int64_t i = 0; i < pm; ++i) {
-                rscale[slot][i] = build_tables_i8(a.x + (p0 + i) * K, K, Q, ft,
+                rscale[slot][i] = build_tables_i8(a.x + (p0 + i) * K, K, Qt, ft,
                                                   tab + i * tstride, &dots[slot][i]);
                 if (a.row_scale && by_rows) a.row_scale[p0 + i] = rscale[slot][i];
             }
@@ -214,7 +217,12 @@ void gemm_i8(const I8GemmArgs& a) {
             for (int64_t m0 = 0; m0 < pm; m0 += kTileRows) {
                 const int mr = static_cast<int>(std::min<int64_t>(kTileRows, pm - m0));
                 int32_t* s = isum[slot].data();
-                if (a.zmm)
+                if (a.quads)
+                    tile_i8_vbmi(a.bits, tab + m0 * tstride, tstride,
+                                 a.quads + (col0 / 16) * qstride, qstride,
+                                 static_cast<int>(std::min<int64_t>(4, C16 - col0 / 16)), Q4, mr,
+                                 s);
+                else if (a.zmm)
                     tile_i8_avx512(a.bits, tab + m0 * tstride, tstride, w0,
                                    cb + 1 < C32 ? w0 + wstride : w0, Q, mr, s);
                 else
