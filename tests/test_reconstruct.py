@@ -192,6 +192,38 @@ def test_precision_is_checked_in_the_api(problem) -> None:
     np.testing.assert_array_equal(fp32.x_hat, qgen_infer.reconstruct(model, y, batch_size=3).x_hat)
 
 
+def test_cpu_bf16_runs_the_sensing_net_only_in_bf16(problem, monkeypatch, tmp_path: Path,
+                                                   capsys) -> None:
+    """precision="bf16" on the CPU: G stays the packed fp32 one, A is a bf16 copy whose
+    measurements come back as fp32; refused (one line) on a CPU without bf16 matrix hardware."""
+    import copy
+
+    model, y = problem["model"], problem["y"]
+    if not reconstruction.cpu_has_bf16_matmul():
+        with pytest.raises(QgenError, match="AMX or AVX512-BF16"):
+            qgen_infer.reconstruct(model, y, precision="bf16")
+        return
+    g_net, a_net = reconstruction._networks(model, "bf16")
+    assert g_net is model.generator
+    x = torch.from_numpy(problem["x"][:5])
+    by_hand = copy.deepcopy(model.sensing).to(torch.bfloat16)(x.bfloat16()).float()
+    got = a_net(x)
+    assert got.dtype == torch.float32 and torch.equal(got, by_hand)
+    with torch.no_grad():
+        exact = model.sensing(x)
+    assert not torch.equal(got, exact)
+    torch.testing.assert_close(got, exact, rtol=2e-2, atol=2e-2 * float(exact.abs().max()))
+    bf16 = qgen_infer.reconstruct(model, y, precision="bf16", batch_size=3)
+    fp32 = qgen_infer.reconstruct(model, y, batch_size=3)
+    assert np.abs(bf16.x_hat - fp32.x_hat).max() < 0.2  # a 3-step solve from the same starts
+    code, _, err = _run(_args(problem, tmp_path / "rec", "--precision", "bf16"), capsys)
+    assert code == 0, err
+    monkeypatch.setattr(reconstruction, "cpu_has_bf16_matmul", lambda: False)
+    model.__dict__.pop("_low_precision", None)
+    with pytest.raises(QgenError, match="AMX or AVX512-BF16"):
+        qgen_infer.reconstruct(model, y, precision="bf16")
+
+
 def test_same_seed_same_result_different_seed_differs(problem) -> None:
     model, y = problem["model"], problem["y"]
     a = qgen_infer.reconstruct(model, y, batch_size=3, seed=7)

@@ -30,13 +30,15 @@ layers with at least 16 channels each side, the per-pixel GEMM with col2im / im2
 smaller per-pixel layers, forward and input gradient one call each; measured dispatch chooses
 between them and torch's fp32 convolution per layer, direction and batch bucket.
 
-Integer tables: on the AVX2 tier the packed path is the int8-table kernel (``gemm_planes_i8``:
-vpshufb lookups; csrc/qgen_cpu.h, "The integer-table path"), which rounds each activation row's
-group sums to 8 bits (max relative error ~1e-2 of the product). ``QGEN_CPU_INT_TABLES=
-auto|on|off``: ``auto`` (default) uses it for 1-bit weights on the AVX2 tier only, the one width
+Integer tables: on the AVX2 and AVX-512 tiers the packed path of 1-bit weights is the int8-table
+kernel (``gemm_planes_i8``; csrc/qgen_cpu.h, "The integer-table path"), which rounds each
+activation row's group sums to 8 bits (max relative error ~1e-2 of the product). Its tile follows
+the tier: AVX2 vpshufb (32 columns), AVX-512 vpshufb (64), or, where the CPU has AVX-512 VBMI and
+VNNI, vpermb + vpdpbusd over the "quads" layout (``int_table_isa``); all give the same integers.
+``QGEN_CPU_INT_TABLES=auto|on|off``: ``auto`` (default) uses it for 1-bit weights, the one width
 where the engine's mean PSNR on the 1,000 MNIST eval images stayed within 0.01 dB of
-``reference`` (2-4 bits moved it by 0.012-0.024 dB: bench/psnr_int_tables.py); ``on``: every
-width on any tier with AVX2; ``off``: the exact kernels.
+``reference`` (+0.0077 dB; 2-4 bits moved it by 0.012-0.024 dB: bench/psnr_int_tables.py);
+``on``: every width on any tier with AVX2; ``off``: the exact kernels.
 """
 
 from __future__ import annotations

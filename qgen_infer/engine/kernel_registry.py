@@ -14,8 +14,9 @@ The ops, each on a weight ``W = scale (codes - zero)`` of k-bit codes (k = 1..4)
   ``g [M, N] -> [M, K]``; ``gemm_t_epi``: ``(g ⊙ act'(y) ⊙ alpha) W``, the input gradient through
   the epilogue (``y`` the gemm's output); ``gemm_sparse_x``: ``gemm`` on rows at most 1/5 nonzero,
   which the CPU tiers run on their sparse-row kernel;
-* ``gemm_i8``: ``gemm`` on the AVX2 int8 activation tables, which round: its reference rounds the
-  same way (``lut_i8_reference.py``); ``lut_i8_sums``: that path's integer sums, exact;
+* ``gemm_i8``: ``gemm`` on the int8 activation tables, which round: its reference rounds the
+  same way (``lut_i8_reference.py``); ``lut_i8_sums``: that path's integer sums, exact; per tile
+  (AVX2, AVX-512, AVX-512 VBMI/VNNI: :data:`I8_TILES`);
 * ``conv2d`` / ``conv_transpose2d``: ``act(alpha conv(x, V) + beta)`` as ``F.conv2d`` /
   ``F.conv_transpose2d`` compute it, ``V`` the decoded weight;
 * ``conv_transpose2d_pixels``: ``conv_transpose2d`` on the tap-major per-pixel view, col2im in
@@ -65,7 +66,11 @@ CPU_QUERIES = {
     "pool_stats": "the thread pool's counters",
     "planes_words": "the bit-plane layout's size",
     "nibbles_bytes": "the int8-table layout's size",
+    "quads_bytes": "the VBMI/VNNI int8-table layout's size",
+    "has_vbmi_vnni": "whether the CPU runs the avx512vbmi int8-table tile",
 }
+# the int8-table tiles (avx512vbmi: vpermb + vpdpbusd over the quads layout)
+I8_TILES = ("avx2", "avx512", "avx512vbmi")
 
 
 @dataclass(frozen=True)
@@ -256,14 +261,16 @@ def _run_i8(entry: KernelEntry, case: Case) -> torch.Tensor:
 
     c = case.inputs
     w = c["weight"]
-    nib = _cpu.repack_nibbles(w.codes.numpy(), w.bits)
+    repack = _cpu.repack_quads if entry.variant == "avx512vbmi" else _cpu.repack_nibbles
+    nib = repack(w.codes.numpy(), w.bits)
     if entry.op == "lut_i8_sums":
-        sums, rs = _cpu.lut_i8_sums(c["a"].numpy(), nib, w.codes.shape[0], w.bits)
+        sums, rs = _cpu.lut_i8_sums(c["a"].numpy(), nib, w.codes.shape[0], w.bits,
+                                    isa=entry.variant)
         return torch.cat([torch.from_numpy(sums).double(), torch.from_numpy(rs).double()[:, None]],
                          dim=1)
     y = _cpu.gemm_planes_i8(c["a"].numpy(), nib, w.codes.shape[0], w.bits, w.scale.numpy(),
                             w.zero.numpy(), c["alpha"].numpy(), c["beta"].numpy(),
-                            activation_id(c["act"]), c["slope"])
+                            activation_id(c["act"]), c["slope"], isa=entry.variant)
     return torch.from_numpy(y)
 
 
@@ -594,8 +601,10 @@ _CONV_COVERS = ("kernels.conv.conv_kpack_kernel",)
 KERNELS: tuple[KernelEntry, ...] = (
     *(KernelEntry("cpu", tier, op, _CPU_PRODUCT[op])
       for tier in CPU_TIERS for op in (*PRODUCTS, SPARSE_GEMM)),
-    KernelEntry("cpu", "avx2", "gemm_i8", ("_cpu.gemm_planes_i8", "_cpu.repack_nibbles")),
-    KernelEntry("cpu", "avx2", "lut_i8_sums", ("_cpu.lut_i8_sums", "_cpu.repack_nibbles")),
+    *(KernelEntry("cpu", tile, op, (f"_cpu.{fn}", "_cpu.repack_quads" if tile == "avx512vbmi"
+                                    else "_cpu.repack_nibbles"))
+      for tile in I8_TILES for op, fn in (("gemm_i8", "gemm_planes_i8"),
+                                          ("lut_i8_sums", "lut_i8_sums"))),
     KernelEntry("cpu", "any", "kth_largest_abs", ("_cpu.kth_largest_abs_f32",)),
     KernelEntry("cpu", "any", "proximal_step", ("_cpu.proximal_step_f32",)),
     *(KernelEntry("triton", path, op, _triton_covers(op, path))
@@ -628,6 +637,10 @@ def unavailable_reason(entry: KernelEntry) -> str | None:
         tiers = supported_isas()
         if not tiers:
             return "the CPU extension qgen_infer._cpu is not built"
+        if entry.variant == "avx512vbmi":
+            from qgen_infer import _cpu
+
+            return None if _cpu.has_vbmi_vnni() else "this CPU lacks AVX-512 VBMI/VNNI"
         ok = entry.variant == "any" or entry.variant in tiers
         return None if ok else f"this CPU lacks the {entry.variant} tier"
     from qgen_infer.engine.triton_backend import is_available
