@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="default: models/mnist-m25-{1,2,3,4}bit.qgen")
     p.add_argument("--backends", nargs="+", default=["reference", "auto", "cpu"],
                    help="backend names; NAME@bf16 runs that backend with precision bf16 (on the "
-                        "CPU: the sensing net in bf16)")
+                        "CPU: the sensing net in bf16), NAME@exact with QGEN_CPU_INT_TABLES=off "
+                        "(the exact fp32 kernels only)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--emulate-avx2", action="store_true",
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     isa = None
     for path in models:
-        loaded = {b: qgen_infer.load(path, backend=b.split("@")[0]) for b in args.backends}
+        loaded = {b: _load(qgen_infer, path, b) for b in args.backends}
         with torch.no_grad():
             y = loaded[args.backends[0]].sensing(truth).numpy()
         secs: dict[str, list[float]] = {b: [] for b in args.backends}
@@ -132,7 +133,23 @@ def main(argv: list[str] | None = None) -> None:
 
 def _precision(spec: str) -> str:
     """The precision of a ``--backends`` entry (``NAME@bf16`` -> ``bf16``, else ``fp32``)."""
-    return spec.split("@")[1] if "@" in spec else "fp32"
+    return "bf16" if spec.endswith("@bf16") else "fp32"
+
+
+def _load(qgen_infer: Any, path: str, spec: str) -> Any:
+    """The model for a ``--backends`` entry; ``NAME@exact``: loaded with the integer tables off
+    (the backend reads QGEN_CPU_INT_TABLES when it is made)."""
+    name, _, tag = spec.partition("@")
+    before = os.environ.get("QGEN_CPU_INT_TABLES")
+    if tag == "exact":
+        os.environ["QGEN_CPU_INT_TABLES"] = "off"
+    try:
+        return qgen_infer.load(path, backend=name)
+    finally:
+        if before is None:
+            os.environ.pop("QGEN_CPU_INT_TABLES", None)
+        else:
+            os.environ["QGEN_CPU_INT_TABLES"] = before
 
 
 def _cpu_model() -> str:

@@ -1,7 +1,8 @@
-"""Does the AVX2 int8-table path keep the engine's accuracy? Mean PSNR on MNIST's 1,000
+"""Does the int8-table path keep the engine's accuracy? Mean PSNR on MNIST's 1,000
 evaluation images (shipped ``models/mnist-m25-*bit.qgen``, the file's solver defaults, batch 256,
-seed 0) with ``--backend cpu`` on the int8 tables (``QGEN_CPU_ISA=avx2 QGEN_CPU_INT_TABLES=on``)
-against ``--backend reference`` (dense fp32). The engine may use the tables by default
+seed 0) with ``--backend cpu`` on the int8 tables (``QGEN_CPU_ISA=--isa``, default avx2, and
+``QGEN_CPU_INT_TABLES=on``; avx512 runs that tier's tile) against ``--backend reference`` (dense
+fp32). The engine may use the tables by default
 (``QGEN_CPU_INT_TABLES=auto``) only at widths within 0.01 dB (``cpu_backend.INT_TABLE_AUTO_BITS``);
 exit status 1 when one of those is not.
 
@@ -23,7 +24,7 @@ TOLERANCE_DB = 0.01
 
 def mean_psnrs(model_path: str, data_root: Path, images: int = 1000) -> dict[str, float]:
     """Mean PSNR of the reconstructions by the ``reference`` backend and by ``cpu`` on the
-    int8 tables (the caller sets QGEN_CPU_ISA=avx2 and QGEN_CPU_INT_TABLES=on)."""
+    int8 tables (the caller sets QGEN_CPU_ISA and QGEN_CPU_INT_TABLES=on)."""
     import torch
 
     import qgen_infer
@@ -52,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", default=None, metavar="FILE.qgen")
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
+    p.add_argument("--isa", choices=("avx2", "avx512"), default="avx2",
+                   help="the tier whose integer-table tile runs")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    os.environ["QGEN_CPU_ISA"] = "avx2"
+    os.environ["QGEN_CPU_ISA"] = args.isa
     os.environ["QGEN_CPU_INT_TABLES"] = "on"
     import torch
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = shlex.join(["python", "bench/psnr_int_tables.py", *(argv or sys.argv[1:])])
     head = [f"- command: `OMP_NUM_THREADS=1 {cmd}`",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; host "
-            f"CPU: {cpu_model_name()}; int8 tables on the avx2 tier (QGEN_CPU_ISA=avx2 "
+            f"CPU: {cpu_model_name()}; int8 tables on the {args.isa} tier (QGEN_CPU_ISA={args.isa} "
             "QGEN_CPU_INT_TABLES=on); 1,000 MNIST eval images, batch 256, seed 0", ""]
     write_report("\n".join(head + lines) + "\n", args.out)
     return 1 if failed else 0

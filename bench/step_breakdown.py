@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import qgen_infer
+from qgen_infer.reconstruction import _networks
 from qgen_infer.solve import sample_latent
 from qgen_infer.solve.proximal import (
     measurement_loss,
@@ -57,9 +58,10 @@ def _timed(fn: Callable[[], object], reps: int) -> float:
     return (_clock() - t0) / reps * 1e3
 
 
-def step_parts(model: object, y: torch.Tensor, z: torch.Tensor, reps: int) -> dict[str, float]:
+def step_parts(model: object, y: torch.Tensor, z: torch.Tensor, reps: int,
+               precision: str = "fp32") -> dict[str, float]:
     """ms per repetition of each part of one solver step (see the module docstring)."""
-    g_net, a_net = model.generator, model.sensing  # type: ignore[attr-defined]
+    g_net, a_net = _networks(model, precision)
     sv = model.solver  # type: ignore[attr-defined]
     out: dict[str, float] = {}
     with torch.enable_grad():
@@ -100,7 +102,7 @@ def step_parts(model: object, y: torch.Tensor, z: torch.Tensor, reps: int) -> di
     out["whole step (solver)"] = _timed(lambda: proximal_gradient_descent(
         y, g_net, a_net, z, steps=1, step_size=sv["step_size"], sparsity=sv["sparsity"],
         project=sv["project"], final_loss=False), reps) - out["G forward"]
-    if model.backend.name == "reference":  # type: ignore[attr-defined]
+    if model.backend.name == "reference" and precision == "fp32":  # type: ignore[attr-defined]
         linears = [m for m in a_net.modules() if isinstance(m, torch.nn.Linear)]
         acts = [xd.detach().flatten(1)]
         for lin in linears:
@@ -117,7 +119,8 @@ def step_parts(model: object, y: torch.Tensor, z: torch.Tensor, reps: int) -> di
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bits", type=int, default=1)
-    p.add_argument("--backends", nargs="+", default=["reference", "auto"])
+    p.add_argument("--backends", nargs="+", default=["reference", "auto"],
+                   help="NAME@bf16: that backend with precision bf16 (the CPU: A in bf16)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--reps", type=int, default=10)
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     _clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     path = REPO / "models" / f"mnist-m25-{args.bits}bit.qgen"
-    models = {b: qgen_infer.load(path, backend=b) for b in args.backends}
+    models = {b: qgen_infer.load(path, backend=b.split("@")[0]) for b in args.backends}
+    precision = {b: b.split("@")[1] if "@" in b else "fp32" for b in args.backends}
     first = models[args.backends[0]]
     cfg, sv = first.config, first.solver
     rng = torch.Generator().manual_seed(0)
@@ -141,26 +145,28 @@ def main(argv: list[str] | None = None) -> None:
             args.batch, cfg["latent_dim"], sv["sparsity"], project=True, generator=rng)))
     for m in models.values():  # warm-up: thread pools, auto's cost measurements
         qgen_infer.reconstruct(m, y.numpy(), batch_size=args.batch)
-        step_parts(m, y, z, 2)
+    for b, m in models.items():
+        step_parts(m, y, z, 2, precision[b])
     runs: dict[str, dict[str, list[float]]] = {b: defaultdict(list) for b in args.backends}
     for rnd in range(args.rounds):
         for b in args.backends if rnd % 2 == 0 else args.backends[::-1]:
-            for part, ms in step_parts(models[b], y, z, args.reps).items():
+            for part, ms in step_parts(models[b], y, z, args.reps, precision[b]).items():
                 runs[b][part].append(ms)
     isa = getattr(models.get("auto", first).backend, "isa", "-")
     print(f"{args.bits}-bit, batch {args.batch}, {args.threads} thread(s), kernels' ISA {isa}, "
           f"torch {torch.backends.cpu.get_cpu_capability()}, {args.clock} clock, "
           f"load {os.getloadavg()[0]:.1f}; "
           f"median of {args.rounds} rounds x {args.reps} reps, ms per step")
-    print("| part | " + " | ".join(args.backends) + " | ratio |")
-    print("| --- |" + " ---: |" * (len(args.backends) + 1))
+    others = args.backends[1:]
+    print("| part | " + " | ".join(args.backends) + " | "
+          + " | ".join(f"{args.backends[0]} / {b}" for b in others) + " |")
+    print("| --- |" + " ---: |" * (len(args.backends) + len(others)))
     for part in PARTS:
         vals = [statistics.median(runs[b][part]) if runs[b].get(part) else float("nan")
                 for b in args.backends]
-        ratio = vals[0] / vals[1] if len(vals) > 1 and not np.isnan(vals[1]) else float("nan")
-        cells = " | ".join("–" if np.isnan(v) else f"{v:.2f}" for v in vals)
-        print(f"| {part} | {cells} | {'–' if np.isnan(ratio) else f'{ratio:.2f}x'} |")
-
+        cells = ["–" if np.isnan(v) else f"{v:.2f}" for v in vals]
+        cells += ["–" if np.isnan(vals[0] / v) else f"{vals[0] / v:.2f}x" for v in vals[1:]]
+        print(f"| {part} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

@@ -131,9 +131,11 @@ def test_rejects_bad_inputs() -> None:
 
 
 @pytest.mark.slow
-def test_engine_psnr_within_0_01_db_where_auto_uses_int_tables() -> None:
+@pytest.mark.parametrize("isa", [i for i in ("avx2", "avx512") if i in INT_ISAS])
+def test_engine_psnr_within_0_01_db_where_auto_uses_int_tables(isa: str) -> None:
     """At every width ``QGEN_CPU_INT_TABLES=auto`` puts on the int8 tables, the engine's mean
-    PSNR on the 1,000 MNIST eval images stays within 0.01 dB of the reference backend."""
+    PSNR on the 1,000 MNIST eval images stays within 0.01 dB of the reference backend, on each
+    tier's tile."""
     import subprocess
     import sys
     from pathlib import Path
@@ -149,7 +151,7 @@ def test_engine_psnr_within_0_01_db_where_auto_uses_int_tables() -> None:
     models = [a for b in INT_TABLE_AUTO_BITS
               for a in ("--model", str(repo / "models" / f"mnist-m25-{b}bit.qgen"))]
     run = subprocess.run([sys.executable, str(repo / "bench" / "psnr_int_tables.py"), *models,
-                          "--data-root", str(data)], capture_output=True, text=True,
+                          "--data-root", str(data), "--isa", isa], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     rows = {line for line in run.stdout.splitlines() if line.endswith("| yes | yes |")}
@@ -157,8 +159,9 @@ def test_engine_psnr_within_0_01_db_where_auto_uses_int_tables() -> None:
 
 
 def test_backend_chooses_int_tables_by_width_and_tier(monkeypatch) -> None:
-    """auto: 1-bit weights on the AVX2 and AVX-512 tiers (each with its own tile); on: every
-    width (the portable tier borrows AVX2's tile); off: none."""
+    """auto: 1-bit weights on the AVX2 and AVX-512 tiers (each with its own tile; AVX-512: the
+    forward product only); on: every width and product (the portable tier borrows AVX2's
+    tile); off: none."""
     from qgen_infer.engine.cpu_backend import CpuBackend
 
     monkeypatch.delenv("QGEN_CPU_INT_TABLES", raising=False)
@@ -168,7 +171,11 @@ def test_backend_chooses_int_tables_by_width_and_tier(monkeypatch) -> None:
         be = CpuBackend(isa="avx512")
         assert be.int_table_bits == (1,)
         assert be.int_table_isa == ("avx512vbmi" if "avx512vbmi" in INT_ISAS else "avx512")
-        assert be.kernel_name(1, True) == f"gemm_t_w1_planes_i8[{be.int_table_isa}]"
+        assert be.kernel_name(1) == f"gemm_w1_planes_i8[{be.int_table_isa}]"
+        # the input gradient stays on the exact kernel there (faster), unless forced on
+        assert "planes_i8" not in be.kernel_name(1, True) and not be.int_table_backward
+        on = CpuBackend(isa="avx512", int_tables="on")
+        assert on.kernel_name(1, True) == f"gemm_t_w1_planes_i8[{on.int_table_isa}]"
     assert CpuBackend(isa="portable").int_table_bits == ()
     assert CpuBackend(isa="portable", int_tables="on").int_table_bits == (1, 2, 3, 4)
     assert CpuBackend(isa="portable", int_tables="on").int_table_isa == "avx2"

@@ -35,6 +35,9 @@ kernel (``gemm_planes_i8``; csrc/qgen_cpu.h, "The integer-table path"), which ro
 activation row's group sums to 8 bits (max relative error ~1e-2 of the product). Its tile follows
 the tier: AVX2 vpshufb (32 columns), AVX-512 vpshufb (64), or, where the CPU has AVX-512 VBMI and
 VNNI, vpermb + vpdpbusd over the "quads" layout (``int_table_isa``); all give the same integers.
+On AVX-512, ``auto`` runs the tables for the forward product only (the exact input-gradient
+kernel there fuses the epilogue's derivative and measured faster than the tables' transposed
+product: bench/results/reconstruct-tiers.md).
 ``QGEN_CPU_INT_TABLES=auto|on|off``: ``auto`` (default) uses it for 1-bit weights, the one width
 where the engine's mean PSNR on the 1,000 MNIST eval images stayed within 0.01 dB of
 ``reference`` (+0.0077 dB; 2-4 bits moved it by 0.012-0.024 dB: bench/psnr_int_tables.py);
@@ -273,6 +276,10 @@ class CpuBackend:
         self.thread_pool = choose_thread_pool(ext)
         self.int_table_bits = int_table_bits(ext, self.isa, int_tables)
         self.int_table_isa = int_table_isa(ext, self.isa)
+        # auto on AVX-512: forward products only (the exact zmm input-gradient kernel, with the
+        # epilogue's derivative fused, measured faster than the tables' transposed product)
+        self.int_table_backward = self.isa != "avx512" or (
+            (int_tables or os.environ.get("QGEN_CPU_INT_TABLES") or "auto") == "on")
         self.dispatch = dispatch_mode(dispatch)
         self.dispatcher = Dispatcher(cost_table if cost_table is not None
                                      else CostTable(default_cache_path()))
@@ -287,7 +294,7 @@ class CpuBackend:
         return self.threads if self.threads > 0 else torch.get_num_threads()
 
     def kernel_name(self, bits: int, transposed: bool = False) -> str:
-        if bits in self.int_table_bits:
+        if bits in self.int_table_bits and (self.int_table_backward or not transposed):
             return f"{'gemm_t' if transposed else 'gemm'}_w{bits}_planes_i8[{self.int_table_isa}]"
         return str(self._ext.kernel_name(bits, transposed, self.isa))
 
@@ -304,11 +311,12 @@ class CpuBackend:
             repack = self._ext.repack_quads if self.int_table_isa == "avx512vbmi" \
                 else self._ext.repack_nibbles
             prepared.table_codes = repack(codes, weight.bits, self._threads())
-            prepared.table_codes_t = repack(np.ascontiguousarray(codes.T), weight.bits,
-                                            self._threads())
-            k = weight.shape[1]
-            prepared.unit_scale_t = np.ones(k, np.float32)
-            prepared.zero_offset_t = np.zeros(k, np.float32)
+            if self.int_table_backward:
+                prepared.table_codes_t = repack(np.ascontiguousarray(codes.T), weight.bits,
+                                                self._threads())
+                k = weight.shape[1]
+                prepared.unit_scale_t = np.ones(k, np.float32)
+                prepared.zero_offset_t = np.zeros(k, np.float32)
         return prepared
 
     def _route(self, op: str, rows: torch.Tensor, prepared: CpuPrepared,
