@@ -30,18 +30,17 @@ layers with at least 16 channels each side, the per-pixel GEMM with col2im / im2
 smaller per-pixel layers, forward and input gradient one call each; measured dispatch chooses
 between them and torch's fp32 convolution per layer, direction and batch bucket.
 
-Integer tables: on the AVX2 and AVX-512 tiers the packed path of 1-bit weights is the int8-table
-kernel (``gemm_planes_i8``; csrc/qgen_cpu.h, "The integer-table path"), which rounds each
-activation row's group sums to 8 bits (max relative error ~1e-2 of the product). Its tile follows
-the tier: AVX2 vpshufb (32 columns), AVX-512 vpshufb (64), or, where the CPU has AVX-512 VBMI and
-VNNI, vpermb + vpdpbusd over the "quads" layout (``int_table_isa``); all give the same integers.
-On AVX-512, ``auto`` runs the tables for the forward product only (the exact input-gradient
-kernel there fuses the epilogue's derivative and measured faster than the tables' transposed
-product: bench/results/reconstruct-tiers.md).
-``QGEN_CPU_INT_TABLES=auto|on|off``: ``auto`` (default) uses it for 1-bit weights, the one width
-where the engine's mean PSNR on the 1,000 MNIST eval images stayed within 0.01 dB of
-``reference`` (+0.0077 dB; 2-4 bits moved it by 0.012-0.024 dB: bench/psnr_int_tables.py);
-``on``: every width on any tier with AVX2; ``off``: the exact kernels.
+Integer tables: the int8-table kernel (``gemm_planes_i8``; csrc/qgen_cpu.h, "The integer-table
+path") rounds each activation row's group sums to 8 bits (max relative error ~1e-2 of the
+product). Its tile follows the tier: AVX2 vpshufb (32 columns), AVX-512 vpshufb (64), or, where
+the CPU has AVX-512 VBMI and VNNI, vpermb + vpdpbusd over the "quads" layout (``int_table_isa``);
+all give the same integers. ``QGEN_CPU_INT_TABLES=auto|on|off``: ``auto`` (default) uses it for
+1-bit weights on the AVX2 tier only, the one width where the engine's mean PSNR on the 1,000 MNIST
+eval images stayed within 0.01 dB of ``reference`` (+0.0077 dB; 2-4 bits moved it by
+0.012-0.024 dB: bench/psnr_int_tables.py) and the tier where it pays (AVX2 has no 16-entry fp32
+permute). On AVX-512 the exact kernels stay the default: the tables there gained about 3% of a
+1-bit solver step (bench/results/reconstruct-tiers.md), not worth their rounding. ``on``: every
+width on any tier with AVX2; ``off``: the exact kernels.
 """
 
 from __future__ import annotations
@@ -136,7 +135,7 @@ def int_table_bits(ext: ModuleType, isa: str, requested: str | None = None) -> t
         return ()
     if mode == "on":
         return (1, 2, 3, 4)
-    return INT_TABLE_AUTO_BITS if mode == "auto" and isa in ("avx2", "avx512") else ()
+    return INT_TABLE_AUTO_BITS if mode == "auto" and isa == "avx2" else ()
 
 
 def is_available() -> bool:
@@ -276,10 +275,6 @@ class CpuBackend:
         self.thread_pool = choose_thread_pool(ext)
         self.int_table_bits = int_table_bits(ext, self.isa, int_tables)
         self.int_table_isa = int_table_isa(ext, self.isa)
-        # auto on AVX-512: forward products only (the exact zmm input-gradient kernel, with the
-        # epilogue's derivative fused, measured faster than the tables' transposed product)
-        self.int_table_backward = self.isa != "avx512" or (
-            (int_tables or os.environ.get("QGEN_CPU_INT_TABLES") or "auto") == "on")
         self.dispatch = dispatch_mode(dispatch)
         self.dispatcher = Dispatcher(cost_table if cost_table is not None
                                      else CostTable(default_cache_path()))
@@ -294,7 +289,7 @@ class CpuBackend:
         return self.threads if self.threads > 0 else torch.get_num_threads()
 
     def kernel_name(self, bits: int, transposed: bool = False) -> str:
-        if bits in self.int_table_bits and (self.int_table_backward or not transposed):
+        if bits in self.int_table_bits:
             return f"{'gemm_t' if transposed else 'gemm'}_w{bits}_planes_i8[{self.int_table_isa}]"
         return str(self._ext.kernel_name(bits, transposed, self.isa))
 
@@ -311,12 +306,11 @@ class CpuBackend:
             repack = self._ext.repack_quads if self.int_table_isa == "avx512vbmi" \
                 else self._ext.repack_nibbles
             prepared.table_codes = repack(codes, weight.bits, self._threads())
-            if self.int_table_backward:
-                prepared.table_codes_t = repack(np.ascontiguousarray(codes.T), weight.bits,
-                                                self._threads())
-                k = weight.shape[1]
-                prepared.unit_scale_t = np.ones(k, np.float32)
-                prepared.zero_offset_t = np.zeros(k, np.float32)
+            prepared.table_codes_t = repack(np.ascontiguousarray(codes.T), weight.bits,
+                                            self._threads())
+            k = weight.shape[1]
+            prepared.unit_scale_t = np.ones(k, np.float32)
+            prepared.zero_offset_t = np.zeros(k, np.float32)
         return prepared
 
     def _route(self, op: str, rows: torch.Tensor, prepared: CpuPrepared,
