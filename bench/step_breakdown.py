@@ -9,7 +9,9 @@ the same operators as the solver's one graph):
 * for reference: A's GEMMs alone (``addmm`` forward, ``mm`` input gradient, same shapes), so
   that the epilogue / allocation share of A is their difference;
 * the whole step as the solver runs it (``proximal_gradient_descent``, steps = 1, no final
-  evaluation), whose time the parts should add up to.
+  evaluation), whose time the parts should add up to, and, on the cpu backend, as
+  ``reconstruct`` runs it there (``engine/cpu_mlp_step.py``: the same operations without
+  autograd).
 
 Backends are interleaved round by round in one process (the machine is shared); medians of
 ``--rounds`` rounds of ``--reps`` repetitions each are reported in ms per step, batch 256, by
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 import qgen_infer
+from qgen_infer.engine.cpu_mlp_step import CpuMlpSolver
 from qgen_infer.reconstruction import _networks
 from qgen_infer.solve import sample_latent
 from qgen_infer.solve.proximal import (
@@ -43,8 +46,8 @@ from qgen_infer.solve.proximal import (
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("G forward", "A forward", "residual + loss", "A input-gradient", "G input-gradient",
-         "proximal update", "sum of parts", "whole step (solver)", "A GEMMs only, forward",
-         "A GEMMs only, input-gradient")
+         "proximal update", "sum of parts", "whole step (solver)", "whole step (engine)",
+         "A GEMMs only, forward", "A GEMMs only, input-gradient")
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -102,6 +105,12 @@ def step_parts(model: object, y: torch.Tensor, z: torch.Tensor, reps: int,
     out["whole step (solver)"] = _timed(lambda: proximal_gradient_descent(
         y, g_net, a_net, z, steps=1, step_size=sv["step_size"], sparsity=sv["sparsity"],
         project=sv["project"], final_loss=False), reps) - out["G forward"]
+    if precision == "fp32" and CpuMlpSolver.supports(model):
+        # what reconstruct() runs on the cpu backend: run() ends with G, A and the loss
+        solver = CpuMlpSolver(model, step_size=sv["step_size"], sparsity=sv["sparsity"],
+                              project=sv["project"])
+        out["whole step (engine)"] = _timed(lambda: solver.run(y, z, 1), reps) - (
+            out["G forward"] + out["A forward"] + out["residual + loss"])
     if model.backend.name == "reference" and precision == "fp32":  # type: ignore[attr-defined]
         linears = [m for m in a_net.modules() if isinstance(m, torch.nn.Linear)]
         acts = [xd.detach().flatten(1)]

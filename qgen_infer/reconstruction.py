@@ -264,6 +264,21 @@ def _fused_solver(model: Any, opts: SolverOptions, precision: str, cuda_graph: b
     return solvers[key]
 
 
+def _cpu_mlp_supported(model: Any) -> bool:
+    from qgen_infer.engine.cpu_mlp_step import CpuMlpSolver
+
+    return CpuMlpSolver.supports(model)
+
+
+def _cpu_mlp_solver(model: Any, opts: SolverOptions) -> Any:
+    """The cpu backend's autograd-free MLP step (:mod:`qgen_infer.engine.cpu_mlp_step`: the
+    same operations as the eager solver, bit for bit, without autograd's bookkeeping)."""
+    from qgen_infer.engine.cpu_mlp_step import CpuMlpSolver
+
+    return CpuMlpSolver(model, step_size=opts.step_size, sparsity=opts.sparsity,
+                        project=opts.project)
+
+
 def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
                 options: SolverOptions | None = None, *, steps: int | None = None,
                 restarts: int | None = None, sparsity: int | None = None,
@@ -341,6 +356,8 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
         graphed = _fused_solver(model, opts, precision, cuda_graph, rows)
     elif cuda_graph:
         graphed = _graph_solver(model, generator, sensing, opts)
+    elif precision == "fp32" and _cpu_mlp_supported(model):
+        graphed = _cpu_mlp_solver(model, opts)
     starts = StartLatents(opts)
     try:
         for start in range(0, n, opts.batch_size):

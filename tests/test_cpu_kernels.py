@@ -599,3 +599,64 @@ def test_concurrent_callers_share_the_pool() -> None:
         got = list(ex.map(lambda x: be.gemm(x, p), xs * 3))
     for i, y in enumerate(got):
         assert torch.equal(y, expected[i % 4])
+
+
+# --- the autograd-free MLP solver step (engine/cpu_mlp_step.py) -------------------------------
+
+MNIST_1BIT = os.path.join(os.path.dirname(__file__), "..", "models", "mnist-m25-1bit.qgen")
+
+
+@pytest.mark.skipif(not os.path.exists(MNIST_1BIT), reason="shipped MNIST model not found")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dispatch", ["cpu", "auto"])
+@pytest.mark.parametrize("batch", [1, 37])
+def test_cpu_mlp_solver_equals_the_autograd_solver_bit_for_bit(monkeypatch, isa: str,
+                                                               dispatch: str,
+                                                               batch: int) -> None:
+    """CpuMlpSolver runs autograd's operations in its order: z, x and loss equal the eager
+    proximal_gradient_descent's exactly, on every tier, on the packed and the dispatching
+    backend, for batch 1 and an odd batch; reconstruct() takes it on the cpu backend."""
+    import qgen_infer
+    from qgen_infer import reconstruction
+    from qgen_infer.engine.cpu_mlp_step import CpuMlpSolver
+    from qgen_infer.solve import sample_latent
+    from qgen_infer.solve.proximal import proximal_gradient_descent
+
+    monkeypatch.setenv("QGEN_CPU_ISA", isa)
+    monkeypatch.setenv("QGEN_CPU_DISPATCH_CACHE", "")
+    model = qgen_infer.load(MNIST_1BIT, backend=dispatch)
+    assert CpuMlpSolver.supports(model)
+    sv = model.solver
+    gen = torch.Generator().manual_seed(batch)
+    z0 = sample_latent(batch, 784, sv["sparsity"], project=True, generator=gen)
+    y = torch.randn(batch, model.config["measurements"], generator=gen)
+    kw = dict(step_size=sv["step_size"], sparsity=sv["sparsity"], project=sv["project"])
+    want = proximal_gradient_descent(y, model.generator, model.sensing, z0, steps=3, **kw)
+    got = CpuMlpSolver(model, **kw).run(y, z0, 3)
+    for name in ("z", "x", "loss"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    ys = y.numpy()
+    fast = qgen_infer.reconstruct(model, ys, batch_size=batch, restarts=2)
+    monkeypatch.setattr(reconstruction, "_cpu_mlp_supported", lambda m: False)
+    eager = qgen_infer.reconstruct(model, ys, batch_size=batch, restarts=2)
+    for name in ("x_hat", "z", "loss"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(eager, name), err_msg=name)
+
+
+def test_cpu_mlp_solver_declines_what_it_does_not_run() -> None:
+    """The reference backend or another sensing net keep the autograd solver (and building one
+    for them is an error)."""
+    from torch import nn
+
+    import qgen_infer
+    from qgen_infer.engine.cpu_mlp_step import CpuMlpSolver
+
+    if not os.path.exists(MNIST_1BIT):
+        pytest.skip("shipped MNIST model not found")
+    ref = qgen_infer.load(MNIST_1BIT, backend="reference")
+    assert not CpuMlpSolver.supports(ref)
+    cpu = qgen_infer.load(MNIST_1BIT, backend="cpu")
+    cpu.sensing = nn.Sequential(nn.Flatten(), nn.Linear(784, 25), nn.Tanh())
+    assert not CpuMlpSolver.supports(cpu)
+    with pytest.raises(ValueError, match="MLP"):
+        CpuMlpSolver(cpu, step_size=0.01, sparsity=None, project=False)
