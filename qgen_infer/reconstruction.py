@@ -230,8 +230,15 @@ def _networks(model: Any, precision: str) -> tuple[Callable, Callable]:
         dtype, gen = PRECISIONS[precision], model.generator
         sensing = copy.deepcopy(model.sensing).to(dtype)
         g_net = gen if on_cpu else lambda z: gen(z.to(dtype))
-        cache[key] = (g_net, lambda x: sensing(x.to(dtype)).float())
-    return cache[key]
+        cache[key] = (g_net, lambda x: sensing(x.to(dtype)).float(), sensing)
+    return cache[key][:2]
+
+
+def _low_precision_sensing(model: Any, precision: str) -> Any:
+    """The copy of the sensing net in ``precision`` that :func:`_networks` made (and keeps)."""
+    _networks(model, precision)
+    return model.__dict__["_low_precision"][(id(model.generator), id(model.sensing),
+                                             precision)][2]
 
 
 def _graph_solver(model: Any, generator: Callable, sensing: Callable,
@@ -270,13 +277,15 @@ def _cpu_mlp_supported(model: Any) -> bool:
     return CpuMlpSolver.supports(model)
 
 
-def _cpu_mlp_solver(model: Any, opts: SolverOptions) -> Any:
+def _cpu_mlp_solver(model: Any, opts: SolverOptions, precision: str) -> Any:
     """The cpu backend's autograd-free MLP step (:mod:`qgen_infer.engine.cpu_mlp_step`: the
-    same operations as the eager solver, bit for bit, without autograd's bookkeeping)."""
+    same operations as the eager solver, bit for bit, without autograd's bookkeeping), with
+    the sensing net in ``precision``."""
     from qgen_infer.engine.cpu_mlp_step import CpuMlpSolver
 
+    sensing = None if precision == "fp32" else _low_precision_sensing(model, precision)
     return CpuMlpSolver(model, step_size=opts.step_size, sparsity=opts.sparsity,
-                        project=opts.project)
+                        project=opts.project, sensing=sensing)
 
 
 def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
@@ -356,8 +365,8 @@ def reconstruct(model: QgenModel, y: np.ndarray | torch.Tensor,
         graphed = _fused_solver(model, opts, precision, cuda_graph, rows)
     elif cuda_graph:
         graphed = _graph_solver(model, generator, sensing, opts)
-    elif precision == "fp32" and _cpu_mlp_supported(model):
-        graphed = _cpu_mlp_solver(model, opts)
+    elif precision in ("fp32", "bf16") and dev.type == "cpu" and _cpu_mlp_supported(model):
+        graphed = _cpu_mlp_solver(model, opts, precision)
     starts = StartLatents(opts)
     try:
         for start in range(0, n, opts.batch_size):

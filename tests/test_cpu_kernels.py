@@ -615,7 +615,8 @@ def test_cpu_mlp_solver_equals_the_autograd_solver_bit_for_bit(monkeypatch, isa:
                                                                batch: int) -> None:
     """CpuMlpSolver runs autograd's operations in its order: z, x and loss equal the eager
     proximal_gradient_descent's exactly, on every tier, on the packed and the dispatching
-    backend, for batch 1 and an odd batch; reconstruct() takes it on the cpu backend."""
+    backend, for batch 1 and an odd batch; reconstruct() takes it on the cpu backend, fp32 and
+    (sensing net in) bf16, with results equal to the eager solver's."""
     import qgen_infer
     from qgen_infer import reconstruction
     from qgen_infer.engine.cpu_mlp_step import CpuMlpSolver
@@ -636,11 +637,16 @@ def test_cpu_mlp_solver_equals_the_autograd_solver_bit_for_bit(monkeypatch, isa:
     for name in ("z", "x", "loss"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     ys = y.numpy()
-    fast = qgen_infer.reconstruct(model, ys, batch_size=batch, restarts=2)
+    # and through reconstruct(), with the sensing net in bf16 too where the CPU has bf16 hardware
+    precisions = ["fp32"] + (["bf16"] if reconstruction.cpu_has_bf16_matmul() else [])
+    fast = [qgen_infer.reconstruct(model, ys, batch_size=batch, restarts=2, precision=p)
+            for p in precisions]
     monkeypatch.setattr(reconstruction, "_cpu_mlp_supported", lambda m: False)
-    eager = qgen_infer.reconstruct(model, ys, batch_size=batch, restarts=2)
-    for name in ("x_hat", "z", "loss"):
-        np.testing.assert_array_equal(getattr(fast, name), getattr(eager, name), err_msg=name)
+    for p, got_p in zip(precisions, fast, strict=True):
+        eager = qgen_infer.reconstruct(model, ys, batch_size=batch, restarts=2, precision=p)
+        for name in ("x_hat", "z", "loss"):
+            np.testing.assert_array_equal(getattr(got_p, name), getattr(eager, name),
+                                          err_msg=f"{p} {name}")
 
 
 def test_cpu_mlp_solver_declines_what_it_does_not_run() -> None:

@@ -330,8 +330,9 @@ class CpuBackend:
         n, k = prepared.shape
         key = ProductKey(op, prepared.bits, n, k, bucket,
                          op == "gemm" and rows.numel() > 0 and is_sparse_input(rows))
+        # (a conv plan, engine/cpu_conv.py, has no integer-table codes)
         tier = self.isa + (f"+int8-tables[{self.int_table_isa}]"
-                           if prepared.table_codes is not None else "")
+                           if getattr(prepared, "table_codes", None) is not None else "")
         context = machine_context(tier, threads)
         if self.dispatcher.known(context, key) is None:
             prepared.dense()  # dequantize before, not inside, the timed calls

@@ -63,13 +63,18 @@ class CpuMlpSolver:
     ``run(y, z0, steps)`` of :class:`qgen_infer.solve.proximal.GraphedSolver`."""
 
     def __init__(self, model: Any, *, step_size: float, sparsity: int | None,
-                 project: bool) -> None:
-        gen, sens = _generator_layers(model.generator), _sensing_layers(model.sensing)
+                 project: bool, sensing: nn.Module | None = None) -> None:
+        """``sensing``: a copy of the model's sensing net in another dtype (bf16: the image is
+        cast into it and its measurements back to fp32, as ``reconstruct(precision=...)``
+        does), else the model's own."""
+        sensing = sensing if sensing is not None else model.sensing
+        gen, sens = _generator_layers(model.generator), _sensing_layers(sensing)
         if gen is None or sens is None:
             raise ValueError("CpuMlpSolver needs an MLP generator and sensing net")
         self.backend = model.backend
-        self.generator, self.sensing = model.generator, model.sensing
+        self.generator, self.sensing = model.generator, sensing
         self.g_layers, self.a_layers = gen, sens
+        self.dtype = sens[0][0].weight.dtype
         self.step_size, self.sparsity, self.project = step_size, sparsity, project
 
     @staticmethod
@@ -85,17 +90,20 @@ class CpuMlpSolver:
         outs = [z]
         for layer in self.g_layers:
             outs.append(self.backend.gemm(outs[-1], layer.prepared, layer.epilogue))
-        h, pres = outs[-1], []
+        cast = self.dtype != torch.float32  # autograd's ToCopyBackward: the grad cast back
+        h, pres = outs[-1].to(self.dtype), []
         for linear, slope in self.a_layers:
             h = F.linear(h, linear.weight, linear.bias)
             pres.append(h)
             if slope is not None:
                 h = F.leaky_relu(h, slope)
-        g = -(2 * (y - h))
+        g = -(2 * (y - h.float()))
+        g = g.to(self.dtype) if cast else g
         for (linear, slope), pre in zip(reversed(self.a_layers), reversed(pres), strict=True):
             if slope is not None:
                 g = torch.ops.aten.leaky_relu_backward(g, pre, slope, False)
             g = g.mm(linear.weight)
+        g = g.float() if cast else g
         for layer, out in zip(reversed(self.g_layers), reversed(outs[1:]), strict=True):
             g = self.backend.gemm_t_through_epilogue(g.contiguous(), out, layer.prepared,
                                                      layer.epilogue)
@@ -110,5 +118,5 @@ class CpuMlpSolver:
                 z = proximal_step(z, self._gradient(y, z), self.step_size, self.sparsity,
                                   self.project)
             x = self.generator(z)
-            loss = measurement_loss(y, self.sensing(x))
+            loss = measurement_loss(y, self.sensing(x.to(self.dtype)).float())
         return PGDResult(z=z, x=x, loss=loss)
