@@ -165,8 +165,7 @@ def pack_direction(ext: Any, codes: torch.Tensor, scale: torch.Tensor, zero: tor
 @dataclass
 class CpuConvPlan:
     """A conv layer's two directions, its geometry, and what the measured dispatch needs (the
-    fields ``CpuBackend._route`` reads: ``bits``, ``shape``, ``routes``, ``nibbles``,
-    :meth:`dense`)."""
+    fields ``CpuBackend._route`` reads: ``bits``, ``shape``, ``routes``, :meth:`dense`)."""
 
     forward: Direction | None  # None: the layer runs per pixel (``pixels``)
     backward: Direction | None
@@ -180,7 +179,6 @@ class CpuConvPlan:
     shape: tuple[int, int]  # (C_out, C_in kh kw): the dispatch key's matrix size
     module: Any = field(repr=False)
     routes: dict[tuple[str, int, int], str] = field(default_factory=dict, repr=False)
-    nibbles: None = None
     # per pixel: the layer's prepared tap-major view (CpuPrepared) and the stride, padding and
     # dilation of the transposed convolution it computes
     pixels: Any = field(default=None, repr=False)
