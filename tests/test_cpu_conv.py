@@ -289,3 +289,26 @@ def test_bad_geometry_is_rejected() -> None:
     with pytest.raises(TypeError, match="float32"):
         _cpu.conv_planes_f32(x.astype(np.float64), *args, geo, phases, runs, d.col_scale,
                              d.col_zero)
+
+
+def test_threads_give_the_same_result() -> None:
+    """Images are the kernels' work items: two threads give one thread's result bit for bit
+    (implicit GEMM and both per-pixel kernels)."""
+    gen = torch.Generator().manual_seed(11)
+    codes = random_codes((20, 17, 4, 4), 2, gen)
+    d = pack_direction(_cpu, codes, torch.rand(20) + 0.1, torch.rand(20), 2, True, True, (2, 2),
+                       (1, 1), (1, 1), 1)
+    x = torch.randn(3, 5, 4, 17, generator=gen)
+    one, two = (run_direction(_cpu, d, x, (10, 8), None, "", t) for t in (1, 2))
+    assert torch.equal(one, two)
+    view = random_codes((27, 16), 1, gen).numpy()
+    words, words_t = (_cpu.repack_planes(view, 1, t, 1) for t in (False, True))
+    scale, zero = np.full(27, 0.5, np.float32), np.zeros(27, np.float32)
+    geometry = np.array([6, 5, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1], np.int64)
+    x = torch.randn(3, 6, 5, 16, generator=gen).numpy()
+    g = torch.randn(3, 6, 5, 3, generator=gen).numpy()
+    fwd = [_cpu.conv_pixels_f32(x, words, 3, 1, scale, zero, geometry, threads=t)
+           for t in (1, 2)]
+    bwd = [_cpu.conv_pixels_t_f32(g, words_t, 16, 1, scale, zero, geometry, threads=t)
+           for t in (1, 2)]
+    assert np.array_equal(*fwd) and np.array_equal(*bwd)
