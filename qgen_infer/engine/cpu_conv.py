@@ -16,12 +16,12 @@ the kernel reduces over a whole run in one LUT tile. The run words depend on the
 padding and dilation only (made once, at load); the run positions on the input size too (made
 once per input size).
 
-Chosen per layer at load (:func:`implicit_conv_fits`): layers with at least 16 input and output
-channels (the lanes and the reduction are padded to 16 and 32 channels). A layer with fewer that
-``packed_modules`` runs per pixel (a ConvTranspose2d, or a stride-1 Conv2d with fewer output than
-input channels: the DCGAN's 64 -> 3 output layer) instead runs its per-pixel GEMM with col2im
-fused into the kernel (forward) and im2col into the gradient's (``conv_pixels_f32`` /
-``conv_pixels_t_f32``, csrc/conv_pixels.cpp: the lanes hold taps x channels); any other keeps
+Chosen per layer on its first call (:func:`implicit_conv_fits`): layers with at least 16 input
+and output channels (the lanes and the reduction are padded to 16 and 32 channels). A layer with
+fewer that ``packed_modules`` runs per pixel (a ConvTranspose2d, or a stride-1 Conv2d with fewer
+output than input channels: the DCGAN's 64 -> 3 output layer) instead runs its per-pixel GEMM
+with col2im fused into the kernel (forward) and im2col into the gradient's (``conv_pixels_f32``
+/ ``conv_pixels_t_f32``, csrc/conv_pixels.cpp: the lanes hold taps x channels); any other keeps
 the im2col GEMM. ``QGEN_CPU_IMPLICIT_CONV=0`` turns both off (the per-pixel GEMM + col2im /
 im2col paths of ``packed_modules`` then run every conv layer).
 """
@@ -212,8 +212,9 @@ class CpuConvPlan:
 
 
 def plan_conv(ext: Any, module: Any, threads: int) -> CpuConvPlan | None:
-    """The :class:`CpuConvPlan` of a ``PackedConv2d`` / ``PackedConvTranspose2d``, or None when
-    the layer keeps the GEMM path (:func:`implicit_conv_fits`)."""
+    """The :class:`CpuConvPlan` of a ``PackedConv2d`` / ``PackedConvTranspose2d``: implicit GEMM
+    (:func:`implicit_conv_fits`), else the fused per-pixel kernels for a per-pixel layer, else
+    None (the im2col GEMM path)."""
     codes = unpack_codes(module.packed_codes, module.weight_shape, module.bits).cpu()
     transposed = module.kind == "conv_transpose2d"
     c_in, c_out = (codes.shape[0], codes.shape[1]) if transposed else (codes.shape[1],
