@@ -4,7 +4,7 @@ activations, each input pixel's LUT tables built once per call, no im2col, no co
 epilogue fused; forward and input gradient one kernel call each.
 
 Each layer keeps two sets of packed weights, one per direction, as ``triton_conv`` does
-(DESIGN.md: each direction's convolution is the other's input gradient)::
+(each direction's convolution is the other's input gradient)::
 
     Conv2d W [C_out, C_in]:          forward V = W (conv2d),               backward V = Wᵀ
     ConvTranspose2d W [C_in, C_out]: forward V = Wᵀ (conv_transpose2d),    backward V = W
