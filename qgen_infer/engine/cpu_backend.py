@@ -55,8 +55,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qgen_infer.activations import ACTIVATION_IDS
 from qgen_infer.engine.backend import (
-    ACTIVATIONS,
     Epilogue,
     MatrixWeight,
     activation_grad_from_output,
@@ -71,8 +71,6 @@ from qgen_infer.engine.cpu_dispatch import (
     m_bucket,
     machine_context,
 )
-
-_ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # = activations.ACTIVATION_IDS
 
 
 def _load() -> ModuleType | None:
@@ -359,12 +357,12 @@ class CpuBackend:
                 return torch.from_numpy(self._ext.gemm_planes_i8(
                     xa, prepared.table_codes, n, prepared.bits, prepared.scale, prepared.zero,
                     _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
-                    _ACT_CODES[ep.activation], float(ep.negative_slope), self._threads(),
+                    ACTIVATION_IDS[ep.activation], float(ep.negative_slope), self._threads(),
                     self.int_table_isa))
             return torch.from_numpy(self._ext.gemm_planes_f32(
                 xa, prepared.words, n, prepared.bits, prepared.scale, prepared.zero,
                 _as_f32_vector(ep.alpha, n, "alpha"), _as_f32_vector(ep.beta, n, "beta"),
-                _ACT_CODES[ep.activation], float(ep.negative_slope), self.isa, self._threads()))
+                ACTIVATION_IDS[ep.activation], float(ep.negative_slope), self.isa, self._threads()))
 
         def dense() -> torch.Tensor:
             return dense_gemm(x.detach(), prepared.dense(), ep)
@@ -404,7 +402,7 @@ class CpuBackend:
             return torch.from_numpy(self._ext.gemm_t_planes_f32(
                 ga, prepared.words_t, k, prepared.bits, prepared.scale, prepared.zero, self.isa,
                 self._threads(), ya, _as_f32_vector(epilogue.alpha, n, "alpha"),
-                _ACT_CODES[epilogue.activation], float(epilogue.negative_slope)))
+                ACTIVATION_IDS[epilogue.activation], float(epilogue.negative_slope)))
 
         def dense() -> torch.Tensor:
             return dense_grad_through_epilogue(grad_y.detach(), y.detach(), epilogue) \

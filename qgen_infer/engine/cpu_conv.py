@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from qgen_infer.activations import activate
+from qgen_infer.activations import ACTIVATION_IDS, activate
 from qgen_infer.conv_geometry import conv2d_output_size, conv_transpose2d_output_size
 from qgen_infer.engine.backend import Epilogue
 from qgen_infer.format import unpack_codes
@@ -256,16 +256,15 @@ def run_direction(ext: Any, d: Direction, x: torch.Tensor, out_hw: tuple[int, in
                   through: tuple[torch.Tensor, Epilogue] | None = None) -> torch.Tensor:
     """``conv_planes_f32`` of channels-last ``x`` ``[B, H, W, C]`` -> ``[B, OH, OW, N]``;
     ``through = (y, ep)`` makes the rows ``x ⊙ ep.alpha ⊙ act'(y)`` (an input gradient)."""
-    from qgen_infer.engine.cpu_backend import _ACT_CODES
 
     geo, phases, runs = d.geometry(x.shape[1], x.shape[2], *out_hw)
     ep = epilogue or Epilogue()
     y, gep = through if through is not None else (None, Epilogue())
     return torch.from_numpy(ext.conv_planes_f32(
         x.numpy(), d.words, d.n, d.bits, geo, phases, runs, d.col_scale, d.col_zero,
-        d.red_scale, d.red_zero, _vec(ep.alpha), _vec(ep.beta), _ACT_CODES[ep.activation],
+        d.red_scale, d.red_zero, _vec(ep.alpha), _vec(ep.beta), ACTIVATION_IDS[ep.activation],
         float(ep.negative_slope), None if y is None else y.numpy(), _vec(gep.alpha),
-        _ACT_CODES[gep.activation], float(gep.negative_slope), isa, threads))
+        ACTIVATION_IDS[gep.activation], float(gep.negative_slope), isa, threads))
 
 
 def _pixel_geometry(plan: CpuConvPlan, in_hw: tuple[int, int], out_hw: tuple[int, int]
@@ -279,26 +278,24 @@ def _pixel_geometry(plan: CpuConvPlan, in_hw: tuple[int, int], out_hw: tuple[int
 def run_pixels(backend: Any, plan: CpuConvPlan, x: torch.Tensor, out_hw: tuple[int, int],
                ep: Epilogue) -> torch.Tensor:
     """``conv_pixels_f32`` of channels-last ``x`` ``[B, H, W, C]`` -> ``[B, OH, OW, N]``."""
-    from qgen_infer.engine.cpu_backend import _ACT_CODES
 
     p = plan.pixels
     return torch.from_numpy(backend._ext.conv_pixels_f32(
         x.numpy(), p.words, plan.shape[0], p.bits, p.scale, p.zero,
         _pixel_geometry(plan, tuple(x.shape[1:3]), out_hw), _vec(ep.alpha), _vec(ep.beta),
-        _ACT_CODES[ep.activation], float(ep.negative_slope), backend.isa, backend._threads()))
+        ACTIVATION_IDS[ep.activation], float(ep.negative_slope), backend.isa, backend._threads()))
 
 
 def run_pixels_t(backend: Any, plan: CpuConvPlan, g: torch.Tensor, in_hw: tuple[int, int],
                  through: tuple[torch.Tensor, Epilogue]) -> torch.Tensor:
     """``conv_pixels_t_f32``: the input gradient ``[B, H, W, C]`` of :func:`run_pixels` from
     ``g`` ``[B, OH, OW, N]`` through the epilogue (``through = (y, ep)``)."""
-    from qgen_infer.engine.cpu_backend import _ACT_CODES
 
     p, (y, ep) = plan.pixels, through
     return torch.from_numpy(backend._ext.conv_pixels_t_f32(
         g.numpy(), p.words_t, p.shape[1], p.bits, p.scale, p.zero,
         _pixel_geometry(plan, in_hw, tuple(g.shape[1:3])), y.numpy(), _vec(ep.alpha),
-        _ACT_CODES[ep.activation], float(ep.negative_slope), backend.isa, backend._threads()))
+        ACTIVATION_IDS[ep.activation], float(ep.negative_slope), backend.isa, backend._threads()))
 
 
 def channels_last_rows(x: torch.Tensor) -> torch.Tensor:
