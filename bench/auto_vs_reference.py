@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", action="append", default=None, metavar="FILE.qgen",
                    help="default: models/mnist-m25-{1,2,3,4}bit.qgen")
     p.add_argument("--backends", nargs="+", default=["reference", "auto", "cpu"],
-                   help="backend names; NAME@bf16 runs that backend with precision bf16 (on the "
-                        "CPU: the sensing net in bf16), NAME@exact with QGEN_CPU_INT_TABLES=off "
+                   help="backend names, run with the default precision auto; NAME@bf16 runs "
+                        "that backend with precision bf16 (on the CPU: the sensing net in bf16), "
+                        "NAME@fp32 with fp32, NAME@exact with fp32 and QGEN_CPU_INT_TABLES=off "
                         "(the exact fp32 kernels only)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -80,10 +81,12 @@ def main(argv: list[str] | None = None) -> None:
             y = loaded[args.backends[0]].sensing(truth).numpy()
         secs: dict[str, list[float]] = {b: [] for b in args.backends}
         score: dict[str, float] = {}
+        ran: dict[str, str] = {}  # the precision each ran ("auto" resolved)
         for b, model in loaded.items():
             opts = solver_options(model, batch_size=256, seed=0)
-            x_hat = qgen_infer.reconstruct(model, y, opts, precision=_precision(b)).x_hat  # warm-up
-            score[b] = float(psnr(truth, torch.from_numpy(x_hat)).mean())
+            rec = qgen_infer.reconstruct(model, y, opts, precision=_precision(b))  # warm-up
+            score[b] = float(psnr(truth, torch.from_numpy(rec.x_hat)).mean())
+            ran[b] = rec.precision
             isa = getattr(model.backend, "isa", isa)
         for rnd in range(args.rounds):
             for b in args.backends if rnd % 2 == 0 else args.backends[::-1]:
@@ -103,9 +106,10 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"bits": bits, "backend": b, "best": 1000 / min(secs[b]),
                          "median": 1000 / statistics.median(secs[b]),
                          "vs_ref": ref / min(secs[b]) if ref else None, "psnr": score[b],
-                         "dense": dense})
+                         "dense": dense, "precision": ran[b]})
             r = rows[-1]
-            print(f"{bits}-bit {b:<9} best {r['best']:8.1f} img/s  median {r['median']:8.1f}  "
+            print(f"{bits}-bit {b:<9} {ran[b]:<4} best {r['best']:8.1f} img/s  "
+                  f"median {r['median']:8.1f}  "
                   f"vs reference x{r['vs_ref'] or float('nan'):.2f}  PSNR {r['psnr']:.4f} dB "
                   f"{'dense ' + dense if dense else ''}", flush=True)
     torch_isa = torch.backends.cpu.get_cpu_capability()
@@ -122,18 +126,21 @@ def main(argv: list[str] | None = None) -> None:
              ]
     if args.note:
         lines.append(f"- note: {args.note}")
-    lines += ["", "| bits | backend | best img/s | median img/s | best vs reference | "
-              "PSNR dB | products run dense |", "| ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines += ["", "| bits | backend | precision ran | best img/s | median img/s | "
+              "best vs reference | PSNR dB | products run dense |",
+              "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         vs = f"{r['vs_ref']:.2f}x" if r["vs_ref"] else "–"
-        lines.append(f"| {r['bits']} | {r['backend']} | {r['best']:.1f} | {r['median']:.1f} | "
-                     f"{vs} | {r['psnr']:.4f} | {r['dense'] or '–'} |")
+        lines.append(f"| {r['bits']} | {r['backend']} | {r['precision']} | {r['best']:.1f} | "
+                     f"{r['median']:.1f} | {vs} | {r['psnr']:.4f} | {r['dense'] or '–'} |")
     write_report("\n".join(lines) + "\n", args.out)
 
 
 def _precision(spec: str) -> str:
-    """The precision of a ``--backends`` entry (``NAME@bf16`` -> ``bf16``, else ``fp32``)."""
-    return "bf16" if spec.endswith("@bf16") else "fp32"
+    """The precision of a ``--backends`` entry: ``NAME@bf16`` -> ``bf16``, ``NAME@fp32`` and
+    ``NAME@exact`` -> ``fp32``, a plain name -> ``auto`` (the default of ``reconstruct``)."""
+    tag = spec.partition("@")[2]
+    return {"bf16": "bf16", "fp32": "fp32", "exact": "fp32"}.get(tag, "auto")
 
 
 def _load(qgen_infer: Any, path: str, spec: str) -> Any:

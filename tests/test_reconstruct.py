@@ -124,14 +124,15 @@ def test_packed_file_equals_fake_quantized_checkpoint(models, family: str, bits:
 @needs_cpu
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_cpu_backend_equals_reference(models, bits: int, monkeypatch) -> None:
-    # the exact kernels (under QGEN_CPU_ISA=avx2 the default would round 1-bit tables to int8:
-    # that path is held to its PSNR in tests/test_lut_i8.py)
+    # the exact kernels and fp32 sensing net (under QGEN_CPU_ISA=avx2 the default would round
+    # 1-bit tables to int8, on AMX CPUs run the sensing net in bf16: those paths are held to
+    # their PSNR in tests/test_lut_i8.py and bench/results/reconstruct-tiers.md)
     monkeypatch.setenv("QGEN_CPU_INT_TABLES", "off")
     _, qgen = models("mlp", bits)
     ref = qgen_infer.load(qgen, backend="reference")
     cpu = qgen_infer.load(qgen, backend="cpu")
     y = _measure(ref, _images(ref.config["image_shape"]))
-    kw = {"batch_size": 3, "restarts": 2, "seed": 1, "steps": 5}
+    kw = {"batch_size": 3, "restarts": 2, "seed": 1, "steps": 5, "precision": "fp32"}
     _assert_same(qgen_infer.reconstruct(cpu, y, **kw), qgen_infer.reconstruct(ref, y, **kw))
 
 
@@ -141,7 +142,8 @@ def test_cpu_backend_equals_reference_dcgan(models) -> None:
     ref = qgen_infer.load(qgen, backend="reference")
     cpu = qgen_infer.load(qgen, backend="cpu")
     y = _measure(ref, _images(ref.config["image_shape"], 2))
-    _assert_same(qgen_infer.reconstruct(cpu, y, steps=2), qgen_infer.reconstruct(ref, y, steps=2))
+    kw = {"steps": 2, "precision": "fp32"}  # exact (auto would round A on AMX CPUs)
+    _assert_same(qgen_infer.reconstruct(cpu, y, **kw), qgen_infer.reconstruct(ref, y, **kw))
 
 
 _TRITON_SCRIPT = textwrap.dedent("""
@@ -222,6 +224,82 @@ def test_cpu_bf16_runs_the_sensing_net_only_in_bf16(problem, monkeypatch, tmp_pa
     model.__dict__.pop("_low_precision", None)
     with pytest.raises(QgenError, match="AMX or AVX512-BF16"):
         qgen_infer.reconstruct(model, y, precision="bf16")
+
+
+def _on_cpu_tier(isa: str) -> Any:
+    """A stand-in for a model on the cpu backend's ``isa`` tier: what
+    :func:`reconstruction.resolve_precision` reads, on any machine."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=torch.device("cpu"), backend=SimpleNamespace(name="cpu",
+                                                                               isa=isa))
+
+
+def test_precision_auto_is_bf16_only_where_it_was_measured(models, problem,
+                                                           monkeypatch) -> None:
+    """precision="auto": the sensing net in bf16 on the cpu backend's AVX-512 tier of a CPU
+    with bf16 hardware, for MLP and conv sensing nets alike; fp32 without that hardware, on a
+    lower (forced) tier and always on the reference backend. Explicit ones stay."""
+    resolve = reconstruction.resolve_precision
+    dcgan = models("dcgan", 4)[1]
+    loaded = [qgen_infer.load(dcgan, backend="reference"), problem["model"]]
+    if backend_available("cpu"):
+        loaded += [qgen_infer.load(dcgan, backend="cpu"),
+                   qgen_infer.load(problem["qgen"], backend="cpu")]
+    for native in (True, False):
+        monkeypatch.setattr(reconstruction, "cpu_has_bf16_matmul", lambda native=native: native)
+        assert resolve(_on_cpu_tier("avx512"), "auto") == ("bf16" if native else "fp32")
+        for isa in ("avx2", "portable"):
+            assert resolve(_on_cpu_tier(isa), "auto") == "fp32"
+        for model in loaded:  # reference: the fp32 oracle
+            bf16 = native and model.backend.name == "cpu" and model.backend.isa == "avx512"
+            assert resolve(model, "auto") == ("bf16" if bf16 else "fp32")
+        for explicit in ("fp32", "fp16", "bf16"):
+            assert resolve(_on_cpu_tier("avx512"), explicit) == explicit
+
+
+def test_default_precision_runs_what_auto_resolves(problem, monkeypatch) -> None:
+    """reconstruct's default "auto" gives bit for bit the result of the precision it resolves
+    to, and says which; the reference backend is never rounded; fp32 forces exact."""
+    model, y = problem["model"], problem["y"]
+    monkeypatch.setattr(reconstruction, "cpu_has_bf16_matmul", lambda: True)
+    ref = qgen_infer.reconstruct(model, y, batch_size=3)
+    assert ref.precision == "fp32"
+    np.testing.assert_array_equal(
+        ref.x_hat, qgen_infer.reconstruct(model, y, precision="fp32", batch_size=3).x_hat)
+    if not backend_available("cpu"):
+        return
+    cpu = qgen_infer.load(problem["qgen"], backend="cpu")
+    fp32 = qgen_infer.reconstruct(cpu, y, precision="fp32", batch_size=3)
+    bf16 = qgen_infer.reconstruct(cpu, y, precision="bf16", batch_size=3)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert not np.array_equal(fp32.x_hat, bf16.x_hat)
+    for auto_bf16, want in ((False, fp32), (True, bf16)):
+        monkeypatch.setattr(reconstruction, "auto_sensing_bf16", lambda m, on=auto_bf16: on)
+        got = qgen_infer.reconstruct(cpu, y, batch_size=3)
+        assert got.precision == want.precision
+        for name in ("x_hat", "z", "loss"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), name)
+
+
+def test_cli_records_the_precision_that_ran(problem, monkeypatch, tmp_path: Path,
+                                            capsys) -> None:
+    """metrics.json's settings give the precision asked for and the one that ran; the last
+    line names a bf16 sensing net."""
+    monkeypatch.setattr(reconstruction, "cpu_has_bf16_matmul", lambda: True)
+    cases = [((), "auto", "fp32")]  # --backend reference: never rounded
+    if backend_available("cpu"):  # as on an AVX-512 CPU with AMX / AVX512-BF16
+        cases += [(("--backend", "cpu"), "auto", "bf16"),
+                  (("--backend", "cpu", "--precision", "fp32"), "fp32", "fp32")]
+    for i, (extra, asked, ran) in enumerate(cases):
+        if i == 1:
+            monkeypatch.setattr(reconstruction, "auto_sensing_bf16", lambda m: True)
+        out = tmp_path / f"rec{i}"
+        code, stdout, err = _run(_args(problem, out, *extra), capsys)
+        assert code == 0, err
+        settings = json.loads((out / "metrics.json").read_text())["settings"]
+        assert (settings["precision_requested"], settings["precision"]) == (asked, ran)
+        assert ("(sensing net bf16)" in stdout) == (ran == "bf16"), stdout
 
 
 def test_same_seed_same_result_different_seed_differs(problem) -> None:

@@ -17,7 +17,8 @@ bytes with the compression ratio against fp32, and the size of the fp32 sensing 
 the file without importing torch (a fraction of a second); --dispatch adds what --backend auto
 chose on this machine for each layer's products (packed kernels or dense fp32, with both measured
 times), read from its cost table (~/.cache/qgen-infer/cpu-dispatch.json,
-QGEN_CPU_DISPATCH_CACHE), or that nothing was measured yet (this loads the engine: ~3 s).
+QGEN_CPU_DISPATCH_CACHE), or that nothing was measured yet, and what the default --precision
+auto runs the sensing net in here (fp32 or bf16; this loads the engine: ~3 s).
 """
 
 
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_input("model", metavar="MODEL.qgen", help="packed model file written by qgen-export")
     p.add_argument("--dispatch", action="store_true",
                    help="also print the --backend auto choices recorded on this machine for "
-                        "this file's layers (imports torch)")
+                        "this file's layers, and the sensing net's precision under "
+                        "--precision auto (imports torch)")
     return p
 
 
@@ -67,13 +69,27 @@ def _dispatch_lines(model_path: str) -> list[str]:
                         f"  {layer.name}: {op} {' '.join(rest)} -> {path_taken} (packed "
                         f"{packed_s * 1e3:.3f} ms, dense {dense_s * 1e3:.3f} ms)")
     where = str(path) if path is not None else "off (QGEN_CPU_DISPATCH_CACHE)"
+    precision = _auto_precision_line(model_path)
     if not found:
         return [f"cpu dispatch (--backend auto): nothing measured yet for these layers on this "
-                f"machine (cost table: {where}); the first reconstruction measures them"]
+                f"machine (cost table: {where}); the first reconstruction measures them",
+                precision]
     lines = [f"cpu dispatch (--backend auto), from the cost table {where}:"]
     for context, rows in found.items():
         lines += [f" {context}", *rows]
-    return lines
+    return [*lines, precision]
+
+
+def _auto_precision_line(model_path: str) -> str:
+    """What ``--precision auto`` (the default) runs the sensing net in, on the CPU here."""
+    from qgen_infer.engine import load
+    from qgen_infer.reconstruction import resolve_precision
+
+    model = load(model_path, backend="auto", device="cpu")
+    ran = resolve_precision(model, "auto")
+    why = ("the cpu backend's AVX-512 tier and AMX/AVX512-BF16 here" if ran == "bf16" else
+           "needs the cpu backend's AVX-512 tier and AMX/AVX512-BF16")
+    return f"precision auto (--backend auto on the CPU): sensing net {ran} ({why})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,7 +46,13 @@ from qgen_infer.distributed.dispatch import (
 from qgen_infer.distributed.env import DistEnv, broadcast, check_all, gather, join
 from qgen_infer.distributed.timeline import Timeline
 from qgen_infer.errors import QgenError
-from qgen_infer.reconstruction import Reconstruction, SolverOptions, reconstruct, solver_options
+from qgen_infer.reconstruction import (
+    Reconstruction,
+    SolverOptions,
+    reconstruct,
+    resolve_precision,
+    solver_options,
+)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "qgen-shards"
@@ -346,7 +352,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
                         options: SolverOptions | None = None, *, shard_images: int | None = None,
                         fresh: bool = False, env: DistEnv | None = None,
                         on_images: Callable[[int], None] | None = None,
-                        cuda_graph: bool | None = None, precision: str = "fp32",
+                        cuda_graph: bool | None = None, precision: str = "auto",
                         into: Reconstruction | None = None, timeline: Timeline | None = None,
                         **overrides: Any) -> ShardedRun:
     """:func:`qgen_infer.reconstruct` over the ranks of this process's torch.distributed job
@@ -370,6 +376,7 @@ def reconstruct_sharded(model: Any, y: str | os.PathLike | np.ndarray, folder: s
     timeline = timeline or Timeline()
     timeline.mark("sharded start")
     folder = Path(folder)
+    precision = resolve_precision(model, precision)  # the job's identity names what runs
     error: BaseException | None = None
     state = None
     try:
