@@ -82,7 +82,6 @@ class Direction:
     """One direction's packed runs: ``words`` (every run's planes), and per phase ``(py, px)``
     the runs as ``(dy, dx, offset, ntaps)``: tap ``t`` of the run reads input pixel
     ``(dy + ay qy, dx + ax qx + t)`` for phase pixel ``(qy, qx)``."""
-
     transposed: bool
     n: int  # output channels
     c: int  # reduction channels
@@ -166,7 +165,6 @@ def pack_direction(ext: Any, codes: torch.Tensor, scale: torch.Tensor, zero: tor
 class CpuConvPlan:
     """A conv layer's two directions, its geometry, and what the measured dispatch needs (the
     fields ``CpuBackend._route`` reads: ``bits``, ``shape``, ``routes``, :meth:`dense`)."""
-
     forward: Direction | None  # None: the layer runs per pixel (``pixels``)
     backward: Direction | None
     transposed: bool
@@ -256,7 +254,6 @@ def run_direction(ext: Any, d: Direction, x: torch.Tensor, out_hw: tuple[int, in
                   through: tuple[torch.Tensor, Epilogue] | None = None) -> torch.Tensor:
     """``conv_planes_f32`` of channels-last ``x`` ``[B, H, W, C]`` -> ``[B, OH, OW, N]``;
     ``through = (y, ep)`` makes the rows ``x ⊙ ep.alpha ⊙ act'(y)`` (an input gradient)."""
-
     geo, phases, runs = d.geometry(x.shape[1], x.shape[2], *out_hw)
     ep = epilogue or Epilogue()
     y, gep = through if through is not None else (None, Epilogue())
@@ -278,7 +275,6 @@ def _pixel_geometry(plan: CpuConvPlan, in_hw: tuple[int, int], out_hw: tuple[int
 def run_pixels(backend: Any, plan: CpuConvPlan, x: torch.Tensor, out_hw: tuple[int, int],
                ep: Epilogue) -> torch.Tensor:
     """``conv_pixels_f32`` of channels-last ``x`` ``[B, H, W, C]`` -> ``[B, OH, OW, N]``."""
-
     p = plan.pixels
     return torch.from_numpy(backend._ext.conv_pixels_f32(
         x.numpy(), p.words, plan.shape[0], p.bits, p.scale, p.zero,
@@ -290,7 +286,6 @@ def run_pixels_t(backend: Any, plan: CpuConvPlan, g: torch.Tensor, in_hw: tuple[
                  through: tuple[torch.Tensor, Epilogue]) -> torch.Tensor:
     """``conv_pixels_t_f32``: the input gradient ``[B, H, W, C]`` of :func:`run_pixels` from
     ``g`` ``[B, OH, OW, N]`` through the epilogue (``through = (y, ep)``)."""
-
     p, (y, ep) = plan.pixels, through
     return torch.from_numpy(backend._ext.conv_pixels_t_f32(
         g.numpy(), p.words_t, p.shape[1], p.bits, p.scale, p.zero,
