@@ -82,6 +82,7 @@ class Direction:
     """One direction's packed runs: ``words`` (every run's planes), and per phase ``(py, px)``
     the runs as ``(dy, dx, offset, ntaps)``: tap ``t`` of the run reads input pixel
     ``(dy + ay qy, dx + ax qx + t)`` for phase pixel ``(qy, qx)``."""
+
     transposed: bool
     n: int  # output channels
     c: int  # reduction channels
@@ -165,6 +166,7 @@ def pack_direction(ext: Any, codes: torch.Tensor, scale: torch.Tensor, zero: tor
 class CpuConvPlan:
     """A conv layer's two directions, its geometry, and what the measured dispatch needs (the
     fields ``CpuBackend._route`` reads: ``bits``, ``shape``, ``routes``, :meth:`dense`)."""
+
     forward: Direction | None  # None: the layer runs per pixel (``pixels``)
     backward: Direction | None
     transposed: bool
