@@ -325,7 +325,9 @@ def test_qgen_info_shows_the_recorded_choices(monkeypatch: pytest.MonkeyPatch, t
     assert info_main([model]) == 0
     assert "cpu dispatch" not in capsys.readouterr().out  # only asked for: it imports torch
     assert info_main([model, "--dispatch"]) == 0
-    assert "nothing measured yet" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing measured yet" in out
+    assert "precision auto (--backend auto on the CPU): sensing net " in out
     table = CostTable(cache)
     table.put("machine A | avx2 | 1 threads", ProductKey("gemm", 1, 500, 500, 256, False),
               2e-3, 1e-3)

@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the CPU, bf16 runs the sensing net only in bf16 (AMX/AVX512-BF16 "
                         "CPUs; not exact). auto (default): fp32, except with the cpu backend "
                         "on an AVX-512 CPU with AMX or AVX512-BF16, where the sensing net runs "
-                        "in bf16: 1.2-1.4x faster on the MNIST models, ~2x on a CIFAR-10 DCGAN, "
-                        "and the mean PSNR within 0.01 dB of fp32 on both (measured: "
+                        "in bf16: 1.2-1.4x faster on the MNIST models, ~2x on a CIFAR-10 DCGAN "
+                        "(less on short runs: ~20 ms per new batch shape to build the bf16 "
+                        "kernels), and the mean PSNR within 0.01 dB of fp32 on both (measured: "
                         "bench/results/reconstruct-tiers.md). Most CPUs (no AMX/AVX512-BF16), "
                         "--backend reference and CUDA devices stay fp32; fp32 forces exact. "
                         "metrics.json and the last line say which ran")
