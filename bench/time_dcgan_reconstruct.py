@@ -47,12 +47,17 @@ def dcgan_file(folder: Path, bits: int) -> Path:
     return export_checkpoint(path, folder / f"dcgan-{bits}bit.qgen").path
 
 
+BACKENDS = ("fp32", "cpu", "auto", "reference", "triton")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, default=1)
     p.add_argument("--backends", nargs="+", default=["fp32", "cpu", "reference"],
-                   choices=["fp32", "cpu", "auto", "reference", "triton"])
+                   help="fp32 (the dense baseline), cpu, auto, reference, triton; NAME@PRECISION "
+                        "runs a backend at that precision (e.g. cpu@fp32: exact, where the "
+                        "default auto may run the sensing net in bf16)")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
@@ -61,6 +66,10 @@ def main() -> None:
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="thread: the calling thread's CPU time (1 thread on a busy machine)")
     args = p.parse_args()
+    for name in args.backends:
+        backend, _, precision = name.partition("@")
+        if backend not in BACKENDS or precision not in ("", "auto", "fp32", "bf16", "fp16"):
+            p.error(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}[@precision]")
     torch.set_num_threads(args.threads)
     y = np.random.default_rng(0).normal(size=(args.images, DCGAN_DEFAULTS["measurements"]))
     y = y.astype(np.float32)
@@ -68,7 +77,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = dcgan_file(Path(tmp), args.bits)
         models = {}
-        for backend in args.backends:
+        precision = {name: name.partition("@")[2] or "auto" for name in args.backends}
+        for name in args.backends:
+            backend = name.partition("@")[0]
             try:
                 model = qgen_infer.load(path, device=args.device,
                                         backend="reference" if backend == "fp32" else backend)
@@ -76,8 +87,9 @@ def main() -> None:
                 raise SystemExit(f"time_dcgan_reconstruct: {e}") from None
             if backend == "fp32":
                 model = dataclasses.replace(model, generator=dense_generator(model))
-            qgen_infer.reconstruct(model, y, steps=1, batch_size=args.images)  # warm-up
-            models[backend] = model
+            qgen_infer.reconstruct(model, y, steps=1, batch_size=args.images,
+                                   precision=precision[name])  # warm-up
+            models[name] = model
         # rounds interleave the backends, order alternating: a busy machine's slow spells
         # then hit every backend alike
         best = dict.fromkeys(args.backends, float("inf"))
@@ -85,7 +97,8 @@ def main() -> None:
             for backend in args.backends if r % 2 == 0 else args.backends[::-1]:
                 t0 = clock()
                 qgen_infer.reconstruct(models[backend], y, steps=args.steps,
-                                       batch_size=args.images)  # returns numpy: synchronised
+                                       batch_size=args.images,
+                                       precision=precision[backend])  # numpy: synchronised
                 best[backend] = min(best[backend], clock() - t0)
         where = args.device if args.device != "cpu" else f"{args.threads} thread(s)"
         for backend, seconds in best.items():
