@@ -658,3 +658,13 @@ def test_colour_snapshots_score_through_the_real_tools(tmp_path: Path) -> None:
     assert "qgen-eval (fp32 checkpoint) |" in text and "297 held-out images" in text
     for png in ("digits-grid-1bit-sdlss.png", "digits-grid-32bit-sdlss.png"):
         assert (results / png).stat().st_size > 0
+
+
+def test_packed_backend_names_tier_and_precision() -> None:
+    from paper_repro.execute import backend_name
+
+    assert backend_name({"backend": "reference", "settings": {"precision": "fp32"}}) == \
+        "reference"
+    assert backend_name({"backend": "cpu", "dispatch": {"isa": "avx512"},
+                         "settings": {"precision": "bf16"}}) == "cpu, avx512, precision bf16"
+    assert backend_name({"backend": "cpu", "dispatch": {"isa": "avx2"}}) == "cpu, avx2"

@@ -155,9 +155,14 @@ def _train(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions, progress: Pr
 
 def backend_name(metrics: dict) -> str:
     """qgen-reconstruct's backend as the tables name it: "cpu, avx512" names the C++ kernels'
-    ISA tier (metrics.json's dispatch record), other backends just their name."""
+    ISA tier (metrics.json's dispatch record), ", precision bf16" the activations' when it was
+    not fp32 (``--precision auto`` runs the sensing net in bf16 on AMX CPUs)."""
+    parts = [str(metrics["backend"])]
     isa = (metrics.get("dispatch") or {}).get("isa")
-    return f"{metrics['backend']}, {isa}" if isa else str(metrics["backend"])
+    precision = (metrics.get("settings") or {}).get("precision", "fp32")
+    parts += [isa] if isa else []
+    parts += [f"precision {precision}"] if precision != "fp32" else []
+    return ", ".join(parts)
 
 
 def _evaluate(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions) -> EvalRecord:
