@@ -64,7 +64,7 @@ def _log_lines(run_dir: Path, epochs: int, train: dict) -> list[str]:
                 by_epoch[e] = rec
         if epochs in by_epoch or epochs == 0:
             break
-        time.sleep(0.5 * (attempt + 1))  # the append follows the save within moments
+        time.sleep(0.2 * (attempt + 1))  # the append follows the save within milliseconds
     else:
         by_epoch[epochs] = {"epoch": epochs, "step": int(train.get("step", 0)),
                             "wall_time_s": float(train.get("wall_time_s", 0.0))}
