@@ -395,6 +395,26 @@ def test_cifar10_jpeg_copy_is_named_in_the_tables(tmp_path: Path) -> None:
 
 # -- scoring runs that are still training: reproduce_colour.py --snapshots ---------------------
 
+
+@pytest.fixture(autouse=True)
+def _scoring_keeps_pytest_as_it_was(monkeypatch: pytest.MonkeyPatch):
+    """--snapshots renices its process and sets torch's thread count, meant for a process of
+    its own: here the niceness is counted, not applied, and the thread count put back, so the
+    tests that follow in this pytest process keep their priority and threads."""
+    import torch
+
+    level = [os.nice(0)]
+
+    def nice(increment: int) -> int:
+        level[0] += increment
+        return level[0]
+
+    monkeypatch.setattr(os, "nice", nice)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny_run(folder: Path, epochs: int, seed: int = 0, bits: int = 4,
               image_shape: list[int] | None = None) -> Path:
     """A run folder as qgen-train leaves it after ``epochs`` epochs: a tiny real checkpoint,
