@@ -101,10 +101,13 @@ def measure_command(spec: RunSpec, paths: RunPaths) -> list[str]:
 
 
 def reconstruct_command(paths: RunPaths, *, threads: int, backend: str) -> list[str]:
-    """Reconstruct through the packed generator; metrics.json carries PSNR/SSIM per image."""
+    """Reconstruct through the packed generator; metrics.json carries PSNR/SSIM per image.
+    fp32 pinned: the paper's tables compare widths (32-bit scored by qgen-eval in fp32) and
+    machines, and the default ``auto`` rounds the sensing net to bf16 on AMX CPUs only."""
     return ["qgen-reconstruct", "--model", str(paths.qgen), "--measurements",
             str(paths.measurements), "--truth", str(paths.truth), "--out", str(paths.recon_dir),
-            "--backend", backend, "--threads", str(threads), "--force", "--quiet"]
+            "--backend", backend, "--precision", "fp32", "--threads", str(threads), "--force",
+            "--quiet"]
 
 
 def fp32_eval_command(spec: RunSpec, paths: RunPaths, *, threads: int) -> list[str]:
