@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--emulate-avx2", action="store_true")
     p.add_argument("--ggml-path", default=None, help="put this folder first on PYTHONPATH")
     p.add_argument("--int-tables", action="store_true",
-                   help="'ours' is the AVX2 integer-table kernel (_cpu.gemm_planes_i8), with "
-                        "the exact packed kernel as another row")
+                   help="'ours' is the integer-table kernel (_cpu.gemm_planes_i8: the AVX2 tile, "
+                        "or on an AVX-512 tier its zmm tile), with the exact packed kernel as "
+                        "another row")
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     head = [f"- command: `OMP_NUM_THREADS=1 {cmd}`",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; host "
             f"CPU: {cpu_model_name()} ({os.cpu_count()} vCPUs); kernel: "
-            f"{'gemm_planes_i8 (AVX2 int8 tables)' if args.int_tables else be.kernel_name(1)} "
+            f"{'gemm_planes_i8 (int8 tables)' if args.int_tables else be.kernel_name(1)} "
             f"(tier {be.isa}); torch capability "
             f"{torch.backends.cpu.get_cpu_capability()}; ggml-python from "
             f"{Path(ggml_ref.ggml.__file__).parent if ggml_ref.ggml else 'not installed'}"
