@@ -44,7 +44,12 @@ LOG="$RUNS/queue-$(date -u +%Y%m%dT%H%M%SZ).log"
 # while the working tree changes under it)
 export PATH="$(dirname "$PY"):$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
   OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-nohup nice -n "$NICENESS" "$PY" "$ROOT/paper/reproduce_colour.py" --cifar10 "$DATA" \
+# Under Linux's autogroup scheduling (sched_autogroup_enabled = 1) a nice value ranks a process
+# only within its session's group, and each session's group gets an equal share: the queue
+# takes a session of its own (setsid) and gives that group its niceness too, else "niced" runs
+# still take half the machine from whoever works beside them.
+setsid bash -c 'echo "$1" > /proc/self/autogroup 2>/dev/null; shift; exec nohup nice -n "$@"' \
+  _ "$NICENESS" "$NICENESS" "$PY" "$ROOT/paper/reproduce_colour.py" --cifar10 "$DATA" \
   --runs "$RUNS" --results "$RUNS/results" --epochs "$EPOCHS" --precision "$PRECISION" \
   --lanes "$LANES" --threads 1 "${ONLY[@]}" > "$LOG" 2>&1 < /dev/null &
 echo "cifar_runs.sh: queue PID $! (nice $NICENESS, $LANES lanes, 1 thread each), log $LOG"
