@@ -293,28 +293,6 @@ def test_reconstruction_with_auto_reports_its_choices(monkeypatch: pytest.Monkey
     assert (tmp_path / "costs.json").exists()
 
 
-def test_threads_fit_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default thread count: idle cores measured from injected /proc/stat samples."""
-    from qgen_infer.engine import cpu_threads
-
-    assert [cpu_threads.threads_for(b, 2, 2) for b in (0.0, 0.2, 0.3, 0.8, 1.0, 3.0)] == \
-        [2, 2, 1, 1, 1, 1]
-    assert cpu_threads.threads_for(0.0, 8, 4) == 4
-    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 2)
-    samples = iter([(0.0, 0.0, 100.0),     # (wall, own CPU seconds, machine busy seconds)
-                    (1.0, 1.0, 102.0),     # 2 busy core-seconds, 1 of them ours: 1 core busy
-                    (1.01, 1.01, 102.02),  # 10 ms: too short to say
-                    (2.0, 2.0, 103.0),     # since 1.0 s: only us busy
-                    (3.0, 2.0, None)])     # no /proc/stat
-    monkeypatch.setattr(cpu_threads.IdleCoreMonitor, "_sample",
-                        staticmethod(lambda: next(samples)))
-    mon = cpu_threads.IdleCoreMonitor(cap=2)
-    assert mon.threads(2) == 1
-    assert mon.threads(1) == 1  # unmeasurable: unchanged
-    assert mon.threads(1) == 2
-    assert mon.threads(2) == 2
-
-
 def test_qgen_info_shows_the_recorded_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                               capsys) -> None:
     from qgen_infer.cli.info import main as info_main

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_in(0, 2**62), default=0,
                    help="seed of the training and of the reconstructions' random starts")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
-                   help="torch CPU threads (default: torch's choice)")
+                   help="torch CPU threads (default: the cores other processes leave idle, "
+                   "re-checked as training goes)")
     return p
 
 
@@ -63,6 +64,7 @@ def _body(argv: Sequence[str] | None) -> int:
     import tqdm
 
     from qgen_infer import load, measure, psnr, reconstruct, ssim
+    from qgen_infer.cpu_threads import STEP_WINDOW_S, idle_core_monitor
     from qgen_infer.data import load_images, split_train_eval
     from qgen_infer.export import export_checkpoint
     from qgen_infer.train import TrainConfig, Trainer
@@ -70,10 +72,11 @@ def _body(argv: Sequence[str] | None) -> int:
 
     if args.epochs < 1:
         raise QgenError("--epochs must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise QgenError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise QgenError(f"--threads must be at least 1, got {args.threads}")
+    # without --threads: the cores other processes leave idle, re-checked as the steps go
+    monitor = idle_core_monitor(args.threads, TrainConfig.device, STEP_WINDOW_S)
+    follow = monitor.follow if monitor is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = load_images("digits")
@@ -89,7 +92,9 @@ def _body(argv: Sequence[str] | None) -> int:
         trainer = Trainer(cfg, train, evals, resume=resume,
                           data_description="digits (embedded)")
         t0 = time.perf_counter()
-        trainer.run(progress=tqdm.tqdm)
+        if follow is not None:
+            follow()
+        trainer.run(progress=tqdm.tqdm, on_step=follow)
         train_s = time.perf_counter() - t0
         ev = trainer.evaluate()
         row = {"bits": bits, "epochs": trainer.epoch, "train_s": train_s,
@@ -100,7 +105,8 @@ def _body(argv: Sequence[str] | None) -> int:
                 exp = export_checkpoint(run / "model.pt", out / f"digits-{bits}bit.qgen")
             model = load(exp.path, backend=args.backend)
             y = measure(model, evals)
-            res = reconstruct(model, y, restarts=args.restarts, seed=args.seed)
+            res = reconstruct(model, y, restarts=args.restarts, seed=args.seed,
+                              on_batch=None if follow is None else lambda _r, _n: follow())
             x_hat = torch.from_numpy(res.x_hat)
             row.update(file_bytes=exp.file_bytes, packed_bytes=exp.packed_bytes,
                        fp32_bytes=4 * exp.weight_count, backend=model.backend.name,

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images solved together: speed and memory, not the result")
     p.add_argument("--seed", type=int_in(0, 2**62), default=1234, help="seed of the random starts")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
-                   help="torch CPU threads (default: torch's choice)")
+                   help="torch CPU threads (default: the cores other processes leave idle, "
+                   "re-checked after every batch)")
     p.add_argument("--out", dest="json", metavar="FILE.json", default=None,
                    help="also write the results to this JSON file")
     p.rename("--json", "--out")
@@ -74,13 +75,15 @@ def _body(argv: Sequence[str] | None) -> int:
     import torch
 
     from qgen_infer.arrays import write_text_atomic
+    from qgen_infer.cpu_threads import idle_core_monitor
     from qgen_infer.data import load_train_eval
     from qgen_infer.engine.memory import check_fits, network_plan
     from qgen_infer.train import SolverSettings, evaluate_reconstruction
     from qgen_infer.train.trainer import models_from_checkpoint_path
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # without --threads: the cores other processes leave idle, measured over the loading and
+    # re-checked after every batch
+    monitor = idle_core_monitor(args.threads, "cpu")
     if args.count is not None and args.count < 1:
         raise QgenError("--count must be at least 1")
     if args.restarts < 1:
@@ -108,8 +111,11 @@ def _body(argv: Sequence[str] | None) -> int:
     check_fits(network_plan(ckpt["config"]).need(rows), torch.device("cpu"),
                f"a batch of {rows} latent rows (images x restarts)",
                "use a smaller --batch-size or fewer --restarts")
+    if monitor is not None:
+        monitor.follow()
     res = evaluate_reconstruction(gen, sense, evals, solver, step, batch_size=args.batch_size,
-                                  restarts=args.restarts, seed=args.seed)
+                                  restarts=args.restarts, seed=args.seed,
+                                  on_batch=None if monitor is None else monitor.follow)
     if not all(math.isfinite(res[k]) for k in ("psnr", "ssim")):
         raise QgenError(f"the reconstructions are not finite (PSNR {res['psnr']}, SSIM "
                         f"{res['ssim']}): the step size {step:g} or the weights overflow float32")

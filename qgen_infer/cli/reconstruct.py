@@ -250,7 +250,7 @@ def _body(argv: Sequence[str] | None) -> int:
     _check_out(out, args.force)
     monitor = None
     if args.threads is None:  # the cores other processes leave idle, measured over the load
-        from qgen_infer.engine.cpu_threads import IdleCoreMonitor
+        from qgen_infer.cpu_threads import IdleCoreMonitor
 
         monitor = IdleCoreMonitor()
     model, opts, settings = _setup(args, _device(args))
@@ -273,7 +273,7 @@ def _start_threads(args: argparse.Namespace, model: Any, settings: dict[str, Any
 
     args.monitor = monitor if model.device.type == "cpu" else None
     if args.monitor is not None:
-        torch.set_num_threads(args.monitor.threads(torch.get_num_threads()))
+        args.monitor.follow()
     settings["threads"] = args.threads  # None: chosen from the idle cores, as threads_used says
     settings["threads_used"] = [torch.get_num_threads()]
 
@@ -329,7 +329,6 @@ def _setup(args: argparse.Namespace, device: str | None) -> tuple[Any, Any, dict
 
 def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray | None,
          opts: Any, settings: dict[str, Any], stage: Path, out: Path) -> int:
-    import torch
     import tqdm
 
     from qgen_infer.reconstruction import reconstruct
@@ -342,9 +341,8 @@ def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray 
             bar.update(done - bar.n)
         monitor = getattr(args, "monitor", None)
         if monitor is not None:  # follow the load: other processes start and stop
-            threads = monitor.threads(torch.get_num_threads())
-            if threads != torch.get_num_threads():
-                torch.set_num_threads(threads)
+            threads = monitor.follow()
+            if threads is not None:
                 settings["threads_used"].append(threads)
 
     into = _results_on_disk(stage, y.shape[0], model.config["image_shape"], opts.latent_dim)

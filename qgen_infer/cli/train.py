@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qgen_infer.cli.common import (
     DATASET_NAMES,
@@ -31,6 +31,9 @@ from qgen_infer.limits import (
     max_threads,
 )
 from qgen_infer.train.config import METHODS, RESUME_LOCAL, RESUME_MAY_CHANGE, TrainConfig
+
+if TYPE_CHECKING:  # the module imports torch, which --help does not wait for
+    from qgen_infer.cpu_threads import IdleCoreMonitor
 
 DESCRIPTION = """\
 Train a quantized generative prior G (weights quantized to 1-4 bits with LinearQuantize and a
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_in(0, 2**62), default=d.seed,
                    help="seed of the initial weights, the batch order and the latent starts")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
-                   help="torch CPU threads (default: torch's choice)")
+                   help="torch CPU threads (default on the CPU: the cores other processes "
+                   "leave idle, re-checked as training goes; under torchrun its 1 per rank)")
     p.add_argument("--device", default=d.device,
                    help="where to train: cpu, cuda (or cuda:N), or auto (cuda when a CUDA GPU "
                         "is visible, else cpu). Checkpoints are saved with CPU tensors, so a "
@@ -201,6 +205,7 @@ def _body(argv: Sequence[str] | None) -> int:
 
     import torch
 
+    from qgen_infer.cpu_threads import STEP_WINDOW_S, idle_core_monitor
     from qgen_infer.data import load_train_eval
     from qgen_infer.distributed import JobFailed, launched
     from qgen_infer.train import Trainer
@@ -209,9 +214,13 @@ def _body(argv: Sequence[str] | None) -> int:
         raise QgenError("--epochs must be at least 1")
     if args.batch_size < 1:
         raise QgenError("--batch-size must be at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
+    monitor = None
+    if launched():  # torchrun's ranks keep its OMP_NUM_THREADS (1) or the user's --threads
+        if args.threads:
+            torch.set_num_threads(args.threads)
+    else:  # without --threads on the CPU: the idle cores, re-checked as the steps go
+        monitor = idle_core_monitor(args.threads, args.device, STEP_WINDOW_S)
     names = {f.name for f in fields(TrainConfig)}
     options = {k: v for k, v in vars(args).items() if k in names}
     if args.resume:
@@ -236,12 +245,12 @@ def _body(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt as exc:
         return _stopped(exc, None, cfg.out)
     try:
-        return _train(trainer, cfg, desc)
+        return _train(trainer, cfg, desc, monitor)
     except KeyboardInterrupt as exc:
         return _stopped(exc, trainer, cfg.out)
 
 
-def _train(trainer: Any, cfg: TrainConfig, desc: str) -> int:
+def _train(trainer: Any, cfg: TrainConfig, desc: str, monitor: IdleCoreMonitor | None) -> int:
     import tqdm
 
     from qgen_infer.distributed import launched
@@ -254,7 +263,11 @@ def _train(trainer: Any, cfg: TrainConfig, desc: str) -> int:
           f"latent {s.latent_dim}, s={s.sparsity}, T={s.steps}; epochs {trainer.epoch + 1}.."
           f"{cfg.epochs} on {trainer.device}, Adam lr {trainer.cfg.lr:g} -> {cfg.out}/model.pt"
           + (f" ({trainer.env.world_size} processes)" if launched() else ""))
-    rec = trainer.run(progress=tqdm.tqdm)
+    on_step = None
+    if monitor is not None:  # measured over the data and model set-up; then every step
+        monitor.follow()
+        on_step = monitor.follow
+    rec = trainer.run(progress=tqdm.tqdm, on_step=on_step)
     if rec:
         print(f"qgen-train: done after {rec['epoch']} epochs ({rec['wall_time_s']:.0f} s): eval "
               f"PSNR {rec['eval_psnr']:.2f} dB, SSIM {rec['eval_ssim']:.4f}")

@@ -99,8 +99,10 @@ def evaluate_reconstruction(
     restarts: int = 1,
     steps: int | None = None,
     seed: int = 1234,
+    on_batch: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
-    """Measure ``images`` with A, reconstruct with proximal GD, score PSNR/SSIM per image."""
+    """Measure ``images`` with A, reconstruct with proximal GD, score PSNR/SSIM per image;
+    ``on_batch()`` after each batch (e.g. a thread count following the load)."""
     was_training = generator.training, sensing.training
     generator.eval()
     sensing.eval()
@@ -116,6 +118,8 @@ def evaluate_reconstruction(
         ps.append(psnr(x, res.x))
         ss.append(ssim(x, res.x))
         losses.append(res.loss)
+        if on_batch is not None:
+            on_batch()
     generator.train(was_training[0])
     sensing.train(was_training[1])
     p, s = torch.cat(ps), torch.cat(ss)
@@ -318,8 +322,10 @@ class Trainer:
             self.generator, self.sensing, self.eval_images, self.solver,
             float(self.log_step_size.detach().exp()), restarts=self.cfg.eval_restarts)
 
-    def run(self, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
-        """Train until ``cfg.epochs``; returns the last log record."""
+    def run(self, progress: Callable[..., Any] | None = None,
+            on_step: Callable[[], object] | None = None) -> dict[str, Any]:
+        """Train until ``cfg.epochs``; returns the last log record. ``on_step()`` runs after
+        each step (the CLIs' thread count following the load: qgen_infer.cpu_threads)."""
         if self.writes_files:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
@@ -346,6 +352,8 @@ class Trainer:
                     raise QgenError(f"training diverged at step {self.step} (loss {parts.tolist()})"
                                     f"; lower --lr or the initial step size")
                 sums += parts
+                if on_step is not None:
+                    on_step()
                 if bar is not None:
                     bar.update(1)
                     if i % 10 == 0:

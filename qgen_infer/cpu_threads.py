@@ -11,6 +11,9 @@ The busy cores of *other* processes over a window are
 ``(busy jiffies of the machine) / CLK_TCK - (this process's CPU seconds)``, divided by the wall
 time; busy = user + nice + system + irq + softirq + steal (a hypervisor's steal is a core we do
 not get either). Linux only; elsewhere the count stays torch's default.
+
+Not an engine internal: reconstruction (``qgen-reconstruct``) and training (``qgen-train``,
+``qgen-demo``, ``qgen-eval``) both size their threads with it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ import os
 import time
 
 import torch
+
+# the window for callers re-checking after every training step (tens of ms each): over 0.5 s
+# the jiffies' rounding is under 0.05 cores, and a competitor is followed within a second
+STEP_WINDOW_S = 0.5
 
 
 def usable_cores() -> int:
@@ -51,9 +58,12 @@ def threads_for(others_busy: float, cores: int, cap: int) -> int:
 class IdleCoreMonitor:
     """Measures the cores other processes keep busy between calls of :meth:`threads`."""
 
-    def __init__(self, cap: int | None = None) -> None:
+    def __init__(self, cap: int | None = None, min_window_s: float = 0.05) -> None:
         self.cores = usable_cores()
         self.cap = min(cap or torch.get_num_threads(), self.cores)
+        # under 50 ms the 10 ms jiffies are too coarse; callers checking every training step
+        # ask for a longer window so that one step's noise does not flip the count
+        self.min_window_s = max(0.05, min_window_s)
         self._mark = self._sample()
 
     @staticmethod
@@ -61,11 +71,11 @@ class IdleCoreMonitor:
         return time.monotonic(), time.process_time(), _busy_seconds()
 
     def others_busy(self) -> float | None:
-        """Cores busy with other processes since the last call (None: not measurable, or a
-        window under 50 ms, too short for the 10 ms jiffies)."""
+        """Cores busy with other processes since the last measured call (None: not measurable,
+        or a window shorter than ``min_window_s``; the window then keeps growing)."""
         now = self._sample()
         (t0, own0, busy0), (t1, own1, busy1) = self._mark, now
-        if busy0 is None or busy1 is None or t1 - t0 < 0.05:
+        if busy0 is None or busy1 is None or t1 - t0 < self.min_window_s:
             return None
         self._mark = now
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
@@ -75,5 +85,28 @@ class IdleCoreMonitor:
         busy = self.others_busy()
         return current if busy is None else threads_for(busy, self.cores, self.cap)
 
+    def follow(self) -> int | None:
+        """Set torch's thread count to :meth:`threads`; the new count if it changed, else None.
+        Cheap (one read of /proc/stat), so it may be called after every batch or step."""
+        current = torch.get_num_threads()
+        threads = self.threads(current)
+        if threads == current:
+            return None
+        torch.set_num_threads(threads)
+        return threads
 
-__all__ = ["IdleCoreMonitor", "threads_for", "usable_cores"]
+
+def idle_core_monitor(threads: int | None, device: str | torch.device,
+                      min_window_s: float = 0.05) -> IdleCoreMonitor | None:
+    """The CLIs' ``--threads``: a given count is set now (None returned); without one, on the
+    CPU, a monitor measuring from now on (call :meth:`IdleCoreMonitor.follow` once the start-up
+    work is done, then per batch/step); on a GPU None (the threads only feed it)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+        return None
+    if torch.device(device).type != "cpu":
+        return None
+    return IdleCoreMonitor(min_window_s=min_window_s)
+
+
+__all__ = ["STEP_WINDOW_S", "IdleCoreMonitor", "idle_core_monitor", "threads_for", "usable_cores"]
