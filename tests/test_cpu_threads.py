@@ -3,6 +3,7 @@ and the training CLIs (qgen-train, qgen-demo, qgen-eval) following it when --thr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def test_qgen_train_follows_the_idle_cores_every_step(tmp_path: Path, monkeypatc
     assert train_main(["--out", str(tmp_path / "r"), *TRAIN]) == 0
     assert len(seen) == 11 and counts.calls == 1 + 11  # once after the set-up, then every step
     assert seen == [1, 1, 1] + [2] * 8
+    log = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    assert log["threads"] == [1, 2]  # the counts the epoch's steps ran with
 
 
 def test_qgen_train_keeps_an_explicit_count(tmp_path: Path, monkeypatch) -> None:

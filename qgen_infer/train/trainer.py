@@ -343,10 +343,12 @@ class Trainer:
                                    (self.cfg.lr, self.cfg.step_size_lr), strict=True):
                 group["lr"] = decay * rate
             sums = torch.zeros(4, device=self.device)
+            threads: set[int] = set()  # on_step may change the count: the log says which ran
             t0 = time.perf_counter()
             bar = progress(total=batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
                            leave=False) if progress else None
             for i in range(batches):
+                threads.add(torch.get_num_threads())
                 parts = self.train_step(self.train_images[order[i * bs:(i + 1) * bs]])
                 if not torch.isfinite(parts).all():
                     raise QgenError(f"training diverged at step {self.step} (loss {parts.tolist()})"
@@ -368,7 +370,8 @@ class Trainer:
             record = {"epoch": self.epoch, "step": self.step, "loss": mean[0],
                       "measurement": mean[1], "isometry": mean[2], "gdl": mean[3],
                       "step_size": float(self.log_step_size.detach().exp()),
-                      "steps_per_s": batches / dt, "wall_time_s": self.wall_time}
+                      "steps_per_s": batches / dt, "wall_time_s": self.wall_time,
+                      "threads": sorted(threads)}
             if not self.writes_files:
                 continue
             if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
