@@ -26,6 +26,9 @@ import torch
 # the window for callers re-checking after every training step (tens of ms each): over 0.5 s
 # the jiffies' rounding is under 0.05 cores, and a competitor is followed within a second
 STEP_WINDOW_S = 0.5
+# how often a caller that allows probing tries one thread more than the idle cores suggest
+# (other work that yields, e.g. a niced session's, shows as busy in /proc/stat)
+PROBE_EVERY_S = 60.0
 
 
 def usable_cores() -> int:
@@ -58,12 +61,17 @@ def threads_for(others_busy: float, cores: int, cap: int) -> int:
 class IdleCoreMonitor:
     """Measures the cores other processes keep busy between calls of :meth:`threads`."""
 
-    def __init__(self, cap: int | None = None, min_window_s: float = 0.05) -> None:
+    def __init__(self, cap: int | None = None, min_window_s: float = 0.05,
+                 probe_every_s: float | None = None) -> None:
         self.cores = usable_cores()
         self.cap = min(cap or torch.get_num_threads(), self.cores)
         # under 50 ms the 10 ms jiffies are too coarse; callers checking every training step
         # ask for a longer window so that one step's noise does not flip the count
         self.min_window_s = max(0.05, min_window_s)
+        self.probe_every_s = probe_every_s
+        self.own_cores = 0.0  # cores this process used over the last measured window
+        self._probing: int | None = None  # the count before a probe window, while one runs
+        self._next_probe = 0.0
         self._mark = self._sample()
 
     @staticmethod
@@ -78,12 +86,29 @@ class IdleCoreMonitor:
         if busy0 is None or busy1 is None or t1 - t0 < self.min_window_s:
             return None
         self._mark = now
+        self.own_cores = (own1 - own0) / (t1 - t0)
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
 
     def threads(self, current: int) -> int:
-        """The thread count for the next stretch of work (``current`` when not measurable)."""
+        """The thread count for the next stretch of work (``current`` when not measurable).
+        With ``probe_every_s``: below the cap, one window every ``probe_every_s`` runs one
+        thread more, kept if this process then used (nearly) a core per thread, i.e. the
+        other work yielded (a niced session's does; an equal-share competitor's does not)."""
         busy = self.others_busy()
-        return current if busy is None else threads_for(busy, self.cores, self.cap)
+        if busy is None:
+            return current
+        fit = threads_for(busy, self.cores, self.cap)
+        if self.probe_every_s is None:
+            return fit
+        now = self._mark[0]
+        if self._probing is not None:  # the window just measured ran the probe's count
+            self._probing = None
+            self._next_probe = now + self.probe_every_s
+            return current if self.own_cores >= current - 0.25 else fit
+        if fit < self.cap and now >= self._next_probe:
+            self._probing = fit
+            return fit + 1
+        return fit
 
     def follow(self) -> int | None:
         """Set torch's thread count to :meth:`threads`; the new count if it changed, else None.
@@ -97,7 +122,8 @@ class IdleCoreMonitor:
 
 
 def idle_core_monitor(threads: int | None, device: str | torch.device,
-                      min_window_s: float = 0.05) -> IdleCoreMonitor | None:
+                      min_window_s: float = 0.05,
+                      probe_every_s: float | None = None) -> IdleCoreMonitor | None:
     """The CLIs' ``--threads``: a given count is set now (None returned); without one, on the
     CPU, a monitor measuring from now on (call :meth:`IdleCoreMonitor.follow` once the start-up
     work is done, then per batch/step); on a GPU None (the threads only feed it)."""
@@ -106,7 +132,8 @@ def idle_core_monitor(threads: int | None, device: str | torch.device,
         return None
     if torch.device(device).type != "cpu":
         return None
-    return IdleCoreMonitor(min_window_s=min_window_s)
+    return IdleCoreMonitor(min_window_s=min_window_s, probe_every_s=probe_every_s)
 
 
-__all__ = ["STEP_WINDOW_S", "IdleCoreMonitor", "idle_core_monitor", "threads_for", "usable_cores"]
+__all__ = ["PROBE_EVERY_S", "STEP_WINDOW_S", "IdleCoreMonitor", "idle_core_monitor", "threads_for",
+           "usable_cores"]

@@ -60,6 +60,26 @@ def test_follow_sets_torch_threads_and_waits_for_its_window(monkeypatch) -> None
     assert mon.follow() == 2 and torch.get_num_threads() == 2
 
 
+def test_probe_keeps_a_thread_only_when_the_other_work_yields(monkeypatch) -> None:
+    """Other work that shows as busy but yields (a niced session) gives way to a probe."""
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 2)
+    # (wall, own CPU s, machine busy s); every window 1 s, the machine always fully busy
+    _samples(monkeypatch, [(0.0, 0.0, 100.0),
+                           (1.0, 1.0, 102.0),     # others 1 core: fits 1; probe 2 at once
+                           (2.0, 2.9, 104.0),     # the probe: we got 1.9 cores: keep 2
+                           (3.0, 4.8, 106.0),     # others 0.1: 2 fits
+                           (4.0, 5.8, 108.0),     # a competitor: others 1 core: back to 1
+                           (5.0, 6.8, 110.0),     # others 1; next probe not before 22 s
+                           (22.0, 23.8, 144.0),   # probe again: 2
+                           (23.0, 24.8, 146.0)])  # we got 1 core of 2: the probe fails: 1
+    mon = cpu_threads.IdleCoreMonitor(cap=2, min_window_s=0.5, probe_every_s=20.0)
+    assert [mon.threads(c) for c in (1, 2, 2, 2, 1, 1, 2)] == [2, 2, 2, 1, 1, 2, 1]
+    # without probe_every_s the same samples never try more than the idle cores
+    _samples(monkeypatch, [(0.0, 0.0, 100.0), (1.0, 1.0, 102.0), (2.0, 2.0, 104.0)])
+    plain = cpu_threads.IdleCoreMonitor(cap=2, min_window_s=0.5)
+    assert [plain.threads(1), plain.threads(1)] == [1, 1]
+
+
 def test_idle_core_monitor_only_without_a_count_on_the_cpu() -> None:
     torch.set_num_threads(2)
     assert cpu_threads.idle_core_monitor(1, "cpu") is None and torch.get_num_threads() == 1

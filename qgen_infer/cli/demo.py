@@ -64,7 +64,7 @@ def _body(argv: Sequence[str] | None) -> int:
     import tqdm
 
     from qgen_infer import load, measure, psnr, reconstruct, ssim
-    from qgen_infer.cpu_threads import STEP_WINDOW_S, idle_core_monitor
+    from qgen_infer.cpu_threads import PROBE_EVERY_S, STEP_WINDOW_S, idle_core_monitor
     from qgen_infer.data import load_images, split_train_eval
     from qgen_infer.export import export_checkpoint
     from qgen_infer.train import TrainConfig, Trainer
@@ -75,7 +75,7 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.threads is not None and args.threads < 1:
         raise QgenError(f"--threads must be at least 1, got {args.threads}")
     # without --threads: the cores other processes leave idle, re-checked as the steps go
-    monitor = idle_core_monitor(args.threads, TrainConfig.device, STEP_WINDOW_S)
+    monitor = idle_core_monitor(args.threads, TrainConfig.device, STEP_WINDOW_S, PROBE_EVERY_S)
     follow = monitor.follow if monitor is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -205,7 +205,7 @@ def _body(argv: Sequence[str] | None) -> int:
 
     import torch
 
-    from qgen_infer.cpu_threads import STEP_WINDOW_S, idle_core_monitor
+    from qgen_infer.cpu_threads import PROBE_EVERY_S, STEP_WINDOW_S, idle_core_monitor
     from qgen_infer.data import load_train_eval
     from qgen_infer.distributed import JobFailed, launched
     from qgen_infer.train import Trainer
@@ -220,7 +220,7 @@ def _body(argv: Sequence[str] | None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
     else:  # without --threads on the CPU: the idle cores, re-checked as the steps go
-        monitor = idle_core_monitor(args.threads, args.device, STEP_WINDOW_S)
+        monitor = idle_core_monitor(args.threads, args.device, STEP_WINDOW_S, PROBE_EVERY_S)
     names = {f.name for f in fields(TrainConfig)}
     options = {k: v for k, v in vars(args).items() if k in names}
     if args.resume:
