@@ -70,7 +70,7 @@ class IdleCoreMonitor:
         self.min_window_s = max(0.05, min_window_s)
         self.probe_every_s = probe_every_s
         self.own_cores = 0.0  # cores this process used over the last measured window
-        self._probing: int | None = None  # the count before a probe window, while one runs
+        self._probing = False  # the window being measured runs one thread more than fits
         self._next_probe = 0.0
         self._mark = self._sample()
 
@@ -101,12 +101,12 @@ class IdleCoreMonitor:
         if self.probe_every_s is None:
             return fit
         now = self._mark[0]
-        if self._probing is not None:  # the window just measured ran the probe's count
-            self._probing = None
+        if self._probing:  # the window just measured ran the probe's count
+            self._probing = False
             self._next_probe = now + self.probe_every_s
             return current if self.own_cores >= current - 0.25 else fit
         if fit < self.cap and now >= self._next_probe:
-            self._probing = fit
+            self._probing = True
             return fit + 1
         return fit
 
