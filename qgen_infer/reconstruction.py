@@ -232,6 +232,24 @@ def resolve_precision(model: Any, precision: str) -> str:
     return "bf16" if auto_sensing_bf16(model) else "fp32"
 
 
+def check_precision(model: Any, precision: str, name: str = "precision") -> None:
+    """Refuse a ``precision`` (resolved, or ``"auto"``) that ``model`` cannot run, in one line
+    naming the option as ``name`` (the CLIs pass their flag)."""
+    if precision == "auto":
+        return
+    if precision not in PRECISIONS:
+        raise QgenError(f"{name} must be one of {', '.join(PRECISION_CHOICES)}, got "
+                        f"{precision!r}")
+    on_cpu = model.device.type == "cpu"
+    if precision != "fp32" and model.device.type != "cuda" and not (on_cpu
+                                                                   and precision == "bf16"):
+        raise QgenError(f"{name} {precision} needs a CUDA device; the model is on "
+                        f"{model.device} (on the CPU: bf16, for the sensing net only)")
+    if precision == "bf16" and on_cpu and not cpu_has_bf16_matmul():
+        raise QgenError(f"{name} bf16 on the CPU needs AMX or AVX512-BF16, which this CPU "
+                        "lacks (its bf16 products would be emulated, slower than fp32)")
+
+
 def _networks(model: Any, precision: str) -> tuple[Callable, Callable]:
     """``(G, A)`` running on ``precision`` activations. fp16/bf16 on CUDA cast the latent into G
     and G's image into a copy of A in that dtype, and return A's measurements in fp32: the loss,
@@ -239,18 +257,10 @@ def _networks(model: Any, precision: str) -> tuple[Callable, Callable]:
     G kernels compute in fp32), for CPUs with bf16 matrix hardware (AMX: ~5x fp32 on A's
     products). The wrappers are kept on the model, so repeated calls find the graphs captured
     for them."""
-    if precision not in PRECISIONS:
-        raise QgenError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got "
-                        f"{precision!r}")
+    check_precision(model, precision)
     if precision == "fp32":
         return model.generator, model.sensing
     on_cpu = model.device.type == "cpu"
-    if model.device.type != "cuda" and not (on_cpu and precision == "bf16"):
-        raise QgenError(f"precision {precision} needs the model on a CUDA device, not "
-                        f"{model.device} (on the CPU: bf16, for the sensing net only)")
-    if on_cpu and not cpu_has_bf16_matmul():
-        raise QgenError("precision bf16 on the CPU needs AMX or AVX512-BF16, which this CPU "
-                        "lacks (its bf16 products would be emulated, slower than fp32)")
     cache = model.__dict__.setdefault("_low_precision", {})
     key = (id(model.generator), id(model.sensing), precision)
     if key not in cache:

@@ -186,7 +186,7 @@ def test_triton_backend_equals_reference(models, tmp_path: Path, bits: int) -> N
 
 def test_precision_is_checked_in_the_api(problem) -> None:
     model, y = problem["model"], problem["y"]
-    with pytest.raises(QgenError, match="needs the model on a CUDA device"):
+    with pytest.raises(QgenError, match="precision fp16 needs a CUDA device"):
         qgen_infer.reconstruct(model, y, precision="fp16")
     with pytest.raises(QgenError, match="precision must be one of"):
         qgen_infer.reconstruct(model, y, precision="int8")

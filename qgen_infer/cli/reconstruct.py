@@ -302,7 +302,7 @@ def _setup(args: argparse.Namespace, device: str | None) -> tuple[Any, Any, dict
     """The model on ``device`` and the validated solver options, with the settings
     metrics.json records."""
     from qgen_infer.engine import load
-    from qgen_infer.reconstruction import resolve_precision, solver_options
+    from qgen_infer.reconstruction import check_precision, resolve_precision, solver_options
 
     model = load(args.model, backend=args.backend, device=device)
     opts = solver_options(model, sparsity=args.sparsity, steps=args.steps,
@@ -318,10 +318,7 @@ def _setup(args: argparse.Namespace, device: str | None) -> tuple[Any, Any, dict
     if args.cuda_graph and model.device.type != "cuda":
         raise QgenError(f"--cuda-graph needs a CUDA device; the model is on {model.device}")
     settings["cuda_graph"] = args.cuda_graph
-    cpu_bf16 = args.precision == "bf16" and model.device.type == "cpu"
-    if args.precision not in ("auto", "fp32") and model.device.type != "cuda" and not cpu_bf16:
-        raise QgenError(f"--precision {args.precision} needs a CUDA device; the model is on "
-                        f"{model.device} (on the CPU: bf16, for the sensing net only)")
+    check_precision(model, args.precision, "--precision")
     settings["precision_requested"] = args.precision
     args.precision = settings["precision"] = resolve_precision(model, args.precision)
     return model, opts, settings
