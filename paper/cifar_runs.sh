@@ -6,8 +6,8 @@
 # outside the repository; a run with a checkpoint resumes from it (qgen-train --resume), and a
 # run another process is training is left alone, so calling this again is always safe.
 #
-#   paper/cifar_runs.sh                  # 32-bit and 1-bit SDLSS (the first two of the grid)
-#   paper/cifar_runs.sh all              # the whole row: 1/2/3/4/32-bit SDLSS, 32-bit DCS
+#   paper/cifar_runs.sh                  # the whole row: 32-bit SDLSS and DCS from scratch,
+#                                        # then 1/2/3/4-bit fine-tuned from 32-bit epoch 8
 #   paper/cifar_runs.sh 'cifar10-m100-sdlss-4*' ...    # runs whose names match the patterns
 #
 # Knobs (environment):
@@ -15,6 +15,8 @@
 #   CIFAR_DATA=<repo>/../shared/data/cifar10   the JPEG copy's folder (or the binary release)
 #   CIFAR_EPOCHS=12                      epochs per model (390 steps each at batch 64)
 #   CIFAR_PRECISION=bf16                 qgen-train --precision (run names end in -bf16)
+#   CIFAR_FINETUNE_FROM=8                the 32-bit epoch the 1-4-bit runs fine-tune from for
+#                                        the remaining epochs (names -ft8); empty: all from scratch
 #   CIFAR_LANES=2                        runs trained side by side (one per core)
 #   CIFAR_NICE=15                        scheduling niceness of the queue and its runs
 #   PYTHON=<repo>/.venv/bin/python       the interpreter whose environment has torch and qgen-*
@@ -27,14 +29,11 @@ EPOCHS=${CIFAR_EPOCHS:-12}
 PRECISION=${CIFAR_PRECISION:-bf16}
 LANES=${CIFAR_LANES:-2}
 NICENESS=${CIFAR_NICE:-15}
+FINETUNE_FROM=${CIFAR_FINETUNE_FROM-8}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=$(command -v python3)
 [ -d "$DATA" ] || { echo "cifar_runs.sh: no data folder $DATA (set CIFAR_DATA)" >&2; exit 2; }
-if [ $# -eq 0 ]; then
-  set -- 'cifar10-m100-sdlss-32*' 'cifar10-m100-sdlss-1' 'cifar10-m100-sdlss-1-*'
-elif [ "$1" = all ]; then
-  set -- 'cifar10-m100-*'
-fi
+[ $# -eq 0 ] || [ "$1" = all ] && set -- 'cifar10-m100-*'
 ONLY=()
 for pattern in "$@"; do ONLY+=(--only "$pattern"); done
 mkdir -p "$RUNS"
@@ -51,9 +50,11 @@ export PATH="$(dirname "$PY"):$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH
 setsid bash -c 'echo "$1" > /proc/self/autogroup 2>/dev/null; shift; exec nohup nice -n "$@"' \
   _ "$NICENESS" "$NICENESS" "$PY" "$ROOT/paper/reproduce_colour.py" --cifar10 "$DATA" \
   --runs "$RUNS" --results "$RUNS/results" --epochs "$EPOCHS" --precision "$PRECISION" \
-  --lanes "$LANES" --threads 1 "${ONLY[@]}" > "$LOG" 2>&1 < /dev/null &
+  --lanes "$LANES" --threads 1 ${FINETUNE_FROM:+--finetune-from "$FINETUNE_FROM"} \
+  "${ONLY[@]}" > "$LOG" 2>&1 < /dev/null &
 echo "cifar_runs.sh: queue PID $! (nice $NICENESS, $LANES lanes, 1 thread each), log $LOG"
 # the scores so far (partial runs marked) without touching the runs: paper/README.md
 echo "scores so far: nice -n 10 env OMP_NUM_THREADS=1 $PY $ROOT/paper/reproduce_colour.py" \
   "--cifar10 $DATA --runs $RUNS --epochs $EPOCHS --precision $PRECISION" \
+  "${FINETUNE_FROM:+--finetune-from $FINETUNE_FROM}" \
   "--snapshots $ROOT/runs/cifar10-snapshots   (writes bench/results/cifar10-table1.md)"

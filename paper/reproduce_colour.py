@@ -13,7 +13,9 @@ svhn/, stl10/ inside, or --cifar10/--svhn/--stl10 PATH); otherwise the embedded 
     python paper/reproduce_colour.py --device cuda --lanes 3      # on a GPU (paper/gpu_colour.sh)
     python paper/reproduce_colour.py --report-only
     python paper/reproduce_colour.py --cifar10 DIR --runs /work/cifar-runs --epochs 12 \
-        --precision bf16 --snapshots runs/snapshots     # score runs still training elsewhere
+        --precision bf16 --finetune-from 8 --lanes 2   # 1-4 bits fine-tuned from 32-bit ep. 8
+    python paper/reproduce_colour.py --cifar10 DIR --runs /work/cifar-runs --epochs 12 \
+        --precision bf16 --finetune-from 8 --snapshots runs/snapshots   # score runs in progress
 
 Writes bench/results/colour-table1.md; with --snapshots, RESULTS/<set>-table1.md (e.g.
 cifar10-table1.md: the row side by side with the paper's, partial runs marked), the eval-curve
@@ -75,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="qgen-train --precision of every run (run names -bf16; default: "
                         "qgen-train's, fp32). bf16 trains about 2x faster on CPUs with AMX "
                         "(bench/results/cifar10-training-speed.md)")
+    p.add_argument("--finetune-from", type=int, default=None, metavar="E",
+                   help="train the 1-4-bit SDLSS models as quantization-aware fine-tunings of "
+                        "the 32-bit SDLSS run's epoch-E checkpoint (that run keeps it: "
+                        "qgen-train --keep-epochs E) for EPOCHS - E epochs each, queued after "
+                        "the 32-bit run and DCS; run names end in -ftE. Default: every run from "
+                        "scratch")
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help="Adam rate of the fine-tuning runs (default 1e-4, cosine to a tenth; "
+                        "another value is part of their names)")
     p.add_argument("--snapshots", type=Path, default=None, metavar="DIR",
                    help="score copies of the runs' latest checkpoints, made in DIR/NAME, and "
                         "write RESULTS/<set>-table1.md; trains nothing, RUNS is only read, runs "
@@ -112,14 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     check_queue_options(p, args)
-    if args.lr is not None and not args.lr > 0:
-        p.error(f"--lr must be positive, got {args.lr}")
+    for flag, value in (("--lr", args.lr), ("--finetune-lr", args.finetune_lr)):
+        if value is not None and not value > 0:
+            p.error(f"{flag} must be positive, got {value}")
+    if args.finetune_from is not None and not 0 < args.finetune_from < args.epochs:
+        p.error(f"--finetune-from must be an epoch below --epochs ({args.epochs}), got "
+                f"{args.finetune_from}")
     convert = not (args.dry_run or args.report_only)
     sets = data_sets(args, convert=convert)
     full = colour_plan(sets, epochs=args.epochs, m=args.measurements, s=args.sparsity,
                        bits=args.bits, overflow_rates=overflow_rates(args.overflow_rate),
                        lr=args.lr, srec_data_pairs=args.srec_data_pairs,
-                       precision=args.precision)
+                       precision=args.precision, finetune_from=args.finetune_from,
+                       finetune_lr=args.finetune_lr)
     if args.snapshots is not None:
         return score_snapshots(p, args, full, sets, argv)
     if args.ship_models is not None:

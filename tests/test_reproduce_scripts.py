@@ -688,3 +688,98 @@ def test_packed_backend_names_tier_and_precision() -> None:
     assert backend_name({"backend": "cpu", "dispatch": {"isa": "avx512"},
                          "settings": {"precision": "bf16"}}) == "cpu, avx512, precision bf16"
     assert backend_name({"backend": "cpu", "dispatch": {"isa": "avx2"}}) == "cpu, avx2"
+
+
+def test_colour_finetune_plan_names_commands_and_notes(tmp_path: Path) -> None:
+    """--finetune-from E: the 32-bit run keeps its epoch E and comes first with DCS; the 1-4-bit
+    runs start from that checkpoint for the remaining epochs (names -ftE), and every table says
+    so."""
+    from paper_repro.row_report import training_note
+
+    sets = [plan.ColourSet("CIFAR10", "cifar10", "/c")]
+    specs = plan.colour_plan(sets, epochs=12, m=100, s=100, overflow_rates={2: 0.05},
+                             precision="bf16", finetune_from=8)
+    assert [s.name for s in specs] == [
+        "cifar10-m100-sdlss-32-bf16", "cifar10-m100-dcs-32-bf16", "cifar10-m100-sdlss-1-ft8-bf16",
+        "cifar10-m100-sdlss-2-ovf05-ft8-bf16", "cifar10-m100-sdlss-3-ft8-bf16",
+        "cifar10-m100-sdlss-4-ft8-bf16"]
+    source, dcs, *tuned = specs
+    assert source.keep_epochs == (8,) and source.epochs == 12 and source.init_from is None
+    assert dcs.keep_epochs == () and dcs.init_from is None and dcs.epochs == 12
+    assert {(s.init_from, s.init_epoch, s.epochs, s.lr) for s in tuned} == {
+        (source.name, 8, 4, plan.FINETUNE_LR)}
+    paths = commands.paths_for(tmp_path, source)
+    train = commands.train_command(source, paths, threads=1, resume=True)
+    assert train[train.index("--keep-epochs") + 1] == "8" and "--init-from" not in train
+    one = tuned[0]
+    train = commands.train_command(one, commands.paths_for(tmp_path, one), threads=1,
+                                   resume=False)
+    assert train[train.index("--init-from") + 1] == str(
+        tmp_path / source.name / "model-epoch8.pt")
+    assert train[train.index("--epochs") + 1] == "4" and float(
+        train[train.index("--lr") + 1]) == plan.FINETUNE_LR
+    # resuming its own checkpoint, a fine-tuned run no longer names where it started
+    assert "--init-from" not in commands.train_command(
+        one, commands.paths_for(tmp_path, one), threads=1, resume=True)
+    # another fine-tuning rate is part of the names; from scratch nothing changes
+    other = plan.colour_plan(sets, epochs=12, m=100, s=100, finetune_from=8, finetune_lr=5e-5)
+    assert other[2].name == "cifar10-m100-sdlss-1-lr5e-05-ft8" and other[2].lr == 5e-5
+    assert all(s.init_from is None and not s.keep_epochs
+               for s in plan.colour_plan(sets, epochs=12, m=100, s=100))
+    for bad in (0, 12, 13):
+        with pytest.raises(ValueError, match="finetune_from"):
+            plan.colour_plan(sets, epochs=12, m=100, s=100, finetune_from=bad)
+    # tables: "8+4 ep", the row report's training note, and how the row was trained
+    rec = _record(one, 21.0, 0.7)
+    assert tables.epochs_note(rec) == "8+4 ep" and rec.init_epochs == 8
+    assert training_note(rec) == "32-bit epoch 8 + 4/4 epochs"
+    assert training_note(_record(one, 21.0, 0.7, epochs=2)) == (
+        "partial: 32-bit epoch 8 + epoch 2/4")
+    note = tables.settings_line(specs)
+    assert ("The 1/2/3/4-bit SDLSS models are quantization-aware fine-tunings of the 32-bit "
+            "SDLSS run's epoch-8 checkpoint (`cifar10-m100-sdlss-32-bf16`") in note
+    assert "every model of the row has 12 epochs behind it" in note
+    assert "fine-tunings" not in tables.settings_line(plan.colour_plan(sets, epochs=12, m=100,
+                                                                       s=100))
+
+
+def test_finetune_waits_for_its_start_and_fails_without_a_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from paper_repro import execute
+
+    specs = plan.colour_plan([plan.ColourSet("CIFAR10", "cifar10", "/c")], epochs=3, m=100,
+                             s=100, bits=[1, 32], finetune_from=1)
+    source, one = specs[0], specs[2]
+    opts = QueueOptions(tmp_path, poll_s=0.01)
+    paths = commands.paths_for(tmp_path, one)
+    said: list[str] = []
+    progress = execute.Progress(1, said.append)
+    monkeypatch.setattr(execute, "busy_folders", dict)  # nobody trains the source
+    with pytest.raises(execute.StepFailed, match="nothing is training cifar10-m100-sdlss-32"):
+        execute._wait_for_init(one, paths, opts, progress)
+    # while the source trains, the run waits (once said), then starts when the epoch is kept
+    kept = tmp_path / source.name / "model-epoch1.pt"
+    polls = []
+
+    def busy() -> dict[Path, int]:
+        polls.append(1)
+        if len(polls) == 3:
+            kept.parent.mkdir(parents=True)
+            kept.write_bytes(b"checkpoint")
+        return {(tmp_path / source.name).resolve(): 123}
+
+    monkeypatch.setattr(execute, "busy_folders", busy)
+    execute._wait_for_init(one, paths, opts, progress)
+    assert len(polls) == 3 and len(said) == 1
+    assert "waiting for cifar10-m100-sdlss-32 to reach epoch 1" in said[0]
+
+
+def test_colour_finetune_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    colour = _script("reproduce_colour")
+    for argv, needle in ((["--epochs", "12", "--finetune-from", "12"], "below --epochs"),
+                         (["--finetune-from", "0"], "below --epochs"),
+                         (["--finetune-lr", "0"], "--finetune-lr must be positive")):
+        with pytest.raises(SystemExit) as exc:
+            colour.main(["--runs", str(tmp_path), "--dry-run", *argv])
+        assert exc.value.code == 2
+        assert needle in capsys.readouterr().err

@@ -18,6 +18,7 @@ from qgen_infer.train import (
     TrainConfig,
     Trainer,
     gradient_difference_loss,
+    kept_checkpoint,
 )
 from qgen_infer.train.objective import meta_learning_losses
 
@@ -264,6 +265,20 @@ def test_warm_start_at_another_bit_width(tmp_path, images):
     assert torch.equal(t.generator.fc1.quantized_weight(), q.dequantize())
 
 
+def test_keep_epochs_keeps_that_epochs_checkpoint_while_model_pt_moves_on(tmp_path, images):
+    t = _train(_cfg(tmp_path, epochs=3, keep_epochs=(1, 2)), images)
+    kept = {e: load_checkpoint(kept_checkpoint(t.out, e)) for e in (1, 2)}
+    assert [kept[e]["train"]["epochs"] for e in (1, 2)] == [1, 2]
+    assert not kept_checkpoint(t.out, 3).exists()  # model.pt holds the last epoch
+    last = load_checkpoint(t.out / "model.pt")
+    assert last["train"]["epochs"] == 3
+    assert not torch.equal(kept[1]["generator"]["fc1.weight"], last["generator"]["fc1.weight"])
+    # a run warm-started from a kept epoch starts from exactly that state
+    w = Trainer(_cfg(tmp_path / "w", bits=1, epochs=1, init_from=str(kept_checkpoint(t.out, 1))),
+                images[:48], images[48:])
+    assert torch.equal(w.generator.fc1.weight, kept[1]["generator"]["fc1.weight"])
+
+
 def test_overflow_rate_reaches_the_layers_and_the_checkpoint(tmp_path, images):
     """--overflow-rate is the generator layers' quantizer during training, is saved in the
     checkpoint's config, and a warm start from a max|w| checkpoint may change it."""
@@ -387,6 +402,8 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--lr", "0"], "learning rate"),
     (["--step-size-lr", "-1"], "step size's learning rate"),
     (["--initial-step-size=-1e-3"], "step size"),
+    (["--keep-epochs", "0"], "counted from 1"),
+    (["--keep-epochs", "four"], "expected epochs"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, needle):
     code = train_main(["--out", str(tmp_path / "r"), *argv])

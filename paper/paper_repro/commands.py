@@ -59,6 +59,15 @@ def paths_for(runs: Path, spec: RunSpec) -> RunPaths:
     return RunPaths(runs / spec.name, runs / f"{spec.name}.log", runs / "eval" / spec.name)
 
 
+def init_checkpoint(spec: RunSpec, paths: RunPaths) -> Path:
+    """The checkpoint a fine-tuning run starts from: its source run's kept epoch, in the same
+    runs folder (``qgen-train --keep-epochs`` of the source writes it)."""
+    from qgen_infer.train.config import kept_checkpoint_name
+
+    assert spec.init_from is not None
+    return paths.run_dir.parent / spec.init_from / kept_checkpoint_name(spec.init_epoch)
+
+
 def _data_args(spec: RunSpec) -> list[str]:
     args = ["--data", spec.dataset]
     if spec.data_root is not None:
@@ -82,6 +91,10 @@ def train_command(spec: RunSpec, paths: RunPaths, *, threads: int, resume: bool,
         cmd += ["--srec-data-pairs" if spec.srec_data_pairs else "--no-srec-data-pairs"]
     if spec.precision is not None:
         cmd += ["--precision", spec.precision]
+    if spec.keep_epochs:
+        cmd += ["--keep-epochs", ",".join(map(str, spec.keep_epochs))]
+    if spec.init_from is not None and not resume:  # a resumed run has its own checkpoint
+        cmd += ["--init-from", str(init_checkpoint(spec, paths))]
     cmd += ["--epochs", str(spec.epochs), "--threads", str(threads)]
     if device != "cpu":
         cmd += ["--device", device]

@@ -135,9 +135,30 @@ def _run(cmd: list[str], log: Path, *, watch: Callable[[], None] | None = None,
         raise StepFailed(f"{cmd[0]} exited with {rc}; see {log}")
 
 
+def _wait_for_init(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions,
+                   progress: Progress) -> None:
+    """Block until the checkpoint a fine-tuning run starts from exists; fail at once when no
+    process is training its source run (it would never appear)."""
+    init = cmds.init_checkpoint(spec, paths)
+    said = False
+    while not init.is_file():
+        source = paths.run_dir.parent / str(spec.init_from)
+        if source.resolve() not in busy_folders():
+            raise StepFailed(f"it starts from {init}, which does not exist, and nothing is "
+                             f"training {spec.init_from}: train that run first (it keeps epoch "
+                             f"{spec.init_epoch})")
+        if not said:
+            progress.say(spec.name, f"waiting for {spec.init_from} to reach epoch "
+                                    f"{spec.init_epoch} (it starts from that checkpoint)")
+            said = True
+        time.sleep(opts.poll_s)
+
+
 def _train(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions, progress: Progress) -> None:
     start = trained_epochs(paths.run_dir)
     resume = paths.checkpoint.is_file()
+    if spec.init_from is not None and not resume:
+        _wait_for_init(spec, paths, opts, progress)
     cmd = cmds.train_command(spec, paths, threads=opts.threads, resume=resume,
                              device=opts.device)
     progress.say(spec.name, f"{'resuming at' if resume else 'training from'} epoch "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 BITS: tuple[int, ...] = (1, 2, 3, 4, 32)
 SDLSS, DCS = "sdlss", "dcs"
@@ -35,6 +36,11 @@ class RunSpec:
     lr: float | None = None  # qgen-train --lr (None: qgen-train's default)
     srec_data_pairs: bool | None = None  # qgen-train --[no-]srec-data-pairs (None: its default)
     precision: str | None = None  # qgen-train --precision (None: its default, fp32)
+    # quantization-aware fine-tuning: the run whose checkpoint of epoch ``init_epoch`` (kept by
+    # that run's ``keep_epochs``) starts this one (qgen-train --init-from); None: from scratch
+    init_from: str | None = None
+    init_epoch: int = 0
+    keep_epochs: tuple[int, ...] = ()  # qgen-train --keep-epochs: the epochs others start from
 
     @property
     def packed(self) -> bool:
@@ -49,12 +55,14 @@ class RunSpec:
 
 def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
              overflow_rate: float = 0.0, lr: float | None = None,
-             srec_data_pairs: bool | None = None, precision: str | None = None) -> str:
+             srec_data_pairs: bool | None = None, precision: str | None = None,
+             finetune_from: int | None = None) -> str:
     """``{prefix}-m{m}-{method}-{bits}``, with ``-s{s}`` after m when s is not the default 100
     (DCS has no s), ``-ovf{100 r}`` for a nonzero overflow rate r (``-ovf05`` for 0.05) and
     ``-lr{lr}`` for a learning rate other than qgen-train's default (``-lr0.0002``), ``-dp`` /
     ``-nodp`` for data-data pairs in the S-REC loss forced on / off (None: qgen-train's default
-    for the network), ``-{precision}`` for a training precision other than fp32 (``-bf16``).
+    for the network), ``-ft{E}`` for a run fine-tuned from the 32-bit run's epoch E, then
+    ``-{precision}`` for a training precision other than fp32 (``-bf16``).
     Keeps the names of paper/train_mnist_m25.sh for m=25, s=100, r=0."""
     if method == DCS or s is None or s == DEFAULT_SPARSITY:
         name = f"{prefix}-m{m}-{method}-{bits}"
@@ -66,6 +74,8 @@ def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
         name += f"-lr{lr:g}"
     if srec_data_pairs is not None:
         name += "-dp" if srec_data_pairs else "-nodp"
+    if finetune_from:
+        name += f"-ft{finetune_from}"
     if precision not in (None, "fp32"):
         name += f"-{precision}"
     return name
@@ -126,31 +136,63 @@ class ColourSet:
     data_root: str | None
 
 
+def _sdlss_run(prefix: str, bits: int, name_lr: float | None, row: dict[str, Any],
+               rates: Mapping[int, float], **extra: Any) -> RunSpec:
+    """One SDLSS run of a colour row: ``row`` holds the row's RunSpec fields, ``name_lr`` the
+    rate the name carries (None: a default rate, left out of the name), ``extra`` overrides
+    (the fine-tuning fields, their own rate and epochs)."""
+    spec = RunSpec(name="", method=SDLSS, bits=bits,
+                   **{"lr": name_lr, **row, "overflow_rate": rates.get(bits, 0.0), **extra})
+    return replace(spec, name=run_name(prefix, SDLSS, bits, spec.m, spec.s, spec.overflow_rate,
+                                       name_lr, spec.srec_data_pairs, spec.precision,
+                                       spec.init_epoch or None))
+
+
+# Adam's rate of the quantization-aware fine-tuning runs (cosine to a tenth over their epochs):
+# the 32-bit run's own cosine is at ~1/3 of its 2e-4 by two thirds of the way, and a restart at
+# the full rate would first undo part of what the 32-bit weights learned.
+FINETUNE_LR = 1e-4
+
+
 def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
                 bits: Sequence[int] = BITS,
                 overflow_rates: Mapping[int, float] | None = None,
                 lr: float | None = None,
                 srec_data_pairs: bool | None = None,
-                precision: str | None = None) -> list[RunSpec]:
+                precision: str | None = None,
+                finetune_from: int | None = None,
+                finetune_lr: float | None = None) -> list[RunSpec]:
     """Table 1's grid: every bit width of SDLSS and 32-bit DCS per data set. Tier = data set
     order, so a whole row of the table is finished before the next starts. ``lr``: Adam's rate
     of every run, ``srec_data_pairs``: qgen-train --[no-]srec-data-pairs for every run,
     ``precision``: qgen-train --precision (None for any: qgen-train's default); all part of the
-    run names."""
+    run names.
+
+    ``finetune_from = E`` (0 < E < ``epochs``): the 1-4-bit runs start from the 32-bit SDLSS
+    run's checkpoint of epoch E (which that run keeps) and train ``epochs - E`` more epochs at
+    ``finetune_lr`` (default :data:`FINETUNE_LR`), so every model of the row has ``epochs``
+    epochs behind it; queued after the 32-bit run and DCS. Else every run trains from scratch."""
+    if finetune_from is not None and not 0 < finetune_from < epochs:
+        raise ValueError(f"finetune_from must be in 1..{epochs - 1} (below the epochs), got "
+                         f"{finetune_from}")
     rates = dict(overflow_rates or {})
     specs = []
     for tier, cs in enumerate(sets):
         prefix = cs.label.split()[0].lower()
-        for b in bits:
-            rate = rates.get(b, 0.0)
-            specs.append(RunSpec(run_name(prefix, SDLSS, b, m, s, rate, lr, srec_data_pairs,
-                                          precision),
-                                 cs.label, cs.dataset, cs.data_root, SDLSS, b, m, s, epochs,
-                                 tier, rate, lr, srec_data_pairs, precision))
-        specs.append(RunSpec(run_name(prefix, DCS, 32, m, None, lr=lr,
-                                      srec_data_pairs=srec_data_pairs, precision=precision),
-                             cs.label, cs.dataset, cs.data_root, DCS, 32, m, None, epochs, tier,
-                             lr=lr, srec_data_pairs=srec_data_pairs, precision=precision))
+        row = dict(label=cs.label, dataset=cs.dataset, data_root=cs.data_root, m=m, s=s,
+                   epochs=epochs, tier=tier, srec_data_pairs=srec_data_pairs, precision=precision)
+        dcs = RunSpec(name=run_name(prefix, DCS, 32, m, None, lr=lr,
+                                    srec_data_pairs=srec_data_pairs, precision=precision),
+                      method=DCS, bits=32, lr=lr, **{**row, "s": None})
+        if finetune_from is None:
+            specs += [_sdlss_run(prefix, b, lr, row, rates) for b in bits] + [dcs]
+            continue
+        source = _sdlss_run(prefix, 32, lr, row, rates, keep_epochs=(finetune_from,))
+        specs += [source, dcs]
+        specs += [_sdlss_run(prefix, b, finetune_lr, row, rates,
+                             lr=finetune_lr or FINETUNE_LR, init_from=source.name,
+                             init_epoch=finetune_from, epochs=epochs - finetune_from)
+                  for b in bits if b != 32]
     return ordered(dedupe(specs))
 
 

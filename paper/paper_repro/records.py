@@ -33,6 +33,9 @@ class EvalRecord:
     fp32_bytes: int
     file_bytes: int | None
     commands: list[list[str]] = field(default_factory=list)
+    # a fine-tuned run: the epochs of the 32-bit checkpoint it started from (``epochs`` are its
+    # own); 0 for a run trained from scratch
+    init_epochs: int = 0
 
     @property
     def column(self) -> str:
@@ -50,7 +53,8 @@ class EvalRecord:
     @classmethod
     def for_spec(cls, spec: RunSpec, **values: Any) -> EvalRecord:
         return cls(name=spec.name, label=spec.label, method=spec.method, bits=spec.bits,
-                   m=spec.m, s=spec.s, target_epochs=spec.epochs, **values)
+                   m=spec.m, s=spec.s, target_epochs=spec.epochs,
+                   init_epochs=spec.init_epoch, **values)
 
 
 def save_record(path: Path, record: EvalRecord) -> None:
@@ -75,5 +79,6 @@ def collect(runs: Path, specs: list[RunSpec]) -> dict[str, EvalRecord]:
         rec = load_record(runs / "eval" / spec.name / "eval.json")
         if rec is not None:
             rec.target_epochs = spec.epochs  # the table's target is this invocation's --epochs
+            rec.init_epochs = spec.init_epoch
             found[spec.name] = rec
     return found

@@ -64,10 +64,12 @@ class RowResults:
 
 
 def training_note(rec: EvalRecord) -> str:
-    """"12/12 epochs" or "partial: epoch 3/12"."""
+    """"12/12 epochs" or "partial: epoch 3/12"; a fine-tuned run says what it started from:
+    "32-bit epoch 8 + 4/4 epochs"."""
+    start = f"32-bit epoch {rec.init_epochs} + " if rec.init_epochs else ""
     if rec.finished:
-        return f"{rec.epochs}/{rec.target_epochs} epochs"
-    return f"partial: epoch {rec.epochs}/{rec.target_epochs}"
+        return f"{start}{rec.epochs}/{rec.target_epochs} epochs"
+    return f"partial: {start}epoch {rec.epochs}/{rec.target_epochs}"
 
 
 def hours(seconds: float) -> str:

@@ -51,8 +51,10 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def epochs_note(rec: EvalRecord) -> str:
-    """"60 ep", with a star when the model is short of this reproduction's target epochs."""
-    return f"{rec.epochs} ep" + ("" if rec.finished else f"*/{rec.target_epochs}")
+    """"60 ep", with a star when the model is short of this reproduction's target epochs;
+    "8+4 ep" for a run fine-tuned 4 epochs from a 32-bit checkpoint of 8."""
+    start = f"{rec.init_epochs}+" if rec.init_epochs else ""
+    return f"{start}{rec.epochs} ep" + ("" if rec.finished else f"*/{rec.target_epochs}")
 
 
 def cell(rec: EvalRecord | None, metric: str) -> str:
@@ -341,7 +343,24 @@ def settings_line(specs: Sequence[RunSpec]) -> str:
             + ", ".join(sorted({srec_pairs_note(s.srec_data_pairs, network_family(s))
                                 for s in specs}))
             + ". Training precision: "
-            + ", ".join(sorted({precision_note(s.precision) for s in specs})) + ".")
+            + ", ".join(sorted({precision_note(s.precision) for s in specs})) + "."
+            + finetune_note(specs))
+
+
+def finetune_note(specs: Sequence[RunSpec]) -> str:
+    """How the fine-tuned runs of a row started (empty when every run trained from scratch)."""
+    tuned = [s for s in specs if s.init_from]
+    if not tuned:
+        return ""
+    bits = "/".join(str(s.bits) for s in sorted(tuned, key=lambda s: s.bits))
+    first = tuned[0]
+    return (f" The {bits}-bit SDLSS models are quantization-aware fine-tunings of the 32-bit "
+            f"SDLSS run's epoch-{first.init_epoch} checkpoint (`{first.init_from}`, "
+            f"qgen-train --keep-epochs {first.init_epoch}; --init-from) for {first.epochs} "
+            f"more epochs at Adam rate {first.lr:g} (cosine to a tenth): Algorithm 1 started from "
+            f"full-precision weights θ, as its initialization line reads, so that every model of "
+            f"the row has {first.init_epoch + first.epochs} epochs behind it; 32-bit SDLSS and "
+            f"DCS trained from scratch.")
 
 
 def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[str]) -> str:

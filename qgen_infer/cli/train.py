@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None,
                    help="warm start from another checkpoint of the same network (e.g. a 32-bit "
                         "model before 1-bit training)")
+    p.add_argument("--keep-epochs", type=epoch_list, default=d.keep_epochs, metavar="E[,E...]",
+                   help="also keep the checkpoint of these epochs as OUT/model-epochE.pt "
+                        "(model.pt is overwritten every epoch), e.g. the state quantized runs "
+                        "fine-tune from (--init-from) while this run goes on")
     p.add_argument("--eval-restarts", type=int_in(1, MAX_RESTARTS), default=d.eval_restarts,
                    help="random restarts per image in the per-epoch evaluation")
     # the options a resumed run may change, named from the one rule (train/config.py)
@@ -155,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
                         f"checkpoint; {', '.join(may_change)} may change, any other option "
                         "that differs is refused)")
     return p
+
+
+def epoch_list(text: str) -> tuple[int, ...]:
+    """``--keep-epochs``: "4,8" -> (4, 8); argparse turns the ValueError into a usage error."""
+    try:
+        epochs = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epochs like 4,8, got {text!r}") from None
+    if not epochs or min(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"epochs are counted from 1, got {text!r}")
+    return epochs
 
 
 def given_options(argv: Sequence[str] | None) -> set[str]:

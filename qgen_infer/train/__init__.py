@@ -13,7 +13,7 @@ _LAZY = {
     "DEFAULT_LR": "config", "DEFAULT_SREC_DATA_PAIRS": "config",
     "DEFAULT_STEP_SIZE_LR": "config", "METHODS": "config", "TrainConfig": "config",
     "Trainer": "trainer", "evaluate_reconstruction": "trainer",
-    "models_from_checkpoint_path": "trainer",
+    "models_from_checkpoint_path": "trainer", "kept_checkpoint": "trainer",
 }
 
 __all__ = sorted(_LAZY)

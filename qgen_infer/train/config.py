@@ -25,7 +25,8 @@ DEFAULT_SREC_DATA_PAIRS: dict[str, bool] = {"mlp": False, "dcgan": True}
 # what only acts at step 0. Every other setting shapes the trajectory, and resuming under another
 # value would silently splice two runs into one checkpoint.
 RESUME_MAY_CHANGE = frozenset({"out", "epochs", "device", "threads", "eval_every",
-                               "eval_restarts", "data_root", "initial_step_size", "init_from"})
+                               "eval_restarts", "data_root", "initial_step_size", "init_from",
+                               "keep_epochs"})
 # Of those, what --resume never takes from the checkpoint: where this run happens.
 RESUME_LOCAL = frozenset({"out", "device", "threads", "init_from"})
 # The network (bits, measurements, ...) and solver (method, latent, s, T) are compared in their
@@ -33,6 +34,11 @@ RESUME_LOCAL = frozenset({"out", "device", "threads", "init_from"})
 # value given explicitly agree.
 RESOLVED_ELSEWHERE = frozenset({"bits", "granularity", "overflow_rate", "measurements",
                                 "method", "latent_dim", "sparsity", "steps", "project"})
+
+
+def kept_checkpoint_name(epoch: int) -> str:
+    """The file ``--keep-epochs`` keeps an epoch's checkpoint in, beside the run's model.pt."""
+    return f"model-epoch{epoch}.pt"
 
 
 @dataclass
@@ -64,6 +70,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     init_from: str | None = None  # warm start θ, φ, β from another checkpoint (e.g. 32-bit)
+    # epochs whose checkpoint is also kept as model-epoch{E}.pt (model.pt moves on), e.g. the
+    # 32-bit state that quantized runs fine-tune from while the 32-bit run goes on
+    keep_epochs: tuple[int, ...] = ()
     eval_every: int = 1
     eval_restarts: int = 1
     device: str = "cpu"  # where θ, φ, β and the images live ("cpu", "cuda", "cuda:1", ...)

@@ -41,6 +41,7 @@ from qgen_infer.train.config import (
     RESUME_MAY_CHANGE,
     SENSING_LOSSES,
     TrainConfig,
+    kept_checkpoint_name,
 )
 from qgen_infer.train.objective import SolverSettings, StepLosses, meta_learning_losses
 from qgen_infer.train.precision import PRECISIONS, in_precision
@@ -125,6 +126,11 @@ def evaluate_reconstruction(
     p, s = torch.cat(ps), torch.cat(ss)
     return {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_per_image": p,
             "ssim_per_image": s, "loss_per_image": torch.cat(losses)}
+
+
+def kept_checkpoint(run_dir: str | Path, epoch: int) -> Path:
+    """Where ``--keep-epochs`` keeps the checkpoint of ``epoch`` beside the run's model.pt."""
+    return Path(run_dir) / kept_checkpoint_name(epoch)
 
 
 def saved_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -379,7 +385,10 @@ class Trainer:
                 record.update(eval_psnr=ev["psnr"], eval_ssim=ev["ssim"])
             final = self.epoch >= self.cfg.epochs
             with signals_deferred():  # a Ctrl-C waits: the checkpoint and its log line, whole
-                save_checkpoint(self.out / "model.pt", self.checkpoint(final=final))
+                ckpt = self.checkpoint(final=final)
+                save_checkpoint(self.out / "model.pt", ckpt)
+                if self.epoch in self.cfg.keep_epochs:
+                    save_checkpoint(kept_checkpoint(self.out, self.epoch), ckpt)
                 with open(self.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if progress is not None:
