@@ -9,6 +9,8 @@
 #   paper/cifar_runs.sh                  # the whole row: 32-bit SDLSS and DCS from scratch,
 #                                        # then 1/2/3/4-bit fine-tuned from 32-bit epoch 8
 #   paper/cifar_runs.sh 'cifar10-m100-sdlss-4*' ...    # runs whose names match the patterns
+#   paper/cifar_runs.sh stop             # stop the queue this script started, and its runs: each
+#                                        # keeps its last finished epoch (rerun to resume)
 #
 # Knobs (environment):
 #   CIFAR_RUNS=/work/cifar-runs          run folders, queue logs (queue-*.log), the report
@@ -32,6 +34,20 @@ NICENESS=${CIFAR_NICE:-15}
 FINETUNE_FROM=${CIFAR_FINETUNE_FROM-8}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=$(command -v python3)
+PIDFILE=$RUNS/queue.pid
+if [ "${1:-}" = stop ]; then
+  pid=$(cat "$PIDFILE" 2>/dev/null) && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null |
+    grep -q reproduce_colour.py || {
+    echo "cifar_runs.sh: no queue of this script is running (no live PID in $PIDFILE)"; exit 0; }
+  kill -TERM "$pid"  # the queue passes it on to its qgen-* processes and waits for them
+  for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "cifar_runs.sh: queue $pid still running after 2 min" >&2; exit 1
+  fi
+  rm -f "$PIDFILE"
+  echo "cifar_runs.sh: queue $pid stopped; every run keeps its last finished epoch (rerun to resume)"
+  exit 0
+fi
 [ -d "$DATA" ] || { echo "cifar_runs.sh: no data folder $DATA (set CIFAR_DATA)" >&2; exit 2; }
 [ $# -eq 0 ] || [ "$1" = all ] && set -- 'cifar10-m100-*'
 ONLY=()
@@ -52,7 +68,9 @@ setsid bash -c 'echo "$1" > /proc/self/autogroup 2>/dev/null; shift; exec nohup 
   --runs "$RUNS" --results "$RUNS/results" --epochs "$EPOCHS" --precision "$PRECISION" \
   --lanes "$LANES" --threads 1 ${FINETUNE_FROM:+--finetune-from "$FINETUNE_FROM"} \
   "${ONLY[@]}" > "$LOG" 2>&1 < /dev/null &
-echo "cifar_runs.sh: queue PID $! (nice $NICENESS, $LANES lanes, 1 thread each), log $LOG"
+echo $! > "$PIDFILE"
+echo "cifar_runs.sh: queue PID $! (nice $NICENESS, $LANES lanes, 1 thread each), log $LOG;" \
+  "stop it with: $0 stop"
 # the scores so far (partial runs marked) without touching the runs: paper/README.md
 echo "scores so far: nice -n 10 env OMP_NUM_THREADS=1 $PY $ROOT/paper/reproduce_colour.py" \
   "--cifar10 $DATA --runs $RUNS --epochs $EPOCHS --precision $PRECISION" \

@@ -32,10 +32,11 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def stop_signals(ignore: bool = False) -> None:
-    """From now on SIGINT and SIGTERM raise :class:`Stopped`; ``ignore``: both are ignored, for
-    a process that is already stopping (torchrun repeats the signal to its ranks)."""
-    for sig in SIGNALS:
+def stop_signals(ignore: bool = False, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
+    """From now on SIGINT and SIGTERM (or only ``signals``) raise :class:`Stopped`; ``ignore``:
+    they are ignored, for a process that is already stopping (torchrun repeats the signal to
+    its ranks)."""
+    for sig in signals:
         signal.signal(sig, signal.SIG_IGN if ignore else _raise_stopped)
 
 
@@ -57,3 +58,20 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
     if caught:
         raise Stopped(signal.Signals(caught[0]).name)
+
+
+@contextlib.contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Stopped` (Ctrl-C's path: a clean stop), and
+    SIGINT keeps its disposition (a job a script started in the background ignores it, as POSIX
+    wants); the previous SIGTERM handler is back afterwards (in-process callers, tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_signals(signals=(signal.SIGTERM,))
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

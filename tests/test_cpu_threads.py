@@ -175,7 +175,7 @@ def test_qgen_train_under_torchrun_keeps_its_threads(tmp_path: Path, monkeypatch
     _no_monitor(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(training, "DistributedTrainer", RankTrainer)
-    monkeypatch.setattr(signals, "stop_signals", lambda: None)
+    monkeypatch.setattr(signals, "stop_signals", lambda *_a, **_k: None)
     monkeypatch.setattr(env, "leave", lambda: None)
     monkeypatch.setattr(env, "exit_process", lambda code: None)
     torch.set_num_threads(2)  # as if torchrun's environment had said 2

@@ -783,3 +783,24 @@ def test_colour_finetune_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixt
             colour.main(["--runs", str(tmp_path), "--dry-run", *argv])
         assert exc.value.code == 2
         assert needle in capsys.readouterr().err
+
+
+def test_a_stopped_queue_stops_children_that_ignore_sigint() -> None:
+    """The queue passes its stop on as SIGTERM: a child started by a background queue has
+    SIGINT ignored, and would otherwise train on unwatched."""
+    import signal
+    import subprocess
+
+    from paper_repro import execute
+
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                              "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"])
+    with execute._LIVE_LOCK:
+        execute._LIVE.add(child)
+    try:
+        execute.interrupt_children()
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        with execute._LIVE_LOCK:
+            execute._LIVE.discard(child)

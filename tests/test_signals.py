@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -47,3 +49,44 @@ def test_stop_signals_raise_stopped_once_then_ignore(handlers):
     assert all(signal.getsignal(sig) == signal.SIG_IGN for sig in SIGNALS)
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.05)
+
+
+def _ignore_sigint() -> None:  # what a script's `cmd &` hands a background job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_qgen_train_stops_cleanly_on_sigterm_keeping_the_last_epoch(tmp_path):
+    """kill -TERM (the paper queue's stop, a batch scheduler) takes Ctrl-C's path even in a job
+    started in the background: 'interrupted', exit 130, the finished epochs' checkpoint whole."""
+    from qgen_infer.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qgen_infer.cli.train", "--out", str(out), "--epochs", "500",
+         "--batch-size", "128", "--threads", "1"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=_ignore_sigint)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "log.jsonl").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "qgen-train: interrupted" in err and "Traceback" not in err
+    assert load_checkpoint(out / "model.pt")["train"]["epochs"] >= 1
+
+
+def test_sigterm_stops_within_the_block_only(handlers):
+    from qgen_infer.signals import sigterm_stops
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's
+    with pytest.raises(Stopped) as stop:
+        with sigterm_stops():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # left as it was
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert stop.value.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == handlers[signal.SIGTERM]

@@ -96,8 +96,10 @@ class StepFailed(RuntimeError):
     pass
 
 
-# The qgen-* processes running now, so an interrupted queue can pass Ctrl-C on to them (they stop
-# at once and keep their last per-epoch checkpoint) instead of leaving them running unwatched.
+# The qgen-* processes running now, so an interrupted queue can pass the stop on to them (they
+# stop at once and keep their last per-epoch checkpoint) instead of leaving them running
+# unwatched. SIGTERM, not SIGINT: a queue started in the background (paper/cifar_runs.sh) hands
+# its children an ignored SIGINT, and qgen-train stops cleanly on SIGTERM.
 _LIVE: set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
 
@@ -106,7 +108,7 @@ def interrupt_children() -> None:
     with _LIVE_LOCK:
         for proc in _LIVE:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
 
 
 def _run(cmd: list[str], log: Path, *, watch: Callable[[], None] | None = None,
@@ -296,9 +298,12 @@ def drive(parser: argparse.ArgumentParser, args: argparse.Namespace, full: Seque
     if not args.report_only:
         import torch
 
+        from qgen_infer.signals import sigterm_stops
+
         torch.set_num_threads(args.threads)  # the in-process Figure-4 images of 32-bit models
         try:
-            failures = run_queue(specs, opts, on_record=write_report)
+            with sigterm_stops():  # kill -TERM (cifar_runs.sh stop): Ctrl-C's path, children too
+                failures = run_queue(specs, opts, on_record=write_report)
         except KeyboardInterrupt:
             print("interrupted: finished epochs are checkpointed; run the same command again to "
                   "resume", file=sys.stderr)

@@ -326,7 +326,12 @@ def _end(code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("qgen-train", _body, argv)
+    from qgen_infer.signals import sigterm_stops
+
+    # kill -TERM (a batch scheduler, the paper queues' stop) takes Ctrl-C's path: the last
+    # finished epoch's checkpoint stays, and "interrupted" is said
+    with sigterm_stops():
+        return run_cli("qgen-train", _body, argv)
 
 
 if __name__ == "__main__":
