@@ -290,7 +290,7 @@ def drive(parser: argparse.ArgumentParser, args: argparse.Namespace, full: Seque
     if args.dry_run:
         for line in header:
             print(line)
-        print(f"{len(specs)} runs, in queue order ({args.epochs} epochs each; runs in "
+        print(f"{len(specs)} runs, in queue order ({args.epochs} epochs per model; runs in "
               f"{args.runs}):")
         print("\n".join(describe_plan(specs, opts)))
         return 0, None
