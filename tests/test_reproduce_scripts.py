@@ -772,6 +772,12 @@ def test_finetune_waits_for_its_start_and_fails_without_a_source(
     execute._wait_for_init(one, paths, opts, progress)
     assert len(polls) == 3 and len(said) == 1
     assert "waiting for cifar10-m100-sdlss-32 to reach epoch 1" in said[0]
+    # a source that went past the epoch without keeping it: said at once
+    kept.unlink()
+    (kept.parent / "log.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    with pytest.raises(execute.StepFailed, match="passed epoch 1 without keeping it "
+                                                 r"\(it holds epoch 2\)"):
+        execute._wait_for_init(one, paths, opts, progress)
 
 
 def test_colour_finetune_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -145,6 +145,11 @@ def _wait_for_init(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions,
     said = False
     while not init.is_file():
         source = paths.run_dir.parent / str(spec.init_from)
+        done = trained_epochs(source)
+        if done >= spec.init_epoch:
+            raise StepFailed(f"it starts from {init}, which does not exist: {spec.init_from} "
+                             f"passed epoch {spec.init_epoch} without keeping it (it holds "
+                             f"epoch {done}); fine-tune from an epoch it will still reach")
         if source.resolve() not in busy_folders():
             raise StepFailed(f"it starts from {init}, which does not exist, and nothing is "
                              f"training {spec.init_from}: train that run first (it keeps epoch "
