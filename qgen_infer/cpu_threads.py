@@ -13,7 +13,10 @@ time; busy = user + nice + system + irq + softirq + steal (a hypervisor's steal 
 not get either). Linux only; elsewhere the count stays torch's default.
 
 Not an engine internal: reconstruction (``qgen-reconstruct``) and training (``qgen-train``,
-``qgen-demo``, ``qgen-eval``) both size their threads with it.
+``qgen-demo``, ``qgen-eval``) both size their threads with it. All of them probe (one thread
+more than fits, kept if the other work yields): the training CLIs at the start, the per-batch
+ones (``qgen-reconstruct``, ``qgen-eval``) first after ``PROBE_EVERY_S``, because a failed
+probe costs them a whole batch.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ STEP_WINDOW_S = 0.5
 # how often a caller that allows probing tries one thread more than the idle cores suggest
 # (other work that yields, e.g. a niced session's, shows as busy in /proc/stat)
 PROBE_EVERY_S = 60.0
+# a probe that fails costs at most its own window, so the next one waits at least that window
+# divided by this share: a window of one long batch (seconds) spaces the probes out further
+PROBE_PRICE = 0.03
 
 
 def usable_cores() -> int:
@@ -62,7 +68,7 @@ class IdleCoreMonitor:
     """Measures the cores other processes keep busy between calls of :meth:`threads`."""
 
     def __init__(self, cap: int | None = None, min_window_s: float = 0.05,
-                 probe_every_s: float | None = None) -> None:
+                 probe_every_s: float | None = None, probe_at_start: bool = True) -> None:
         self.cores = usable_cores()
         self.cap = min(cap or torch.get_num_threads(), self.cores)
         # under 50 ms the 10 ms jiffies are too coarse; callers checking every training step
@@ -70,9 +76,13 @@ class IdleCoreMonitor:
         self.min_window_s = max(0.05, min_window_s)
         self.probe_every_s = probe_every_s
         self.own_cores = 0.0  # cores this process used over the last measured window
+        self.window_s = 0.0  # the last measured window's length
         self._probing = False  # the window being measured runs one thread more than fits
-        self._next_probe = 0.0
         self._mark = self._sample()
+        # callers following per batch start late: a failed probe costs a whole batch, which
+        # a short run would not earn back
+        self._next_probe = 0.0 if probe_at_start or probe_every_s is None \
+            else self._mark[0] + probe_every_s
 
     @staticmethod
     def _sample() -> tuple[float, float, float | None]:
@@ -86,14 +96,17 @@ class IdleCoreMonitor:
         if busy0 is None or busy1 is None or t1 - t0 < self.min_window_s:
             return None
         self._mark = now
+        self.window_s = t1 - t0
         self.own_cores = (own1 - own0) / (t1 - t0)
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
 
     def threads(self, current: int) -> int:
         """The thread count for the next stretch of work (``current`` when not measurable).
-        With ``probe_every_s``: below the cap, one window every ``probe_every_s`` runs one
-        thread more, kept if this process then used (nearly) a core per thread, i.e. the
-        other work yielded (a niced session's does; an equal-share competitor's does not)."""
+        With ``probe_every_s``: below the cap, one window every ``probe_every_s`` (or every
+        probe window / ``PROBE_PRICE``, if longer) runs one thread more, kept if this process
+        then used (nearly) a core per thread, i.e. the other work yielded (a niced session's
+        does; an equal-share competitor's does not). The first probe comes at the first
+        measured window, or with ``probe_at_start=False`` ``probe_every_s`` after the start."""
         busy = self.others_busy()
         if busy is None:
             return current
@@ -103,7 +116,7 @@ class IdleCoreMonitor:
         now = self._mark[0]
         if self._probing:  # the window just measured ran the probe's count
             self._probing = False
-            self._next_probe = now + self.probe_every_s
+            self._next_probe = now + max(self.probe_every_s, self.window_s / PROBE_PRICE)
             return current if self.own_cores >= current - 0.25 else fit
         if fit < self.cap and now >= self._next_probe:
             self._probing = True
@@ -122,8 +135,8 @@ class IdleCoreMonitor:
 
 
 def idle_core_monitor(threads: int | None, device: str | torch.device,
-                      min_window_s: float = 0.05,
-                      probe_every_s: float | None = None) -> IdleCoreMonitor | None:
+                      min_window_s: float = 0.05, probe_every_s: float | None = None,
+                      probe_at_start: bool = True) -> IdleCoreMonitor | None:
     """The CLIs' ``--threads``: a given count is set now (None returned); without one, on the
     CPU, a monitor measuring from now on (call :meth:`IdleCoreMonitor.follow` once the start-up
     work is done, then per batch/step); on a GPU None (the threads only feed it)."""
@@ -132,8 +145,9 @@ def idle_core_monitor(threads: int | None, device: str | torch.device,
         return None
     if torch.device(device).type != "cpu":
         return None
-    return IdleCoreMonitor(min_window_s=min_window_s, probe_every_s=probe_every_s)
+    return IdleCoreMonitor(min_window_s=min_window_s, probe_every_s=probe_every_s,
+                           probe_at_start=probe_at_start)
 
 
-__all__ = ["PROBE_EVERY_S", "STEP_WINDOW_S", "IdleCoreMonitor", "idle_core_monitor", "threads_for",
-           "usable_cores"]
+__all__ = ["PROBE_EVERY_S", "PROBE_PRICE", "STEP_WINDOW_S", "IdleCoreMonitor", "idle_core_monitor",
+           "threads_for", "usable_cores"]

@@ -69,15 +69,30 @@ def test_probe_keeps_a_thread_only_when_the_other_work_yields(monkeypatch) -> No
                            (2.0, 2.9, 104.0),     # the probe: we got 1.9 cores: keep 2
                            (3.0, 4.8, 106.0),     # others 0.1: 2 fits
                            (4.0, 5.8, 108.0),     # a competitor: others 1 core: back to 1
-                           (5.0, 6.8, 110.0),     # others 1; next probe not before 22 s
-                           (22.0, 23.8, 144.0),   # probe again: 2
-                           (23.0, 24.8, 146.0)])  # we got 1 core of 2: the probe fails: 1
+                           (5.0, 6.8, 110.0),     # others 1
+                           # 20 s after the probe, but its 1 s window buys 1 / PROBE_PRICE s
+                           (22.0, 23.8, 144.0),
+                           (36.0, 37.8, 172.0),   # after 2 + 33.3 s: probe again: 2
+                           (37.0, 38.8, 174.0)])  # we got 1 core of 2: the probe fails: 1
+    assert cpu_threads.PROBE_PRICE == 0.03
     mon = cpu_threads.IdleCoreMonitor(cap=2, min_window_s=0.5, probe_every_s=20.0)
-    assert [mon.threads(c) for c in (1, 2, 2, 2, 1, 1, 2)] == [2, 2, 2, 1, 1, 2, 1]
+    assert [mon.threads(c) for c in (1, 2, 2, 2, 1, 1, 1, 2)] == [2, 2, 2, 1, 1, 1, 2, 1]
     # without probe_every_s the same samples never try more than the idle cores
     _samples(monkeypatch, [(0.0, 0.0, 100.0), (1.0, 1.0, 102.0), (2.0, 2.0, 104.0)])
     plain = cpu_threads.IdleCoreMonitor(cap=2, min_window_s=0.5)
     assert [plain.threads(1), plain.threads(1)] == [1, 1]
+
+
+def test_probe_not_at_start_waits_its_period(monkeypatch) -> None:
+    """Callers following per batch probe first ``probe_every_s`` after the start, not at once."""
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 2)
+    _samples(monkeypatch, [(0.0, 0.0, 100.0),
+                           (1.0, 1.0, 102.0),      # others 1 core: fits 1, no probe yet
+                           (19.0, 19.0, 138.0),    # 19 s < 20 s: still 1
+                           (20.5, 20.5, 141.0),    # the period is over: probe 2
+                           (21.5, 22.4, 143.0)])   # we got 1.9 cores: keep 2
+    mon = cpu_threads.IdleCoreMonitor(cap=2, probe_every_s=20.0, probe_at_start=False)
+    assert [mon.threads(c) for c in (1, 1, 1, 2)] == [1, 1, 2, 2]
 
 
 def test_idle_core_monitor_only_without_a_count_on_the_cpu() -> None:
@@ -112,6 +127,24 @@ def _no_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("an IdleCoreMonitor was built although the thread count is fixed")
 
     monkeypatch.setattr(cpu_threads.IdleCoreMonitor, "__init__", refuse)
+
+
+def _monitor_options(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Records the options each IdleCoreMonitor is built with (and builds it)."""
+    built: list[dict] = []
+    init = cpu_threads.IdleCoreMonitor.__init__
+
+    def recording(self: cpu_threads.IdleCoreMonitor, *a: object, **k: object) -> None:
+        init(self, *a, **k)
+        built.append({"probe_every_s": self.probe_every_s,
+                      "probes_at_start": self._next_probe == 0.0})
+
+    monkeypatch.setattr(cpu_threads.IdleCoreMonitor, "__init__", recording)
+    return built
+
+
+# the per-batch CLIs probe, but only after a period (a failed probe costs a whole batch)
+BATCH_PROBE = {"probe_every_s": cpu_threads.PROBE_EVERY_S, "probes_at_start": False}
 
 
 def _threads_per_step(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -199,8 +232,10 @@ def test_qgen_eval_follows_the_idle_cores_every_batch(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(trainer, "reconstruct_latent", recording)
     model = str(tmp_path / "r" / "model.pt")
+    built = _monitor_options(monkeypatch)
     assert eval_main([model, "--count", "30", "--batch-size", "10"]) == 0
     assert counts.calls == 1 + 3 and seen == [2, 1, 1]
+    assert built == [BATCH_PROBE]
     _no_monitor(monkeypatch)
     seen.clear()
     assert eval_main([model, "--count", "20", "--batch-size", "10", "--threads", "2"]) == 0
@@ -217,3 +252,62 @@ def test_qgen_demo_follows_the_idle_cores(tmp_path: Path, monkeypatch) -> None:
                       "--batch-size", "128", "-s", "20", "--restarts", "1"]) == 0
     assert seen == [1] + [2] * 10
     assert counts.calls >= 1 + 11 + 1  # set-up, steps, at least one reconstruction batch
+
+
+@pytest.fixture
+def reconstruct_args(tiny_checkpoint, tmp_path: Path) -> list[str]:
+    """qgen-reconstruct's arguments for 5 images of the tiny 4-bit MLP, in batches of 2."""
+    import numpy as np
+
+    import qgen_infer
+    from qgen_infer.export import export_checkpoint
+
+    qgen = export_checkpoint(tiny_checkpoint("mlp", 4, "tensor"), tmp_path / "m.qgen").path
+    m = qgen_infer.load(qgen, backend="reference").config["measurements"]
+    np.save(tmp_path / "y.npy", np.random.default_rng(0).standard_normal((5, m), np.float32))
+    return ["--model", str(qgen), "--measurements", str(tmp_path / "y.npy"), "--backend",
+            "reference", "--batch-size", "2", "--steps", "1", "--quiet", "--out",
+            str(tmp_path / "rec")]
+
+
+def test_qgen_reconstruct_probes_per_batch(reconstruct_args, monkeypatch) -> None:
+    """Without --threads: a monitor with the batch probe, followed after the load and every
+    batch; metrics.json lists the counts used."""
+    from qgen_infer.cli.reconstruct import main as reconstruct_main
+
+    built = _monitor_options(monkeypatch)
+    counts = _script(monkeypatch, [2, 1])
+    assert reconstruct_main(reconstruct_args) == 0
+    assert built == [BATCH_PROBE] and counts.calls == 1 + 3  # after the load, then 3 batches
+    out = Path(reconstruct_args[reconstruct_args.index("--out") + 1])
+    assert json.loads((out / "metrics.json").read_text())["settings"]["threads_used"] == [2, 1]
+
+
+def test_qgen_reconstruct_keeps_an_explicit_count(reconstruct_args, monkeypatch) -> None:
+    from qgen_infer.cli.reconstruct import main as reconstruct_main
+
+    _no_monitor(monkeypatch)
+    assert reconstruct_main([*reconstruct_args, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("flag", [[], ["--threads", "1"]])
+def test_qgen_reconstruct_under_torchrun_keeps_its_threads(reconstruct_args, monkeypatch,
+                                                           flag) -> None:
+    """Under torchrun no monitor: the ranks keep torchrun's OMP_NUM_THREADS or --threads."""
+    import qgen_infer.cli.reconstruct_sharded as sharded
+    import qgen_infer.distributed as distributed
+    from qgen_infer.cli.reconstruct import main as reconstruct_main
+
+    seen: list[int] = []
+
+    def rank(args: object, out: object) -> int:
+        seen.append(torch.get_num_threads())
+        return 0
+
+    _no_monitor(monkeypatch)
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setattr(sharded, "reconstruct_sharded_main", rank)
+    torch.set_num_threads(2)  # as if torchrun's environment had said 2
+    assert reconstruct_main([*reconstruct_args, *flag]) == 0
+    assert seen == [1 if flag else 2]

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_in(0, 2**62), default=1234, help="seed of the random starts")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="torch CPU threads (default: the cores other processes leave idle, "
-                   "re-checked after every batch)")
+                   "re-checked after every batch, and from a minute on now and then one "
+                   "batch with a thread more, kept if the other work yields)")
     p.add_argument("--out", dest="json", metavar="FILE.json", default=None,
                    help="also write the results to this JSON file")
     p.rename("--json", "--out")
@@ -75,15 +76,16 @@ def _body(argv: Sequence[str] | None) -> int:
     import torch
 
     from qgen_infer.arrays import write_text_atomic
-    from qgen_infer.cpu_threads import idle_core_monitor
+    from qgen_infer.cpu_threads import PROBE_EVERY_S, idle_core_monitor
     from qgen_infer.data import load_train_eval
     from qgen_infer.engine.memory import check_fits, network_plan
     from qgen_infer.train import SolverSettings, evaluate_reconstruction
     from qgen_infer.train.trainer import models_from_checkpoint_path
 
     # without --threads: the cores other processes leave idle, measured over the loading and
-    # re-checked after every batch
-    monitor = idle_core_monitor(args.threads, "cpu")
+    # re-checked after every batch; a thread more is probed as in qgen-reconstruct
+    monitor = idle_core_monitor(args.threads, "cpu", probe_every_s=PROBE_EVERY_S,
+                                probe_at_start=False)
     if args.count is not None and args.count < 1:
         raise QgenError("--count must be at least 1")
     if args.restarts < 1:

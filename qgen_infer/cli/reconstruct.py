@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tables pick them: see qgen-tune)")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="CPU threads of torch and of the cpu backend's kernels (default: the "
-                        "cores other processes leave idle, re-checked after every batch; "
-                        "metrics.json lists the counts used)")
+                        "cores other processes leave idle, re-checked after every batch, and "
+                        "from a minute on now and then one batch with a thread more, kept if "
+                        "the other work yields; metrics.json lists the counts used)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -250,9 +251,11 @@ def _body(argv: Sequence[str] | None) -> int:
     _check_out(out, args.force)
     monitor = None
     if args.threads is None:  # the cores other processes leave idle, measured over the load
-        from qgen_infer.cpu_threads import IdleCoreMonitor
+        from qgen_infer.cpu_threads import PROBE_EVERY_S, IdleCoreMonitor
 
-        monitor = IdleCoreMonitor()
+        # the probe tries a thread more than the idle cores suggest (niced work yields it), first
+        # after PROBE_EVERY_S: a failed probe costs a batch, which a short run would not earn back
+        monitor = IdleCoreMonitor(probe_every_s=PROBE_EVERY_S, probe_at_start=False)
     model, opts, settings = _setup(args, _device(args))
     _start_threads(args, model, settings, monitor)
     y = load_measurements(args.measurements, int(model.config["measurements"]))
