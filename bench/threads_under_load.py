@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not args.model and args.dcgan_bits is None:
         p.error("give --model or --dcgan-bits")
+    if args.setting and args.setting == ["default"] * len(args.setting):
+        p.error("--setting: add a fixed count (the ratios are to the best fixed one)")
     extra = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
     rows = []
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
