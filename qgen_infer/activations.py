@@ -3,8 +3,8 @@
 * names: :data:`ACTIVATIONS`, the vocabulary of a ``.qgen`` layer's ``activation`` field;
 * codes: :data:`ACTIVATION_IDS`, the integer the kernels take (the Triton kernels' ``ACT``
   constexpr, ``enum Act`` of ``csrc/qgen_cpu.h``, which ``tests/test_activations.py`` parses);
-* math: :func:`activate` and :func:`activation_grad_from_output` on torch tensors, the
-  references the kernels' fused epilogues are tested against.
+* math: :func:`activate` (:func:`activate_` in place) and :func:`activation_grad_from_output`
+  on torch tensors, the references the kernels' fused epilogues are tested against.
 
 All four are monotone, so the derivative is written in terms of the output ``y``: backward passes
 need not keep the pre-activation. Importing this module does not import torch (the format
@@ -42,6 +42,22 @@ def activate(y: torch.Tensor, activation: str, negative_slope: float = 0.01) -> 
         return F.leaky_relu(y, negative_slope)
     if activation == "tanh":
         return torch.tanh(y)
+    return y
+
+
+def activate_(y: torch.Tensor, activation: str, negative_slope: float = 0.01) -> torch.Tensor:
+    """:func:`activate` in place on ``y`` (a fresh product nothing else holds), which it
+    returns: the same values without a second tensor of ``y``'s size (for a [64, 64, 32, 32]
+    activation, 16 MB of new pages per call)."""
+    import torch.nn.functional as F
+
+    activation_id(activation)
+    if activation == "relu":
+        return y.relu_()
+    if activation == "leaky_relu":
+        return F.leaky_relu_(y, negative_slope)
+    if activation == "tanh":
+        return y.tanh_()
     return y
 
 

@@ -312,3 +312,91 @@ def test_threads_give_the_same_result() -> None:
     bwd = [_cpu.conv_pixels_t_f32(g, words_t, 16, 1, scale, zero, geometry, threads=t)
            for t in (1, 2)]
     assert np.array_equal(*fwd) and np.array_equal(*bwd)
+
+
+# The dense route (--backend auto choosing torch's convolution for a layer, as it does for every
+# DCGAN layer on the portable tier) must cost what the dense baseline costs: the same aten
+# convolutions, no copy and no tensor the baseline does not make.
+
+
+def baseline_layer(module) -> torch.nn.Sequential:
+    """The dense baseline's layer and activation (qgen_infer/engine/dense_baseline.py)."""
+    from qgen_infer.engine.dense_baseline import ACTIVATIONS, dense_layer
+
+    act = ACTIVATIONS[module.epilogue.activation](module.epilogue)
+    return torch.nn.Sequential(dense_layer(module), act).requires_grad_(False)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("case", LAYERS, ids=lambda c: ("T" if c[0] else "C")
+                         + f"{c[2]}-{c[3]}-{c[1]}b")
+def test_dense_route_is_the_dense_baseline_bit_for_bit(case, batch: int) -> None:
+    """A layer on the dense route (portable tier) gives the dense baseline layer's output and
+    autograd input gradient bit for bit on NCHW tensors (a generator with no packed layer), odd
+    sizes and batch 1 included; a channels-last input (a packed layer before it) gives the same
+    values within fp32 rounding."""
+    transposed, bits, c_in, c_out, kernel, stride, padding, out_pad, dilation, h, w = case
+    gen = torch.Generator().manual_seed(bits + c_in + batch)
+    layer, _, _ = make_layer(transposed, bits, c_in, c_out, kernel, stride, padding, out_pad,
+                             dilation, gen)
+    cls = PackedConvTranspose2d if transposed else PackedConv2d
+    module = cls(layer, bits, create_backend(isa="portable", threads=1, dispatch="dense"))
+    base = baseline_layer(module)
+    x = torch.randn(batch, c_in, h, w, generator=gen)
+    g = None
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x1 = x.contiguous(memory_format=layout).requires_grad_(True)
+        x2 = x1.detach().clone(memory_format=layout).requires_grad_(True)
+        y, y_base = module(x1), base(x2)
+        g = torch.randn(y.shape, generator=gen) if g is None else g
+        (gx,), (gx_base,) = torch.autograd.grad(y, x1, g), torch.autograd.grad(y_base, x2, g)
+        assert gx.shape == x.shape
+        if layout == torch.contiguous_format:
+            assert torch.equal(y, y_base) and y.is_contiguous()
+            assert torch.equal(gx, gx_base) and gx.is_contiguous()
+        else:
+            assert_rel_close(y.detach(), y_base.double(), 1e-5)
+            assert_rel_close(gx, gx_base.double(), 1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_all_dense_generator_adds_no_copy_or_memory(batch: int, tiny_checkpoint, tmp_path,
+                                                    monkeypatch) -> None:
+    """A DCGAN whose every layer runs dense on the portable tier (``--backend auto``'s choice
+    there), forward and input gradient: torch.profiler sees no copy the dense baseline does not
+    make (the input gradient of the output conv once copied a whole [B, C, H, W] stand-in) and
+    no more bytes allocated than the baseline's (its out-of-place activations)."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    import qgen_infer
+    from qgen_infer.engine.dense_baseline import dense_generator
+    from qgen_infer.export import export_checkpoint
+
+    # auto's backend on the portable tier with every product dense (QGEN_CPU_ISA is read once
+    # per process by the extension, so the tier is passed, not set in the environment)
+    monkeypatch.setattr("qgen_infer.engine.loader.get_backend", lambda name, device: (
+        create_backend(isa="portable", dispatch="dense")))
+    path = export_checkpoint(tiny_checkpoint("dcgan", 2, "channel"), tmp_path / "m.qgen").path
+    model = qgen_infer.load(path, backend="auto")
+    assert (model.backend.isa, model.backend.dispatch) == ("portable", "dense")
+    dense = dense_generator(model)
+    z = torch.randn(batch, model.config["latent_dim"], generator=torch.Generator().manual_seed(2))
+
+    def costs(generator) -> tuple[Counter, int]:
+        """(copies by shape, bytes allocated) of one forward and input gradient."""
+        zz = z.clone().requires_grad_(True)
+        generator(zz)  # warm-up: weights dequantized, oneDNN primitives made
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True,
+                     profile_memory=True) as prof:
+            x = generator(zz)
+            torch.autograd.grad(x, zz, torch.ones_like(x))
+        events = prof.events()
+        copies = Counter(str(e.input_shapes) for e in events if e.name == "aten::copy_")
+        return copies, sum(max(e.cpu_memory_usage, 0) for e in events if e.name == "[memory]")
+
+    (auto_copies, auto_bytes), (base_copies, base_bytes) = costs(model.generator), costs(dense)
+    assert not auto_copies - base_copies, f"copies the baseline does not make: " \
+        f"{auto_copies - base_copies}"
+    assert auto_bytes <= base_bytes

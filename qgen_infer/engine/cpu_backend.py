@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qgen_infer.activations import ACTIVATION_IDS
+from qgen_infer.activations import ACTIVATION_IDS, activate_
 from qgen_infer.engine.backend import (
     Epilogue,
     MatrixWeight,
@@ -229,13 +229,7 @@ def dense_gemm(x: torch.Tensor, w: torch.Tensor, ep: Epilogue) -> torch.Tensor:
             y.mul_(ep.alpha)
         if ep.beta is not None:
             y.add_(ep.beta)
-    if ep.activation == "relu":
-        y.relu_()
-    elif ep.activation == "leaky_relu":
-        F.leaky_relu_(y, ep.negative_slope)
-    elif ep.activation == "tanh":
-        y.tanh_()
-    return y
+    return activate_(y, ep.activation, ep.negative_slope)
 
 
 def dense_grad_through_epilogue(g: torch.Tensor, y: torch.Tensor, ep: Epilogue) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from qgen_infer.activations import ACTIVATION_IDS, activate
+from qgen_infer.activations import ACTIVATION_IDS, activate_
 from qgen_infer.conv_geometry import conv2d_output_size, conv_transpose2d_output_size
 from qgen_infer.engine.backend import Epilogue
 from qgen_infer.format import unpack_codes
@@ -324,7 +324,9 @@ class CpuConv(torch.autograd.Function):
 
         y = backend._route(plan.op_name("forward", h, w), x, plan, packed, dense)
         ctx.backend, ctx.plan, ctx.epilogue, ctx.in_hw = backend, plan, epilogue, (h, w)
-        ctx.save_for_backward(y)
+        # x too: the dense input gradient hands it to aten (alive anyway: the layer before
+        # saved it as its output)
+        ctx.save_for_backward(y, x)
         return y
 
     @staticmethod
@@ -332,7 +334,7 @@ class CpuConv(torch.autograd.Function):
     def backward(ctx: Any, grad_y: torch.Tensor):  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        (y,) = ctx.saved_tensors
+        y, x = ctx.saved_tensors
         backend, plan, ep, (h, w) = ctx.backend, ctx.plan, ctx.epilogue, ctx.in_hw
 
         def packed() -> torch.Tensor:
@@ -345,7 +347,7 @@ class CpuConv(torch.autograd.Function):
             return g.permute(0, 3, 1, 2)
 
         def dense() -> torch.Tensor:
-            return dense_conv_input_grad(grad_y, y, plan, ep, (h, w))
+            return dense_conv_input_grad(grad_y, y, x, plan, ep)
 
         g = backend._route(plan.op_name("input_grad", h, w), grad_y, plan, packed, dense)
         return g, None, None, None
@@ -353,27 +355,34 @@ class CpuConv(torch.autograd.Function):
 
 def dense_conv(x: torch.Tensor, plan: CpuConvPlan, ep: Epilogue) -> torch.Tensor:
     """The layer in fp32 torch (oneDNN) as the dense baseline runs it: alpha folded into the
-    weight, beta the bias, then the activation."""
+    weight, beta the bias, then the activation (in place: the same values, one tensor fewer
+    than the baseline's ``nn.ReLU``)."""
     if plan.transposed:
         acc = F.conv_transpose2d(x, plan.dense(), ep.beta, plan.stride, plan.padding,
                                  plan.output_padding, 1, plan.dilation)
     else:
         acc = F.conv2d(x, plan.dense(), ep.beta, plan.stride, plan.padding, plan.dilation)
-    return activate(acc, ep.activation, ep.negative_slope)
+    return activate_(acc, ep.activation, ep.negative_slope)
 
 
-def dense_conv_input_grad(grad_y: torch.Tensor, y: torch.Tensor, plan: CpuConvPlan,
-                          ep: Epilogue, in_hw: tuple[int, int]) -> torch.Tensor:
-    """The input gradient of :func:`dense_conv` given its output ``y``, in fp32 torch."""
+def dense_conv_input_grad(grad_y: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                          plan: CpuConvPlan, ep: Epilogue) -> torch.Tensor:
+    """The input gradient of :func:`dense_conv` given its input ``x`` and output ``y``, in fp32
+    torch (the same values as autograd through the baseline's layer)."""
     from qgen_infer.engine.cpu_backend import dense_grad_through_epilogue
 
     h = dense_grad_through_epilogue(grad_y, y, Epilogue(None, None, ep.activation,
                                                         ep.negative_slope))
-    shape = (h.shape[0], plan.module.weight_shape[0 if plan.transposed else 1], *in_hw)
     if plan.transposed:
         return F.conv2d(h, plan.dense(), None, plan.stride, plan.padding, plan.dilation)
-    return torch.nn.grad.conv2d_input(shape, plan.dense(), h, plan.stride, plan.padding,
-                                      plan.dilation)
+    # aten reads only the input's shape and makes it contiguous first: x itself costs nothing
+    # where torch.nn.grad.conv2d_input's expanded one-element stand-in is copied into a whole
+    # [B, C, H, W] tensor each call; a channels-last x gets an NCHW stand-in (never written),
+    # so that oneDNN runs in the layout it ran in before
+    carrier = x.detach() if x.is_contiguous() else h.new_empty(x.shape)
+    return torch.ops.aten.convolution_backward(
+        h, carrier, plan.dense(), None, plan.stride, plan.padding, plan.dilation, False,
+        [0, 0], 1, (True, False, False))[0]
 
 
 def cpu_conv(x: torch.Tensor, backend: Any, plan: CpuConvPlan, epilogue: Epilogue

@@ -45,26 +45,32 @@ def dequantized_weight(mod: Any) -> torch.Tensor:
     return w
 
 
+def dense_layer(mod: PackedLinear | PackedConv2d | PackedConvTranspose2d) -> nn.Module:
+    """One packed layer as its dense torch layer (weight :func:`dequantized_weight`, bias the
+    epilogue's beta), without the activation."""
+    w = dequantized_weight(mod)
+    if isinstance(mod, PackedLinear):
+        dense: nn.Module = nn.Linear(w.shape[1], w.shape[0])
+    elif isinstance(mod, PackedConv2d):
+        dense = nn.Conv2d(w.shape[1], w.shape[0], mod.kernel_size, mod.stride, mod.padding,
+                          mod.dilation)
+    else:
+        dense = nn.ConvTranspose2d(w.shape[0], w.shape[1], mod.kernel_size, mod.stride,
+                                   mod.padding, mod.output_padding, 1, True, mod.dilation)
+    ep = mod.epilogue
+    with torch.no_grad():
+        dense.weight.copy_(w)
+        dense.bias.copy_(ep.beta if ep.beta is not None else torch.zeros_like(dense.bias))
+    return dense
+
+
 def dense_generator(model: Any, dtype: torch.dtype = torch.float32) -> nn.Sequential:
     """``model.generator`` as dense torch layers in ``dtype`` on ``model.device``."""
     layers: list[tuple[str, nn.Module]] = []
     for name, mod in model.generator.named_children():
         if isinstance(mod, (PackedLinear, PackedConv2d, PackedConvTranspose2d)):
-            w = dequantized_weight(mod)
-            if isinstance(mod, PackedLinear):
-                dense: nn.Module = nn.Linear(w.shape[1], w.shape[0])
-            elif isinstance(mod, PackedConv2d):
-                dense = nn.Conv2d(w.shape[1], w.shape[0], mod.kernel_size, mod.stride,
-                                  mod.padding, mod.dilation)
-            else:
-                dense = nn.ConvTranspose2d(w.shape[0], w.shape[1], mod.kernel_size, mod.stride,
-                                           mod.padding, mod.output_padding, 1, True,
-                                           mod.dilation)
             ep = mod.epilogue
-            with torch.no_grad():
-                dense.weight.copy_(w)
-                dense.bias.copy_(ep.beta if ep.beta is not None else torch.zeros_like(dense.bias))
-            layers += [(name, dense), (f"{name}_act", ACTIVATIONS[ep.activation](ep))]
+            layers += [(name, dense_layer(mod)), (f"{name}_act", ACTIVATIONS[ep.activation](ep))]
         elif isinstance(mod, Reshape):
             layers.append((name, mod))
         else:
