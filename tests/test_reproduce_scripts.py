@@ -739,6 +739,7 @@ def test_colour_finetune_plan_names_commands_and_notes(tmp_path: Path) -> None:
     assert ("The 1/2/3/4-bit SDLSS models are quantization-aware fine-tunings of the 32-bit "
             "SDLSS run's epoch-8 checkpoint (`cifar10-m100-sdlss-32-bf16`") in note
     assert "every model of the row has 12 epochs behind it" in note
+    assert "Adam learning rate qgen-train's default (0.0002); " in note  # not the tunings' rate
     assert "fine-tunings" not in tables.settings_line(plan.colour_plan(sets, epochs=12, m=100,
                                                                        s=100))
 

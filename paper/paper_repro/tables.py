@@ -336,7 +336,9 @@ def curve_table(results: Results) -> list[str]:
 def settings_line(specs: Sequence[RunSpec]) -> str:
     """The colour runs' m, s, learning rate, S-REC pairs and training precision, in one line."""
     settings = sorted({(s.m, s.s) for s in specs if s.method == SDLSS})
-    rates = sorted({learning_rate_note(s.lr, network_family(s)) for s in specs})
+    # a fine-tuned run's rate is in its own sentence (finetune_note)
+    rates = sorted({learning_rate_note(s.lr, network_family(s)) for s in specs
+                    if not s.init_from})
     return ("Settings: " + "; ".join(f"m = {m}, s = {s}" for m, s in settings)
             + " (the paper does not state m or s for Table 1; DCS: dense latent); Adam "
             + f"learning rate {', '.join(rates)}; S-REC loss: "
