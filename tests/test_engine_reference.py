@@ -5,6 +5,7 @@ backend registry; and the engine's structural checks."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -335,3 +336,48 @@ def test_dense_baseline_is_the_same_generator(family, exported) -> None:
     (g1,) = torch.autograd.grad(x_packed, z1, g)
     (g2,) = torch.autograd.grad(x_dense, z2, g)
     torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-5)
+
+
+_MMAP_PROBE = """
+import ctypes, sys
+import qgen_infer
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = (ctypes.c_void_p,)
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                               "usmblks", "fsmblks", "uordblks", "fordblks",
+                                               "keepcost")]
+
+libc.mallinfo2.restype = Info
+
+def mmapped_by_16_mib() -> int:
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(16 << 20)
+    grew = libc.mallinfo2().hblks - before
+    libc.free(block)
+    return grew
+
+libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD at glibc's default, fixed (no adaptive rise)
+assert mmapped_by_16_mib() == 1, "glibc did not mmap a 16 MiB block at the default threshold"
+qgen_infer.load(sys.argv[1], backend="reference")
+print(mmapped_by_16_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+@pytest.mark.parametrize(("setting", "mmapped"), [(None, "0"), ("0", "1")])
+def test_cpu_load_keeps_freed_blocks_in_the_process(setting, mmapped, exported) -> None:
+    """``qgen_infer.load`` on the CPU raises glibc's mmap threshold (as training does), so the
+    solver's multi-MiB activations come from the heap instead of fresh page-faulted mmaps;
+    ``QGEN_KEEP_FREED_MEMORY=0`` leaves the threshold where it was."""
+    path, _ = exported("mlp", 1, "tensor")
+    env = {k: v for k, v in os.environ.items() if k != "QGEN_KEEP_FREED_MEMORY"}
+    if setting is not None:
+        env["QGEN_KEEP_FREED_MEMORY"] = setting
+    out = subprocess.run([sys.executable, "-c", _MMAP_PROBE, str(path)], check=True, env=env,
+                         timeout=120, capture_output=True, text=True).stdout
+    assert out.split()[-1] == mmapped

@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
+from qgen_infer.allocator import keep_freed_memory
 from qgen_infer.checkpoint import load_checkpoint
 from qgen_infer.cli.train import main as train_main
 from qgen_infer.errors import QgenError
 from qgen_infer.models import build_generator, build_sensing
 from qgen_infer.train import TrainConfig, Trainer
-from qgen_infer.train.allocator import keep_freed_memory
 from qgen_infer.train.precision import Autocast, in_precision
 
 DCGAN = {"family": "dcgan", "image_shape": [3, 8, 8], "latent_dim": 12, "measurements": 5,

@@ -75,6 +75,7 @@ def _body(argv: Sequence[str] | None) -> int:
 
     import torch
 
+    from qgen_infer.allocator import keep_freed_memory
     from qgen_infer.arrays import write_text_atomic
     from qgen_infer.cpu_threads import PROBE_EVERY_S, idle_core_monitor
     from qgen_infer.data import load_train_eval
@@ -90,6 +91,7 @@ def _body(argv: Sequence[str] | None) -> int:
         raise QgenError("--count must be at least 1")
     if args.restarts < 1:
         raise QgenError("--restarts must be at least 1")
+    keep_freed_memory()  # as qgen_infer.load does: the solver's activations are reused
     gen, sense, ckpt = models_from_checkpoint_path(args.model)
     settings = ckpt["train"].get("settings", {})
     dataset = args.dataset if args.dataset is not None else settings.get("dataset")

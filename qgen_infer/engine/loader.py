@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qgen_infer.allocator import keep_freed_memory
 from qgen_infer.engine.backend import Backend
 from qgen_infer.engine.memory import (
     FP32_BYTES,
@@ -153,8 +154,15 @@ def load(path: str | Path, backend: str = "auto",
 
     Returns a :class:`QgenModel`. A malformed file raises :class:`FormatError`, an unknown or
     unavailable backend :class:`QgenError`.
+
+    On the CPU this also tells glibc to keep freed blocks of up to 32 MiB in the process
+    (:func:`qgen_infer.allocator.keep_freed_memory`, as training does): a solver step allocates
+    and frees its activations again every iteration, and without it each is page-faulted in
+    afresh (1.10-1.17x on whole reconstructions, bench/results/reconstruct.md).
     """
     dev = _device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     engine = get_backend(backend, dev)
     qf = read_qgen(path)
     try:

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from qgen_infer.allocator import keep_freed_memory
 from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from qgen_infer.errors import QgenError
 from qgen_infer.metrics import psnr, ssim
 from qgen_infer.models import build_generator, build_sensing, complete_config
 from qgen_infer.signals import signals_deferred
 from qgen_infer.solve import reconstruct_latent
-from qgen_infer.train.allocator import keep_freed_memory
 from qgen_infer.train.config import (
     DEFAULT_LR,
     DEFAULT_SREC_DATA_PAIRS,

@@ -1,5 +1,5 @@
-"""Freed tensor memory kept inside the process, so that training does not pay a page fault per
-page of every large tensor it allocates.
+"""Freed tensor memory kept inside the process, so that training and the reconstruction loop do
+not pay a page fault per page of every large tensor they allocate.
 
 glibc's malloc serves blocks above its mmap threshold (128 KiB, rising adaptively) with fresh
 ``mmap`` calls and returns them to the kernel on ``free``; a DCGAN training step allocates and
@@ -8,11 +8,18 @@ frees hundreds of 4-16 MiB activations, and the kernel zero-fills every page of 
 existing one; measured 2026-12-04 on the 2-vCPU development machine). Raising the mmap
 threshold to glibc's 64-bit ceiling and the trim threshold out of reach makes ``free`` keep
 those blocks for the next allocation. The arithmetic is unchanged: only where memory comes from.
+The process's resident memory then stays near its peak instead of shrinking between steps.
+
+Called by ``Trainer`` and by ``qgen_infer.load`` for CPU models (so every CLI and the Python API
+get it); leaf module, imported by both sides of the train -> engine data flow.
+``QGEN_KEEP_FREED_MEMORY=0`` leaves glibc's defaults alone (a process that must give memory back
+between calls; also the A/B of ``bench/time_dcgan_reconstruct.py``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's malloc.h
@@ -24,8 +31,9 @@ TRIM_THRESHOLD = 2**31 - 1  # the largest int mallopt takes: the heap is never t
 
 def keep_freed_memory() -> bool:
     """Tell glibc to keep freed blocks of up to 32 MiB for reuse; True when it took both
-    settings, False where there is no glibc (other C libraries, macOS, Windows)."""
-    if not sys.platform.startswith("linux"):
+    settings, False where there is no glibc (other C libraries, macOS, Windows) or
+    ``QGEN_KEEP_FREED_MEMORY=0`` asks to leave the allocator alone."""
+    if not sys.platform.startswith("linux") or os.environ.get("QGEN_KEEP_FREED_MEMORY") == "0":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
