@@ -233,13 +233,20 @@ def test_qgen_eval_follows_the_idle_cores_every_batch(tmp_path: Path, monkeypatc
     monkeypatch.setattr(trainer, "reconstruct_latent", recording)
     model = str(tmp_path / "r" / "model.pt")
     built = _monitor_options(monkeypatch)
-    assert eval_main([model, "--count", "30", "--batch-size", "10"]) == 0
+    assert eval_main([model, "--count", "30", "--batch-size", "10", "--out",
+                      str(tmp_path / "followed.json")]) == 0
     assert counts.calls == 1 + 3 and seen == [2, 1, 1]
     assert built == [BATCH_PROBE]
+    # the results say which counts ran, as qgen-reconstruct's metrics.json does
+    followed = json.loads((tmp_path / "followed.json").read_text())
+    assert followed["threads"] is None and followed["threads_used"] == [2, 1]
     _no_monitor(monkeypatch)
     seen.clear()
-    assert eval_main([model, "--count", "20", "--batch-size", "10", "--threads", "2"]) == 0
+    assert eval_main([model, "--count", "20", "--batch-size", "10", "--threads", "2", "--out",
+                      str(tmp_path / "fixed.json")]) == 0
     assert seen == [2, 2]
+    fixed = json.loads((tmp_path / "fixed.json").read_text())
+    assert fixed["threads"] == 2 and fixed["threads_used"] == [2]
 
 
 def test_qgen_demo_follows_the_idle_cores(tmp_path: Path, monkeypatch) -> None:

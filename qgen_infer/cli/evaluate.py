@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "re-checked after every batch, and from a minute on now and then one "
                    "batch with a thread more, kept if the other work yields)")
     p.add_argument("--out", dest="json", metavar="FILE.json", default=None,
-                   help="also write the results to this JSON file")
+                   help="also write the results to this JSON file (with the settings, and the "
+                        "thread counts the batches ran with)")
     p.rename("--json", "--out")
     return p
 
@@ -117,9 +118,16 @@ def _body(argv: Sequence[str] | None) -> int:
                "use a smaller --batch-size or fewer --restarts")
     if monitor is not None:
         monitor.follow()
+    threads_used = [torch.get_num_threads()]  # every count the batches ran with, in order
+
+    def follow_load() -> None:
+        threads = monitor.follow()
+        if threads is not None:
+            threads_used.append(threads)
+
     res = evaluate_reconstruction(gen, sense, evals, solver, step, batch_size=args.batch_size,
                                   restarts=args.restarts, seed=args.seed,
-                                  on_batch=None if monitor is None else monitor.follow)
+                                  on_batch=None if monitor is None else follow_load)
     if not all(math.isfinite(res[k]) for k in ("psnr", "ssim")):
         raise QgenError(f"the reconstructions are not finite (PSNR {res['psnr']}, SSIM "
                         f"{res['ssim']}): the step size {step:g} or the weights overflow float32")
@@ -127,7 +135,8 @@ def _body(argv: Sequence[str] | None) -> int:
     out = {"model": args.model, "bits": bits, "method": sv["method"],
            "epochs": ckpt["train"].get("epochs"), "images": int(evals.shape[0]),
            "steps": solver.steps, "sparsity": solver.sparsity, "restarts": args.restarts,
-           "step_size": step, "psnr": res["psnr"], "ssim": res["ssim"]}
+           "step_size": step, "threads": args.threads, "threads_used": threads_used,
+           "psnr": res["psnr"], "ssim": res["ssim"]}
     print(f"{args.model}: {sv['method']} {bits}-bit, {out['epochs']} epochs, {out['images']} "
           f"images, T={solver.steps}, s={solver.sparsity}, restarts={args.restarts}: "
           f"PSNR {res['psnr']:.2f} dB  SSIM {res['ssim']:.4f}")
