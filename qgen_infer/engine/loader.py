@@ -158,7 +158,7 @@ def load(path: str | Path, backend: str = "auto",
     On the CPU this also tells glibc to keep freed blocks of up to 32 MiB in the process
     (:func:`qgen_infer.allocator.keep_freed_memory`, as training does): a solver step allocates
     and frees its activations again every iteration, and without it each is page-faulted in
-    afresh (1.10-1.17x on whole reconstructions, bench/results/reconstruct.md).
+    afresh (DCGAN reconstructions 1.01-1.16x, MNIST 1.02-1.05x: bench/results/reconstruct.md).
     """
     dev = _device(device)
     if dev.type == "cpu":
