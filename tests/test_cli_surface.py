@@ -75,6 +75,10 @@ def test_one_name_per_meaning(prog: str) -> None:
                 assert by_flag[flag].option_strings == flags, (prog, flag)
     shown = set(by_flag)
     assert "--model" not in shown and "--json" not in shown  # inputs are positional
+    # -o is the output wherever there is one (--out FILE or --out-dir DIR), and nothing else
+    outputs = [a for a in _options(parser) if {"--out", "--out-dir"} & set(a.option_strings)]
+    assert [a.option_strings[0] for a in outputs] == ["-o"] * len(outputs), prog
+    assert "-o" not in by_flag or by_flag["-o"] in outputs, prog
     if prog in MODEL_INPUT:  # the model is the first positional, named by its file type
         first = next(a for a in _options(parser) if not a.option_strings)
         assert (first.dest, first.metavar) == ("model", MODEL_INPUT[prog])

@@ -29,7 +29,7 @@ The default run took 3 min 56 s on the 2-core development machine (2026-11-25; s
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="qgen-demo", description=DESCRIPTION)
-    p.add_argument("--out-dir", dest="out", metavar="DIR", default="runs/demo",
+    p.add_argument("-o", "--out-dir", dest="out", metavar="DIR", default="runs/demo",
                    help="folder for models, files and PNG grids (a rerun reuses its models)")
     p.rename("--out", "--out-dir")
     p.add_argument("--bits", type=int, nargs="+", default=[32, 4, 2, 1],

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: the cores other processes leave idle, "
                    "re-checked after every batch, and from a minute on now and then one "
                    "batch with a thread more, kept if the other work yields)")
-    p.add_argument("--out", dest="json", metavar="FILE.json", default=None,
+    p.add_argument("-o", "--out", dest="json", metavar="FILE.json", default=None,
                    help="also write the results to this JSON file (with the settings, and the "
                         "thread counts the batches ran with)")
     p.rename("--json", "--out")

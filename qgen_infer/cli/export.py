@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint was trained at full precision)")
     p.add_argument("--granularity", choices=("tensor", "channel"), default=None,
                    help="one scale per tensor or per output channel (default: as trained)")
-    p.add_argument("--out", metavar="FILE.qgen", default=None,
+    p.add_argument("-o", "--out", metavar="FILE.qgen", default=None,
                    help="the packed model file to write (default: MODEL-wK.qgen beside the "
                         "checkpoint, K the bit width)")
     p.add_argument("--force", action="store_true",

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the noise")
     p.add_argument("--threads", type=int_in(1, max_threads()), default=None,
                    help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", metavar="FILE.npy", required=True,
+    p.add_argument("-o", "--out", metavar="FILE.npy", required=True,
                    help="the measurements y (N, m) to write")
     p.add_argument("--truth-out", metavar="FILE.npy", default=None,
                    help="also write the measured images x (N, C, H, W) in [-1, 1] here (the "

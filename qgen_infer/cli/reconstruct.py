@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="packed model file written by qgen-export")
     p.add_input("measurements", metavar="Y.npy", old_flag="--measurements",
                 help="the measurements, a float array (N, m) written by qgen-measure")
-    p.add_argument("--out-dir", dest="out", metavar="DIR", required=True,
+    p.add_argument("-o", "--out-dir", dest="out", metavar="DIR", required=True,
                    help="folder to write the results to (must not exist, or --force)")
     p.rename("--out", "--out-dir")
     p.add_argument("--truth", metavar="X.npy", default=None,

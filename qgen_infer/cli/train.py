@@ -62,7 +62,7 @@ and S-REC data pairs over all of it, as one process); Ctrl-C keeps the last epoc
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="qgen-train", description=DESCRIPTION, epilog=EPILOG)
     d = TrainConfig()
-    p.add_argument("--out-dir", dest="out", metavar="DIR", required=True,
+    p.add_argument("-o", "--out-dir", dest="out", metavar="DIR", required=True,
                    help="run folder (created; model.pt, log.jsonl, config.json)")
     p.rename("--out", "--out-dir")
     p.add_argument("--data", dest="dataset", choices=DATASET_NAMES, default=None,

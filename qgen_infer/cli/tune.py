@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch sizes to tune for (configs are kept per power-of-two bucket)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), nargs="+",
                    default=["fp32", "fp16"], help="activation precisions to tune for")
-    p.add_argument("--out", metavar="FILE.json", default=None,
+    p.add_argument("-o", "--out", metavar="FILE.json", default=None,
                    help="config file to write (default: $QGEN_TRITON_CONFIGS, else "
                         "~/.cache/qgen_infer/triton-configs.json, which every run reads)")
     return p
