@@ -236,3 +236,78 @@ def test_pickle_payload_never_runs(tmp_path: Path, capsys) -> None:
     assert not marker.exists()
     assert "not a readable qgen checkpoint" in capsys.readouterr().err
     assert pickle.HIGHEST_PROTOCOL  # the payload really is a pickle-level object
+
+
+def _with_precision(src: Path, folder: Path, precision: str | None,
+                    sensing_scale: float = 1.0) -> Path:
+    """A copy of the checkpoint ``src`` recorded as trained with ``--precision precision``
+    (None: no record, as checkpoints from before the flag), its sensing weights scaled."""
+    ckpt = load_checkpoint(src)
+    settings = ckpt.setdefault("train", {}).setdefault("settings", {})
+    settings.pop("precision", None)
+    if precision is not None:
+        settings["precision"] = precision
+    ckpt["sensing"] = {k: v * sensing_scale if k.endswith("weight") else v
+                       for k, v in ckpt["sensing"].items()}
+    path = folder / f"{precision}-{sensing_scale:g}.pt"
+    save_checkpoint(path, ckpt)
+    return path
+
+
+@pytest.mark.parametrize(("precision", "requested", "stored"), [
+    ("bf16", "auto", "fp16"), ("fp32", "auto", "fp32"), (None, "auto", "fp32"),
+    ("bf16", "fp32", "fp32"), ("fp32", "fp16", "fp16")])
+def test_sensing_dtype_follows_the_training_precision(precision, requested, stored,
+                                                      tiny_checkpoint, tmp_path: Path) -> None:
+    """auto stores A in float16 only for a bf16-trained checkpoint; the file's version says it
+    (3 for float16, 2 otherwise, so older readers keep reading float32 files)."""
+    src = _with_precision(tiny_checkpoint("mlp", 2, "tensor"), tmp_path, precision)
+    result = export_checkpoint(src, tmp_path / "m.qgen", sensing_dtype=requested)
+    qf = read_qgen(result.path)
+    reference = read_qgen(export_checkpoint(src, tmp_path / "ref.qgen",
+                                            sensing_dtype="fp32").path)
+    assert result.sensing_dtype == qf.sensing_dtype == stored
+    assert qf.format_version == (3 if stored == "fp16" else 2)
+    want = torch.float16 if stored == "fp16" else torch.float32
+    for name, value in qf.sensing.items():
+        assert value.dtype == want
+        assert torch.equal(value, reference.sensing[name].to(want))  # rounded once, from fp32
+    for a, b in zip(qf.packed_layers, reference.packed_layers, strict=True):
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale)
+
+
+def test_float16_sensing_halves_the_file_and_computes_in_fp32(tiny_checkpoint,
+                                                              tmp_path: Path) -> None:
+    import qgen_infer
+
+    src = _with_precision(tiny_checkpoint("dcgan", 1, "tensor"), tmp_path, "bf16")
+    half = export_checkpoint(src, tmp_path / "h.qgen")
+    full = export_checkpoint(src, tmp_path / "f.qgen", sensing_dtype="fp32")
+    sensing_bytes = sum(v.nbytes for v in read_qgen(full.path).sensing.values())
+    # half the sensing bytes, give or take the header's offsets and alignment padding
+    assert abs(full.file_bytes - half.file_bytes - sensing_bytes // 2) < 256
+    h, f = qgen_infer.load(half.path), qgen_infer.load(full.path)
+    assert all(p.dtype == torch.float32 for p in h.sensing.parameters())
+    for (name, ph), pf in zip(h.sensing.state_dict().items(), f.sensing.state_dict().values(),
+                              strict=True):
+        assert torch.equal(ph, pf.half().float()), name
+    x = torch.rand(3, *h.config["image_shape"]) * 2 - 1
+    assert torch.allclose(qgen_infer.measure(h, x), qgen_infer.measure(f, x), rtol=2e-3,
+                          atol=1e-4)
+
+
+def test_float16_sensing_out_of_range(tiny_checkpoint, tmp_path: Path, capsys) -> None:
+    """Weights beyond float16's range: an explicit fp16 is one error line; auto keeps fp32 and
+    says so."""
+    src = _with_precision(tiny_checkpoint("mlp", 2, "tensor"), tmp_path, "bf16",
+                          sensing_scale=1e6)
+    with pytest.raises(QgenError, match="beyond float16's range"):
+        export_checkpoint(src, tmp_path / "x.qgen", sensing_dtype="fp16")
+    assert export_main([str(src), "--sensing-dtype", "fp16", "-o", str(tmp_path / "y.qgen")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "beyond float16's range" in err
+    assert not (tmp_path / "y.qgen").exists()
+    assert export_main([str(src), "-o", str(tmp_path / "z.qgen")]) == 0
+    captured = capsys.readouterr()
+    assert "stored as fp32" in captured.err and "sensing net fp32" in captured.out
+    assert read_qgen(tmp_path / "z.qgen").format_version == 2

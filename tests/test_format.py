@@ -20,7 +20,7 @@ from qgen_infer.checkpoint import load_checkpoint
 from qgen_infer.cli.info import main as info_main
 from qgen_infer.errors import FormatError
 from qgen_infer.export import build_qgen_file
-from qgen_infer.format import FORMAT_VERSION, bounded_json, read_qgen, write_qgen
+from qgen_infer.format import FORMAT_VERSION, bounded_json, read_qgen, serialize, write_qgen
 from qgen_infer.format.writer import checksum, data_region
 
 
@@ -166,8 +166,12 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "no metadata": (lambda b: with_metadata(b, **dict.fromkeys(split(b)[0]["__metadata__"])),
                     "no qgen metadata"),
     "foreign format": (lambda b: with_metadata(b, format="gguf"), "not 'qgen'"),
-    "unknown format version": (lambda b: with_metadata(b, format_version="3"),
-                               "unsupported format version '3'"),
+    "unknown format version": (lambda b: with_metadata(b, format_version="4"),
+                               "unsupported format version '4'"),
+    "float16 sensing in a version-2 file": (
+        lambda b: with_tensors(b, lambda t: t.update({"sensing.fc1.weight":
+                                                      t["sensing.fc1.weight"].half()})),
+        "'sensing.fc1.weight' has dtype F16, expected float32"),
     "bits 5": (lambda b: with_metadata(b, bits="5"), "bits must be one of"),
     "bits 0": (lambda b: with_metadata(b, bits="0"), "bits must be one of"),
     "bits text": (lambda b: with_metadata(b, bits="three"), "bits must be one of"),
@@ -315,3 +319,55 @@ def test_nesting_depth_ignores_brackets_in_strings() -> None:
     assert bounded_json.loads('{"x": [1, 2]}', "x") == {"x": [1, 2]}
     with pytest.raises(FormatError, match="Infinity is not allowed"):
         bounded_json.loads("[Infinity]", "v")
+
+
+@pytest.fixture(scope="module")
+def f16_blob(tiny_checkpoint) -> bytes:
+    """The valid MLP file with its sensing tensors stored as float16 (format version 3)."""
+    qf, _ = build_qgen_file(load_checkpoint(tiny_checkpoint("mlp", 3, "channel")),
+                            sensing_dtype="fp16")
+    return serialize(qf)
+
+
+def test_float16_sensing_round_trip(f16_blob: bytes, valid_blob: bytes, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path, ref = tmp_path / "h.qgen", tmp_path / "f.qgen"
+    path.write_bytes(f16_blob)
+    ref.write_bytes(valid_blob)
+    back, full = read_qgen(path), read_qgen(ref)
+    assert back.format_version == 3 and back.sensing_dtype == "fp16"
+    assert split(f16_blob)[0]["__metadata__"]["format_version"] == "3"
+    for name, value in full.sensing.items():
+        assert back.sensing[name].dtype == torch.float16
+        assert torch.equal(back.sensing[name], value.half())
+    numpy_view = read_qgen(path, tensors="numpy")  # qgen-info's torch-free path
+    assert str(numpy_view.sensing["fc1.weight"].dtype) == "float16"
+    assert info_main([str(path)]) == 0
+    assert "fp16 in" in capsys.readouterr().out
+
+
+F16_CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "float32 sensing in a version-3 file": (
+        lambda b: with_tensors(b, lambda t: t.update({"sensing.fc2.bias":
+                                                      t["sensing.fc2.bias"].float()})),
+        "'sensing.fc2.bias' has dtype F32, expected float16"),
+    "infinite float16 sensing": (
+        lambda b: with_tensors(b, lambda t: t["sensing.fc1.weight"].fill_(float("inf"))),
+        "'sensing.fc1.weight' holds non-finite"),
+    "float16 generator tensor": (
+        lambda b: with_tensors(b, _set("generator.fc1.alpha", torch.ones(12).half())),
+        "'generator.fc1.alpha' has dtype F16, expected float32"),
+    "version 3 told it is version 2": (lambda b: with_metadata(b, format_version="2"),
+                                       "has dtype F16, expected float32"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(F16_CORRUPTIONS))
+def test_malformed_float16_file_is_one_format_error(case: str, f16_blob: bytes,
+                                                    tmp_path: Path) -> None:
+    corrupt, words = F16_CORRUPTIONS[case]
+    path = tmp_path / "bad.qgen"
+    path.write_bytes(corrupt(f16_blob))
+    with pytest.raises(FormatError, match=None) as info:
+        read_qgen(path)
+    assert words in str(info.value) and "\n" not in str(info.value)

@@ -14,10 +14,10 @@ DESCRIPTION = """\
 Quantize every generator weight of a checkpoint (model.pt, written by qgen-train) to K-bit codes
 with the same LinearQuantize as training, pack them into the canonical bit stream (docs/FORMAT.md)
 and write a .qgen file: a safetensors container with the packed generator (BatchNorm folded into
-per-channel alpha/beta beside each layer), the fp32 sensing network, the solver defaults and the
-training metadata. At the trained bit width and granularity the exported weights equal the
-fake-quantized training weights bit for bit; another width or granularity is post-training
-quantization (allowed, with a warning, and recorded in the file).
+per-channel alpha/beta beside each layer), the sensing network (fp32, or fp16: see --sensing-dtype),
+the solver defaults and the training metadata. At the trained bit width and granularity the exported
+weights equal the fake-quantized training weights bit for bit; another width or granularity is
+post-training quantization (allowed, with a warning, and recorded in the file).
 """
 
 EPILOG = """\
@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint was trained at full precision)")
     p.add_argument("--granularity", choices=("tensor", "channel"), default=None,
                    help="one scale per tensor or per output channel (default: as trained)")
+    p.add_argument("--sensing-dtype", choices=("auto", "fp32", "fp16"), default="auto",
+                   help="how the sensing network's weights are stored (the engine loads them into "
+                        "an fp32 network either way): auto = fp16 for a checkpoint trained with "
+                        "--precision bf16 (its A ran in bf16 at every step; half the bytes), "
+                        "else fp32 (default: auto)")
     p.add_argument("-o", "--out", metavar="FILE.qgen", default=None,
                    help="the packed model file to write (default: MODEL-wK.qgen beside the "
                         "checkpoint, K the bit width)")
@@ -74,13 +79,14 @@ def _body(argv: Sequence[str] | None) -> int:
     with warnings.catch_warnings():
         # reported below as one readable line instead of Python's file:line warning format
         warnings.simplefilter("ignore", PostTrainingQuantizationWarning)
-        result = write_export(ckpt, out, bits, args.granularity)
+        result = write_export(ckpt, out, bits, args.granularity, args.sensing_dtype)
     for note in result.warnings:
         print(f"qgen-export: warning: {note}", file=sys.stderr)
     ratio = 4 * result.weight_count / max(result.packed_bytes, 1)
     print(f"wrote {result.path} ({human_bytes(result.file_bytes)}): {result.bits}-bit "
           f"{result.granularity} codes, {result.weight_count:,} generator weights in "
-          f"{result.packed_bytes:,} bytes ({ratio:.1f}x smaller than fp32)")
+          f"{result.packed_bytes:,} bytes ({ratio:.1f}x smaller than fp32); sensing net "
+          f"{result.sensing_dtype}")
     return 0
 
 

@@ -13,12 +13,12 @@ DESCRIPTION = """\
 Read a .qgen file (fully validated: structure, metadata, checksum, tensor shapes and values) and
 print its format version, network, quantizer and solver defaults, then one row per generator layer
 (kind, weight shape, weights, packed bytes, fp32 per-channel bytes, activation), the total generator
-bytes with the compression ratio against fp32, and the size of the fp32 sensing network. Reads
-the file without importing torch (a fraction of a second); --dispatch adds what --backend auto
-chose on this machine for each layer's products (packed kernels or dense fp32, with both measured
-times), read from its cost table (~/.cache/qgen-infer/cpu-dispatch.json,
-QGEN_CPU_DISPATCH_CACHE), or that nothing was measured yet, and what the default --precision
-auto runs the sensing net in here (fp32 or bf16; this loads the engine: ~3 s).
+bytes with the compression ratio against fp32, and the size and storage dtype of the sensing
+network. Reads the file without importing torch (a fraction of a second); --dispatch adds what
+--backend auto chose on this machine for each layer's products (packed kernels or dense fp32, with
+both measured times), read from its cost table (~/.cache/qgen-infer/cpu-dispatch.json,
+QGEN_CPU_DISPATCH_CACHE), or that nothing was measured yet, and what the default --precision auto
+runs the sensing net in here (fp32 or bf16; this loads the engine: ~3 s).
 """
 
 

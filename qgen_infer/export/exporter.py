@@ -24,7 +24,7 @@ from qgen_infer.export.fold import FusedLayer, ReshapeStep, fuse_generator
 from qgen_infer.export.sensing import effective_sensing_state
 from qgen_infer.format import PackedLayer, QgenFile, ReshapeLayer, pack_codes, write_qgen
 from qgen_infer.format.packing import PACKED_BITS
-from qgen_infer.format.schema import channel_axis
+from qgen_infer.format.schema import SENSING_DTYPES, channel_axis
 from qgen_infer.models import ConfigError, complete_config
 from qgen_infer.models.networks import quant_spec
 from qgen_infer.quant import GRANULARITIES, QuantSpec, quantize_codes
@@ -46,6 +46,7 @@ class ExportResult:
     weight_count: int
     packed_bytes: int
     warnings: list[str] = field(default_factory=list)
+    sensing_dtype: str = "fp32"
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -131,9 +132,49 @@ def checkpoint_export_bits(ckpt: dict[str, Any], bits: int | None = None) -> int
     return export_bits(trained_bits, bits)
 
 
+SENSING_DTYPE_CHOICES = ("auto", *SENSING_DTYPES)
+FP16_MAX = 65504.0
+
+
+def trained_precision(ckpt: dict[str, Any]) -> str:
+    """The ``qgen-train --precision`` a checkpoint was trained with (``"fp32"`` when unrecorded)."""
+    train = ckpt.get("train")
+    settings = train.get("settings") if isinstance(train, dict) else None
+    precision = settings.get("precision") if isinstance(settings, dict) else None
+    return precision if isinstance(precision, str) else "fp32"
+
+
+def sensing_storage(ckpt: dict[str, Any], state: dict[str, torch.Tensor],
+                    requested: str = "auto") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The sensing tensors as the file stores them, and any note about the choice.
+
+    ``"auto"``: float16 for a checkpoint trained with ``--precision bf16`` (A ran in bf16 in
+    every training step, so float16's finer mantissa keeps all training relied on, at half the
+    bytes of float32), else float32. ``"fp16"`` on weights beyond float16's range is an error
+    (``"auto"`` keeps float32 for them, with a note). The engine loads either into its fp32
+    network (which ``--precision`` may then run in bf16, as before)."""
+    if requested not in SENSING_DTYPE_CHOICES:
+        raise QgenError(f"sensing dtype must be one of {', '.join(SENSING_DTYPE_CHOICES)}, got "
+                        f"{requested!r}")
+    want = requested if requested != "auto" else (
+        "fp16" if trained_precision(ckpt) == "bf16" else "fp32")
+    if want == "fp32":
+        return state, []
+    biggest = max((float(t.abs().max()) for t in state.values() if t.numel()), default=0.0)
+    if biggest > FP16_MAX:
+        message = (f"the sensing weights reach {biggest:.3g}, beyond float16's range "
+                   f"({FP16_MAX:g})")
+        if requested == "fp16":
+            raise QgenError(f"{message}; export them as fp32")
+        return state, [f"{message}: stored as fp32"]
+    return {k: v.to(torch.float16) for k, v in state.items()}, []
+
+
 def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
-                    granularity: str | None = None) -> tuple[QgenFile, list[str]]:
-    """Quantize and pack a loaded checkpoint; returns the file content and any warnings."""
+                    granularity: str | None = None, sensing_dtype: str = "auto"
+                    ) -> tuple[QgenFile, list[str]]:
+    """Quantize and pack a loaded checkpoint; returns the file content and any warnings
+    (``sensing_dtype``: see :func:`sensing_storage`)."""
     try:
         config = complete_config(ckpt["config"])
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
@@ -169,8 +210,11 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
     if not isinstance(training, dict):
         training = {}
     exported_config = {**config, "bits": bits, "granularity": granularity}
+    stored, storage_notes = sensing_storage(ckpt, effective_sensing_state(config, sensing),
+                                            sensing_dtype)
+    notes += storage_notes
     qf = QgenFile(
-        bits=bits, layers=layers, sensing=effective_sensing_state(config, sensing),
+        bits=bits, layers=layers, sensing=stored,
         config=exported_config, quantizer=quantizer, solver=solver_defaults(ckpt),
         training=training, writer=f"qgen-infer {qgen_infer.__version__}",
     )
@@ -184,25 +228,27 @@ def default_output_path(checkpoint: Path, bits: int) -> Path:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
-                      bits: int | None = None, granularity: str | None = None) -> ExportResult:
+                      bits: int | None = None, granularity: str | None = None,
+                      sensing_dtype: str = "auto") -> ExportResult:
     """Export ``checkpoint`` (a ``model.pt``) to a packed ``.qgen`` file (default
     :func:`default_output_path`).
 
     ``bits`` defaults to the trained width (required when the checkpoint is full precision),
-    ``granularity`` to the trained one. A post-training re-quantization issues a
-    :class:`PostTrainingQuantizationWarning` and is listed in ``ExportResult.warnings``.
+    ``granularity`` to the trained one, ``sensing_dtype`` to float16 for a bf16-trained
+    checkpoint, else float32 (:func:`sensing_storage`). A post-training re-quantization issues
+    a :class:`PostTrainingQuantizationWarning` and is listed in ``ExportResult.warnings``.
     """
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)  # weights_only=True: no pickle code runs
     bits = checkpoint_export_bits(ckpt, bits)
     path = Path(out) if out is not None else default_output_path(checkpoint, bits)
-    return write_export(ckpt, path, bits, granularity)
+    return write_export(ckpt, path, bits, granularity, sensing_dtype)
 
 
 def write_export(ckpt: dict[str, Any], path: Path, bits: int | None = None,
-                 granularity: str | None = None) -> ExportResult:
+                 granularity: str | None = None, sensing_dtype: str = "auto") -> ExportResult:
     """Quantize, pack and write a loaded checkpoint to ``path`` (see :func:`export_checkpoint`)."""
-    qf, notes = build_qgen_file(ckpt, bits, granularity)
+    qf, notes = build_qgen_file(ckpt, bits, granularity, sensing_dtype)
     for note in notes:
         warnings.warn(note, PostTrainingQuantizationWarning, stacklevel=3)
     if not path.parent.is_dir():
@@ -214,4 +260,5 @@ def write_export(ckpt: dict[str, Any], path: Path, bits: int | None = None,
         post_training=qf.quantizer["post_training"], file_bytes=size,
         weight_count=sum(layer.numel for layer in packed),
         packed_bytes=sum(layer.codes.numel() for layer in packed), warnings=notes,
+        sensing_dtype=qf.sensing_dtype,
     )

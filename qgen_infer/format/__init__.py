@@ -1,5 +1,6 @@
 """The ``.qgen`` file: a safetensors container of packed 1-4-bit codes, scales, zeros, folded
-epilogues and the fp32 sensing network, with JSON metadata; strict validation on read.
+epilogues and the sensing network (fp32, or fp16 in format version 3), with JSON metadata;
+strict validation on read.
 
 The format knows bytes and metadata, not models: it never imports the networks or training code.
 The canonical packed layout and every tensor name and metadata key are specified in

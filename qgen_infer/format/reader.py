@@ -13,7 +13,8 @@ does not know what the tensors mean. Before any of them is used, this reader che
    each field against the model description's schema (:mod:`qgen_infer.format.metadata`), the
    layers one by one;
 6. the tensor names: none missing, none unknown; every tensor's dtype and shape against its
-   description, the packed codes' length against ``packed_nbytes(weight_shape, bits)``;
+   description (the sensing tensors float16 in a version-3 file, float32 before), the packed
+   codes' length against ``packed_nbytes(weight_shape, bits)``;
 7. the layer chain, statically (:mod:`qgen_infer.format.plan`): one sample's shape from
    ``latent_dim`` to ``image_shape``, every activation bounded; the memory a forward pass needs
    is not bounded by the file (a 1x1 transposed convolution of stride 4096 is tiny on disk);
@@ -55,6 +56,7 @@ from qgen_infer.format.schema import (
     METADATA_KEYS,
     READABLE_VERSIONS,
     RESHAPE_KIND,
+    SENSING_F16_VERSION,
     SENSING_PREFIX,
     WEIGHT_KINDS,
     GeneratorLayer,
@@ -279,8 +281,9 @@ def _parse_metadata(meta: dict[str, str] | None) -> dict[str, Any]:
 
 
 def _expected_tensors(layers: list[dict[str, Any]], sensing: dict[str, tuple[int, ...]],
-                      bits: int, granularity: str) -> dict[str, tuple[str, tuple]]:
-    """Every tensor the metadata implies, with its safetensors dtype and exact shape."""
+                      bits: int, granularity: str, version: int) -> dict[str, tuple[str, tuple]]:
+    """Every tensor the metadata implies, with its safetensors dtype and exact shape (the
+    sensing tensors float16 in a version-3 file, float32 before)."""
     expected: dict[str, tuple[str, tuple]] = {}
     for layer in layers:
         if layer["kind"] == RESHAPE_KIND:
@@ -293,12 +296,13 @@ def _expected_tensors(layers: list[dict[str, Any]], sensing: dict[str, tuple[int
         expected[prefix + "zero"] = ("F32", (scale_len,))
         expected[prefix + "alpha"] = ("F32", (c_out,))
         expected[prefix + "beta"] = ("F32", (c_out,))
+    sensing_dtype = "F16" if version >= SENSING_F16_VERSION else "F32"
     for name, shape in sensing.items():
-        expected[SENSING_PREFIX + name] = ("F32", shape)
+        expected[SENSING_PREFIX + name] = (sensing_dtype, shape)
     return expected
 
 
-_DTYPE_NAMES = {"U8": "uint8", "F32": "float32"}
+_DTYPE_NAMES = {"U8": "uint8", "F32": "float32", "F16": "float16"}
 _FRAMEWORKS = {"torch": "pt", "numpy": "numpy"}
 
 
@@ -325,7 +329,7 @@ def _check_tensor_index(index: dict[str, tuple[str, list[int]]],
 
 def _check_values(name: str, tensor: Any) -> None:
     value = np.asarray(tensor)  # a zero-copy view of a CPU torch tensor
-    if value.dtype != np.float32:
+    if value.dtype not in (np.float32, np.float16):  # float16 stays below the limit by range
         return
     if not bool(np.isfinite(value).all()):
         raise FormatError(f"tensor {name!r} holds non-finite values (NaN or infinity)")
@@ -415,7 +419,7 @@ def _read(path: Path, framework: str) -> QgenFile:
             layers = _parse_layers(values["layers"])
             sensing_shapes = _parse_sensing(values["sensing"])
             _check_tensor_index(index, _expected_tensors(layers, sensing_shapes, bits,
-                                                         granularity))
+                                                         granularity, simple["version"]))
             config = values["config"]
             plan = chain_plan(layers, config["latent_dim"], config["image_shape"])
             covered = meta if simple["version"] >= 2 else None

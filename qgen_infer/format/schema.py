@@ -7,7 +7,8 @@ Tensor names (every tensor float32 unless said otherwise)::
     generator.<layer>.zero    same shape as scale;  weight = scale * (code - zero)
     generator.<layer>.alpha   [C_out]  folded BatchNorm gain (ones when there is no BatchNorm)
     generator.<layer>.beta    [C_out]  folded BatchNorm shift plus bias (zeros when neither)
-    sensing.<state_dict key>  the sensing network's plain (already normalised) fp32 weights
+    sensing.<state_dict key>  the sensing network's plain (already normalised) weights: float32,
+                              or float16 in a version-3 file
 
 ``C_out`` is the layer's number of output features/channels: ``weight_shape[0]`` for linear and
 conv2d, ``weight_shape[1]`` for conv_transpose2d (PyTorch's ``[C_in, C_out, kh, kw]``). The
@@ -28,7 +29,11 @@ if TYPE_CHECKING:  # the tensors are torch tensors or, read for qgen-info, numpy
 
 FORMAT_NAME = "qgen"
 FORMAT_VERSION = 2  # 2: the checksum covers the metadata too (qgen_infer.format.digest)
-READABLE_VERSIONS = (1, 2)
+# 3: as 2, with the sensing tensors stored as float16 (qgen-export --sensing-dtype); a file with
+# fp32 sensing tensors stays version 2, so that readers from before version 3 still read it
+SENSING_F16_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+SENSING_DTYPES = ("fp32", "fp16")  # how the sensing tensors may be stored
 LAYOUT_NAME = "lsb-bitstream-u32"  # see qgen_infer.format.packing and docs/FORMAT.md
 CHECKSUM_PREFIX = "sha256:"
 
@@ -43,7 +48,7 @@ SENSING_PREFIX = "sensing."
 # Every key of __metadata__, all required; values are strings (JSON where marked).
 METADATA_KEYS = (
     "format",          # "qgen"
-    "format_version",  # "2" (version "1" files are read too)
+    "format_version",  # "2", or "3" with float16 sensing tensors ("1" files are read too)
     "bits",            # "1".."4"
     "layout",          # LAYOUT_NAME
     "quantizer",       # JSON object
@@ -160,3 +165,15 @@ class QgenFile:
     @property
     def packed_layers(self) -> list[PackedLayer]:
         return [layer for layer in self.layers if isinstance(layer, PackedLayer)]
+
+    @property
+    def sensing_dtype(self) -> str:
+        """How the sensing tensors are (to be) stored: ``"fp16"`` when every one is float16,
+        else ``"fp32"`` (the writer converts anything else to float32); torch or numpy."""
+        f16 = [str(t.dtype) in ("torch.float16", "float16") for t in self.sensing.values()]
+        return "fp16" if f16 and all(f16) else "fp32"
+
+    @property
+    def version_to_write(self) -> int:
+        """The lowest format version that holds this content (older readers keep working)."""
+        return SENSING_F16_VERSION if self.sensing_dtype == "fp16" else FORMAT_VERSION

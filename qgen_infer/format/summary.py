@@ -132,7 +132,8 @@ def render(qf: QgenFile, file_bytes: int, path: str) -> str:
         f"{s.weight_ratio:.1f}x smaller than fp32 weights",
         f"            {human_bytes(s.generator_bytes)} with scales/zeros/alpha/beta: "
         f"{s.generator_ratio:.1f}x smaller than the fp32 generator",
-        f"sensing     {human_bytes(s.sensing_bytes)} fp32 in {s.sensing_tensors} tensors",
+        f"sensing     {human_bytes(s.sensing_bytes)} {qf.sensing_dtype} in {s.sensing_tensors} "
+        "tensors" + (" (loaded into fp32)" if qf.sensing_dtype != "fp32" else ""),
     ]
     if qf.plan is not None:  # the reader's static walk of the layer chain
         lines.append(f"activations {human_bytes(FP32_BYTES * qf.plan.activations)} fp32 per "

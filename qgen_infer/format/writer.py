@@ -22,7 +22,6 @@ from qgen_infer.format.packing import packed_nbytes
 from qgen_infer.format.schema import (
     CHECKSUM_PREFIX,
     FORMAT_NAME,
-    FORMAT_VERSION,
     LAYOUT_NAME,
     SENSING_PREFIX,
     PackedLayer,
@@ -42,7 +41,7 @@ def file_metadata(qf: QgenFile, digest: str) -> dict[str, str]:
     """The ``__metadata__`` strings for ``qf`` (see ``docs/FORMAT.md``)."""
     return {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(qf.version_to_write),
         "bits": str(qf.bits),
         "layout": LAYOUT_NAME,
         "quantizer": bounded_json.dumps(qf.quantizer),
@@ -62,8 +61,9 @@ def file_tensors(qf: QgenFile) -> dict[str, torch.Tensor]:
     for layer in qf.packed_layers:
         _check_layer(layer, qf.bits)
         tensors.update(layer.tensors())
+    dtype = torch.float16 if qf.sensing_dtype == "fp16" else torch.float32
     for name, value in qf.sensing.items():
-        tensors[SENSING_PREFIX + name] = value.detach().to(torch.float32)
+        tensors[SENSING_PREFIX + name] = value.detach().to(dtype)
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
