@@ -18,6 +18,7 @@ freshly initialised as in ``time_dcgan_reconstruct.py``) on ``--images`` random 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,21 @@ import numpy as np
 from bench_reconstruct import DEFAULT_DATA, code_version, cpu_model, measurements, write_report
 
 SETTINGS = {"default": [], "--threads 1": ["--threads", "1"], "--threads 2": ["--threads", "2"]}
+
+
+@contextlib.contextmanager
+def busy_core(enabled: bool, setsid: bool) -> Iterator[None]:
+    """One core kept busy by ``python -c 'while True: pass'`` while the block runs (in a session
+    of its own with ``setsid``: under autogroup scheduling it then takes an equal share of the
+    machine, as another user's job would); stopped by its pid, whatever the block raises."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            start_new_session=setsid) if enabled else None
+    try:
+        yield
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
 
 
 def run_cli(model: str, y: Path, out: Path, extra: list[str], backend: str) -> dict[str, Any]:
@@ -70,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--setting: add a fixed count (the ratios are to the best fixed one)")
     extra = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
     rows = []
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
-                            start_new_session=args.setsid) if args.busy else None
-    try:
+    with busy_core(args.busy, args.setsid):
         with tempfile.TemporaryDirectory(prefix="threads-load-") as tmp:
             work = Path(tmp)
             models = [(m, measurements(m, args.data_root, args.images, work / f"y-{i}.npy"))
@@ -97,10 +112,6 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{model} {name:<12} best {max(ips[name]):8.1f} img/s  median "
                           f"{statistics.median(ips[name]):8.1f}  x{rows[-1]['vs_best_fixed']:.2f} "
                           f"of the best fixed  threads {sorted(used[name])}", flush=True)
-    finally:
-        if busy is not None:
-            busy.kill()
-            busy.wait()
     cmd = shlex.join(["python", "bench/threads_under_load.py", *(argv or sys.argv[1:])])
     competitor = "`" + ("setsid " if args.setsid else "") + "python -c 'while True: pass'`"
     images = (f"{args.images:,} MNIST evaluation images" if args.model else "")

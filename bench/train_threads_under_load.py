@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_reconstruct import code_version, cpu_model, write_report
-from threads_under_load import SETTINGS
+from threads_under_load import SETTINGS, busy_core
 
 
 def train(out: Path, epochs: int, extra: list[str]) -> list[dict[str, Any]]:
@@ -48,12 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
-                            start_new_session=True) if args.busy else None
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
     used: dict[str, set[int]] = {name: set() for name in SETTINGS}
     names = list(SETTINGS)
-    try:
+    with busy_core(args.busy, setsid=True):
         with tempfile.TemporaryDirectory(prefix="train-threads-") as tmp:
             for rnd in range(args.rounds):
                 for name in names if rnd % 2 == 0 else names[::-1]:
@@ -63,10 +61,6 @@ def main(argv: list[str] | None = None) -> None:
                         used[name].update(rec.get("threads", []))
                     print(f"round {rnd} {name:<12} steps/s "
                           f"{[round(r, 1) for r in rates[name][-args.epochs:]]}", flush=True)
-    finally:
-        if busy is not None:
-            busy.kill()
-            busy.wait()
     cmd = shlex.join(["python", "bench/train_threads_under_load.py", *(argv or sys.argv[1:])])
     lines = [f"- command: `{cmd}`",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
