@@ -14,7 +14,11 @@ import torch
 from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from qgen_infer.cli.export import main as export_main
 from qgen_infer.errors import QgenError
-from qgen_infer.export import PostTrainingQuantizationWarning, export_checkpoint
+from qgen_infer.export import (
+    PostTrainingQuantizationWarning,
+    SensingStorageWarning,
+    export_checkpoint,
+)
 from qgen_infer.format import PackedLayer, read_qgen, unpack_codes
 from qgen_infer.format.schema import channel_axis
 from qgen_infer.quant import dequantize
@@ -303,6 +307,9 @@ def test_float16_sensing_out_of_range(tiny_checkpoint, tmp_path: Path, capsys) -
                           sensing_scale=1e6)
     with pytest.raises(QgenError, match="beyond float16's range"):
         export_checkpoint(src, tmp_path / "x.qgen", sensing_dtype="fp16")
+    with pytest.warns(SensingStorageWarning, match="stored as fp32") as caught:
+        export_checkpoint(src, tmp_path / "w.qgen")
+    assert not any(isinstance(w.message, PostTrainingQuantizationWarning) for w in caught)
     assert export_main([str(src), "--sensing-dtype", "fp16", "-o", str(tmp_path / "y.qgen")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "beyond float16's range" in err

@@ -57,7 +57,7 @@ def _body(argv: Sequence[str] | None) -> int:
 
     from qgen_infer.checkpoint import load_checkpoint
     from qgen_infer.errors import QgenError
-    from qgen_infer.export import PostTrainingQuantizationWarning
+    from qgen_infer.export import ExportWarning
     from qgen_infer.export.exporter import (
         checkpoint_export_bits,
         default_output_path,
@@ -78,7 +78,7 @@ def _body(argv: Sequence[str] | None) -> int:
         raise QgenError(f"{str(out)!r} exists; pass --force to overwrite it")
     with warnings.catch_warnings():
         # reported below as one readable line instead of Python's file:line warning format
-        warnings.simplefilter("ignore", PostTrainingQuantizationWarning)
+        warnings.simplefilter("ignore", ExportWarning)
         result = write_export(ckpt, out, bits, args.granularity, args.sensing_dtype)
     for note in result.warnings:
         print(f"qgen-export: warning: {note}", file=sys.stderr)

@@ -32,8 +32,16 @@ from qgen_infer.quant import GRANULARITIES, QuantSpec, quantize_codes
 QUANTIZER_SCHEME = "linear_quantize"  # Hubara et al. for k >= 2, sign * mean|w| for k = 1
 
 
-class PostTrainingQuantizationWarning(UserWarning):
+class ExportWarning(UserWarning):
+    """Something about an export the user should know; the file is still written."""
+
+
+class PostTrainingQuantizationWarning(ExportWarning):
     """The export's bit width or granularity differs from training's (accuracy may drop)."""
+
+
+class SensingStorageWarning(ExportWarning):
+    """The sensing net could not be stored as asked (``auto`` fell back to float32)."""
 
 
 @dataclass
@@ -175,6 +183,13 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
                     ) -> tuple[QgenFile, list[str]]:
     """Quantize and pack a loaded checkpoint; returns the file content and any warnings
     (``sensing_dtype``: see :func:`sensing_storage`)."""
+    qf, notes = _build(ckpt, bits, granularity, sensing_dtype)
+    return qf, [text for _, text in notes]
+
+
+def _build(ckpt: dict[str, Any], bits: int | None, granularity: str | None, sensing_dtype: str
+           ) -> tuple[QgenFile, list[tuple[type[ExportWarning], str]]]:
+    """:func:`build_qgen_file` with each warning's category."""
     try:
         config = complete_config(ckpt["config"])
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
@@ -184,12 +199,13 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
     granularity = granularity or trained_granularity
     if granularity not in GRANULARITIES:
         raise QgenError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    notes = []
+    notes: list[tuple[type[ExportWarning], str]] = []
     post_training = (bits, granularity) != (trained_bits, trained_granularity)
     if post_training:
-        notes.append(f"post-training quantization: trained at {trained_bits} bits "
-                     f"({trained_granularity}), exporting at {bits} bits ({granularity}); the "
-                     "exported weights are not the ones training saw")
+        notes.append((PostTrainingQuantizationWarning,
+                      f"post-training quantization: trained at {trained_bits} bits "
+                      f"({trained_granularity}), exporting at {bits} bits ({granularity}); the "
+                      "exported weights are not the ones training saw"))
     generator, sensing = build_from_checkpoint(ckpt)
     spec = quant_spec(config, bits, granularity)
     layers: list[PackedLayer | ReshapeLayer] = []
@@ -212,7 +228,7 @@ def build_qgen_file(ckpt: dict[str, Any], bits: int | None = None,
     exported_config = {**config, "bits": bits, "granularity": granularity}
     stored, storage_notes = sensing_storage(ckpt, effective_sensing_state(config, sensing),
                                             sensing_dtype)
-    notes += storage_notes
+    notes += [(SensingStorageWarning, note) for note in storage_notes]
     qf = QgenFile(
         bits=bits, layers=layers, sensing=stored,
         config=exported_config, quantizer=quantizer, solver=solver_defaults(ckpt),
@@ -248,9 +264,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
 def write_export(ckpt: dict[str, Any], path: Path, bits: int | None = None,
                  granularity: str | None = None, sensing_dtype: str = "auto") -> ExportResult:
     """Quantize, pack and write a loaded checkpoint to ``path`` (see :func:`export_checkpoint`)."""
-    qf, notes = build_qgen_file(ckpt, bits, granularity, sensing_dtype)
-    for note in notes:
-        warnings.warn(note, PostTrainingQuantizationWarning, stacklevel=3)
+    qf, notes = _build(ckpt, bits, granularity, sensing_dtype)
+    for category, note in notes:
+        warnings.warn(note, category, stacklevel=3)
     if not path.parent.is_dir():
         raise QgenError(f"output folder {str(path.parent)!r} does not exist")
     size = write_qgen(path, qf)
@@ -259,6 +275,7 @@ def write_export(ckpt: dict[str, Any], path: Path, bits: int | None = None,
         path=path, bits=qf.bits, granularity=qf.quantizer["granularity"],
         post_training=qf.quantizer["post_training"], file_bytes=size,
         weight_count=sum(layer.numel for layer in packed),
-        packed_bytes=sum(layer.codes.numel() for layer in packed), warnings=notes,
+        packed_bytes=sum(layer.codes.numel() for layer in packed),
+        warnings=[text for _, text in notes],
         sensing_dtype=qf.sensing_dtype,
     )
