@@ -77,6 +77,7 @@ class IdleCoreMonitor:
         self.probe_every_s = probe_every_s
         self.own_cores = 0.0  # cores this process used over the last measured window
         self.window_s = 0.0  # the last measured window's length
+        self.used: list[int] = []  # every count follow() left torch at, in order, repeats merged
         self._probing = False  # the window being measured runs one thread more than fits
         self._mark = self._sample()
         # callers following per batch start late: a failed probe costs a whole batch, which
@@ -124,10 +125,13 @@ class IdleCoreMonitor:
         return fit
 
     def follow(self) -> int | None:
-        """Set torch's thread count to :meth:`threads`; the new count if it changed, else None.
-        Cheap (one read of /proc/stat), so it may be called after every batch or step."""
+        """Set torch's thread count to :meth:`threads`; the new count if it changed, else None
+        (either way recorded in :attr:`used`, which the CLIs report). Cheap (one read of
+        /proc/stat), so it may be called after every batch or step."""
         current = torch.get_num_threads()
         threads = self.threads(current)
+        if not self.used or self.used[-1] != threads:
+            self.used.append(threads)
         if threads == current:
             return None
         torch.set_num_threads(threads)

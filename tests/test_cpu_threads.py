@@ -58,6 +58,7 @@ def test_follow_sets_torch_threads_and_waits_for_its_window(monkeypatch) -> None
     # 0.4 s window is under 0.5 s: nothing measured, the mark stays at 0.6 s
     assert mon.follow() is None and torch.get_num_threads() == 1
     assert mon.follow() == 2 and torch.get_num_threads() == 2
+    assert mon.used == [2, 1, 2]  # the counts in force, a repeat merged (what CLIs report)
 
 
 def test_probe_keeps_a_thread_only_when_the_other_work_yields(monkeypatch) -> None:

@@ -118,16 +118,10 @@ def _body(argv: Sequence[str] | None) -> int:
                "use a smaller --batch-size or fewer --restarts")
     if monitor is not None:
         monitor.follow()
-    threads_used = [torch.get_num_threads()]  # every count the batches ran with, in order
-
-    def follow_load() -> None:
-        threads = monitor.follow()
-        if threads is not None:
-            threads_used.append(threads)
-
     res = evaluate_reconstruction(gen, sense, evals, solver, step, batch_size=args.batch_size,
                                   restarts=args.restarts, seed=args.seed,
-                                  on_batch=None if monitor is None else follow_load)
+                                  on_batch=None if monitor is None else monitor.follow)
+    threads_used = monitor.used if monitor is not None else [torch.get_num_threads()]
     if not all(math.isfinite(res[k]) for k in ("psnr", "ssim")):
         raise QgenError(f"the reconstructions are not finite (PSNR {res['psnr']}, SSIM "
                         f"{res['ssim']}): the step size {step:g} or the weights overflow float32")

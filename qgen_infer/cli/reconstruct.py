@@ -278,7 +278,9 @@ def _start_threads(args: argparse.Namespace, model: Any, settings: dict[str, Any
     if args.monitor is not None:
         args.monitor.follow()
     settings["threads"] = args.threads  # None: chosen from the idle cores, as threads_used says
-    settings["threads_used"] = [torch.get_num_threads()]
+    # the monitor's own record, which grows as the batches follow the load
+    settings["threads_used"] = (args.monitor.used if args.monitor is not None
+                                else [torch.get_num_threads()])
 
 
 def _device(args: argparse.Namespace) -> str | None:
@@ -341,9 +343,7 @@ def _run(args: argparse.Namespace, model: Any, y: np.ndarray, truth: np.ndarray 
             bar.update(done - bar.n)
         monitor = getattr(args, "monitor", None)
         if monitor is not None:  # follow the load: other processes start and stop
-            threads = monitor.follow()
-            if threads is not None:
-                settings["threads_used"].append(threads)
+            monitor.follow()
 
     into = _results_on_disk(stage, y.shape[0], model.config["image_shape"], opts.latent_dim)
     try:
