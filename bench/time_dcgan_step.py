@@ -2,9 +2,10 @@
 """One DCGAN solver step ``z -> G -> A -> loss -> grad z`` (or, with ``--generator-only``, G's
 forward and input gradient), dense fp32 baseline against ``--backend auto``, interleaved in one
 process: the median and fastest of ``--rounds`` calls each, in the calling thread's CPU time,
-and the minor page faults per call (fresh pages of large tensors: glibc hands freed blocks over
-its mmap threshold back to the kernel, so each new one is faulted in again, ~2 us a page on this
-VM). Finer than ``time_dcgan_reconstruct.py`` on a busy machine: the median of many short calls.
+and the minor page faults per call (fresh pages of large tensors, ~2 us a page on this VM: near
+zero since ``qgen_infer.load`` keeps freed blocks in the process; ``QGEN_KEEP_FREED_MEMORY=0``
+brings back glibc's default, which hands blocks over its mmap threshold back to the kernel).
+Finer than ``time_dcgan_reconstruct.py`` on a busy machine: the median of many short calls.
 
     QGEN_CPU_ISA=portable OMP_NUM_THREADS=1 python bench/time_dcgan_step.py --bits 1
     PYTHONPATH=/path/to/other/checkout python bench/time_dcgan_step.py ...   # A/B
