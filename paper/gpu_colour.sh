@@ -5,8 +5,12 @@
 #
 #   paper/gpu_colour.sh OUTDIR       (run from anywhere; works on the repo root)
 #
-# Data: CIFAR10 / SVHN / STL10 when QGEN_COLOUR_DATA_ROOT names a folder holding them, else the
-# embedded 'patches' set (needs scikit-image's bundled photos); the table says which.
+# Data: CIFAR10 / SVHN / STL10 from the folder QGEN_COLOUR_DATA_ROOT names (cifar10/, svhn/,
+# stl10/ inside it). Unset: the first of ROOT/../shared/data and ROOT/shared/data that holds
+# cifar10/ (the CIFAR-10 JPEG copy of issue 24, as paper/cifar_runs.sh reads it; on the lent GPU
+# machine only a shared/ folder inside the checkout travels: paper/README.md), else the embedded
+# 'patches' set (needs scikit-image's bundled photos). Set but empty: the embedded set. The table
+# says which data it used.
 # Knobs:
 #   QGEN_COLOUR_EPOCHS=20      epochs per model (the table states them)
 #   QGEN_COLOUR_SECONDS=360    training stops (Ctrl-C: checkpoints kept) this long after the start;
@@ -57,6 +61,11 @@ for pair in train:train eval:evaluate export:export measure:measure reconstruct:
 done
 export PATH="$BIN:$PATH" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
+if [ -z "${QGEN_COLOUR_DATA_ROOT+set}" ]; then
+  for candidate in "$ROOT/../shared/data" "$ROOT/shared/data"; do
+    if [ -d "$candidate/cifar10" ]; then QGEN_COLOUR_DATA_ROOT=$candidate; break; fi
+  done
+fi
 RUN_ARGS=(--fallback "$FALLBACK")
 [ -n "${QGEN_COLOUR_DATA_ROOT:-}" ] && RUN_ARGS=(--data-root "$QGEN_COLOUR_DATA_ROOT")
 [ -n "${QGEN_COLOUR_LR:-}" ] && RUN_ARGS+=(--lr "$QGEN_COLOUR_LR")
@@ -68,6 +77,7 @@ esac
 COMMON=(--runs "$RUNS" --results "$OUTDIR" --epochs "$EPOCHS" --bits $BITS --backend "$BACKEND"
         "${RUN_ARGS[@]}")
 { echo "== $(date -u +%FT%TZ) $DEVICE; epochs $EPOCHS, lanes $LANES, budget ${SECONDS_BUDGET}s"
+  echo "data: ${QGEN_COLOUR_DATA_ROOT:-none named: the embedded '$FALLBACK' set}"
   [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 } >> "$OUTDIR/queue.log" 2>&1

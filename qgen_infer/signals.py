@@ -40,6 +40,16 @@ def stop_signals(ignore: bool = False, signals: tuple[signal.Signals, ...] = SIG
         signal.signal(sig, signal.SIG_IGN if ignore else _raise_stopped)
 
 
+def ignore_further_sigterm() -> None:
+    """A stop is under way (Ctrl-C raised ``KeyboardInterrupt``): a SIGTERM that follows must
+    not cut its cleanup with a second exception (a queue stopped by the same Ctrl-C, which
+    reached the whole process group, passes SIGTERM on to its children). Replaces only
+    :func:`sigterm_stops`' handler, which that block puts back at its end."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is _raise_stopped):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back while the block writes or moves a result into place (a

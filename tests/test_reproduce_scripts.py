@@ -336,6 +336,7 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     import tarfile
 
     env = {**os.environ, "QGEN_COLOUR_INSTALL": "0", "QGEN_COLOUR_DEVICE": "cpu",
+           "QGEN_COLOUR_DATA_ROOT": "",  # not the CIFAR-10 copy beside the checkout
            "QGEN_COLOUR_FALLBACK": "digits", "QGEN_COLOUR_EPOCHS": "1",
            "QGEN_COLOUR_BITS": "1", "QGEN_COLOUR_LANES": "1", "QGEN_COLOUR_SECONDS": "300",
            "QGEN_COLOUR_BACKEND": "reference", "QGEN_COLOUR_LR": "5e-4",
@@ -346,6 +347,7 @@ def test_gpu_colour_script_smoke_on_cpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (out / "queue.log").read_text()
     assert "queue rc=0" in log and "report rc=0" in log, log[-2000:]
+    assert "data: none named: the embedded 'digits' set" in log
     table = (out / "colour-table1.md").read_text()
     assert "digits (embedded)" in table and "1 ep" in table
     assert "Adam learning rate 0.0005; S-REC loss: DCS's three pairs plus a data-data pair " \
@@ -811,3 +813,31 @@ def test_a_stopped_queue_stops_children_that_ignore_sigint() -> None:
         child.kill()
         with execute._LIVE_LOCK:
             execute._LIVE.discard(child)
+
+
+def test_a_run_stopped_by_a_signal_is_not_a_failure(tmp_path: Path, monkeypatch) -> None:
+    """A qgen-* step that exits with 130 (stopped: Ctrl-C reached the process group, or
+    SIGTERM) is reported as stopped, to be resumed, and leaves the queue's failures empty; any
+    other exit code is a failure."""
+    from paper_repro import execute
+
+    log = tmp_path / "run.log"
+    with pytest.raises(execute.StepStopped, match="rerun the queue to resume"):
+        execute._run([sys.executable, "-c", "raise SystemExit(130)"], log)
+    with pytest.raises(execute.StepFailed, match="exited with 3") as failed:
+        execute._run([sys.executable, "-c", "raise SystemExit(3)"], log)
+    assert not isinstance(failed.value, execute.StepStopped)
+
+    def process(spec, opts, progress):
+        if spec.bits == 1:
+            raise execute.StepStopped("qgen-train was stopped (exit 130)")
+        raise execute.StepFailed("qgen-train exited with 1")
+
+    monkeypatch.setattr(execute, "process", process)
+    specs = plan.colour_plan([plan.ColourSet("CIFAR10", "cifar10", "/c")], epochs=2, m=100,
+                             s=100, bits=[1, 2])
+    lines: list[str] = []
+    failures = execute.run_queue(specs, QueueOptions(tmp_path), out=lines.append)
+    assert [f.split(":")[0] for f in failures] == ["cifar10-m100-sdlss-2", "cifar10-m100-dcs-32"]
+    assert any("cifar10-m100-sdlss-1: stopped: qgen-train was stopped" in line
+               for line in lines), lines

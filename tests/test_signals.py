@@ -90,3 +90,22 @@ def test_sigterm_stops_within_the_block_only(handlers):
             time.sleep(1)
     assert stop.value.signal_name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == handlers[signal.SIGTERM]
+
+
+def test_sigterm_after_ctrl_c_does_not_cut_the_clean_stop(handlers, capsys):
+    """Ctrl-C reaches a whole process group: qgen-train gets it, says 'interrupted', and then
+    the queue that started it passes its own stop on as SIGTERM. That second signal must not
+    raise again (a traceback in the run's log, instead of the one line)."""
+    from qgen_infer.cli.common import EXIT_INTERRUPTED, run_cli
+    from qgen_infer.signals import sigterm_stops
+
+    def body(argv):
+        raise KeyboardInterrupt  # what Python's SIGINT handler raises
+
+    with sigterm_stops():
+        code = run_cli("qgen-x", body, [])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+    assert code == EXIT_INTERRUPTED
+    assert "qgen-x: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == handlers[signal.SIGTERM]  # the block's end

@@ -21,6 +21,7 @@ from paper_repro import commands as cmds
 from paper_repro.plan import RunSpec, select
 from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord, load_record, save_record
 from paper_repro.status import RunState, busy_folders, run_state, trained_epochs
+from qgen_infer.cli.common import EXIT_INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ class StepFailed(RuntimeError):
     pass
 
 
+class StepStopped(StepFailed):
+    """The qgen-* process was stopped by a signal and exited with 130 (it keeps its last
+    finished epoch): not a failure of the run, which the next queue resumes."""
+
+
 # The qgen-* processes running now, so an interrupted queue can pass the stop on to them (they
 # stop at once and keep their last per-epoch checkpoint) instead of leaving them running
 # unwatched. SIGTERM, not SIGINT: a queue started in the background (paper/cifar_runs.sh) hands
@@ -133,6 +139,8 @@ def _run(cmd: list[str], log: Path, *, watch: Callable[[], None] | None = None,
         finally:
             with _LIVE_LOCK:
                 _LIVE.discard(proc)
+    if rc == EXIT_INTERRUPTED:
+        raise StepStopped(f"{cmd[0]} was stopped (exit {rc}); rerun the queue to resume")
     if rc != 0:
         raise StepFailed(f"{cmd[0]} exited with {rc}; see {log}")
 
@@ -262,6 +270,9 @@ def run_queue(specs: Sequence[RunSpec], opts: QueueOptions,
     def work(spec: RunSpec) -> None:
         try:
             record = process(spec, opts, progress)
+        except StepStopped as exc:
+            progress.finish(spec.name, f"stopped: {exc}")
+            return
         except Exception as exc:  # one broken run must not stop the rest of the queue
             progress.finish(spec.name, f"FAILED: {exc}")
             with lock:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from qgen_infer.errors import QgenError
+from qgen_infer.signals import ignore_further_sigterm
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -172,6 +173,12 @@ def run_cli(prog: str, body: Callable[[Sequence[str] | None], int | None],
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        while True:  # the SIGTERM of the same stop can land in this very clause: once more
+            try:
+                ignore_further_sigterm()
+                break
+            except KeyboardInterrupt:
+                continue  # raised by the handler, which ignores both signals from then on
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (OSError, MemoryError, RuntimeError) as exc:
