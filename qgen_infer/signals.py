@@ -27,6 +27,11 @@ class Stopped(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
+def _on_main_thread() -> bool:
+    """Python runs signal handlers on the main thread only, and only it may install them."""
+    return threading.current_thread() is threading.main_thread()
+
+
 def _raise_stopped(signum: int, frame: Any) -> None:
     stop_signals(ignore=True)  # a second signal must not cut the cleanup
     raise Stopped(signal.Signals(signum).name)
@@ -45,8 +50,7 @@ def ignore_further_sigterm() -> None:
     not cut its cleanup with a second exception (a queue stopped by the same Ctrl-C, which
     reached the whole process group, passes SIGTERM on to its children). Replaces only
     :func:`sigterm_stops`' handler, which that block puts back at its end."""
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is _raise_stopped):
+    if _on_main_thread() and signal.getsignal(signal.SIGTERM) is _raise_stopped:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
@@ -55,8 +59,8 @@ def signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back while the block writes or moves a result into place (a
     stop halfway would leave neither the old result nor the new, or an exception of the writer
     instead of the stop); a signal that came meanwhile raises :class:`Stopped` after it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
+    if not _on_main_thread():
+        yield
         return
     caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
@@ -75,8 +79,8 @@ def sigterm_stops() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Stopped` (Ctrl-C's path: a clean stop), and
     SIGINT keeps its disposition (a job a script started in the background ignores it, as POSIX
     wants); the previous SIGTERM handler is back afterwards (in-process callers, tests)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
+    if not _on_main_thread():
+        yield
         return
     previous = signal.getsignal(signal.SIGTERM)
     stop_signals(signals=(signal.SIGTERM,))
