@@ -657,6 +657,51 @@ def test_row_report_aims_on_finished_runs() -> None:
         "- no scored 32-bit SDLSS model yet: no gap can be measured."]
 
 
+def test_row_report_gap_intervals_from_the_images() -> None:
+    """With every image's PSNR kept, each gap gets its paired 95% interval and each step of the
+    bit-width ordering is said to be resolved by the images or not; numbers checked by hand."""
+    from paper_repro.row_report import RowResults, aims, paired_difference
+
+    specs = plan.colour_plan([plan.ColourSet("CIFAR10", "cifar10", "/c")], epochs=12, m=100,
+                             s=100)
+    base = [20.0, 22.0, 18.0, 24.0]  # 32-bit, image by image (mean 21.0)
+    offsets = {32: [0.0] * 4,
+               1: [-1.0, -1.2, -0.8, -1.0],  # mean -1.0, sd 0.1633: ± 0.16
+               2: [-0.3, -0.9, 0.1, -0.5],  # mean -0.4, sd 0.4163: ± 0.41
+               3: [-0.6, -0.4, -0.7, -0.3]}  # mean -0.5, sd 0.1826: ± 0.18
+    records = {}
+    for spec in specs:
+        if spec.method == plan.SDLSS and spec.bits in offsets:
+            per = [b + o for b, o in zip(base, offsets[spec.bits], strict=True)]
+            rec = _record(spec, sum(per) / 4, 0.7)
+            rec.images, rec.psnr_per_image = 4, per
+            records[spec.name] = rec
+    row = RowResults("CIFAR10", specs, records, {}, {})
+    lines = aims(row)
+    assert "- 1-bit SDLSS (12/12 epochs) is 1.00 dB below our 32-bit SDLSS (12/12 epochs), " \
+           "± 0.16 dB over the images (95%); aim: at most 0.8 dB below: not met." in lines
+    assert "- 2-bit SDLSS (12/12 epochs) is 0.40 dB below our 32-bit SDLSS (12/12 epochs), " \
+           "± 0.41 dB over the images (95%)." in lines
+    assert lines[-2] == "- gaps ordered by bit width (1-bit 1.00, 2-bit 0.40, 3-bit 0.50 dB): no."
+    # 2 - 1: [0.7, 0.3, 0.9, 0.5], mean 0.6, sd 0.2582 -> ± 0.25; 3 - 2: [-0.3, 0.5, -0.8,
+    # 0.2], mean -0.1, sd 0.5715 -> ± 0.56
+    assert lines[-1] == (
+        "- image by image, each width against the next narrower one (95% intervals over the "
+        "eval images; one training run per width, so the spread between training runs is not "
+        "in them): 2-bit minus 1-bit +0.60 ± 0.25 dB (resolved); 3-bit minus 2-bit -0.10 ± "
+        "0.56 dB (not resolved by these images).")
+    by_bits = {r.bits: r for r in records.values()}
+    # a record without the images' PSNRs (older records), or of other images: no interval
+    by_bits[2].psnr_per_image = None
+    assert paired_difference(by_bits[32], by_bits[2]) is None
+    by_bits[3].psnr_per_image = by_bits[3].psnr_per_image[:3]
+    assert paired_difference(by_bits[32], by_bits[3]) is None
+    lines = aims(row)
+    assert "- 2-bit SDLSS (12/12 epochs) is 0.40 dB below our 32-bit SDLSS (12/12 epochs)." \
+        in lines
+    assert not any(line.startswith("- image by image") for line in lines)
+
+
 @pytest.mark.slow  # 30 s on 2 busy cores: the real qgen-* processes, twice
 def test_colour_snapshots_score_through_the_real_tools(tmp_path: Path) -> None:
     """--snapshots end to end with the real scoring steps (qgen-export -> qgen-measure ->
@@ -674,6 +719,10 @@ def test_colour_snapshots_score_through_the_real_tools(tmp_path: Path) -> None:
     metrics = json.loads((snaps / "eval" / "digits-m100-sdlss-1" / "recon" /
                           "metrics.json").read_text())
     assert metrics["summary"]["images"] == 297  # the digits eval split, all of it
+    for bits in (1, 32):  # both scorers keep every image's PSNR for the paired intervals
+        rec = json.loads((snaps / "eval" / f"digits-m100-sdlss-{bits}" / "eval.json").read_text())
+        assert len(rec["psnr_per_image"]) == 297
+        assert abs(sum(rec["psnr_per_image"]) / 297 - rec["psnr"]) < 1e-3
     psnr = f"{metrics['summary']['psnr']:.2f}"
     assert f"| 1-bit SDLSS | – | – | {psnr} |" in text  # no paper row for digits
     assert "| partial: epoch 1/2 | 390 | 0.42 h | packed engine (reference) |" in text

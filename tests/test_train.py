@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -428,6 +429,11 @@ def test_cli_train_then_eval_on_embedded_digits(tmp_path, capsys):
     assert eval_main([str(out / "model.pt"), "--json", str(tmp_path / "r.json")]) == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["bits"] == 4 and res["images"] == 297 and 5 < res["psnr"] < 60
+    # every image's scores, whose means are the summary
+    per = res["per_image"]
+    assert len(per) == 297 and set(per[0]) == {"measurement_loss", "psnr", "ssim"}
+    assert abs(np.mean([r["psnr"] for r in per]) - res["psnr"]) < 1e-4
+    assert abs(np.mean([r["ssim"] for r in per]) - res["ssim"]) < 1e-5
     assert "PSNR" in capsys.readouterr().out
 
 

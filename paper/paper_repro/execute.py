@@ -201,6 +201,12 @@ def backend_name(metrics: dict) -> str:
     return ", ".join(parts)
 
 
+def _per_image_psnr(per_image: Sequence[dict[str, float]] | None) -> list[float] | None:
+    """The images' PSNRs from qgen-reconstruct's metrics.json or qgen-eval's JSON (None from a
+    qgen-eval older than its ``per_image``); 1e-4 dB is far below any difference reported."""
+    return None if per_image is None else [round(float(r["psnr"]), 4) for r in per_image]
+
+
 def _evaluate(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions) -> EvalRecord:
     import json
 
@@ -221,7 +227,8 @@ def _evaluate(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions) -> EvalRe
             spec, epochs=epochs, psnr=metrics["summary"]["psnr"],
             ssim=metrics["summary"]["ssim"], images=metrics["summary"]["images"],
             engine=PACKED_ENGINE, backend=backend_name(metrics), stored_bytes=size.stored_bytes,
-            fp32_bytes=size.fp32_bytes, file_bytes=size.file_bytes, commands=steps)
+            fp32_bytes=size.fp32_bytes, file_bytes=size.file_bytes, commands=steps,
+            psnr_per_image=_per_image_psnr(metrics["per_image"]))
     res = json.loads(paths.qgen_eval_json.read_text())
     save_images(paths.fp32_images, fp32_images(spec, paths))
     size = checkpoint_size(paths.checkpoint)
@@ -229,7 +236,7 @@ def _evaluate(spec: RunSpec, paths: cmds.RunPaths, opts: QueueOptions) -> EvalRe
         spec, epochs=int(res["epochs"]), psnr=res["psnr"], ssim=res["ssim"],
         images=res["images"], engine=FP32_EVAL, backend="fake-quant fp32",
         stored_bytes=size.stored_bytes, fp32_bytes=size.fp32_bytes, file_bytes=None,
-        commands=steps)
+        commands=steps, psnr_per_image=_per_image_psnr(res.get("per_image")))
 
 
 def process(spec: RunSpec, opts: QueueOptions, progress: Progress) -> EvalRecord | None:

@@ -36,6 +36,9 @@ class EvalRecord:
     # a fine-tuned run: the epochs of the 32-bit checkpoint it started from (``epochs`` are its
     # own); 0 for a run trained from scratch
     init_epochs: int = 0
+    # every image's PSNR, in the eval split's order (records from before it was kept: None):
+    # two models' scores of the same images then give a paired difference and its spread
+    psnr_per_image: list[float] | None = None
 
     @property
     def column(self) -> str:

@@ -42,6 +42,24 @@ AIM_32BIT_DB = 1.0  # our 32-bit SDLSS within this of the paper's
 AIM_GAP_DB = {4: 0.3, 1: 0.8}  # our 32-bit minus our k-bit SDLSS at most this
 
 
+def paired_difference(a: EvalRecord, b: EvalRecord) -> tuple[float, float] | None:
+    """Mean over the images of ``a``'s PSNR minus ``b``'s on the same image, and the half-width
+    of its 95% interval (1.96 standard errors of that mean); None unless both records kept
+    every image's PSNR on the same images. The interval says how far the eval images alone can
+    move a gap; one training run per model says nothing of the run-to-run spread."""
+    pa, pb = a.psnr_per_image, b.psnr_per_image
+    if pa is None or pb is None or len(pa) != len(pb) or len(pa) < 2 or a.images != b.images:
+        return None
+    d = [x - y for x, y in zip(pa, pb, strict=True)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    return mean, 1.96 * (var / len(d)) ** 0.5
+
+
+def _interval(diff: tuple[float, float] | None) -> str:
+    return "" if diff is None else f", ± {diff[1]:.2f} dB over the images (95%)"
+
+
 @dataclass
 class RowResults:
     """What is known about one data set's runs."""
@@ -126,14 +144,15 @@ def aims(row: RowResults) -> list[str]:
                      f"{gap_phrase(off, ' dB', 2)} it: "
                      f"{'met' if round(abs(off), 2) <= AIM_32BIT_DB else 'not met'}"
                      f"{'' if ref32.finished else ' so far (partial run: not a verdict)'}.")
-    gaps = {}
+    gaps, recs = {}, {}
     for b in (4, 3, 2, 1):
         rec = row.record(f"{b}-bit SDLSS")
         if rec is None:
             continue
-        gaps[b] = ref32.psnr - rec.psnr
+        gaps[b], recs[b] = ref32.psnr - rec.psnr, rec
         text = (f"- {b}-bit SDLSS ({training_note(rec)}) is "
-                f"{gap_phrase(gaps[b], ' dB', 2)} our 32-bit SDLSS ({training_note(ref32)})")
+                f"{gap_phrase(gaps[b], ' dB', 2)} our 32-bit SDLSS ({training_note(ref32)})"
+                f"{_interval(paired_difference(ref32, rec))}")
         if b in AIM_GAP_DB:
             verdict = "met" if round(gaps[b], 2) <= AIM_GAP_DB[b] else "not met"
             if not (rec.finished and ref32.finished):
@@ -145,11 +164,31 @@ def aims(row: RowResults) -> list[str]:
         ordered = all(gaps[a] >= gaps[b] for a, b in zip(widths, widths[1:], strict=False))
         listed = ", ".join(f"{b}-bit {gaps[b]:.2f}" for b in widths)
         lines.append(f"- gaps ordered by bit width ({listed} dB): {'yes' if ordered else 'no'}.")
+        lines += _neighbours(widths, recs)
     partial = [r for r in row.records.values() if not r.finished]
     if partial:
         lines.append("- PARTIAL: the models above are short of their target epochs, so these "
                      "gaps are not the final ones; the aims are judged on finished runs.")
     return lines
+
+
+def _neighbours(widths: Sequence[int], recs: Mapping[int, EvalRecord]) -> list[str]:
+    """Each width against the next narrower one, image by image: which steps of the ordering
+    the eval images resolve (a step whose interval holds 0 could go either way on other
+    images)."""
+    steps = []
+    for lo, hi in zip(widths, widths[1:], strict=False):
+        diff = paired_difference(recs[hi], recs[lo])
+        if diff is None:
+            continue
+        mean, half = diff
+        verdict = ("resolved" if abs(mean) > half else "not resolved by these images")
+        steps.append(f"{hi}-bit minus {lo}-bit {mean:+.2f} ± {half:.2f} dB ({verdict})")
+    if not steps:
+        return []
+    return ["- image by image, each width against the next narrower one (95% intervals over "
+            "the eval images; one training run per width, so the spread between training runs "
+            "is not in them): " + "; ".join(steps) + "."]
 
 
 def consistency(row: RowResults) -> list[str]:

@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "re-checked after every batch, and from a minute on now and then one "
                    "batch with a thread more, kept if the other work yields)")
     p.add_argument("-o", "--out", dest="json", metavar="FILE.json", default=None,
-                   help="also write the results to this JSON file (with the settings, and the "
-                        "thread counts the batches ran with)")
+                   help="also write the results to this JSON file (with the settings, the "
+                        "thread counts the batches ran with, and every image's PSNR and SSIM)")
     p.rename("--json", "--out")
     return p
 
@@ -130,7 +130,13 @@ def _body(argv: Sequence[str] | None) -> int:
            "epochs": ckpt["train"].get("epochs"), "images": int(evals.shape[0]),
            "steps": solver.steps, "sparsity": solver.sparsity, "restarts": args.restarts,
            "step_size": step, "threads": args.threads, "threads_used": threads_used,
-           "psnr": res["psnr"], "ssim": res["ssim"]}
+           "psnr": res["psnr"], "ssim": res["ssim"],
+           # as in qgen-reconstruct's metrics.json: two models' scores on the same images can
+           # then be compared image by image (a paired difference)
+           "per_image": [{"measurement_loss": float(loss), "psnr": float(p), "ssim": float(s)}
+                         for loss, p, s in zip(res["loss_per_image"].tolist(),
+                                               res["psnr_per_image"].tolist(),
+                                               res["ssim_per_image"].tolist(), strict=True)]}
     print(f"{args.model}: {sv['method']} {bits}-bit, {out['epochs']} epochs, {out['images']} "
           f"images, T={solver.steps}, s={solver.sparsity}, restarts={args.restarts}: "
           f"PSNR {res['psnr']:.2f} dB  SSIM {res['ssim']:.4f}")
