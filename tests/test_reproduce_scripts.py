@@ -753,8 +753,12 @@ def test_colour_finetune_plan_names_commands_and_notes(tmp_path: Path) -> None:
     assert [s.name for s in specs] == [
         "cifar10-m100-sdlss-32-bf16", "cifar10-m100-dcs-32-bf16", "cifar10-m100-sdlss-1-ft8-bf16",
         "cifar10-m100-sdlss-2-ovf05-ft8-bf16", "cifar10-m100-sdlss-3-ft8-bf16",
-        "cifar10-m100-sdlss-4-ft8-bf16"]
+        "cifar10-m100-sdlss-4-ft8-bf16", "cifar10-m100-sdlss-32-ft8-bf16"]
     source, dcs, *tuned = specs
+    control = tuned[-1]  # the same fine-tuning at 32 bits, after the 1-4-bit runs
+    assert control.control and not any(s.control for s in specs[:-1])
+    assert control.column == plan.CONTROL_COLUMN and source.column == "32-bit SDLSS"
+    assert not control.packed and control.overflow_rate == 0.0
     assert source.keep_epochs == (8,) and source.epochs == 12 and source.init_from is None
     assert dcs.keep_epochs == () and dcs.init_from is None and dcs.epochs == 12
     assert {(s.init_from, s.init_epoch, s.epochs, s.lr) for s in tuned} == {
@@ -793,6 +797,44 @@ def test_colour_finetune_plan_names_commands_and_notes(tmp_path: Path) -> None:
     assert "Adam learning rate qgen-train's default (0.0002); " in note  # not the tunings' rate
     assert "fine-tunings" not in tables.settings_line(plan.colour_plan(sets, epochs=12, m=100,
                                                                        s=100))
+    assert ("The 32-bit SDLSS control (`cifar10-m100-sdlss-32-ft8-bf16`) is the same "
+            "fine-tuning at 32 bits") in note
+    assert not any(s.control for s in plan.colour_plan(sets, epochs=12, m=100, s=100,
+                                                       bits=(1, 4), finetune_from=8))
+
+
+def test_row_report_gaps_against_the_32bit_control() -> None:
+    """The control gets its own row and its own gap lines; the tables' 32-bit SDLSS stays the
+    run from scratch."""
+    from paper_repro.row_report import RowResults, aims, side_by_side
+
+    specs = plan.colour_plan([plan.ColourSet("CIFAR10", "cifar10", "/c")], epochs=12, m=100,
+                             s=100, finetune_from=8)
+    psnr = {(32, False): 17.8, (32, True): 18.1, 1: 17.6, 4: 18.0}
+    records = {}
+    for spec in specs:
+        key = (32, spec.control) if spec.bits == 32 and spec.method == plan.SDLSS else spec.bits
+        if key in psnr:
+            records[spec.name] = _record(spec, psnr[key], 0.4)
+    control = next(r for r in records.values() if r.init_epochs and r.bits == 32)
+    assert control.column == plan.CONTROL_COLUMN  # the record knows it from its start
+    results = tables.Results(specs, records, {})
+    assert results.get("CIFAR10", plan.SDLSS, 32, 100, 100).psnr == 17.8
+    row = RowResults("CIFAR10", specs, records, {}, {})
+    table = side_by_side(row)
+    names = [line.split(" | ")[0].lstrip("| ") for line in table[2:]]
+    assert names[4:7] == ["32-bit SDLSS", "32-bit SDLSS control", "32-bit DCS"]
+    assert "| 32-bit SDLSS control | – | – | 18.10 | 0.4000 | – | 32-bit epoch 8 + 4/4 epochs" \
+        in table[7]
+    lines = aims(row)
+    assert "- 4-bit SDLSS (32-bit epoch 8 + 4/4 epochs) is 0.20 dB above our 32-bit SDLSS " \
+           "(12/12 epochs); aim: at most 0.3 dB below: met." in lines
+    assert "- 4-bit SDLSS (32-bit epoch 8 + 4/4 epochs) is 0.10 dB below the 32-bit SDLSS " \
+           "control (the same fine-tuning at 32 bits: quantization's cost alone) (32-bit " \
+           "epoch 8 + 4/4 epochs); aim: at most 0.3 dB below: met." in lines
+    assert "- 1-bit SDLSS (32-bit epoch 8 + 4/4 epochs) is 0.50 dB below the 32-bit SDLSS " \
+           "control (the same fine-tuning at 32 bits: quantization's cost alone) (32-bit " \
+           "epoch 8 + 4/4 epochs); aim: at most 0.8 dB below: met." in lines
 
 
 def test_finetune_waits_for_its_start_and_fails_without_a_source(

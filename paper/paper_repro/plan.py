@@ -48,9 +48,22 @@ class RunSpec:
         return self.bits <= 4
 
     @property
+    def control(self) -> bool:
+        """The 32-bit run fine-tuned exactly as the 1-4-bit runs are (same start, epochs and
+        rate): their gaps to it are quantization's alone, not a training schedule's."""
+        return self.bits == 32 and self.init_from is not None
+
+    @property
     def column(self) -> str:
-        """The table column: "1-bit SDLSS" ... "32-bit DCS"."""
-        return f"{self.bits}-bit {self.method.upper()}"
+        """The table column: "1-bit SDLSS" ... "32-bit DCS", and :data:`CONTROL_COLUMN`."""
+        return column_name(self.bits, self.method, self.control)
+
+
+CONTROL_COLUMN = "32-bit SDLSS control"
+
+
+def column_name(bits: int, method: str, control: bool = False) -> str:
+    return CONTROL_COLUMN if control else f"{bits}-bit {method.upper()}"
 
 
 def run_name(prefix: str, method: str, bits: int, m: int, s: int | None,
@@ -171,7 +184,9 @@ def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
     ``finetune_from = E`` (0 < E < ``epochs``): the 1-4-bit runs start from the 32-bit SDLSS
     run's checkpoint of epoch E (which that run keeps) and train ``epochs - E`` more epochs at
     ``finetune_lr`` (default :data:`FINETUNE_LR`), so every model of the row has ``epochs``
-    epochs behind it; queued after the 32-bit run and DCS. Else every run trains from scratch."""
+    epochs behind it; queued after the 32-bit run and DCS, and followed by the 32-bit control
+    (:attr:`RunSpec.control`: the same fine-tuning at 32 bits, ``-32-ftE``) when 32 is among
+    ``bits``. Else every run trains from scratch."""
     if finetune_from is not None and not 0 < finetune_from < epochs:
         raise ValueError(f"finetune_from must be in 1..{epochs - 1} (below the epochs), got "
                          f"{finetune_from}")
@@ -192,7 +207,7 @@ def colour_plan(sets: Sequence[ColourSet], *, epochs: int, m: int, s: int,
         specs += [_sdlss_run(prefix, b, finetune_lr, row, rates,
                              lr=finetune_lr or FINETUNE_LR, init_from=source.name,
                              init_epoch=finetune_from, epochs=epochs - finetune_from)
-                  for b in bits if b != 32]
+                  for b in sorted(bits)]  # the 32-bit control last
     return ordered(dedupe(specs))
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paper_repro.plan import RunSpec
+from paper_repro.plan import RunSpec, column_name
 
 PACKED_ENGINE = "packed"  # qgen-export + qgen-measure + qgen-reconstruct
 FP32_EVAL = "qgen-eval"  # 32-bit checkpoint through qgen-eval (no packed form exists)
@@ -42,7 +42,7 @@ class EvalRecord:
 
     @property
     def column(self) -> str:
-        return f"{self.bits}-bit {self.method.upper()}"
+        return column_name(self.bits, self.method, control=self.bits == 32 and self.init_epochs > 0)
 
     @property
     def size_ratio(self) -> float:

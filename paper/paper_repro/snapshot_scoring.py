@@ -45,7 +45,7 @@ def take_snapshots(specs: Sequence[RunSpec], runs: Path, snaps: Path,
 
 
 def grid_name(key: str, spec: RunSpec) -> str:
-    return f"{key}-grid-{spec.bits}bit-{spec.method}.png"
+    return f"{key}-grid-{spec.bits}bit-{spec.method}{'-control' if spec.control else ''}.png"
 
 
 def write_row_reports(specs: Sequence[RunSpec], sets: Sequence[ColourSet],

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from paper_repro import paper
-from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec
+from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec, column_name
 from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord
 from qgen_infer.data import dataset_info
 from qgen_infer.train import DEFAULT_LR, DEFAULT_SREC_DATA_PAIRS
@@ -30,7 +30,7 @@ class Results:
     def get(self, label: str, method: str, bits: int, m: int, s: int | None) -> EvalRecord | None:
         for spec in self.specs:
             if (spec.label, spec.method, spec.bits, spec.m) == (label, method, bits, m) and (
-                    method == DCS or spec.s == s):
+                    method == DCS or spec.s == s) and not spec.control:
                 return self.records.get(spec.name)
         return None
 
@@ -351,18 +351,25 @@ def settings_line(specs: Sequence[RunSpec]) -> str:
 
 def finetune_note(specs: Sequence[RunSpec]) -> str:
     """How the fine-tuned runs of a row started (empty when every run trained from scratch)."""
-    tuned = [s for s in specs if s.init_from]
+    tuned = [s for s in specs if s.init_from and not s.control]
     if not tuned:
         return ""
     bits = "/".join(str(s.bits) for s in sorted(tuned, key=lambda s: s.bits))
     first = tuned[0]
-    return (f" The {bits}-bit SDLSS models are quantization-aware fine-tunings of the 32-bit "
+    note = (f" The {bits}-bit SDLSS models are quantization-aware fine-tunings of the 32-bit "
             f"SDLSS run's epoch-{first.init_epoch} checkpoint (`{first.init_from}`, "
             f"qgen-train --keep-epochs {first.init_epoch}; --init-from) for {first.epochs} "
             f"more epochs at Adam rate {first.lr:g} (cosine to a tenth): Algorithm 1 started from "
             f"full-precision weights θ, as its initialization line reads, so that every model of "
             f"the row has {first.init_epoch + first.epochs} epochs behind it; 32-bit SDLSS and "
             f"DCS trained from scratch.")
+    control = next((s for s in specs if s.control), None)
+    if control is not None:
+        note += (f" The {column_name(32, SDLSS, True)} (`{control.name}`) is the same "
+                 "fine-tuning at 32 bits: the fine-tunings' schedule differs from the 32-bit "
+                 "run's own last epochs, so the gap to this control is what quantization "
+                 "alone costs.")
+    return note
 
 
 def colour_report(results: Results, stamp: Sequence[str], data_notes: Sequence[str]) -> str:
