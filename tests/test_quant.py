@@ -41,9 +41,29 @@ def test_midtread_grid_matches_hubara(bits, rng):
 def test_one_bit_is_sign_times_mean_abs(rng):
     w = torch.randn(10, 20, generator=rng)
     wq = fake_quantize(w, QuantSpec(1))
-    alpha = w.abs().mean()
+    alpha = w.abs().double().mean().float()  # the mean, correctly rounded to float32
     assert torch.equal(wq.abs().unique(), alpha.reshape(1))
     assert torch.equal(torch.sign(wq), torch.where(w >= 0, 1.0, -1.0))
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_one_bit_scale_does_not_follow_the_thread_count(granularity):
+    """mean|w| of a 4M-weight layer (the DCGAN's fc) summed in float32 differs in its last bit
+    between 1 and 2 threads; the scale, and so an exported file, must not."""
+    w = torch.randn(8192, 512, generator=torch.Generator().manual_seed(0)) * 0.02
+    spec = QuantSpec(bits=1, granularity=granularity)
+    previous = torch.get_num_threads()
+    try:
+        scales = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            scales.append(quantize_codes(w, spec).scale)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(scales[0], scales[1])
+    # and it is still mean|w| to float32's precision
+    want = 2 * w.double().abs().reshape(1 if granularity == "tensor" else 8192, -1).mean(1)
+    assert torch.equal(scales[0], want.float())
 
 
 def test_one_bit_per_channel_scale(rng):

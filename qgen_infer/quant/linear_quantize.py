@@ -94,7 +94,9 @@ def _reduce_abs(w: torch.Tensor, spec: QuantSpec, how: str) -> torch.Tensor:
     rows = a.reshape(1, -1) if spec.granularity == "tensor" else (
         a.movedim(spec.channel_axis, 0).reshape(a.shape[spec.channel_axis], -1))
     if how == "mean":
-        return rows.mean(dim=1)
+        # summed in float64: a float32 sum's rounding follows the thread count's split of the
+        # reduction, and the 1-bit scale (so a checkpoint's export, byte for byte) with it
+        return rows.mean(dim=1, dtype=torch.float64).float()
     if how == "range" and spec.overflow_rate > 0:
         n = rows.shape[1]
         k = min(n, max(1, math.ceil((1.0 - spec.overflow_rate) * n)))
