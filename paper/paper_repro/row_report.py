@@ -152,8 +152,11 @@ def aims(row: RowResults) -> list[str]:
     lines += _gap_lines(recs, ref32, "our 32-bit SDLSS")
     control = row.record(CONTROL_COLUMN)
     if control is not None:
-        lines += _gap_lines(recs, control, f"the {CONTROL_COLUMN} (the same fine-tuning at 32 "
+        # like for like only: a width's score against the control's after as many epochs
+        same = {b: rec for b, rec in recs.items() if rec.epochs == control.epochs}
+        lines += _gap_lines(same, control, f"the {CONTROL_COLUMN} (the same fine-tuning at 32 "
                                            "bits: quantization's cost alone)")
+        lines += _control_curve_gaps(row, control)
     if len(gaps) >= 2:
         widths = sorted(gaps)  # 1, 2, 3, 4: the gap should shrink as the width grows
         ordered = all(gaps[a] >= gaps[b] for a, b in zip(widths, widths[1:], strict=False))
@@ -182,6 +185,25 @@ def _gap_lines(recs: Mapping[int, EvalRecord], ref: EvalRecord, ref_name: str) -
             text += f"; aim: at most {AIM_GAP_DB[b]:g} dB below: {verdict}"
         lines.append(text + ".")
     return lines
+
+
+def _control_curve_gaps(row: RowResults, control: EvalRecord) -> list[str]:
+    """Each width's eval after each fine-tuning epoch minus the control's after the same epoch
+    (the training code's eval, log.jsonl): like for like while the control is still short."""
+    spec = row.spec(CONTROL_COLUMN)
+    ref = row.curves.get(spec.name, {}) if spec is not None else {}
+    epochs = []
+    for e in sorted(ref):
+        cells = [f"{b}-bit {curve[e] - ref[e]:+.2f}" for b in (1, 2, 3, 4)
+                 if (s := row.spec(f"{b}-bit SDLSS")) is not None
+                 and e in (curve := row.curves.get(s.name, {}))]
+        if cells:
+            epochs.append(f"after fine-tuning epoch {e}: " + ", ".join(cells))
+    if not epochs:
+        return []
+    return [f"- against the {CONTROL_COLUMN} epoch by epoch (the training code's eval after "
+            "each epoch, dB: like for like at every epoch the control has reached, "
+            f"{control.epochs} of {control.target_epochs}): " + "; ".join(epochs) + "."]
 
 
 def _neighbours(widths: Sequence[int], recs: Mapping[int, EvalRecord]) -> list[str]:
