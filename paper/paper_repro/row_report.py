@@ -7,6 +7,7 @@ same checkpoint, and the figures. Written from the evaluation records, the snaps
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -51,9 +52,7 @@ def paired_difference(a: EvalRecord, b: EvalRecord) -> tuple[float, float] | Non
     if pa is None or pb is None or len(pa) != len(pb) or len(pa) < 2 or a.images != b.images:
         return None
     d = [x - y for x, y in zip(pa, pb, strict=True)]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
-    return mean, 1.96 * (var / len(d)) ** 0.5
+    return statistics.fmean(d), 1.96 * statistics.stdev(d) / len(d) ** 0.5
 
 
 def _interval(diff: tuple[float, float] | None) -> str:

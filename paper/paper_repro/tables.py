@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from paper_repro import paper
-from paper_repro.plan import BITS, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec, column_name
+from paper_repro.plan import BITS, CONTROL_COLUMN, DCS, DEFAULT_SPARSITY, SDLSS, RunSpec
 from paper_repro.records import FP32_EVAL, PACKED_ENGINE, EvalRecord
 from qgen_infer.data import dataset_info
 from qgen_infer.train import DEFAULT_LR, DEFAULT_SREC_DATA_PAIRS
@@ -365,7 +365,7 @@ def finetune_note(specs: Sequence[RunSpec]) -> str:
             f"DCS trained from scratch.")
     control = next((s for s in specs if s.control), None)
     if control is not None:
-        note += (f" The {column_name(32, SDLSS, True)} (`{control.name}`) is the same "
+        note += (f" The {CONTROL_COLUMN} (`{control.name}`) is the same "
                  "fine-tuning at 32 bits: the fine-tunings' schedule differs from the 32-bit "
                  "run's own last epochs, so the gap to this control is what quantization "
                  "alone costs.")
