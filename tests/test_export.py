@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import struct
 import warnings
 from pathlib import Path
 
@@ -318,3 +319,64 @@ def test_float16_sensing_out_of_range(tiny_checkpoint, tmp_path: Path, capsys) -
     captured = capsys.readouterr()
     assert "stored as fp32" in captured.err and "sensing net fp32" in captured.out
     assert read_qgen(tmp_path / "z.qgen").format_version == 2
+
+
+@pytest.mark.parametrize("family", ["mlp", "dcgan"])
+def test_mid_rise_grid_is_exported_bit_exact_and_runs_in_the_engine(
+        family: str, tiny_checkpoint, tmp_path: Path) -> None:
+    """A checkpoint trained on the mid-rise grid exports the weights training saw with the
+    format as it is (zero 2^(k-1) - 1/2 per row), records the grid, and the packed generator of
+    every CPU backend equals the checkpoint's."""
+    import qgen_infer
+    from qgen_infer.engine.registry import backend_available
+    from qgen_infer.format.summary import render
+
+    ckpt = load_checkpoint(tiny_checkpoint(family, 2, "channel"))
+    ckpt["config"] = {**ckpt["config"], "grid": "mid-rise"}
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, ckpt)
+    qf = read_qgen(export_checkpoint(path, tmp_path / "m.qgen").path)
+    assert qf.quantizer["grid"] == "mid-rise" and qf.config["grid"] == "mid-rise"
+    assert "mid-rise grid" in render(qf, 0, "m.qgen")
+    gen, _ = build_from_checkpoint(load_checkpoint(path))
+    modules = dict(gen.named_children())
+    for layer in qf.packed_layers:
+        assert torch.equal(layer.zero, torch.full_like(layer.zero, 1.5)), layer.name
+        trained = modules[layer.name].quantized_weight().detach()
+        assert torch.equal(decoded_weight(layer, 2), trained), layer.name
+    z = torch.randn(3, qf.config["latent_dim"], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = gen(z)
+    backends = ["reference"] + (["cpu"] if backend_available("cpu") else [])
+    for backend in backends:
+        model = qgen_infer.load(tmp_path / "m.qgen", backend=backend)
+        with torch.no_grad():
+            torch.testing.assert_close(model.generator(z), want, rtol=1e-4, atol=1e-5,
+                                       msg=backend)
+
+
+def test_the_default_grid_is_written_nowhere(tiny_checkpoint, tmp_path: Path) -> None:
+    """Files of mid-tread runs keep the bytes they had before the grid option existed: the
+    config and the quantizer metadata name no grid (absent means mid-tread), and a checkpoint
+    from before the option (no "grid" in its config) exports to the same file."""
+    ckpt = load_checkpoint(tiny_checkpoint("mlp", 2, "tensor"))
+    files = []
+    for name, grid in (("old", None), ("new", "mid-tread")):
+        config = {k: v for k, v in ckpt["config"].items() if k != "grid"}
+        ckpt["config"] = config if grid is None else {**config, "grid": grid}
+        save_checkpoint(tmp_path / f"{name}.pt", ckpt)
+        files.append(export_checkpoint(tmp_path / f"{name}.pt", tmp_path / f"{name}.qgen").path)
+    assert files[0].read_bytes() == files[1].read_bytes()
+    qf = read_qgen(files[1])
+    assert "grid" not in qf.config and "grid" not in qf.quantizer
+
+
+def test_one_checkpoint_exports_to_the_same_bytes(tiny_checkpoint, tmp_path: Path) -> None:
+    """safetensors orders header keys by a hash map, differently per call; the writer sorts
+    them, so a file can be checked against a recorded sha256 by exporting again."""
+    ckpt = tiny_checkpoint("dcgan", 3, "channel")
+    first = export_checkpoint(ckpt, tmp_path / "a.qgen").path.read_bytes()
+    for i in range(3):
+        assert export_checkpoint(ckpt, tmp_path / f"{i}.qgen").path.read_bytes() == first
+    (header_len,) = struct.unpack_from("<Q", first)
+    assert (8 + header_len) % 8 == 0  # the data region stays 8-byte aligned

@@ -162,3 +162,55 @@ def test_overflow_rate_stops_the_gradient_of_clipped_weights(rng):
 def test_bad_overflow_rate_rejected(rate):
     with pytest.raises(ValueError, match="overflow_rate"):
         QuantSpec(2, overflow_rate=rate)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("granularity,axis", [("tensor", 0), ("channel", 0), ("channel", 1)])
+@pytest.mark.parametrize("rate", [0.0, 0.1])
+def test_mid_rise_grid_maps_each_weight_to_its_cells_centre(bits, granularity, axis, rate, rng):
+    """grid="mid-rise": [-R, R] in 2^k cells of width Δ = R / 2^(k-1), a weight inside goes to its
+    cell's centre (error at most Δ/2), one beyond R to the outer cell's; the levels are symmetric
+    about 0 and none is 0; the range R and its clipping are the mid-tread grid's."""
+    w = torch.randn(7, 40, 3, generator=rng) * torch.linspace(0.5, 3, 3)
+    spec = QuantSpec(bits, granularity, axis, overflow_rate=rate, grid="mid-rise")
+    q = quantize_codes(w, spec)
+    tread = quantize_codes(w, QuantSpec(bits, granularity, axis, overflow_rate=rate))
+    assert torch.equal(q.scale, tread.scale)  # the same R, so the same step
+    half = 2 ** (bits - 1)
+    assert torch.equal(q.zero, torch.full_like(q.scale, half - 0.5))
+    delta = q.scale if granularity == "tensor" else q.scale.reshape(
+        [-1 if d == axis else 1 for d in range(w.ndim)])
+    want = torch.clamp(torch.floor(w / delta), -half, half - 1) + half
+    assert torch.equal(q.codes, want.to(torch.uint8))
+    wq = q.dequantize()
+    assert torch.equal(wq, (want - half + 0.5) * delta)  # exact: the cell index plus 1/2, times Δ
+    inside = w.abs() <= delta * half
+    # (w = R itself sits on the top edge: an error of Δ/2 up to the subtraction's rounding)
+    assert ((w - wq).abs()[inside] <= delta.expand_as(w)[inside] / 2 * (1 + 1e-6)).all()
+    assert (wq[~inside].abs() == (half - 0.5) * delta.expand_as(w)[~inside]).all()
+    assert not (wq == 0).any()
+    # symmetric: a weight and its negative land on opposite levels (random w is on no cell edge)
+    assert torch.equal(quantize_codes(-w, spec).dequantize(), -wq)
+
+
+def test_mid_tread_two_bit_grid_has_one_positive_level(rng):
+    """The reason the option exists: at 2 bits the paper's grid is -R, -R/2, 0, R/2."""
+    w = torch.randn(1000, generator=rng)
+    r = w.abs().max()
+    levels = quantize_codes(w, QuantSpec(2)).dequantize().unique()
+    torch.testing.assert_close(levels, torch.stack([-r, -r / 2, 0 * r, r / 2]))
+    rise = quantize_codes(w, QuantSpec(2, grid="mid-rise")).dequantize().unique()
+    torch.testing.assert_close(rise, torch.stack([-3 * r / 4, -r / 4, r / 4, 3 * r / 4]))
+
+
+def test_mid_rise_overflow_stops_the_gradient_of_clipped_weights(rng):
+    w = (torch.randn(50, 20, generator=rng) * 2).requires_grad_(True)
+    spec = QuantSpec(2, overflow_rate=0.2, grid="mid-rise")
+    fake_quantize(w, spec).backward(torch.ones_like(w))
+    r = quantize_codes(w, spec).scale * 2
+    assert torch.equal(w.grad, (w.detach().abs() <= r).float())
+
+
+def test_bad_grid_rejected():
+    with pytest.raises(ValueError, match="grid"):
+        QuantSpec(2, grid="midrise")

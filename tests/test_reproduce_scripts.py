@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 PAPER = Path(__file__).resolve().parents[1] / "paper"
 sys.path.insert(0, str(PAPER))
@@ -944,3 +945,31 @@ def test_a_run_stopped_by_a_signal_is_not_a_failure(tmp_path: Path, monkeypatch)
     assert [f.split(":")[0] for f in failures] == ["cifar10-m100-sdlss-2", "cifar10-m100-dcs-32"]
     assert any("cifar10-m100-sdlss-1: stopped: qgen-train was stopped" in line
                for line in lines), lines
+
+
+def test_quantizer_error_script_measures_every_quantizer(tmp_path, capsys):
+    """paper/quantizer_error.py on a tiny 32-bit DCGAN: one row per quantizer, errors that fall
+    with the bit width on each grid, the mid-rise 2-bit grid off the mid-tread one, the table
+    written where --out says; a quantized checkpoint is refused."""
+    from conftest import make_checkpoint
+
+    from qgen_infer.checkpoint import load_checkpoint
+
+    script = _script("quantizer_error")
+    ckpt = make_checkpoint(tmp_path / "model.pt", "dcgan", bits=32)
+    out = tmp_path / "errors.md"
+    assert script.main([str(ckpt), "--latents", "32", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text in capsys.readouterr().out
+    z = script.sparse_latents(32, 12, 4, True, 0)
+    assert ((z != 0).sum(dim=1) == 4).all() and torch.allclose(z.norm(dim=1), torch.ones(32))
+    rows = script.measure(load_checkpoint(ckpt), z)
+    assert [(r["bits"], r["overflow_rate"], r["grid"]) for r in rows] == script.QUANTIZERS
+    by = {(r["bits"], r["overflow_rate"], r["grid"]): r for r in rows}
+    for grid in ("mid-tread", "mid-rise"):
+        errors = [by[(b, 0.0, grid)]["weight_error"] for b in (2, 3, 4)]
+        assert errors == sorted(errors, reverse=True) and errors[-1] < 0.05
+    assert by[(2, 0.0, "mid-rise")]["weight_error"] != by[(2, 0.0, "mid-tread")]["weight_error"]
+    assert len(text.splitlines()) > len(rows) and "| 2 | mid-rise | 0.05 |" in text
+    with pytest.raises(SystemExit, match="32-bit"):
+        script.main([str(make_checkpoint(tmp_path / "q.pt", "dcgan", bits=2))])

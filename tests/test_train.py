@@ -397,6 +397,7 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path):
     (["--data", "mnist", "--data-root", "/nonexistent/folder"], "nonexistent"),
     (["--bits", "2", "--overflow-rate", "1.5"], "overflow_rate"),
     (["--overflow-rate", "-0.01"], "overflow_rate"),
+    (["--grid", "symmetric"], "invalid choice"),
     (["--device", "tpu"], "--device"),
     (["--device", "bogus:x"], "--device"),
     (["--initial-step-size", "0"], "step size"),
@@ -446,3 +447,21 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| 2 | 126,500 B | 16.0x |" in text  # 2-bit codes of the 16x16 MLP generator
     assert (out / "digits-2bit.qgen").is_file() and (out / "grid-2bit.png").is_file()
+
+
+def test_grid_reaches_the_layers_and_the_checkpoint(tmp_path, images):
+    """--grid mid-rise is the layers' quantizer during training and is saved in the config; a
+    warm start from a mid-tread checkpoint may change it, a resume may not."""
+    _train(_cfg(tmp_path / "a", bits=2, epochs=1), images)
+    assert load_checkpoint(tmp_path / "a/run/model.pt")["config"]["grid"] == "mid-tread"
+    t = Trainer(_cfg(tmp_path / "b", bits=2, epochs=1, grid="mid-rise",
+                     init_from=str(tmp_path / "a/run/model.pt")), images[:48], images[48:])
+    assert {m.quant.grid for m in t.generator.modules() if hasattr(m, "quant")} == {"mid-rise"}
+    t.run()
+    assert load_checkpoint(tmp_path / "b/run/model.pt")["config"]["grid"] == "mid-rise"
+    q = quantize_codes(t.generator.fc1.weight, t.generator.fc1.quant)
+    assert torch.equal(t.generator.fc1.quantized_weight(), q.dequantize())
+    assert float(q.zero[0]) == 1.5
+    # resuming under the other grid is refused, naming both
+    with pytest.raises(QgenError, match="grid='mid-rise' \\(here 'mid-tread'\\)"):
+        _train(_cfg(tmp_path / "b", bits=2, epochs=2), images, resume=True)

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2-4 bits: fraction of the largest weights that LinearQuantize clips "
                         "(Hubara et al.'s overflow rate); 0 sets the range to max|w|, which at "
                         "2 bits rounds most weights to zero")
+    p.add_argument("--grid", choices=("mid-tread", "mid-rise"), default=d.grid,
+                   help="2-4 bits: LinearQuantize's levels. mid-tread (the paper's) has a level "
+                        "at zero but at 2 bits only one positive level (-R, -R/2, 0, R/2); "
+                        "mid-rise splits [-R, R] into equal cells and takes their centres, "
+                        "symmetric (+-R/4, +-3R/4); see docs/QUANTIZATION.md")
     p.add_argument("-m", "--measurements", type=int, default=d.measurements,
                    help="number of measurements m (output size of A)")
     p.add_argument("-s", "--sparsity", type=int_in(1, MAX_LATENT), default=None,

@@ -27,7 +27,7 @@ from qgen_infer.format.packing import PACKED_BITS
 from qgen_infer.format.schema import SENSING_DTYPES, channel_axis
 from qgen_infer.models import ConfigError, complete_config
 from qgen_infer.models.networks import quant_spec
-from qgen_infer.quant import GRANULARITIES, QuantSpec, quantize_codes
+from qgen_infer.quant import DEFAULT_GRID, GRANULARITIES, QuantSpec, quantize_codes
 
 QUANTIZER_SCHEME = "linear_quantize"  # Hubara et al. for k >= 2, sign * mean|w| for k = 1
 
@@ -218,6 +218,8 @@ def _build(ckpt: dict[str, Any], bits: int | None, granularity: str | None, sens
         "scheme": QUANTIZER_SCHEME,
         "granularity": granularity,
         "overflow_rate": spec.overflow_rate,
+        # absent: the paper's mid-tread (and a 1-bit export has no grid: sign * mean|w|)
+        **({"grid": spec.grid} if spec.grid != DEFAULT_GRID and bits >= 2 else {}),
         "trained_bits": trained_bits,
         "trained_granularity": trained_granularity,
         "post_training": post_training,
@@ -226,6 +228,9 @@ def _build(ckpt: dict[str, Any], bits: int | None, granularity: str | None, sens
     if not isinstance(training, dict):
         training = {}
     exported_config = {**config, "bits": bits, "granularity": granularity}
+    if exported_config["grid"] == DEFAULT_GRID:
+        # files of the paper's grid name none, so they keep the bytes they had before the option
+        del exported_config["grid"]
     stored, storage_notes = sensing_storage(ckpt, effective_sensing_state(config, sensing),
                                             sensing_dtype)
     notes += [(SensingStorageWarning, note) for note in storage_notes]

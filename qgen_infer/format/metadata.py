@@ -50,6 +50,7 @@ CONFIG: dict[str, Field] = {
     "granularity": Field("choice", choices=("tensor", "channel")),
     "overflow_rate": Field("number", "fraction of weights", 0, 1, required=False,
                            high_open=True),
+    "grid": Field("choice", choices=("mid-tread", "mid-rise"), required=False),
 }
 
 SOLVER: dict[str, Field] = {
@@ -66,6 +67,7 @@ QUANTIZER: dict[str, Field] = {
     "scheme": Field("choice", choices=("linear_quantize",), required=False),
     "overflow_rate": Field("number", "fraction of weights", 0, 1, required=False,
                            high_open=True),
+    "grid": Field("choice", choices=("mid-tread", "mid-rise"), required=False),
     "trained_bits": Field("choice", "bits per weight", choices=(1, 2, 3, 4, 32), required=False),
     "trained_granularity": Field("choice", choices=("tensor", "channel"), required=False),
     "post_training": Field("bool", required=False),

@@ -105,6 +105,7 @@ def render(qf: QgenFile, file_bytes: int, path: str) -> str:
     overflow = q.get("overflow_rate")
     clip = f", overflow rate {overflow:g}" if isinstance(overflow, (int, float)) and overflow \
         else ""
+    grid = f", {q['grid']} grid" if q.get("grid") else ""
     lines = [
         f"file        {path} ({human_bytes(file_bytes)})",
         f"format      {qf.metadata.get('format', 'qgen')} version {qf.format_version}, "
@@ -112,7 +113,7 @@ def render(qf: QgenFile, file_bytes: int, path: str) -> str:
         f"network     {cfg.get('family')}, image {cfg.get('image_shape')}, latent "
         f"{cfg.get('latent_dim')}, measurements {cfg.get('measurements')}",
         f"quantizer   {qf.bits}-bit {q.get('scheme')}, per-{q.get('granularity')} scales"
-        f"{clip} ({trained}{ptq})",
+        f"{clip}{grid} ({trained}{ptq})",
         f"solver      {sol.get('method')}, sparsity {sol.get('sparsity')}, steps "
         f"{sol.get('steps')}, step size {sol.get('step_size'):.4g}, "
         f"project {'yes' if sol.get('project') else 'no'}",

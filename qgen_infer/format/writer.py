@@ -5,10 +5,14 @@ header; see :mod:`qgen_infer.format.digest`), so it can live inside the header: 
 serialised once with a placeholder to learn the data bytes, then again with the real digest.
 safetensors lays tensors out by dtype and name only, so the data region does not depend on the
 metadata; the second pass is checked to reproduce it.
+
+safetensors writes the header's keys in a hash map's order, which differs from call to call, so
+the header is then rewritten with sorted keys: one checkpoint always exports to the same bytes.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -35,6 +39,17 @@ def data_region(blob: bytes) -> memoryview:
     """The bytes after the 8-byte length and the JSON header of a safetensors blob."""
     (header_len,) = _HEADER_LENGTH.unpack_from(blob)
     return memoryview(blob)[_HEADER_LENGTH.size + header_len:]
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """``blob`` with its JSON header's keys sorted (at every level) and padded with spaces to a
+    multiple of 8 bytes, as safetensors aligns the data region; the data bytes are untouched."""
+    (header_len,) = _HEADER_LENGTH.unpack_from(blob)
+    start = _HEADER_LENGTH.size
+    header = json.loads(blob[start:start + header_len])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return _HEADER_LENGTH.pack(len(text)) + text + blob[start + header_len:]
 
 
 def file_metadata(qf: QgenFile, digest: str) -> dict[str, str]:
@@ -85,7 +100,8 @@ def serialize(qf: QgenFile) -> bytes:
     draft_metadata = file_metadata(qf, CHECKSUM_PREFIX + "0" * 64)
     draft = safetensors.torch.save(tensors, draft_metadata)
     data = bytes(data_region(draft))
-    blob = safetensors.torch.save(tensors, file_metadata(qf, checksum(data, draft_metadata)))
+    blob = _sorted_header(
+        safetensors.torch.save(tensors, file_metadata(qf, checksum(data, draft_metadata))))
     if bytes(data_region(blob)) != data:  # would mean safetensors' layout depends on metadata
         raise RuntimeError("safetensors data region changed between passes; checksum invalid")
     return blob

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from qgen_infer.models.layers import QConv2d, QConvTranspose2d, QLinear, Reshape
-from qgen_infer.quant import QuantSpec
+from qgen_infer.quant import DEFAULT_GRID, QuantSpec
 
 FAMILIES = ("mlp", "dcgan")
 
@@ -37,6 +37,7 @@ MLP_DEFAULTS: dict[str, Any] = {
     "bits": 32,
     "granularity": "tensor",
     "overflow_rate": 0.0,
+    "grid": DEFAULT_GRID,
 }
 
 DCGAN_DEFAULTS: dict[str, Any] = {
@@ -49,6 +50,7 @@ DCGAN_DEFAULTS: dict[str, Any] = {
     "bits": 32,
     "granularity": "tensor",
     "overflow_rate": 0.0,
+    "grid": DEFAULT_GRID,
 }
 
 
@@ -61,7 +63,8 @@ def quant_spec(cfg: dict[str, Any], bits: int | None = None,
     """The generator's quantizer from a completed config (``bits``/``granularity`` override)."""
     return QuantSpec(int(cfg["bits"] if bits is None else bits),
                      cfg["granularity"] if granularity is None else granularity,
-                     overflow_rate=float(cfg.get("overflow_rate", 0.0)))
+                     overflow_rate=float(cfg.get("overflow_rate", 0.0)),
+                     grid=cfg["grid"])
 
 
 def complete_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
         if int(cfg[key]) < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]}")
         cfg[key] = int(cfg[key])
-    quant_spec(cfg)  # validates bits, granularity and overflow rate
+    quant_spec(cfg)  # validates bits, granularity, overflow rate and grid
     if family == "dcgan":
         c, h, w = cfg["image_shape"]
         if h != w or h < 8 or 2 ** round(math.log2(h)) != h:

@@ -1,7 +1,9 @@
 """LinearQuantize: k-bit weights as ``scale * (code - zero)`` with a straight-through estimator."""
 
 from qgen_infer.quant.linear_quantize import (
+    DEFAULT_GRID,
     GRANULARITIES,
+    GRIDS,
     SUPPORTED_BITS,
     QuantizedTensor,
     QuantSpec,
@@ -11,7 +13,9 @@ from qgen_infer.quant.linear_quantize import (
 )
 
 __all__ = [
+    "DEFAULT_GRID",
     "GRANULARITIES",
+    "GRIDS",
     "SUPPORTED_BITS",
     "QuantSpec",
     "QuantizedTensor",

@@ -2,7 +2,7 @@
 
 Every quantized weight is ``w_q = scale * (code - zero)`` with unsigned integer codes in
 ``[0, 2**bits)``, a positive ``scale`` and a ``zero`` offset, per tensor or per output channel.
-Two regimes, written out in ``docs/QUANTIZATION.md``:
+Three grids, written out in ``docs/QUANTIZATION.md``:
 
 * ``bits >= 2``: the mid-tread linear quantizer ``Clip(round(w / Δ), -2**(k-1), 2**(k-1) - 1) · Δ``
   with ``Δ = R · 2**(1-k)`` and ``R = max|w|`` (Hubara's ``Δ = 2**(1-k)`` on weights normalised to
@@ -10,6 +10,13 @@ Two regimes, written out in ``docs/QUANTIZATION.md``:
   With Hubara's ``overflow_rate`` r > 0, ``R`` is instead the ``(1 - r)`` quantile of ``|w|``: the
   largest fraction r of the weights clip to the extreme levels (and get no gradient), and the
   step shrinks for the others.
+  The mid-tread grid is asymmetric: at 2 bits its levels are ``-R, -R/2, 0, +R/2``, one positive
+  level, so every large positive weight loses up to half its size while a negative one keeps it.
+* ``grid="mid-rise"`` (bits >= 2; not the paper's): ``[-R, R]`` cut into ``2**k`` equal cells, each
+  weight mapped to its cell's centre, ``(Clip(floor(w / Δ), -2**(k-1), 2**(k-1) - 1) + 1/2) · Δ``
+  with the same ``Δ``: levels symmetric about zero (at 2 bits ``±R/4, ±3R/4``), none at zero.
+  Codes are ``floor(w/Δ) + 2**(k-1)`` and ``zero = 2**(k-1) - 1/2``, so the file format and
+  every kernel, which take ``scale * (code - zero)`` with a float ``zero``, need nothing new.
 * ``bits == 1``: ``sign(w) · α`` with ``α = mean|w|`` (XNOR-Net's optimal binary scale). Codes are
   ``w >= 0``, so ``scale = 2α`` and ``zero = 1/2``; ``2α · (c - 1/2)`` is ``±α`` exactly because the
   product by 1/2 is exact in binary floating point.
@@ -28,6 +35,8 @@ import torch
 
 SUPPORTED_BITS = (1, 2, 3, 4, 32)
 GRANULARITIES = ("tensor", "channel")
+GRIDS = ("mid-tread", "mid-rise")
+DEFAULT_GRID = "mid-tread"  # the paper's
 
 
 @dataclass(frozen=True)
@@ -38,13 +47,15 @@ class QuantSpec:
     (one scale, as in the paper) or ``"channel"`` (one scale per output channel); ``channel_axis``
     names the output-channel axis of the weight (0 for Linear and Conv2d, 1 for ConvTranspose2d).
     ``overflow_rate`` (Hubara et al.'s parameter, bits 2..4 only): the fraction of weights allowed
-    to clip; 0 (the default) takes the range from the largest weight.
+    to clip; 0 (the default) takes the range from the largest weight. ``grid`` (bits 2..4 only):
+    ``"mid-tread"`` (the paper's, with a level at zero) or ``"mid-rise"`` (symmetric levels).
     """
 
     bits: int = 32
     granularity: str = "tensor"
     channel_axis: int = 0
     overflow_rate: float = 0.0
+    grid: str = DEFAULT_GRID
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -55,6 +66,8 @@ class QuantSpec:
             )
         if not 0.0 <= self.overflow_rate < 1.0:
             raise ValueError(f"overflow_rate must be in [0, 1), got {self.overflow_rate}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
 
     @property
     def enabled(self) -> bool:
@@ -128,10 +141,11 @@ def quantize_codes(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
         half = 2 ** (k - 1)
         delta = (_reduce_abs(w32, spec, "range") / half).clamp_min(_TINY)
         d = delta if spec.granularity == "tensor" else _channel_view(delta, w.ndim, axis)
-        q = torch.clamp(torch.round(w32 / d), -half, half - 1)
-        codes = (q + half).to(torch.uint8)
+        mid_rise = spec.grid == "mid-rise"
+        cell = torch.floor(w32 / d) if mid_rise else torch.round(w32 / d)
+        codes = (torch.clamp(cell, -half, half - 1) + half).to(torch.uint8)
         scale = delta
-        zero = torch.full_like(scale, float(half))
+        zero = torch.full_like(scale, half - 0.5 if mid_rise else float(half))
     return QuantizedTensor(codes, scale.contiguous(), zero.contiguous(), spec)
 
 

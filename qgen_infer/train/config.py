@@ -32,7 +32,7 @@ RESUME_LOCAL = frozenset({"out", "device", "threads", "init_from"})
 # The network (bits, measurements, ...) and solver (method, latent, s, T) are compared in their
 # resolved form, from the checkpoint's "config" and "solver", so that a default and the same
 # value given explicitly agree.
-RESOLVED_ELSEWHERE = frozenset({"bits", "granularity", "overflow_rate", "measurements",
+RESOLVED_ELSEWHERE = frozenset({"bits", "granularity", "overflow_rate", "grid", "measurements",
                                 "method", "latent_dim", "sparsity", "steps", "project"})
 
 
@@ -53,6 +53,7 @@ class TrainConfig:
     bits: int = 32
     granularity: str = "tensor"
     overflow_rate: float = 0.0  # LinearQuantize's clipped fraction (bits 2..4); 0: range = max|w|
+    grid: str = "mid-tread"  # bits 2..4: "mid-tread" (the paper's) or "mid-rise" (symmetric)
     measurements: int = 25
     latent_dim: int | None = None  # default: image size (SDLSS, MLP), 512 (SDLSS, DCGAN), 100 (DCS)
     sparsity: int | None = None  # default: 100 for SDLSS (capped at latent_dim // 2); None for DCS

@@ -30,6 +30,7 @@ from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint, save_c
 from qgen_infer.errors import QgenError
 from qgen_infer.metrics import psnr, ssim
 from qgen_infer.models import build_generator, build_sensing, complete_config
+from qgen_infer.quant import DEFAULT_GRID
 from qgen_infer.signals import signals_deferred
 from qgen_infer.solve import reconstruct_latent
 from qgen_infer.train.config import (
@@ -83,7 +84,8 @@ def network_config(cfg: TrainConfig, image_shape: list[int]) -> dict[str, Any]:
         return complete_config({"family": family, "image_shape": image_shape,
                                 "measurements": cfg.measurements, "bits": cfg.bits,
                                 "granularity": cfg.granularity,
-                                "overflow_rate": cfg.overflow_rate, "latent_dim": 1})
+                                "overflow_rate": cfg.overflow_rate, "grid": cfg.grid,
+                                "latent_dim": 1})
     except ValueError as exc:
         raise QgenError(str(exc)) from None
 
@@ -141,8 +143,8 @@ def saved_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(saved, dict):
         return {}
     known = {f.name for f in fields(TrainConfig)}
-    before_option = {"overflow_rate": 0.0, "sensing_loss": "total", "srec_data_pairs": False,
-                     "step_size_lr": saved.get("lr"), "precision": "fp32"}
+    before_option = {"overflow_rate": 0.0, "grid": DEFAULT_GRID, "sensing_loss": "total",
+                     "srec_data_pairs": False, "step_size_lr": saved.get("lr"), "precision": "fp32"}
     return {k: saved.get(k, before_option.get(k)) for k in known
             if k in saved or k in before_option}
 
@@ -281,12 +283,12 @@ class Trainer:
 
     def _warm_start(self, path: str) -> None:
         ckpt = load_checkpoint(path)
-        quantizer = ("bits", "granularity", "overflow_rate")
+        quantizer = ("bits", "granularity", "overflow_rate", "grid")
         src = {k: v for k, v in complete_config(ckpt["config"]).items() if k not in quantizer}
         dst = {k: v for k, v in self.net.items() if k not in quantizer}
         if src != dst:
             raise QgenError(f"--init-from {path}: its network differs from this run's (only the "
-                            f"quantizer: bit width, granularity, overflow rate, may differ)")
+                            f"quantizer: bit width, granularity, overflow rate, grid, may differ)")
         self.generator.load_state_dict(ckpt["generator"])
         self.sensing.load_state_dict(ckpt["sensing"])
         with torch.no_grad():
