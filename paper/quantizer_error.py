@@ -5,9 +5,9 @@ fine-tunes start), every generator weight is quantized with each quantizer of th
 two errors are measured:
 
 * weight error  ``sum ||w - Q(w)||^2 / sum ||w||^2`` over the generator's weight tensors;
-* output error  ``mean (G_Q(z) - G(z))^2 / var G(z)`` on s-sparse latents z (Gaussian entries on
-  a random support of the checkpoint's sparsity, on the unit sphere when its solver projects, as
-  the latent the solver hands the generator), both generators with their BatchNorm statistics
+* output error  ``mean (G_Q(z) - G(z))^2 / var G(z)`` on the solver's random starts z
+  (:func:`qgen_infer.solve.sample_latent` with the checkpoint's sparsity and projection), both
+  generators with their BatchNorm statistics
   recomputed on these latents (a fine-tune re-learns them; without it the column "as loaded"
   keeps the 32-bit statistics).
 
@@ -21,7 +21,6 @@ quantized generator has lost the 32-bit function, which a fine-tune then has to 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import platform
 import sys
@@ -32,23 +31,12 @@ import torch
 from torch import nn
 
 from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
+from qgen_infer.solve import sample_latent
 
 # (bits, overflow rate, grid): the paper's quantizers and the mid-rise option
 QUANTIZERS = [(1, 0.0, "mid-tread"), (2, 0.0, "mid-tread"), (2, 0.05, "mid-tread"),
               (2, 0.0, "mid-rise"), (2, 0.05, "mid-rise"), (3, 0.0, "mid-tread"),
               (3, 0.0, "mid-rise"), (4, 0.0, "mid-tread"), (4, 0.0, "mid-rise")]
-
-
-def sparse_latents(n: int, dim: int, sparsity: int | None, project: bool,
-                   seed: int) -> torch.Tensor:
-    """``n`` latents with ``sparsity`` Gaussian non-zeros on random supports (all ``dim`` when
-    None), scaled to unit norm when ``project``."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, dim, generator=gen)
-    if sparsity is not None and sparsity < dim:
-        dropped = torch.rand(n, dim, generator=gen).argsort(dim=1)[:, sparsity:]
-        z.scatter_(1, dropped, 0.0)
-    return z / z.norm(dim=1, keepdim=True) if project else z
 
 
 @torch.no_grad()
@@ -76,9 +64,7 @@ def measure(ckpt: dict[str, Any], z: torch.Tensor) -> list[dict[str, Any]]:
     rows = []
     for bits, rate, grid in QUANTIZERS:
         config = {**ckpt["config"], "bits": bits, "overflow_rate": rate, "grid": grid}
-        trial = copy.deepcopy(ckpt)
-        trial["config"] = config
-        gen = build_from_checkpoint(trial)[0]
+        gen = build_from_checkpoint({**ckpt, "config": config})[0]  # loading copies the weights
         err = norm = 0.0
         with torch.no_grad():
             for module in gen.modules():
@@ -126,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     ckpt = load_checkpoint(args.checkpoint)
     solver = ckpt["solver"]
-    z = sparse_latents(args.latents, int(ckpt["config"]["latent_dim"]), solver.get("sparsity"),
-                       bool(solver.get("project", False)), args.seed)
+    z = sample_latent(args.latents, int(ckpt["config"]["latent_dim"]), solver.get("sparsity"),
+                      project=bool(solver.get("project", False)),
+                      generator=torch.Generator().manual_seed(args.seed))
     rows = measure(ckpt, z)
     command = "python paper/quantizer_error.py " + " ".join(sys.argv[1:] if argv is None
                                                            else argv)

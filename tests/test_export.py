@@ -20,7 +20,7 @@ from qgen_infer.export import (
     SensingStorageWarning,
     export_checkpoint,
 )
-from qgen_infer.format import PackedLayer, read_qgen, unpack_codes
+from qgen_infer.format import PackedLayer, QgenFile, read_qgen, unpack_codes
 from qgen_infer.format.schema import channel_axis
 from qgen_infer.quant import dequantize
 
@@ -54,27 +54,37 @@ def test_exported_weights_are_bit_exact(family: str, bits: int, granularity: str
         assert torch.equal(decoded_weight(layer, bits), trained), layer.name
 
 
+def _export_2bit_with(family: str, tiny_checkpoint, tmp_path: Path,
+                      **quantizer: object) -> tuple[QgenFile, torch.nn.Module]:
+    """The tiny 2-bit per-channel checkpoint with ``quantizer`` keys set in its config (as if
+    trained so), exported: the file, and the checkpoint's generator. The settings must reach the
+    file's config and quantizer, and every packed layer decode to the generator's
+    fake-quantized weight bit for bit."""
+    ckpt = load_checkpoint(tiny_checkpoint(family, 2, "channel"))
+    ckpt["config"] = {**ckpt["config"], **quantizer}
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, ckpt)
+    qf = read_qgen(export_checkpoint(path, tmp_path / "m.qgen").path)
+    for key, value in quantizer.items():
+        assert qf.quantizer[key] == value and qf.config[key] == value, key
+    gen, _ = build_from_checkpoint(load_checkpoint(path))
+    modules = dict(gen.named_children())
+    for layer in qf.packed_layers:
+        trained = modules[layer.name].quantized_weight().detach()
+        assert torch.equal(decoded_weight(layer, 2), trained), layer.name
+    return qf, gen
+
+
 @pytest.mark.parametrize("family", ["mlp", "dcgan"])
 def test_overflow_rate_is_exported_bit_exact(family: str, tiny_checkpoint, tmp_path: Path) -> None:
     """A checkpoint trained with an overflow rate exports the weights training saw (the rate
     travels in the config) and records the rate in the quantizer metadata."""
-    from qgen_infer.checkpoint import save_checkpoint
-
-    ckpt = load_checkpoint(tiny_checkpoint(family, 2, "channel"))
-    ckpt["config"] = {**ckpt["config"], "overflow_rate": 0.25}
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, ckpt)
-    qf = read_qgen(export_checkpoint(path, tmp_path / "m.qgen").path)
-    assert qf.quantizer["overflow_rate"] == 0.25 and qf.config["overflow_rate"] == 0.25
+    qf, _ = _export_2bit_with(family, tiny_checkpoint, tmp_path, overflow_rate=0.25)
     from qgen_infer.format.summary import render
 
     assert "overflow rate 0.25" in render(qf, 0, "m.qgen")
-    gen, _ = build_from_checkpoint(load_checkpoint(path))
-    modules = dict(gen.named_children())
     clipped = 0
     for layer in qf.packed_layers:
-        trained = modules[layer.name].quantized_weight().detach()
-        assert torch.equal(decoded_weight(layer, 2), trained), layer.name
         codes = unpack_codes(layer.codes, layer.weight_shape, 2)
         clipped += int(((codes == 0) | (codes == 3)).sum())
     assert clipped > 0
@@ -331,19 +341,10 @@ def test_mid_rise_grid_is_exported_bit_exact_and_runs_in_the_engine(
     from qgen_infer.engine.registry import backend_available
     from qgen_infer.format.summary import render
 
-    ckpt = load_checkpoint(tiny_checkpoint(family, 2, "channel"))
-    ckpt["config"] = {**ckpt["config"], "grid": "mid-rise"}
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, ckpt)
-    qf = read_qgen(export_checkpoint(path, tmp_path / "m.qgen").path)
-    assert qf.quantizer["grid"] == "mid-rise" and qf.config["grid"] == "mid-rise"
+    qf, gen = _export_2bit_with(family, tiny_checkpoint, tmp_path, grid="mid-rise")
     assert "mid-rise grid" in render(qf, 0, "m.qgen")
-    gen, _ = build_from_checkpoint(load_checkpoint(path))
-    modules = dict(gen.named_children())
     for layer in qf.packed_layers:
         assert torch.equal(layer.zero, torch.full_like(layer.zero, 1.5)), layer.name
-        trained = modules[layer.name].quantized_weight().detach()
-        assert torch.equal(decoded_weight(layer, 2), trained), layer.name
     z = torch.randn(3, qf.config["latent_dim"], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = gen(z)

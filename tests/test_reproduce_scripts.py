@@ -961,7 +961,7 @@ def test_quantizer_error_script_measures_every_quantizer(tmp_path, capsys):
     assert script.main([str(ckpt), "--latents", "32", "--out", str(out)]) == 0
     text = out.read_text()
     assert text in capsys.readouterr().out
-    z = script.sparse_latents(32, 12, 4, True, 0)
+    z = script.sample_latent(32, 12, 4, project=True, generator=torch.Generator().manual_seed(0))
     assert ((z != 0).sum(dim=1) == 4).all() and torch.allclose(z.norm(dim=1), torch.ones(32))
     rows = script.measure(load_checkpoint(ckpt), z)
     assert [(r["bits"], r["overflow_rate"], r["grid"]) for r in rows] == script.QUANTIZERS
