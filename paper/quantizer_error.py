@@ -21,13 +21,12 @@ quantized generator has lost the 32-bit function, which a fine-tune then has to 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from paper_repro.provenance import stamp
 from torch import nn
 
 from qgen_infer.checkpoint import build_from_checkpoint, load_checkpoint
@@ -80,7 +79,7 @@ def measure(ckpt: dict[str, Any], z: torch.Tensor) -> list[dict[str, Any]]:
     return rows
 
 
-def report(rows: list[dict[str, Any]], checkpoint: str, n: int, command: str) -> str:
+def report(rows: list[dict[str, Any]], checkpoint: str, n: int, argv: list[str]) -> str:
     lines = [
         "# How far each quantizer moves the 32-bit generator (no fine-tuning)",
         "",
@@ -96,10 +95,7 @@ def report(rows: list[dict[str, Any]], checkpoint: str, n: int, command: str) ->
         lines.append(f"| {r['bits']} | {grid} | {r['overflow_rate']:g} | "
                      f"{r['weight_error']:.3f} | {r['output_error']:.3f} | "
                      f"{r['output_error_loaded']:.3f} |")
-    lines += ["", f"Command: `{command}`", "",
-              f"Machine: {platform.processor() or platform.machine()}, torch "
-              f"{torch.__version__}, one thread; {dt.date.today().isoformat()}.", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *stamp(argv), "- threads: 1", ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                       project=bool(solver.get("project", False)),
                       generator=torch.Generator().manual_seed(args.seed))
     rows = measure(ckpt, z)
-    command = "python paper/quantizer_error.py " + " ".join(sys.argv[1:] if argv is None
-                                                           else argv)
-    text = report(rows, args.checkpoint, args.latents, command)
+    text = report(rows, args.checkpoint, args.latents,
+                  sys.argv if argv is None else ["paper/quantizer_error.py", *argv])
     print(text)
     if args.out is not None:
         args.out.write_text(text)
